@@ -1,0 +1,30 @@
+"""Fixtures shared by all test folders (keep this file small: generic fixtures only)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+TEST_REDIS_URL = os.environ.get("LITESAM_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+@pytest.fixture
+def redis_client():
+    """A ``redis.Redis`` on the test database (``LITESAM_TEST_REDIS_URL``, default db 15), flushed before and after.
+
+    Fails with a clear message when no Redis answers (``.ci/run`` starts one on 127.0.0.1:6379).
+    """
+    import redis
+
+    client = redis.Redis.from_url(TEST_REDIS_URL, socket_connect_timeout=2, socket_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis at {TEST_REDIS_URL} does not answer ({exc}); start one or run .ci/run", pytrace=False)
+    client.flushdb()
+    try:
+        yield client
+    finally:
+        client.flushdb()
+        client.close()
