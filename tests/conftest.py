@@ -21,7 +21,9 @@ def redis_client():
     try:
         client.ping()
     except redis.RedisError as exc:
-        pytest.fail(f"Redis at {TEST_REDIS_URL} does not answer ({exc}); start one or run .ci/run", pytrace=False)
+        pytest.fail(
+            f"Redis at {TEST_REDIS_URL} does not answer ({exc}); start one or run .ci/run", pytrace=False
+        )
     client.flushdb()
     try:
         yield client

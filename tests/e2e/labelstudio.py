@@ -37,7 +37,7 @@ from typing import Any
 
 import httpx
 
-from tests.e2e.processes import ManagedProcess, ProcessError, free_port
+from tests.e2e.processes import ManagedProcess, ProcessError, base_env, free_port
 
 LS_VERSION = "1.23.2"
 ADMIN_EMAIL = "admin@example.com"
@@ -55,18 +55,6 @@ START_TIMEOUT = 90.0  # copy of the template (measured ~4 s)
 REQUEST_TIMEOUT = 60.0
 PORT_ATTEMPTS = 3
 
-# Variables copied from the caller's environment; everything else is dropped (see the module docstring).
-_INHERITED_ENV = (
-    "PATH",
-    "LANG",
-    "LC_ALL",
-    "LC_CTYPE",
-    "TZ",
-    "TMPDIR",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-    "REQUESTS_CA_BUNDLE",
-)
 _SERVER_LINE = re.compile(r"Starting development server at http://127\.0\.0\.1:(\d+)/")
 
 
@@ -84,15 +72,9 @@ def label_studio_executable() -> Path:
 
 def label_studio_env(*, data_dir: Path, files_root: Path, home: Path, port: int) -> dict[str, str]:
     """The complete, hermetic environment of one Label Studio process (recipe §2, pitfalls 2, 3, 5, 7)."""
-    env = {key: os.environ[key] for key in _INHERITED_ENV if key in os.environ}
-    env.setdefault("PATH", os.defpath)
+    env = base_env(home)  # none of the caller's LS variables; no real ~/.local/share/label-studio
     env.update(
         {
-            "HOME": str(home),  # nothing lands in the real ~/.local/share/label-studio
-            "XDG_DATA_HOME": str(home / "xdg-data"),
-            "XDG_CACHE_HOME": str(home / "xdg-cache"),
-            "XDG_CONFIG_HOME": str(home / "xdg-config"),
-            "PYTHONUNBUFFERED": "1",  # the "Starting development server" line must reach the log promptly
             "DJANGO_DB": "sqlite",
             "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
             "LABEL_STUDIO_USERNAME": ADMIN_EMAIL,
@@ -161,8 +143,10 @@ def _read_template(template_dir: Path) -> TemplateInfo | None:
 
 def _build_template(template_dir: Path) -> TemplateInfo:
     started = time.monotonic()
+    # Leftovers of interrupted builds (no other build runs: the caller holds the lock).
+    for stale in template_dir.parent.glob(f"{template_dir.name}.build-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     build_dir = template_dir.parent / f"{template_dir.name}.build-{os.getpid()}"
-    shutil.rmtree(build_dir, ignore_errors=True)
     build_dir.mkdir()
     server = LabelStudioServer._launch(build_dir, data_dir=build_dir / "data", timeout=FIRST_START_TIMEOUT)
     try:
@@ -202,7 +186,9 @@ class LabelStudioServer:
     (``ManagedProcess``), ``startup_seconds`` (process start → /health answers), ``template`` (``TemplateInfo``).
     """
 
-    def __init__(self, *, process: ManagedProcess, port: int, workdir: Path, data_dir: Path, files_root: Path):
+    def __init__(
+        self, *, process: ManagedProcess, port: int, workdir: Path, data_dir: Path, files_root: Path
+    ):
         self.process = process
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
@@ -218,7 +204,9 @@ class LabelStudioServer:
 
     # ----------------------------------------------------------------------------------- start / stop
     @classmethod
-    def start(cls, workdir: str | os.PathLike, *, template_dir: Path = DEFAULT_TEMPLATE_DIR) -> LabelStudioServer:
+    def start(
+        cls, workdir: str | os.PathLike, *, template_dir: Path = DEFAULT_TEMPLATE_DIR
+    ) -> LabelStudioServer:
         """Start LS in ``workdir`` on a copy of the template (built first if needed); wait until /health is UP."""
         workdir = Path(workdir)
         template = ensure_template(template_dir)
@@ -255,7 +243,9 @@ class LabelStudioServer:
             env = label_studio_env(data_dir=data_dir, files_root=files_root, home=home, port=port)
             process = ManagedProcess(f"label-studio:{port}", argv, env=env, cwd=workdir, log_path=log_path)
             process.start()
-            server = cls(process=process, port=port, workdir=workdir, data_dir=data_dir, files_root=files_root)
+            server = cls(
+                process=process, port=port, workdir=workdir, data_dir=data_dir, files_root=files_root
+            )
             try:
                 match = process.wait_log(_SERVER_LINE.pattern, timeout=timeout)
                 if int(match.group(1)) != port:
@@ -334,10 +324,14 @@ class LabelStudioServer:
         if not files or len(set(names)) != len(names):
             raise ValueError(f"upload_images needs one or more distinct file names, got {names}")
         parts = [(f"file{i}", (name, data, _content_type(name))) for i, (name, data) in enumerate(files)]
-        response = self.api.post(f"/api/projects/{project_id}/import", params={"return_task_ids": "true"}, files=parts)
+        response = self.api.post(
+            f"/api/projects/{project_id}/import", params={"return_task_ids": "true"}, files=parts
+        )
         task_ids = [int(t) for t in self._json(response, 201)["task_ids"]]
         if len(task_ids) != len(files):
-            raise LabelStudioError(f"uploaded {len(files)} files but LS created tasks {task_ids}: {response.text}")
+            raise LabelStudioError(
+                f"uploaded {len(files)} files but LS created tasks {task_ids}: {response.text}"
+            )
         by_name: dict[str, int] = {}
         for task_id in task_ids:
             uri = json.dumps(self.task(task_id)["data"])
@@ -369,7 +363,12 @@ class LabelStudioServer:
         return self._local_storages[key]
 
     def import_local_files(
-        self, project_id: int, files: Sequence[tuple[str, bytes]], *, subdir: str = "images", data_key: str = "image"
+        self,
+        project_id: int,
+        files: Sequence[tuple[str, bytes]],
+        *,
+        subdir: str = "images",
+        data_key: str = "image",
     ) -> list[int]:
         """Put ``files`` under ``files_root/subdir``, attach that folder as Local Storage, import one task per
         file with ``data[data_key] = "/data/local-files/?d=<subdir>/<name>"``; return task ids in order."""
@@ -398,7 +397,13 @@ class LabelStudioServer:
         """All tasks of a project (``GET /api/tasks?project=N``, every page), ordered by id."""
         out: list[dict] = []
         for page in range(1, 10_000):
-            params = {"project": project_id, "page": page, "page_size": 100, "fields": "all", "resolve_uri": "false"}
+            params = {
+                "project": project_id,
+                "page": page,
+                "page_size": 100,
+                "fields": "all",
+                "resolve_uri": "false",
+            }
             response = self.api.get("/api/tasks", params=params)
             if response.status_code == 404 and page > 1:  # past the last page
                 break
@@ -424,9 +429,16 @@ class LabelStudioServer:
 
         With ``expect_state`` (default "CO" = connected) the backend's state is checked afterwards.
         """
-        body: dict[str, Any] = {"project": project_id, "url": url, "title": title, "is_interactive": interactive}
+        body: dict[str, Any] = {
+            "project": project_id,
+            "url": url,
+            "title": title,
+            "is_interactive": interactive,
+        }
         if basic_auth is not None:
-            body.update(auth_method="BASIC_AUTH", basic_auth_user=basic_auth[0], basic_auth_pass=basic_auth[1])
+            body.update(
+                auth_method="BASIC_AUTH", basic_auth_user=basic_auth[0], basic_auth_pass=basic_auth[1]
+            )
         if extra_params is not None:
             body["extra_params"] = dict(extra_params)
         ml_id = int(self._json(self.api.post("/api/ml/", json=body), 201)["id"])
@@ -454,7 +466,9 @@ class LabelStudioServer:
 
     def retrieve_predictions(self, project_id: int, task_ids: Sequence[int] | None = None) -> dict:
         """Data Manager action "Retrieve predictions" (synchronous) for all tasks or ``task_ids``."""
-        selected = {"all": True, "excluded": []} if task_ids is None else {"all": False, "included": list(task_ids)}
+        selected = (
+            {"all": True, "excluded": []} if task_ids is None else {"all": False, "included": list(task_ids)}
+        )
         response = self.api.post(
             "/api/dm/actions",
             params={"id": "retrieve_tasks_predictions", "project": project_id},

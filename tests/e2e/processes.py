@@ -41,6 +41,39 @@ def port_is_open(host: str, port: int, timeout: float = 0.2) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+# Variables a child may inherit from the caller's environment; base_env() drops everything else.
+INHERITED_ENV = (
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "TMPDIR",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+)
+
+
+def base_env(home: str | os.PathLike, **extra: str) -> dict[str, str]:
+    """A minimal, hermetic environment for a child process: only ``INHERITED_ENV`` from ``os.environ``, plus
+    ``HOME`` and ``XDG_{DATA,CACHE,CONFIG}_HOME`` under ``home`` (so nothing reads or writes the real
+    ``~/.local/share`` or ``~/.cache``), ``PYTHONUNBUFFERED=1`` (log lines arrive promptly), and ``extra``.
+    """
+    home = Path(home)
+    env = {key: os.environ[key] for key in INHERITED_ENV if key in os.environ}
+    env.setdefault("PATH", os.defpath)
+    env.update(
+        HOME=str(home),
+        XDG_DATA_HOME=str(home / "xdg-data"),
+        XDG_CACHE_HOME=str(home / "xdg-cache"),
+        XDG_CONFIG_HOME=str(home / "xdg-config"),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
 class ManagedProcess:
     """One server process started for a test, with its stdout and stderr going to one log file.
 
@@ -68,6 +101,7 @@ class ManagedProcess:
         self.pidfile = Path(pidfile) if pidfile is not None else None
         self.popen: subprocess.Popen | None = None
         self.started_at: float | None = None
+        self._log_offset = 0  # log bytes written before this start (the log file is appended to)
 
     # ----------------------------------------------------------------------------------------- lifecycle
     def start(self) -> ManagedProcess:
@@ -79,6 +113,7 @@ class ManagedProcess:
             with contextlib.suppress(FileNotFoundError):
                 self.pidfile.unlink()
         with open(self.log_path, "ab") as log:
+            self._log_offset = log.tell()
             self.started_at = time.monotonic()
             self.popen = subprocess.Popen(
                 self.argv,
@@ -144,7 +179,9 @@ class ManagedProcess:
         try:
             return self.popen.wait(timeout=5.0)
         except subprocess.TimeoutExpired as exc:
-            raise ProcessError(f"{self.name}: pid {self.popen.pid} survived SIGKILL\n{self.log_tail()}") from exc
+            raise ProcessError(
+                f"{self.name}: pid {self.popen.pid} survived SIGKILL\n{self.log_tail()}"
+            ) from exc
 
     def _process_groups(self) -> list[int]:
         if self.popen is None:
@@ -196,11 +233,11 @@ class ManagedProcess:
                 time.sleep(interval)
 
     def wait_log(self, pattern: str, timeout: float = 30.0, *, interval: float = 0.1) -> re.Match:
-        """Wait until the log matches the regular expression ``pattern``; return the match."""
+        """Wait until the log written since ``start()`` matches the regular expression ``pattern``."""
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
         while True:
-            match = regex.search(self.log_text())
+            match = regex.search(self.log_text(since_start=True))
             if match:
                 return match
             self._raise_if_exited(f"while waiting for log pattern {pattern!r}")
@@ -218,18 +255,21 @@ class ManagedProcess:
             raise ProcessError(f"{self.name}: exited with code {code} {doing}\n{self.log_tail()}")
 
     # ----------------------------------------------------------------------------------------------- logs
-    def log_text(self) -> str:
-        """The whole log so far (decoded leniently)."""
+    def log_text(self, *, since_start: bool = False) -> str:
+        """The log so far (decoded leniently); with ``since_start`` only what this run of the process wrote."""
         try:
-            return self.log_path.read_bytes().decode("utf-8", errors="replace")
+            data = self.log_path.read_bytes()
         except FileNotFoundError:
             return ""
+        return (data[self._log_offset :] if since_start else data).decode("utf-8", errors="replace")
 
     def log_tail(self, lines: int = 60) -> str:
         """The last ``lines`` lines of the log, framed with the process name, for assertion messages."""
         tail = self.log_text().splitlines()[-lines:]
         body = "\n".join(tail) if tail else "(empty log)"
-        return f"----- {self.name} log tail ({self.log_path}) -----\n{body}\n----- end of {self.name} log -----"
+        return (
+            f"----- {self.name} log tail ({self.log_path}) -----\n{body}\n----- end of {self.name} log -----"
+        )
 
 
 def _pid_alive(pid: int) -> bool:

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.e2e.labelstudio import ADMIN_EMAIL, LabelStudioServer
-from tests.e2e.processes import ManagedProcess, ProcessError, free_port
+from tests.e2e.labelstudio import ADMIN_EMAIL, LabelStudioServer, label_studio_env
+from tests.e2e.processes import ManagedProcess, ProcessError, base_env, free_port
 
 BRUSH_CONFIG = """
 <View>
@@ -57,7 +57,9 @@ def test_managed_process_waits_and_stops_the_whole_group(tmp_path):
 
 def test_managed_process_reports_early_exit_with_log_tail(tmp_path):
     argv = [sys.executable, "-c", "import sys; print('boom: bad config'); sys.exit(3)"]
-    proc = ManagedProcess("crasher", argv, env={"PATH": "/usr/bin:/bin"}, cwd=tmp_path, log_path=tmp_path / "c.log")
+    proc = ManagedProcess(
+        "crasher", argv, env={"PATH": "/usr/bin:/bin"}, cwd=tmp_path, log_path=tmp_path / "c.log"
+    )
     proc.start()
     started = time.monotonic()
     with pytest.raises(ProcessError, match="exited with code 3") as info:
@@ -69,13 +71,37 @@ def test_managed_process_reports_early_exit_with_log_tail(tmp_path):
 
 def test_managed_process_kills_a_process_that_ignores_sigterm(tmp_path):
     script = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
-    proc = ManagedProcess("stubborn", [sys.executable, "-c", script], env={}, cwd=tmp_path, log_path=tmp_path / "s.log")
+    proc = ManagedProcess(
+        "stubborn", [sys.executable, "-c", script], env={}, cwd=tmp_path, log_path=tmp_path / "s.log"
+    )
     proc.start()
     proc.wait_log("ready", timeout=30)
     started = time.monotonic()
     code = proc.stop(timeout=1.0)
     assert code == -9
     assert time.monotonic() - started < 10
+
+
+def test_wait_log_only_reads_what_this_start_wrote(tmp_path):
+    log = tmp_path / "shared.log"
+    log.write_text("Starting development server at http://127.0.0.1:1/\n")  # an earlier run's line
+    argv = [sys.executable, "-c", "print('Starting development server at http://127.0.0.1:2/')"]
+    proc = ManagedProcess("again", argv, env=base_env(tmp_path), cwd=tmp_path, log_path=log).start()
+    match = proc.wait_log(r"server at http://127\.0\.0\.1:(\d+)/", timeout=30)
+    assert match.group(1) == "2"
+    proc.stop()
+    assert "127.0.0.1:1/" in proc.log_tail()
+
+
+def test_label_studio_env_is_hermetic(tmp_path, monkeypatch):
+    for name in ("USERNAME", "PASSWORD", "HOST", "PORT", "DJANGO_DB", "DEBUG", "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK",
+                 "HEARTEX_USERNAME", "PYTHONPATH", "XDG_DATA_HOME"):  # fmt: skip
+        monkeypatch.setenv(name, "leaked")
+    env = label_studio_env(data_dir=tmp_path / "d", files_root=tmp_path / "f", home=tmp_path / "h", port=1234)
+    assert "leaked" not in env.values()
+    assert env["LABEL_STUDIO_HOST"] == "http://127.0.0.1:1234"
+    assert env["DJANGO_DB"] == "sqlite" and env["XDG_DATA_HOME"].startswith(str(tmp_path))
+    assert env["LABEL_STUDIO_ML_BLOCK_LOCAL_IP"] == env["LABEL_STUDIO_SSRF_PROTECTION_ENABLED"] == "false"
 
 
 # ------------------------------------------------------------------------------ real Label Studio
@@ -124,7 +150,7 @@ def test_local_files_import_is_served(label_studio: LabelStudioServer):
 
 # A minimal ML backend speaking LS's protocol (/health, /setup, /predict), served by gunicorn with a pidfile.
 _STUB_BACKEND = textwrap.dedent(
-    '''
+    """
     import json
 
     def app(environ, start_response):
@@ -152,7 +178,7 @@ _STUB_BACKEND = textwrap.dedent(
             return [b"not found"]
         start_response("200 OK", [("Content-Type", "application/json")])
         return [json.dumps(out).encode()]
-    '''
+    """
 )
 
 
@@ -165,8 +191,10 @@ def stub_backend(tmp_path):
         sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "4",
         "--pid", pidfile, "--no-control-socket", "stub_backend:app",
     ]  # fmt: skip
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONUNBUFFERED": "1"}
-    proc = ManagedProcess("stub-backend", argv, env=env, cwd=tmp_path, log_path=tmp_path / "stub.log", pidfile=pidfile)
+    env = base_env(tmp_path / "home")
+    proc = ManagedProcess(
+        "stub-backend", argv, env=env, cwd=tmp_path, log_path=tmp_path / "stub.log", pidfile=pidfile
+    )
     proc.start()
     try:
         proc.wait_http(f"http://127.0.0.1:{port}/health", timeout=30)
@@ -182,11 +210,15 @@ def test_backend_connect_interactive_and_batch_predictions(label_studio: LabelSt
     url, proc = stub_backend
     assert int(proc.pidfile.read_text()) == proc.pid
     project_id = ls.create_project(BRUSH_CONFIG, title="harness backend")
-    task_ids = ls.upload_images(project_id, [("a.png", _png(32, 24, seed=4)), ("b.png", _png(24, 32, seed=5))])
+    task_ids = ls.upload_images(
+        project_id, [("a.png", _png(32, 24, seed=4)), ("b.png", _png(24, 32, seed=5))]
+    )
 
     ml_id = ls.connect_backend(project_id, url)
 
-    context = {"result": [{"type": "keypointlabels", "value": {"x": 50.0, "y": 50.0, "keypointlabels": ["Object"]}}]}
+    context = {
+        "result": [{"type": "keypointlabels", "value": {"x": 50.0, "y": 50.0, "keypointlabels": ["Object"]}}]
+    }
     body = ls.interactive_annotating(ml_id, task_ids[0], context)
     assert body["data"]["result"][0]["meta"] == {"interactive": True, "task": task_ids[0]}, body
     failed = ls.interactive_annotating(ml_id, task_ids[0], {"fail": True})
