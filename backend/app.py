@@ -1,0 +1,197 @@
+"""The backend's Flask app: the ML-backend routes Label Studio 1.23 calls, built by :func:`create_app`.
+
+=========================  ==========================================================================
+route                      behaviour
+=========================  ==========================================================================
+GET /health, GET /         ``{"status": "UP", "model_loaded", "model_version", "redis"}``; fast, never
+                           loads or runs the model (Label Studio waits 1 s)
+POST /setup                ``{"model_version"}``; checks the config's BrushLabels when a schema is sent;
+                           fast, never loads the model (Label Studio waits 3 s)
+POST /predict              interactive: ``{"results": [prediction], "model_version"}``; batch (no
+                           context): ``{"results": []}``
+GET|POST /versions         ``{"versions": [model_version], "model_version"}``
+POST /webhook              ``{"status": "ok"}`` at once; Lite-SAM does not train from annotations
+=========================  ==========================================================================
+
+Every route answers JSON. Errors are ``{"error": message}`` with the status of the
+:mod:`backend.errors` class (400 bad input, 401, 403 refused URL, 413 too large, 502 Label Studio or image
+host failed, 500 misconfiguration); an unexpected exception is logged with its traceback and answered 500
+without it. With BASIC_AUTH_USER/BASIC_AUTH_PASS set every route requires them.
+
+Other modules add routes as Flask blueprints: ``create_app(settings, blueprints=[jobs_blueprint])``; inside a
+request they reach the process's objects with :func:`current_services`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Iterable
+
+from flask import Blueprint, Flask, current_app, jsonify, request
+from litesam.errors import InvalidImageError, InvalidPromptError, LiteSamError
+from werkzeug.exceptions import HTTPException
+
+from .errors import BackendError, BadRequestError, UnauthorizedError
+from .label_config import parse_label_config
+from .model import LiteSamBackend
+from .services import Services, build_services
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+#: Largest request body accepted; interactive calls carry every draft's RLE (often ~1 MB).
+MAX_REQUEST_BYTES = 100 * 1024 * 1024
+_EXTENSION = "litesam"
+
+
+def create_app(
+    settings: Settings, *, blueprints: Iterable[Blueprint] = (), services: Services | None = None
+) -> Flask:
+    """Build the app for ``settings`` (and ``services``, built from the settings when not given)."""
+    app = Flask("backend")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
+    app.config["JSON_SORT_KEYS"] = False
+    app.extensions[_EXTENSION] = services or build_services(settings)
+    app.before_request(_check_basic_auth)
+    app.register_error_handler(BackendError, _backend_error)
+    app.register_error_handler(LiteSamError, _litesam_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected_error)
+    app.register_blueprint(_routes)
+    for blueprint in blueprints:
+        app.register_blueprint(blueprint)
+    return app
+
+
+def current_services() -> Services:
+    """The :class:`Services` of the app handling the current request."""
+    return current_app.extensions[_EXTENSION]
+
+
+def json_body() -> dict:
+    """The request body as a JSON object.
+
+    Raises:
+        BadRequestError: empty, malformed or not an object.
+    """
+    raw = request.get_data(cache=True)
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequestError(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequestError(f"the request body must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+_routes = Blueprint("ml_backend", __name__)
+
+
+@_routes.route("/health", methods=["GET"])
+@_routes.route("/", methods=["GET"])
+def health():
+    services = current_services()
+    answer = {
+        "status": "UP",
+        "model_class": LiteSamBackend.__name__,
+        "model_loaded": services.model.loaded,
+        "model_version": None,
+        "redis": "ok" if services.store.ping() else "unavailable",
+    }
+    try:
+        answer["model_version"] = services.model.model_version
+    except BackendError as exc:
+        answer["model_error"] = exc.message
+    return jsonify(answer)
+
+
+@_routes.route("/setup", methods=["POST"])
+def setup():
+    body = json_body()
+    schema = body.get("schema")
+    if schema:
+        parse_label_config(schema)
+    return jsonify({"model_version": current_services().model.model_version})
+
+
+@_routes.route("/predict", methods=["POST"])
+def predict():
+    body = json_body()
+    tasks = body.get("tasks")
+    if not isinstance(tasks, list):
+        raise BadRequestError("the request needs 'tasks': a list of task objects")
+    params = body.get("params")
+    if params is not None and not isinstance(params, dict):
+        raise BadRequestError("'params' must be an object")
+    context = (params or {}).get("context", body.get("context"))
+    services = current_services()
+    backend = LiteSamBackend(
+        services.model, services.store, services.fetcher,
+        max_image_pixels=services.settings.max_image_pixels, label_config=body.get("label_config"),
+    )
+    results = backend.predict(tasks, context=context)
+    if not results:
+        return jsonify({"results": []})
+    return jsonify({"results": results, "model_version": services.model.model_version})
+
+
+@_routes.route("/versions", methods=["GET", "POST"])
+def versions():
+    version = current_services().model.model_version
+    return jsonify({"versions": [version], "model_version": version})
+
+
+@_routes.route("/webhook", methods=["POST"])
+def webhook():
+    body = json_body()
+    logger.debug("webhook %s ignored: Lite-SAM does not train from Label Studio annotations", body.get("action"))
+    return jsonify({"status": "ok", "message": "Lite-SAM does not train from Label Studio annotations"})
+
+
+def _check_basic_auth():
+    settings = current_services().settings
+    if not settings.basic_auth_enabled:
+        return None
+    auth = request.authorization
+    user_ok = auth is not None and hmac.compare_digest(
+        (auth.username or "").encode(), settings.basic_auth_user.encode()
+    )
+    pass_ok = auth is not None and hmac.compare_digest(
+        (auth.password or "").encode(), settings.basic_auth_pass.reveal().encode()
+    )
+    if not (user_ok and pass_ok):
+        raise UnauthorizedError("this backend requires basic auth; set the user and password in Label Studio's "
+                                "model connection (Authentication method: Basic Auth)")
+    return None
+
+
+def _error(status: int, message: str):
+    response = jsonify({"error": message})
+    response.status_code = status
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Basic realm="litesam-backend"'
+    return response
+
+
+def _backend_error(exc: BackendError):
+    log = logger.error if exc.status >= 500 else logger.warning
+    log("%s %s → %d: %s", request.method, request.path, exc.status, exc.message)
+    return _error(exc.status, exc.message)
+
+
+def _litesam_error(exc: LiteSamError):
+    status = 400 if isinstance(exc, (InvalidImageError, InvalidPromptError)) else 500
+    log = logger.error if status >= 500 else logger.warning
+    log("%s %s → %d: %s", request.method, request.path, status, exc)
+    return _error(status, str(exc))
+
+
+def _http_error(exc: HTTPException):
+    return _error(exc.code or 500, exc.description or exc.name)
+
+
+def _unexpected_error(exc: Exception):
+    logger.exception("%s %s failed", request.method, request.path)
+    return _error(500, "internal error in the Lite-SAM backend; the details are in its log")

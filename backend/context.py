@@ -1,0 +1,256 @@
+"""Turn Label Studio's interactive ``context`` into SAM prompts in original-image pixels.
+
+Label Studio 1.23 sends ``{"result": [region, …]}`` on every smart-tool click (labelstudio-protocol.md §1.6):
+all smart regions of the same type, label and image as the region just drawn, so keypoint sets are
+cumulative. A keypoint region looks like::
+
+    {"type": "keypointlabels", "from_name": "kp", "to_name": "image",
+     "original_width": 1080, "original_height": 720, "image_rotation": 0, "is_positive": true,
+     "value": {"x": 49.4, "y": 59.9, "width": 0.3, "keypointlabels": ["Banana"]}}
+
+and a rectangle ``{"type": "rectanglelabels", …, "value": {"x", "y", "width", "height", "rotation",
+"rectanglelabels": [...]}}`` with ``x, y`` its top-left corner. All values are percent (0–100) of the
+image's natural (EXIF-transposed) size ``original_width × original_height``.
+
+Rules:
+    * the label is the one of the last region (the one just drawn); regions of other labels or other
+      images are ignored (API callers may send them; the Label Studio frontend never does);
+    * every keypoint of that label is a prompt point, positive unless ``is_positive`` is false;
+    * every rectangle is one box and gives one mask; keypoints sent with rectangles go with every box;
+    * a rotated rectangle (rotated about its top-left corner, clockwise degrees) becomes its bounding box;
+    * coordinates up to :data:`CLIP_TOLERANCE_PERCENT` outside the image are clipped onto it, further
+      out is an error, as is any non-finite number, a non-positive size or a missing field.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import BadRequestError
+from .label_config import BrushTag, LabelConfig
+
+#: How far outside the image (in percent of its width/height) a coordinate may lie and still be clipped.
+CLIP_TOLERANCE_PERCENT = 2.0
+
+KEYPOINT_TYPES = ("keypointlabels", "keypoint")
+RECTANGLE_TYPES = ("rectanglelabels", "rectangle")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One mask to predict.
+
+    Attributes:
+        point_coords: N×2 float32 (x, y) in original-image pixels, or None.
+        point_labels: N int64, 1 = positive, 0 = negative, or None.
+        box: (4,) float32 XYXY in original-image pixels, or None.
+    """
+
+    point_coords: np.ndarray | None
+    point_labels: np.ndarray | None
+    box: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """The prompts of one interactive call.
+
+    Attributes:
+        label: the label of the prompt regions, or None when they carry none.
+        to_name: the ``<Image>`` the regions belong to (None if the regions do not say).
+        original_width, original_height: natural image size in pixels that the percentages refer to.
+        image_rotation: the UI rotation of the image, copied into the results.
+        item_index: index of the image in a multi-image task, when the regions carry one.
+        prompts: one entry per mask to predict.
+    """
+
+    label: str | None
+    to_name: str | None
+    original_width: int
+    original_height: int
+    image_rotation: float
+    item_index: int | None
+    prompts: tuple[Prompt, ...]
+
+
+def parse_context(context: object) -> PromptSet | None:
+    """Parse an interactive ``context``; None when it holds no regions (a batch call).
+
+    Raises:
+        BadRequestError: malformed context or region, with a message naming the region and the field.
+    """
+    if context is None:
+        return None
+    if not isinstance(context, dict):
+        raise BadRequestError(f"context must be an object with a 'result' list, got {type(context).__name__}")
+    regions = context.get("result")
+    if regions is None or regions == []:
+        return None
+    if not isinstance(regions, list):
+        raise BadRequestError("context.result must be a list of regions")
+    for i, region in enumerate(regions):
+        if not isinstance(region, dict):
+            raise BadRequestError(f"context.result[{i}] must be an object, got {type(region).__name__}")
+
+    last = regions[-1]
+    label = _label(last, len(regions) - 1)
+    to_name = last.get("to_name")
+    selected = [
+        (i, r) for i, r in enumerate(regions) if _label(r, i) == label and r.get("to_name") == to_name
+    ]
+
+    width, height = _size(selected)
+    points: list[tuple[float, float]] = []
+    point_labels: list[int] = []
+    boxes: list[np.ndarray] = []
+    for i, region in selected:
+        kind = region.get("type")
+        value = region.get("value")
+        if not isinstance(value, dict):
+            raise BadRequestError(f"context.result[{i}].value must be an object")
+        if kind in KEYPOINT_TYPES:
+            x = _clip(_number(value, "x", i), width, f"context.result[{i}].value.x")
+            y = _clip(_number(value, "y", i), height, f"context.result[{i}].value.y")
+            points.append((x, y))
+            point_labels.append(_is_positive(region, i))
+        elif kind in RECTANGLE_TYPES:
+            boxes.append(_box(value, i, width, height))
+        else:
+            accepted = ", ".join(KEYPOINT_TYPES + RECTANGLE_TYPES)
+            raise BadRequestError(f"context.result[{i}].type is {kind!r}; prompts must be one of: {accepted}")
+
+    coords = np.asarray(points, dtype=np.float32).reshape(-1, 2) if points else None
+    labels = np.asarray(point_labels, dtype=np.int64) if points else None
+    if boxes:
+        prompts = tuple(Prompt(coords, labels, box) for box in boxes)
+    else:
+        prompts = (Prompt(coords, labels, None),)
+    rotation = last.get("image_rotation", 0)
+    item_index = last.get("item_index")
+    return PromptSet(
+        label=label,
+        to_name=to_name if isinstance(to_name, str) else None,
+        original_width=width,
+        original_height=height,
+        image_rotation=rotation if _is_number(rotation) and math.isfinite(rotation) else 0,
+        item_index=item_index if isinstance(item_index, int) and not isinstance(item_index, bool) else None,
+        prompts=prompts,
+    )
+
+
+def resolve_label(prompt_set: PromptSet, config: LabelConfig) -> tuple[BrushTag, str]:
+    """The brush tag for the prompts' image and the brush label their masks get.
+
+    Raises:
+        BadRequestError: the label is not one of the brush tag's labels (the message lists them), or the
+            regions carry no label and the brush tag has more than one.
+    """
+    brush = config.brush_for(prompt_set.to_name)
+    available = ", ".join(repr(label) for label in brush.labels) or "(none)"
+    if prompt_set.label is None:
+        if len(brush.labels) == 1:
+            return brush, brush.labels[0]
+        raise BadRequestError(
+            f"the prompt regions carry no label; select one of the labels of <BrushLabels "
+            f"name={brush.from_name!r}>: {available}"
+        )
+    if prompt_set.label not in brush.labels:
+        raise BadRequestError(
+            f"label {prompt_set.label!r} is not a label of <BrushLabels name={brush.from_name!r}>; "
+            f"available labels: {available}. Give the keypoint/rectangle tools the same label values as the "
+            "brush tool."
+        )
+    return brush, prompt_set.label
+
+
+def _label(region: dict, i: int) -> str | None:
+    value = region.get("value")
+    if not isinstance(value, dict):
+        raise BadRequestError(f"context.result[{i}].value must be an object")
+    kind = region.get("type")
+    for key in (kind, "labels"):
+        if not isinstance(key, str) or key not in value:
+            continue
+        labels = value[key]
+        if not isinstance(labels, list) or not all(isinstance(v, str) for v in labels):
+            raise BadRequestError(f"context.result[{i}].value.{key} must be a list of label strings")
+        if labels:
+            return labels[0]
+    return None
+
+
+def _size(selected: list[tuple[int, dict]]) -> tuple[int, int]:
+    sizes = set()
+    for i, region in selected:
+        dims = []
+        for key in ("original_width", "original_height"):
+            if key not in region:
+                raise BadRequestError(f"context.result[{i}] has no {key} (the image's natural size in pixels)")
+            v = region[key]
+            if not _is_number(v) or not math.isfinite(v) or v < 1 or v != int(v):
+                raise BadRequestError(f"context.result[{i}].{key} must be a positive whole number, got {v!r}")
+            dims.append(int(v))
+        sizes.add(tuple(dims))
+    if len(sizes) > 1:
+        raise BadRequestError(f"the prompt regions disagree on original_width/original_height: {sorted(sizes)}")
+    return sizes.pop()
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _number(value: dict, key: str, i: int) -> float:
+    if key not in value:
+        raise BadRequestError(f"context.result[{i}].value has no {key!r}")
+    v = value[key]
+    if not _is_number(v) or not math.isfinite(v):
+        raise BadRequestError(f"context.result[{i}].value.{key} must be a finite number (percent), got {v!r}")
+    return float(v)
+
+
+def _clip(percent: float, size: int, where: str) -> float:
+    """Percent of ``size`` → pixels in [0, size], clipping up to the tolerance outside."""
+    if not -CLIP_TOLERANCE_PERCENT <= percent <= 100 + CLIP_TOLERANCE_PERCENT:
+        raise BadRequestError(f"{where} = {percent}% lies outside the image (0–100 %)")
+    return min(max(percent, 0.0), 100.0) / 100.0 * size
+
+
+def _is_positive(region: dict, i: int) -> int:
+    flag = region.get("is_positive", True)
+    if flag is None:
+        return 1
+    if isinstance(flag, bool) or (isinstance(flag, int) and flag in (0, 1)):
+        return int(flag)
+    raise BadRequestError(f"context.result[{i}].is_positive must be true or false, got {flag!r}")
+
+
+def _box(value: dict, i: int, width: int, height: int) -> np.ndarray:
+    x, y = _number(value, "x", i), _number(value, "y", i)
+    w, h = _number(value, "width", i), _number(value, "height", i)
+    if w <= 0 or h <= 0:
+        raise BadRequestError(f"context.result[{i}] rectangle must have positive width and height, got {w}×{h} %")
+    rotation = value.get("rotation", 0) or 0
+    if not _is_number(rotation) or not math.isfinite(rotation):
+        raise BadRequestError(f"context.result[{i}].value.rotation must be a finite number of degrees")
+    x0, y0 = x / 100 * width, y / 100 * height
+    dx = np.array([0.0, w / 100 * width, w / 100 * width, 0.0])
+    dy = np.array([0.0, 0.0, h / 100 * height, h / 100 * height])
+    theta = math.radians(rotation)
+    xs = x0 + dx * math.cos(theta) - dy * math.sin(theta)
+    ys = y0 + dx * math.sin(theta) + dy * math.cos(theta)
+    where = f"context.result[{i}] rectangle"
+    left = _clip_px(xs.min(), width, f"{where} left edge")
+    right = _clip_px(xs.max(), width, f"{where} right edge")
+    top = _clip_px(ys.min(), height, f"{where} top edge")
+    bottom = _clip_px(ys.max(), height, f"{where} bottom edge")
+    if right <= left or bottom <= top:
+        raise BadRequestError(f"{where} has no area inside the image")
+    return np.array([left, top, right, bottom], dtype=np.float32)
+
+
+def _clip_px(px: float, size: int, where: str) -> float:
+    return _clip(px / size * 100.0, size, where)

@@ -1,0 +1,144 @@
+"""Read what the backend needs from a Label Studio labeling config (XML).
+
+The backend answers with brush masks, so a config must hold a ``<BrushLabels>`` tag attached to an
+``<Image>``. Prompts come from keypoint and rectangle tools (``<KeyPointLabels smart="true">``,
+``<RectangleLabels smart="true">``) attached to the same image; their label values must also be labels of the
+brush tag, because the mask takes the label of the prompt.
+"""
+
+from __future__ import annotations
+
+import functools
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+from .errors import BadRequestError
+
+#: Control tags whose regions are prompts, lower-case tag name → the region ``type`` Label Studio sends.
+PROMPT_TAGS = {
+    "keypointlabels": "keypointlabels",
+    "keypoint": "keypoint",
+    "rectanglelabels": "rectanglelabels",
+    "rectangle": "rectangle",
+}
+
+
+@dataclass(frozen=True)
+class BrushTag:
+    """A ``<BrushLabels name=from_name toName=to_name>`` with its label values, in config order."""
+
+    from_name: str
+    to_name: str
+    labels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ImageTag:
+    """An ``<Image name=name value="$value_key">``; ``value_key`` is the task data field with the URL."""
+
+    name: str
+    value_key: str
+
+
+@dataclass(frozen=True)
+class PromptTool:
+    """A keypoint or rectangle control; ``smart`` when it sends interactive prompts (smart / smartOnly)."""
+
+    from_name: str
+    to_name: str
+    region_type: str
+    labels: tuple[str, ...]
+    smart: bool
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """The parts of a labeling config the backend uses."""
+
+    brushes: tuple[BrushTag, ...]
+    images: tuple[ImageTag, ...]
+    tools: tuple[PromptTool, ...]
+
+    def brush_for(self, to_name: str | None) -> BrushTag:
+        """The brush tag attached to image ``to_name`` (the first brush tag when ``to_name`` is None).
+
+        Raises:
+            BadRequestError: no brush tag is attached to that image.
+        """
+        for brush in self.brushes:
+            if to_name is None or brush.to_name == to_name:
+                return brush
+        attached = ", ".join(f"{b.from_name!r} → {b.to_name!r}" for b in self.brushes)
+        raise BadRequestError(
+            f"the label config has no <BrushLabels> attached to the image {to_name!r} (brush tags: {attached})"
+        )
+
+    def image(self, name: str) -> ImageTag:
+        """The ``<Image>`` tag called ``name``."""
+        for image in self.images:
+            if image.name == name:
+                return image
+        raise BadRequestError(
+            f"the label config has no <Image name={name!r}> (images: {', '.join(i.name for i in self.images)})"
+        )
+
+
+def parse_label_config(xml: object) -> LabelConfig:
+    """Parse a labeling config; results are cached per config text (configs are re-sent on every request).
+
+    Raises:
+        BadRequestError: not a string, not well-formed XML, a DOCTYPE/entity declaration, no ``<Image>``,
+            or no ``<BrushLabels>`` attached to an ``<Image>``.
+    """
+    if not isinstance(xml, str) or not xml.strip():
+        raise BadRequestError("label_config must be the project's labeling config, a non-empty XML string")
+    return _parse(xml)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse(xml: str) -> LabelConfig:
+    if "<!DOCTYPE" in xml or "<!ENTITY" in xml:
+        raise BadRequestError("label config must not contain DOCTYPE or ENTITY declarations")
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise BadRequestError(f"label config is not well-formed XML: {exc}") from None
+
+    images: list[ImageTag] = []
+    brushes: list[BrushTag] = []
+    tools: list[PromptTool] = []
+    for element in root.iter():
+        tag = element.tag.lower() if isinstance(element.tag, str) else ""
+        name = element.get("name")
+        if tag == "image" and name:
+            value = element.get("value", "")
+            if value.startswith("$") and len(value) > 1:
+                images.append(ImageTag(name=name, value_key=value[1:]))
+        elif tag == "brushlabels" and name:
+            brushes.append(BrushTag(name, element.get("toName", ""), _labels(element)))
+        elif tag in PROMPT_TAGS and name:
+            smart = _true(element.get("smart")) or _true(element.get("smartOnly"))
+            tools.append(PromptTool(name, element.get("toName", ""), PROMPT_TAGS[tag], _labels(element), smart))
+
+    if not images:
+        raise BadRequestError('label config has no <Image name="…" value="$field"> tag')
+    image_names = {image.name for image in images}
+    brushes = [b for b in brushes if b.to_name in image_names]
+    if not brushes:
+        raise BadRequestError(
+            "label config has no <BrushLabels> tag attached to an <Image>; this backend answers with brush "
+            'masks: add e.g. <BrushLabels name="mask" toName="image"><Label value="Object"/></BrushLabels>'
+        )
+    return LabelConfig(tuple(brushes), tuple(images), tuple(tools))
+
+
+def _labels(element: ET.Element) -> tuple[str, ...]:
+    return tuple(
+        label.get("value")
+        for label in element.iter()
+        if isinstance(label.tag, str) and label.tag.lower() == "label" and label.get("value") is not None
+    )
+
+
+def _true(value: str | None) -> bool:
+    return value is not None and value.strip().lower() == "true"

@@ -1,0 +1,256 @@
+"""Image embeddings cached in Redis, shared by every backend process and worker.
+
+Key: ``litesam:emb:v1:<model version>:<sha256 of the image bytes>``. A new model version (other variant or
+checkpoint) never reads an old embedding, and the same image is found whatever its URL.
+
+Value (about 0.8 MiB at r640, 2 MiB at r1024): a 4-byte big-endian header length, a small JSON header
+``{"format", "shape", "dtype", "input_size", "original_size"}``, then the features as little-endian float16.
+Embeddings live ``ttl`` seconds; each read renews the TTL (``GETEX``), so images in use stay cached.
+
+In front of Redis each process keeps a small LRU of recent embeddings. Every embedding handed out has been
+rounded through float16, whether it was just computed or read back, so every process gives the same mask
+for the same click.
+
+Concurrent requests for one new image compute its embedding once: a lock per key inside the process
+(threads) and a Redis lock with a timeout across processes and machines; whoever gets the lock second finds
+the embedding stored. When Redis cannot be reached, requests still work: embeddings are computed (and kept
+in the process LRU), a warning is logged once per outage, Redis is retried after :data:`RETRY_AFTER_S`
+seconds, and :meth:`EmbeddingStore.ping` reports it to ``/health``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import redis
+import torch
+from litesam.predictor import ImageEmbedding
+
+logger = logging.getLogger(__name__)
+
+KEY_PREFIX = "litesam:emb:v1:"
+FORMAT = "litesam-embedding/1"
+#: Seconds Redis is left alone after a failure before the next attempt.
+RETRY_AFTER_S = 5.0
+#: Longest a process waits for another one computing the same embedding, and the Redis lock's lifetime.
+LOCK_TIMEOUT_S = 60.0
+_LOCK_POLL_S = 0.02
+
+
+def encode_embedding(embedding: ImageEmbedding) -> bytes:
+    """Serialize an embedding: header length (4 bytes, big-endian), JSON header, float16 features (LE)."""
+    features = embedding.features.detach().to("cpu", torch.float16).contiguous().numpy().astype("<f2", copy=False)
+    header = json.dumps(
+        {
+            "format": FORMAT,
+            "shape": list(features.shape),
+            "dtype": "float16",
+            "input_size": [int(v) for v in embedding.input_size],
+            "original_size": [int(v) for v in embedding.original_size],
+        },
+        separators=(",", ":"),
+    ).encode()
+    return struct.pack(">I", len(header)) + header + features.tobytes()
+
+
+def decode_embedding(blob: bytes) -> ImageEmbedding:
+    """Inverse of :func:`encode_embedding`; features come back as a float32 tensor.
+
+    Raises:
+        ValueError: the blob is not a stored embedding of this format.
+    """
+    if len(blob) < 4:
+        raise ValueError("embedding blob is too short")
+    (size,) = struct.unpack(">I", blob[:4])
+    header = json.loads(blob[4 : 4 + size])
+    if header.get("format") != FORMAT or header.get("dtype") != "float16":
+        raise ValueError(f"unknown embedding format {header.get('format')!r}")
+    shape = tuple(int(v) for v in header["shape"])
+    values = np.frombuffer(blob, dtype="<f2", offset=4 + size)
+    if values.size != int(np.prod(shape)):
+        raise ValueError(f"embedding blob holds {values.size} values, its header says {shape}")
+    features = torch.from_numpy(values.reshape(shape).astype(np.float32))
+    return ImageEmbedding(features, tuple(header["input_size"]), tuple(header["original_size"]))
+
+
+def embedding_key(model_version: str, image_sha256: str) -> str:
+    """The Redis key of an image's embedding for one model version."""
+    return f"{KEY_PREFIX}{model_version}:{image_sha256}"
+
+
+class EmbeddingStore:
+    """Get, put, and get-or-compute image embeddings (thread-safe; one per process).
+
+    Args:
+        redis_url: where Redis is (``redis://host:port/db``).
+        ttl: seconds an embedding stays in Redis after its last use.
+        lru_size: embeddings kept in this process (0 = none).
+        lock_timeout: see :data:`LOCK_TIMEOUT_S`.
+    """
+
+    def __init__(self, redis_url: str, ttl: int, lru_size: int, lock_timeout: float = LOCK_TIMEOUT_S) -> None:
+        self._redis = redis.Redis.from_url(redis_url, socket_connect_timeout=0.5, socket_timeout=5.0)
+        self._probe = redis.Redis.from_url(redis_url, socket_connect_timeout=0.3, socket_timeout=0.3)
+        self._ttl = ttl
+        self._lru_size = lru_size
+        self._lock_timeout = lock_timeout
+        self._lru: OrderedDict[str, bytes] = OrderedDict()
+        self._lru_lock = threading.Lock()
+        self._key_locks: dict[str, list] = {}
+        self._key_locks_guard = threading.Lock()
+        self._down_until = 0.0
+        self._state_lock = threading.Lock()
+
+    # -- public API --------------------------------------------------------------------------------------
+
+    def get(self, model_version: str, image_sha256: str) -> ImageEmbedding | None:
+        """The stored embedding, from this process's LRU or Redis; None when neither has it."""
+        found = self._lookup(embedding_key(model_version, image_sha256))
+        return found[0] if found else None
+
+    def put(self, model_version: str, image_sha256: str, embedding: ImageEmbedding) -> ImageEmbedding:
+        """Store an embedding (LRU and Redis); returns it as every reader will see it (float16-rounded)."""
+        key = embedding_key(model_version, image_sha256)
+        blob = encode_embedding(embedding)
+        self._remember(key, blob)
+        self._redis_call(lambda r: r.set(key, blob, ex=self._ttl))
+        return decode_embedding(blob)
+
+    def get_or_compute(
+        self, model_version: str, image_sha256: str, compute: Callable[[], ImageEmbedding]
+    ) -> tuple[ImageEmbedding, str]:
+        """The embedding of an image, computed by ``compute()`` only if no process has stored it.
+
+        Returns:
+            (embedding, source) with source ``"memory"``, ``"redis"`` or ``"computed"``.
+        """
+        key = embedding_key(model_version, image_sha256)
+        found = self._lookup(key)
+        if found:
+            return found
+        with self._thread_lock(key), self._process_lock(key):
+            found = self._lookup(key)
+            if found:
+                return found
+            started = time.perf_counter()
+            embedding = self.put(model_version, image_sha256, compute())
+            logger.debug("computed embedding %s in %.0f ms", key, (time.perf_counter() - started) * 1000)
+            return embedding, "computed"
+
+    def ping(self) -> bool:
+        """Whether Redis answers now (short timeout, for ``/health``)."""
+        try:
+            return bool(self._probe.ping())
+        except redis.RedisError:
+            return False
+
+    @property
+    def redis_available(self) -> bool:
+        """False while the store is skipping Redis after a failure."""
+        return time.monotonic() >= self._down_until
+
+    # -- internals ---------------------------------------------------------------------------------------
+
+    def _lookup(self, key: str) -> tuple[ImageEmbedding, str] | None:
+        with self._lru_lock:
+            blob = self._lru.get(key)
+            if blob is not None:
+                self._lru.move_to_end(key)
+        if blob is not None:
+            return decode_embedding(blob), "memory"
+        blob = self._redis_call(lambda r: r.getex(key, ex=self._ttl))
+        if blob is None:
+            return None
+        try:
+            embedding = decode_embedding(blob)
+        except (ValueError, KeyError, TypeError) as exc:
+            logger.warning("ignoring unreadable embedding at %s: %s", key, exc)
+            return None
+        self._remember(key, blob)
+        return embedding, "redis"
+
+    def _remember(self, key: str, blob: bytes) -> None:
+        if self._lru_size <= 0:
+            return
+        with self._lru_lock:
+            self._lru[key] = blob
+            self._lru.move_to_end(key)
+            while len(self._lru) > self._lru_size:
+                self._lru.popitem(last=False)
+
+    def _redis_call(self, call: Callable[[redis.Redis], object]) -> object:
+        """Run one Redis command; on a connection problem mark Redis down and return None."""
+        if not self.redis_available:
+            return None
+        try:
+            result = call(self._redis)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._mark_down(exc)
+            return None
+        self._mark_up()
+        return result
+
+    def _mark_down(self, exc: Exception) -> None:
+        with self._state_lock:
+            was_up = self._down_until == 0.0
+            self._down_until = time.monotonic() + RETRY_AFTER_S
+        if was_up:
+            logger.warning(
+                "Redis is unreachable (%s); embeddings are computed without the shared cache until it is back",
+                type(exc).__name__,
+            )
+
+    def _mark_up(self) -> None:
+        if self._down_until == 0.0:
+            return
+        with self._state_lock:
+            self._down_until = 0.0
+        logger.info("Redis is reachable again; the shared embedding cache is back in use")
+
+    @contextmanager
+    def _thread_lock(self, key: str) -> Iterator[None]:
+        with self._key_locks_guard:
+            entry = self._key_locks.setdefault(key, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._key_locks_guard:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._key_locks[key]
+
+    @contextmanager
+    def _process_lock(self, key: str) -> Iterator[None]:
+        """A Redis lock on ``key``; without Redis (or after waiting too long) go on without it."""
+        lock = None
+        if self.redis_available:
+            candidate = self._redis.lock(
+                f"{key}:lock", timeout=self._lock_timeout, sleep=_LOCK_POLL_S,
+                blocking_timeout=self._lock_timeout, thread_local=False,
+            )
+            try:
+                if candidate.acquire():
+                    lock = candidate
+                else:
+                    logger.warning("waited %.0f s for another process to compute %s; computing here",
+                                   self._lock_timeout, key)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                self._mark_down(exc)
+        try:
+            yield
+        finally:
+            if lock is not None:
+                try:
+                    lock.release()
+                except redis.RedisError:
+                    pass  # expired (computed for longer than the timeout) or Redis went away: nothing held

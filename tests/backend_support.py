@@ -1,0 +1,160 @@
+"""Helpers for the backend tests: test images, a fake Label Studio file server, a tiny checkpoint.
+
+The fake server is a real HTTP server on 127.0.0.1 (a thread) that serves files at Label Studio's paths,
+checks the ``Authorization`` header like Label Studio (``Token <legacy>`` or ``Bearer <access>``), exchanges
+a personal access token at ``/api/token/refresh/``, and records every request.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+from PIL import Image
+
+LEGACY_TOKEN = "legacy-0123456789abcdef0123456789abcdef"
+REDIS_TEST_DB = 11
+
+
+def png_bytes(width: int, height: int, seed: int = 0, mode: str = "RGB") -> bytes:
+    """A random-content PNG of width×height pixels."""
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4}.get(mode)
+    shape = (height, width, channels) if channels else (height, width)
+    pixels = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode=None).convert(mode).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def exif_rotated_jpeg(stored_width: int, stored_height: int, orientation: int = 6) -> bytes:
+    """A JPEG stored as stored_width×stored_height with an EXIF orientation tag (6 = rotate 90° clockwise,
+    so its natural size is stored_height×stored_width)."""
+    pixels = np.zeros((stored_height, stored_width, 3), dtype=np.uint8)
+    pixels[:, : stored_width // 2] = (255, 0, 0)  # left half red in storage → top half red when displayed
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", exif=exif, quality=90)
+    return buffer.getvalue()
+
+
+def fake_jwt(payload: dict) -> str:
+    """An unsigned JWT-shaped token with ``payload`` (the backend only reads the payload)."""
+
+    def part(obj: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'HS256', 'typ': 'JWT'})}.{part(payload)}.c2lnbmF0dXJl"
+
+
+@dataclass
+class Route:
+    status: int = 200
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    auth: bool = True
+
+
+class FakeLabelStudio:
+    """A threaded HTTP server answering the routes in :attr:`routes` (path with query → Route)."""
+
+    def __init__(self, pat: str | None = None, access_lifetime_s: float = 300.0) -> None:
+        self.routes: dict[str, Route] = {}
+        self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Authorization)
+        self.pat = pat
+        self.access_lifetime_s = access_lifetime_s
+        self.issued_access: list[str] = []
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                server._handle(self, "GET")
+
+            def do_POST(self) -> None:
+                server._handle(self, "POST")
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def add(self, path: str, body: bytes = b"", status: int = 200, auth: bool = True, **headers: str) -> str:
+        self.routes[path] = Route(status, body, dict(headers), auth)
+        return path
+
+    def _authorized(self, header: str | None) -> bool:
+        if header == f"Token {LEGACY_TOKEN}":
+            return True
+        with self._lock:
+            return header is not None and header.startswith("Bearer ") and header[7:] in self.issued_access
+
+    def _handle(self, handler: BaseHTTPRequestHandler, method: str) -> None:
+        auth = handler.headers.get("Authorization")
+        with self._lock:
+            self.requests.append((method, handler.path, auth))
+        if method == "POST" and handler.path == "/api/token/refresh/":
+            length = int(handler.headers.get("Content-Length", 0))
+            body = json.loads(handler.rfile.read(length) or b"{}")
+            if self.pat is None or body.get("refresh") != self.pat:
+                return self._send(handler, 401, b'{"detail": "Token is invalid"}')
+            access = fake_jwt({"token_type": "access", "exp": time.time() + self.access_lifetime_s,
+                               "jti": f"{len(self.issued_access)}"})
+            with self._lock:
+                self.issued_access.append(access)
+            return self._send(handler, 200, json.dumps({"access": access}).encode())
+        route = self.routes.get(handler.path)
+        if route is None:
+            return self._send(handler, 404, b"not found")
+        if route.auth and not self._authorized(auth):
+            return self._send(handler, 401, b'{"detail": "Authentication credentials were not provided."}')
+        self._send(handler, route.status, route.body, route.headers)
+
+    @staticmethod
+    def _send(handler: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict | None = None) -> None:
+        handler.send_response(status)
+        for key, value in (headers or {}).items():
+            handler.send_header(key, value)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+
+def keypoint(x: float, y: float, width: int, height: int, label: str = "Object", positive: bool | None = True,
+             to_name: str = "image", from_name: str = "point") -> dict:
+    """A smart keypoint region as Label Studio 1.23 sends it (x, y in percent)."""
+    region = {
+        "original_width": width, "original_height": height, "image_rotation": 0,
+        "value": {"x": x, "y": y, "width": 0.5, "keypointlabels": [label], "labels": [label]},
+        "id": f"kp{x}{y}", "from_name": from_name, "to_name": to_name, "type": "keypointlabels",
+        "origin": "manual",
+    }
+    if positive is not None:
+        region["is_positive"] = positive
+    return region
+
+
+def rectangle(x: float, y: float, w: float, h: float, width: int, height: int, label: str = "Object",
+              rotation: float = 0, to_name: str = "image", from_name: str = "box") -> dict:
+    """A smart rectangle region as Label Studio 1.23 sends it (percent, x/y = top-left corner)."""
+    return {
+        "original_width": width, "original_height": height, "image_rotation": 0,
+        "value": {"x": x, "y": y, "width": w, "height": h, "rotation": rotation, "rectanglelabels": [label]},
+        "id": f"rect{x}{y}", "from_name": from_name, "to_name": to_name, "type": "rectanglelabels",
+        "origin": "manual",
+    }

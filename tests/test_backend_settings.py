@@ -1,0 +1,101 @@
+"""Settings from environment variables: defaults, parsing, errors that name the variable, no leaked secrets."""
+
+from pathlib import Path
+
+import pytest
+
+from backend.errors import ConfigurationError
+from backend.settings import Secret, Settings
+
+
+def test_defaults_from_an_empty_environment():
+    settings = Settings.from_env({})
+    assert settings.label_studio_url is None
+    assert settings.label_studio_api_key is None
+    assert settings.redis_url.reveal() == "redis://127.0.0.1:6379/0"
+    assert settings.variant == "litesam_r640"
+    assert settings.device == "cpu"
+    assert settings.bind == "0.0.0.0:9090"
+    assert (settings.workers, settings.threads) == (1, 4)
+    assert settings.embedding_ttl == 7 * 24 * 3600
+    assert settings.max_image_bytes == 50 * 1024 * 1024
+    assert settings.max_image_pixels == 50_000_000
+    assert settings.allowed_hosts == ()
+    assert settings.basic_auth_enabled is False
+    assert settings.cache_dir == Path.home() / ".cache" / "litesam"
+    assert settings == Settings()
+
+
+def test_every_variable_is_read():
+    env = {
+        "LABEL_STUDIO_URL": "http://label-studio:8080/",
+        "LABEL_STUDIO_API_KEY": "key-123",
+        "REDIS_URL": "redis://:redispw@redis:6379/2",
+        "LITESAM_CHECKPOINT": "/models/r1024.pt",
+        "LITESAM_CHECKPOINT_SHA256": "AB" * 32,
+        "LITESAM_CACHE_DIR": "/tmp/cache",
+        "LITESAM_VARIANT": "litesam_r1024",
+        "LITESAM_DEVICE": "cuda:1",
+        "LITESAM_TORCH_THREADS": "2",
+        "BASIC_AUTH_USER": "ls",
+        "BASIC_AUTH_PASS": "pw",
+        "LITESAM_EMBEDDING_TTL": "60",
+        "LITESAM_EMBEDDING_LRU": "0",
+        "LITESAM_MAX_IMAGE_BYTES": "1000",
+        "LITESAM_MAX_IMAGE_PIXELS": "2000",
+        "LITESAM_ALLOWED_HOSTS": " CDN.example.org, *.images.example.com ,",
+        "LITESAM_FETCH_TIMEOUT": "2.5",
+        "LITESAM_BIND": "127.0.0.1:9999",
+        "LITESAM_WORKERS": "3",
+        "LITESAM_THREADS": "8",
+        "LOG_LEVEL": "debug",
+    }
+    s = Settings.from_env(env)
+    assert s.label_studio_url == "http://label-studio:8080"
+    assert s.label_studio_api_key.reveal() == "key-123"
+    assert s.checkpoint == "/models/r1024.pt" and s.checkpoint_sha256 == "ab" * 32
+    assert s.cache_dir == Path("/tmp/cache")
+    assert (s.variant, s.device, s.torch_threads) == ("litesam_r1024", "cuda:1", 2)
+    assert s.basic_auth_enabled and s.basic_auth_user == "ls" and s.basic_auth_pass.reveal() == "pw"
+    assert (s.embedding_ttl, s.embedding_lru, s.max_image_bytes, s.max_image_pixels) == (60, 0, 1000, 2000)
+    assert s.allowed_hosts == ("cdn.example.org", "*.images.example.com")
+    assert s.fetch_timeout == 2.5
+    assert (s.bind, s.workers, s.threads, s.log_level) == ("127.0.0.1:9999", 3, 8, "DEBUG")
+    assert sorted(s.secret_values()) == ["key-123", "pw", "redispw"]
+
+
+def test_secrets_do_not_show_in_repr_or_str():
+    s = Settings.from_env({"LABEL_STUDIO_API_KEY": "topsecret-key", "BASIC_AUTH_USER": "u",
+                           "BASIC_AUTH_PASS": "topsecret-pass", "REDIS_URL": "redis://:topsecret-redis@r/0"})
+    for text in (repr(s), str(s), f"{s.label_studio_api_key}", repr(s.basic_auth_pass)):
+        assert "topsecret" not in text
+    assert repr(Secret("x")) == "Secret('***')"
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"LITESAM_WORKERS": "two"}, "LITESAM_WORKERS"),
+        ({"LITESAM_THREADS": "0"}, "LITESAM_THREADS"),
+        ({"LITESAM_EMBEDDING_TTL": "-5"}, "LITESAM_EMBEDDING_TTL"),
+        ({"LITESAM_FETCH_TIMEOUT": "nan"}, "LITESAM_FETCH_TIMEOUT"),
+        ({"LITESAM_CHECKPOINT_SHA256": "abc"}, "LITESAM_CHECKPOINT_SHA256"),
+        ({"LABEL_STUDIO_URL": "label-studio:8080"}, "LABEL_STUDIO_URL"),
+        ({"LOG_LEVEL": "chatty"}, "LOG_LEVEL"),
+        ({"BASIC_AUTH_USER": "only-user"}, "BASIC_AUTH_PASS"),
+    ],
+)
+def test_malformed_values_name_the_variable(env, names):
+    with pytest.raises(ConfigurationError, match=names):
+        Settings.from_env(env)
+
+
+def test_basic_auth_password_is_not_in_the_error():
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env({"BASIC_AUTH_PASS": "hunter2"})
+    assert "hunter2" not in str(info.value)
+
+
+def test_empty_values_count_as_unset():
+    s = Settings.from_env({"LABEL_STUDIO_API_KEY": "  ", "LITESAM_VARIANT": "", "LITESAM_WORKERS": ""})
+    assert s.label_studio_api_key is None and s.variant == "litesam_r640" and s.workers == 1
