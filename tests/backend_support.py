@@ -60,6 +60,7 @@ class Route:
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     auth: bool = True
+    declare_length: bool = True
 
 
 class FakeLabelStudio:
@@ -87,15 +88,16 @@ class FakeLabelStudio:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
 
     def close(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
 
-    def add(self, path: str, body: bytes = b"", status: int = 200, auth: bool = True, **headers: str) -> str:
-        self.routes[path] = Route(status, body, dict(headers), auth)
+    def add(self, path: str, body: bytes = b"", status: int = 200, auth: bool = True, declare_length: bool = True,
+            **headers: str) -> str:
+        self.routes[path] = Route(status, body, dict(headers), auth, declare_length)
         return path
 
     def _authorized(self, header: str | None) -> bool:
@@ -123,14 +125,18 @@ class FakeLabelStudio:
             return self._send(handler, 404, b"not found")
         if route.auth and not self._authorized(auth):
             return self._send(handler, 401, b'{"detail": "Authentication credentials were not provided."}')
-        self._send(handler, route.status, route.body, route.headers)
+        self._send(handler, route.status, route.body, route.headers, route.declare_length)
 
     @staticmethod
-    def _send(handler: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict | None = None) -> None:
+    def _send(handler: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict | None = None,
+              declare_length: bool = True) -> None:
         handler.send_response(status)
         for key, value in (headers or {}).items():
             handler.send_header(key, value)
-        handler.send_header("Content-Length", str(len(body)))
+        if declare_length:
+            handler.send_header("Content-Length", str(len(body)))
+        else:
+            handler.close_connection = True
         handler.end_headers()
         handler.wfile.write(body)
 
@@ -158,3 +164,12 @@ def rectangle(x: float, y: float, w: float, h: float, width: int, height: int, l
         "id": f"rect{x}{y}", "from_name": from_name, "to_name": to_name, "type": "rectanglelabels",
         "origin": "manual",
     }
+
+
+def closed_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (bound and released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
