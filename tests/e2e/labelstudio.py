@@ -111,19 +111,26 @@ def ensure_template(template_dir: Path = DEFAULT_TEMPLATE_DIR) -> TemplateInfo:
 
     Building starts LS on an empty data directory (all migrations, admin user, organization with legacy tokens
     on), issues the admin's PAT, stops LS, and moves the result into place atomically. A file lock serialises
-    concurrent builders.
+    concurrent builders (and readers that copy the template, see ``LabelStudioServer.start``).
     """
+    with _template_lock(template_dir):
+        return _ensure_template_locked(template_dir)
+
+
+@contextlib.contextmanager
+def _template_lock(template_dir: Path) -> Iterator[None]:
     template_dir.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = template_dir.parent / (template_dir.name + ".lock")
-    with open(lock_path, "w") as lock:
+    with open(template_dir.parent / (template_dir.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            info = _read_template(template_dir)
-            if info is not None:
-                return info
-            return _build_template(template_dir)
+            yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _ensure_template_locked(template_dir: Path) -> TemplateInfo:
+    info = _read_template(template_dir)
+    return info if info is not None else _build_template(template_dir)
 
 
 def _read_template(template_dir: Path) -> TemplateInfo | None:
@@ -209,9 +216,10 @@ class LabelStudioServer:
     ) -> LabelStudioServer:
         """Start LS in ``workdir`` on a copy of the template (built first if needed); wait until /health is UP."""
         workdir = Path(workdir)
-        template = ensure_template(template_dir)
         data_dir = workdir / "data"
-        shutil.copytree(template.path / "data", data_dir)
+        with _template_lock(template_dir):  # no rebuild can replace the template while it is copied
+            template = _ensure_template_locked(template_dir)
+            shutil.copytree(template.path / "data", data_dir)
         server = cls._launch(workdir, data_dir=data_dir, timeout=START_TIMEOUT)
         server.pat = template.pat
         server.template = template
@@ -226,7 +234,9 @@ class LabelStudioServer:
             folder.mkdir(parents=True, exist_ok=True)
         exe = label_studio_executable()
         log_path = workdir / "label-studio.log"
-        for attempt in range(1, PORT_ATTEMPTS + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             port = free_port()
             argv = [
                 exe,
@@ -256,11 +266,10 @@ class LabelStudioServer:
                 return server
             except ProcessError as exc:
                 server.stop()
-                port_race = "already in use" in process.log_text() or "moved from port" in str(exc)
-                if port_race and attempt < PORT_ATTEMPTS:
-                    continue
-                raise LabelStudioError(f"Label Studio did not start: {exc}") from exc
-        raise LabelStudioError("unreachable: port attempts exhausted")  # the loop returns or raises
+                log = process.log_text(since_start=True)
+                port_race = "already in use" in log or "moved from port" in str(exc)
+                if not port_race or attempt >= PORT_ATTEMPTS:
+                    raise LabelStudioError(f"Label Studio did not start: {exc}") from exc
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """Stop the server (SIGTERM, SIGKILL after ``timeout`` s) and close HTTP clients. Idempotent."""

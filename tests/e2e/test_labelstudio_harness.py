@@ -241,3 +241,25 @@ def test_connect_backend_reports_an_unreachable_backend(label_studio: LabelStudi
         ls.connect_backend(project_id, f"http://127.0.0.1:{free_port()}")
     with httpx.Client(timeout=5, trust_env=False) as client:
         assert client.get(f"{ls.url}/health").json() == {"status": "UP"}
+
+
+@pytest.mark.e2e
+def test_start_retries_when_the_chosen_port_is_taken(tmp_path, monkeypatch):
+    """LS silently moves to the next port when its port is busy (recipe pitfall 6): the harness notices, retries."""
+    import socket
+
+    import tests.e2e.labelstudio as harness
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        ports = iter([taken, free_port()])
+        monkeypatch.setattr(harness, "free_port", lambda: next(ports))
+        server = LabelStudioServer.start(tmp_path)
+        try:
+            assert server.port != taken
+            assert server.client().users.whoami().email == ADMIN_EMAIL
+            assert f"Port {taken} is in use" in server.process.log_text()
+        finally:
+            server.stop()
