@@ -173,3 +173,24 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def make_tiny_checkpoint(path) -> str:
+    """Write a random-weight ``litesam_tiny`` checkpoint to ``path`` (seeded) and return its path."""
+    import torch
+    from litesam.build import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    save_checkpoint(build_model("litesam_tiny"), path, "litesam_tiny")
+    return str(path)
+
+
+def decode_brush(region: dict) -> np.ndarray:
+    """A ``brushlabels`` region's mask as original_height×original_width uint8 (alpha channel of the RLE),
+    decoded with label-studio-sdk; fails if the RLE does not hold exactly H·W·4 values."""
+    from label_studio_sdk.converter.brush import decode_rle
+
+    height, width = region["original_height"], region["original_width"]
+    flat = decode_rle(region["value"]["rle"])
+    assert flat.size == height * width * 4, f"RLE holds {flat.size} values, expected {height}×{width}×4"
+    return flat.reshape(height, width, 4)[:, :, 3]

@@ -1,0 +1,208 @@
+"""Latency of one interactive click: ``POST /predict`` over HTTP on a 1024×768 image, end to end.
+
+For each variant this script writes a RANDOM-WEIGHT checkpoint (latency does not depend on the weight values;
+the masks are meaningless), starts ``litesam-backend serve`` (gunicorn, 1 worker × 2 threads, torch using
+2 threads), serves the images from a local HTTP server that plays Label Studio's ``/data/upload/``, and
+measures:
+
+* cold: the first click on an image never seen (download, decode, encoder, Redis store, decoder, RLE);
+* warm: further clicks on an image whose embedding is cached (download + hash, decoder, RLE).
+
+Each request is timed by the client from send to full answer. The first click after start-up (model loading)
+is not counted. Usage::
+
+    OMP_NUM_THREADS=2 .venv/bin/python bench/predict_latency.py [--variants litesam_r640 litesam_r1024]
+        [--cold 10] [--warm 30] [--redis-url redis://127.0.0.1:6379/12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import redis
+import requests
+import torch
+from PIL import Image, ImageDraw
+
+REPO = Path(__file__).resolve().parents[1]
+WIDTH, HEIGHT = 1024, 768
+CONFIG = (REPO / "label_config.xml").read_text()
+
+
+def make_image(seed: int) -> bytes:
+    """A 1024×768 JPEG with smooth gradients and a few shapes (photo-like size on disk)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
+    base = np.stack([x / WIDTH * 255, y / HEIGHT * 255, (x + y) / (WIDTH + HEIGHT) * 255], axis=2)
+    base += rng.normal(0, 6, size=base.shape)
+    image = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for _ in range(6):
+        x0, y0 = rng.integers(0, WIDTH - 200), rng.integers(0, HEIGHT - 200)
+        draw.ellipse([x0, y0, x0 + rng.integers(60, 200), y0 + rng.integers(60, 200)],
+                     fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+class ImageServer:
+    """Serves ``/data/upload/1/<i>.jpg`` from memory on 127.0.0.1 (plays Label Studio's upload route)."""
+
+    def __init__(self, images: dict[str, bytes]) -> None:
+        files = images
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                body = files.get(self.path)
+                self.send_response(200 if body is not None else 404)
+                self.send_header("Content-Length", str(len(body or b"")))
+                self.end_headers()
+                self.wfile.write(body or b"")
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def click_body(path: str, x: float, y: float) -> dict:
+    region = {
+        "original_width": WIDTH, "original_height": HEIGHT, "image_rotation": 0, "is_positive": True,
+        "value": {"x": x, "y": y, "width": 0.5, "keypointlabels": ["Object"], "labels": ["Object"]},
+        "from_name": "point", "to_name": "image", "type": "keypointlabels", "origin": "manual",
+    }
+    return {"tasks": [{"id": 1, "data": {"image": path}}], "project": "1.0", "label_config": CONFIG,
+            "params": {"context": {"result": [region]}}}
+
+
+def timed_click(session: requests.Session, url: str, path: str, x: float, y: float) -> float:
+    started = time.perf_counter()
+    response = session.post(f"{url}/predict", json=click_body(path, x, y), timeout=120)
+    elapsed = time.perf_counter() - started
+    if response.status_code != 200 or not response.json()["results"][0]["result"]:
+        raise RuntimeError(f"/predict failed: {response.status_code} {response.text[:300]}")
+    return elapsed * 1000
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_health(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("the backend exited during start-up")
+        try:
+            if requests.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("the backend did not answer /health in time")
+
+
+def summary(values: list[float]) -> dict:
+    ordered = sorted(values)
+    p95_index = min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))
+    return {"n": len(values), "p50_ms": round(statistics.median(ordered), 1), "p95_ms": round(ordered[p95_index], 1),
+            "mean_ms": round(statistics.fmean(ordered), 1)}
+
+
+def bench_variant(variant: str, args: argparse.Namespace, workdir: Path) -> dict:
+    from litesam.build import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    checkpoint = workdir / f"{variant}-random.pt"
+    save_checkpoint(build_model(variant), checkpoint, variant)
+    images = {f"/data/upload/1/{i}.jpg": make_image(i) for i in range(args.cold + 2)}
+    server = ImageServer(images)
+    redis.Redis.from_url(args.redis_url).flushdb()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "LITESAM_CHECKPOINT": str(checkpoint), "LITESAM_VARIANT": variant,
+           "REDIS_URL": args.redis_url, "LABEL_STUDIO_URL": server.url, "LABEL_STUDIO_API_KEY": "bench-legacy-token",
+           "LITESAM_TORCH_THREADS": str(args.torch_threads), "LOG_LEVEL": "WARNING",
+           "LITESAM_CACHE_DIR": str(workdir / "cache")}
+    command = [sys.executable, "-m", "backend.cli", "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1",
+               "--threads", str(args.threads)]
+    log = open(workdir / f"{variant}-backend.log", "wb")  # noqa: SIM115 (closed in finally)
+    process = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    try:
+        wait_health(url, process)
+        session = requests.Session()
+        rng = np.random.default_rng(0)
+        timed_click(session, url, "/data/upload/1/0.jpg", 50, 50)  # model load: not counted
+        cold = [timed_click(session, url, f"/data/upload/1/{i}.jpg", 40, 60) for i in range(1, args.cold + 1)]
+        warm_path = f"/data/upload/1/{args.cold + 1}.jpg"
+        timed_click(session, url, warm_path, 50, 50)  # computes this image's embedding
+        warm = [timed_click(session, url, warm_path, *rng.uniform(5, 95, 2)) for _ in range(args.warm)]
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        server.close()
+        log.close()
+        redis.Redis.from_url(args.redis_url).flushdb()
+    image_kb = statistics.fmean(len(b) for b in images.values()) / 1024
+    return {"variant": variant, "cold": summary(cold), "warm": summary(warm), "image_kb": round(image_kb)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variants", nargs="+", default=["litesam_r640", "litesam_r1024"])
+    parser.add_argument("--cold", type=int, default=10, help="clicks on new images per variant")
+    parser.add_argument("--warm", type=int, default=30, help="clicks on a cached image per variant")
+    parser.add_argument("--threads", type=int, default=2, help="gunicorn threads (1 worker)")
+    parser.add_argument("--torch-threads", type=int, default=2, help="torch intra-op threads in the backend")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/12", help="flushed before and after")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON only")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        results = [bench_variant(v, args, Path(tmp)) for v in args.variants]
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print("RANDOM WEIGHTS: checkpoints written by this script with random weights; latency does not depend on the")
+    print("weight values, the masks themselves are meaningless.")
+    print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}; "
+          f"backend: 1 gunicorn worker × {args.threads} threads, torch threads {args.torch_threads}; "
+          f"one click = POST /predict over HTTP, {WIDTH}×{HEIGHT} JPEG, keypoint → brush RLE")
+    print(f"{'variant':<15}{'click':<7}{'n':>4}{'p50 ms':>10}{'p95 ms':>10}{'mean ms':>10}")
+    for result in results:
+        for kind in ("warm", "cold"):
+            s = result[kind]
+            print(f"{result['variant']:<15}{kind:<7}{s['n']:>4}{s['p50_ms']:>10}{s['p95_ms']:>10}{s['mean_ms']:>10}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""A real ``litesam-backend serve`` (gunicorn, 2 workers × 2 threads) answering concurrent first clicks.
+
+No ``/setup`` is sent: every worker must predict from its first request. All workers must give the same
+mask for the same click, the image must be encoded once across processes (Redis lock + cache), and the
+embedding must be in Redis afterwards.
+"""
+
+import hashlib
+import re
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+
+from backend.store import embedding_key
+from tests.backend_support import (
+    LEGACY_TOKEN,
+    REDIS_TEST_DB,
+    FakeLabelStudio,
+    decode_brush,
+    keypoint,
+    make_tiny_checkpoint,
+    png_bytes,
+)
+from tests.e2e.processes import ManagedProcess, base_env, free_port
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = (REPO / "label_config.xml").read_text()
+REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_TEST_DB}"
+IMAGE = png_bytes(333, 517, seed=5)
+SERVED = re.compile(r"\[(\d+)\] backend\.model: task 1: 1 mask\(s\) for 'Object', embedding from (\w+)")
+
+
+@pytest.fixture
+def fake_ls():
+    server = FakeLabelStudio()
+    server.add("/data/upload/1/odd.png", IMAGE)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def r():
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    yield client
+    client.flushdb()
+
+
+@pytest.mark.slow
+def test_two_workers_two_threads_answer_concurrent_first_clicks(tmp_path, fake_ls, r):
+    checkpoint = make_tiny_checkpoint(tmp_path / "tiny.pt")
+    port = free_port()
+    pidfile = tmp_path / "gunicorn.pid"
+    env = base_env(
+        tmp_path,
+        LITESAM_CHECKPOINT=checkpoint, LITESAM_VARIANT="litesam_tiny", REDIS_URL=REDIS_URL,
+        LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=LEGACY_TOKEN, LOG_LEVEL="INFO",
+        OMP_NUM_THREADS="1", LITESAM_TORCH_THREADS="1",
+    )
+    argv = [sys.executable, "-m", "backend.cli", "serve", "--bind", f"127.0.0.1:{port}",
+            "--workers", "2", "--threads", "2", "--pid", str(pidfile)]
+    url = f"http://127.0.0.1:{port}"
+    with ManagedProcess("litesam-backend", argv, env=env, cwd=REPO, log_path=tmp_path / "backend.log",
+                        pidfile=pidfile) as backend:
+        backend.wait_http(f"{url}/health", timeout=60)
+        body = {
+            "tasks": [{"id": 1, "data": {"image": "/data/upload/1/odd.png"}}],
+            "project": "1.1764000000", "label_config": CONFIG,
+            "params": {"context": {"result": [keypoint(40, 60, 333, 517)]}},
+        }
+
+        def click(_):
+            return requests.post(f"{url}/predict", json=body, timeout=60)
+
+        answers = []
+        with ThreadPoolExecutor(8) as pool:
+            for _ in range(5):  # bursts until both workers have answered (usually the first burst)
+                answers += list(pool.map(click, range(8)))
+                if len({m.group(1) for m in SERVED.finditer(backend.log_text())}) == 2:
+                    break
+        log = backend.log_text()
+        assert all(a.status_code == 200 for a in answers), [a.text for a in answers if a.status_code != 200]
+        served = SERVED.findall(log)
+        assert len({pid for pid, _ in served}) == 2, log
+        assert [source for _, source in served].count("computed") == 1, log
+        versions = {a.json()["results"][0]["model_version"] for a in answers}
+        assert versions == {requests.get(f"{url}/versions", timeout=5).json()["versions"][0]}
+        rles = {tuple(a.json()["results"][0]["result"][0]["value"]["rle"]) for a in answers}
+        assert len(rles) == 1  # every worker and thread gives the same mask for the same click
+        assert decode_brush(answers[0].json()["results"][0]["result"][0]).shape == (517, 333)
+        assert r.exists(embedding_key(versions.pop(), hashlib.sha256(IMAGE).hexdigest()))
+        assert "Traceback" not in log and LEGACY_TOKEN not in log

@@ -1,0 +1,103 @@
+"""Checkpoint resolution (path, URL downloaded once and verified), model version, lazy thread-safe loading."""
+
+import hashlib
+import threading
+from pathlib import Path
+
+import pytest
+
+import backend.model as model_module
+from backend.checkpoint import resolve_checkpoint
+from backend.errors import ConfigurationError
+from backend.model import ModelService, model_version_string
+from backend.settings import Settings
+from tests.backend_support import FakeLabelStudio, make_tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("checkpoint") / "tiny.pt")
+
+
+@pytest.fixture(scope="module")
+def sha(checkpoint):
+    return hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def server():
+    s = FakeLabelStudio()
+    yield s
+    s.close()
+
+
+def test_model_version_string():
+    assert model_version_string("litesam_r640", "0123456789abcdef" * 4) == "litesam_r640-0123456789ab"
+
+
+def test_local_checkpoint(checkpoint, sha, tmp_path):
+    resolved = resolve_checkpoint(checkpoint, None, tmp_path)
+    assert resolved.path == Path(checkpoint) and resolved.sha256 == sha
+    assert resolve_checkpoint(checkpoint, sha, tmp_path).sha256 == sha
+    with pytest.raises(ConfigurationError, match="LITESAM_CHECKPOINT_SHA256 says"):
+        resolve_checkpoint(checkpoint, "0" * 64, tmp_path)
+    with pytest.raises(ConfigurationError, match="is not a file"):
+        resolve_checkpoint(str(tmp_path / "missing.pt"), None, tmp_path)
+    with pytest.raises(ConfigurationError, match="LITESAM_CHECKPOINT is not set"):
+        resolve_checkpoint(None, None, tmp_path)
+
+
+def test_url_checkpoint_is_downloaded_once_and_verified(checkpoint, sha, server, tmp_path):
+    server.add("/weights/tiny.pt?sig=abc", Path(checkpoint).read_bytes(), auth=False)
+    url = f"{server.url}/weights/tiny.pt?sig=abc"
+    first = resolve_checkpoint(url, sha, tmp_path)
+    assert first.sha256 == sha and first.path.parent == tmp_path / "checkpoints" and first.path.name.endswith("tiny.pt")
+    second = resolve_checkpoint(url, sha, tmp_path)
+    assert second == first
+    assert len([r for r in server.requests if r[1].startswith("/weights/")]) == 1
+
+
+def test_url_checkpoint_with_the_wrong_sha_is_not_kept(checkpoint, server, tmp_path):
+    server.add("/weights/tiny.pt", Path(checkpoint).read_bytes(), auth=False)
+    with pytest.raises(ConfigurationError, match="it was not kept") as info:
+        resolve_checkpoint(f"{server.url}/weights/tiny.pt", "1" * 64, tmp_path)
+    assert "?" not in str(info.value)
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if not p.name.endswith(".lock")]
+    with pytest.raises(ConfigurationError, match="HTTP 404"):
+        resolve_checkpoint(f"{server.url}/weights/missing.pt", None, tmp_path)
+
+
+def test_model_version_from_the_configured_sha_needs_no_file():
+    service = ModelService(Settings(checkpoint="/nowhere.pt", checkpoint_sha256="ab" * 32, variant="litesam_r1024"))
+    assert service.model_version == "litesam_r1024-abababababab"
+    assert not service.loaded
+
+
+def test_model_is_loaded_once_for_concurrent_first_requests(checkpoint, sha, monkeypatch):
+    builds = []
+    real_build = model_module.build_model
+
+    def counting_build(*args, **kwargs):
+        builds.append(1)
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(model_module, "build_model", counting_build)
+    threads_set = []
+    monkeypatch.setattr(model_module.torch, "set_num_threads", threads_set.append)
+    service = ModelService(Settings(checkpoint=checkpoint, variant="litesam_tiny", torch_threads=1))
+    assert service.model_version == f"litesam_tiny-{sha[:12]}"
+    models = []
+    threads = [threading.Thread(target=lambda: models.append(service.model())) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(builds) == 1 and len({id(m) for m in models}) == 1 and service.loaded
+    assert threads_set == [1]
+    assert not models[0].training
+
+
+def test_a_checkpoint_of_another_variant_is_a_clear_error(checkpoint):
+    service = ModelService(Settings(checkpoint=checkpoint, variant="litesam_r640"))
+    with pytest.raises(ConfigurationError, match="cannot load the checkpoint"):
+        service.model()
