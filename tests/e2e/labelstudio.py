@@ -50,8 +50,8 @@ TEMPLATE_FORMAT = 1
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TEMPLATE_DIR = REPO_ROOT / ".cache" / "ls-template"
 
-FIRST_START_TIMEOUT = 240.0  # empty data dir: all migrations (measured 32-40 s on 2 cores)
-START_TIMEOUT = 90.0  # copy of the template (measured ~4 s)
+FIRST_START_TIMEOUT = 240.0  # empty data dir: all migrations (measured 30-55 s on 2 cores)
+START_TIMEOUT = 90.0  # copy of the template (measured 3-7 s)
 REQUEST_TIMEOUT = 60.0
 PORT_ATTEMPTS = 3
 
@@ -515,13 +515,3 @@ def _content_type(name: str) -> str:
     return {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}.get(
         suffix, "application/octet-stream"
     )
-
-
-@contextlib.contextmanager
-def running_label_studio(workdir: str | os.PathLike, **kwargs: Any) -> Iterator[LabelStudioServer]:
-    """Context manager around ``LabelStudioServer.start`` / ``stop``."""
-    server = LabelStudioServer.start(workdir, **kwargs)
-    try:
-        yield server
-    finally:
-        server.stop()

@@ -34,13 +34,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def port_is_open(host: str, port: int, timeout: float = 0.2) -> bool:
-    """True when something accepts TCP connections on ``host:port``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        return sock.connect_ex((host, port)) == 0
-
-
 # Variables a child may inherit from the caller's environment; base_env() drops everything else.
 INHERITED_ENV = (
     "PATH",
