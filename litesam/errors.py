@@ -17,6 +17,10 @@ class InvalidPromptError(LiteSamError, ValueError):
     """Points, labels, boxes or mask inputs are malformed, empty, non-finite or outside the image."""
 
 
+class InvalidMaskError(LiteSamError, ValueError):
+    """A mask, an encoded mask (COCO or brush RLE), a box array or an NMS argument is malformed."""
+
+
 class CheckpointError(LiteSamError):
     """A checkpoint cannot be read, is of another variant, or its keys do not match the model."""
 

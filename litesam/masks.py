@@ -44,11 +44,7 @@ import numpy as np
 import torch
 from pycocotools import mask as coco_mask
 
-from .errors import LiteSamError
-
-
-class InvalidMaskError(LiteSamError, ValueError):
-    """A mask, an encoded mask, a box array or an NMS argument is malformed."""
+from .errors import InvalidMaskError
 
 
 # --- Label Studio brush RLE -------------------------------------------------------------------------------
