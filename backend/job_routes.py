@@ -1,0 +1,97 @@
+"""HTTP routes of pre-annotation jobs, a Flask blueprint: ``create_app(settings, blueprints=[jobs_blueprint])``.
+
+=========================  ==========================================================================
+route                      behaviour
+=========================  ==========================================================================
+POST /jobs                 body ``{"project": N, "overwrite": false, "tasks": [task ids] (optional),
+                           "options": {...} (optional, see backend.jobs.JobOptions)}`` → 202
+                           ``{"job": status, "created": true}``; when the project already has a running
+                           job: 200 ``{"job": that job's status, "created": false}``
+GET /jobs/<id>             the job's status (backend.jobs.job_status), 404 for an unknown id
+GET /jobs                  ``{"jobs": [status, …]}``, newest first, without per-task failures;
+                           ``?limit=N`` (default 50, at most 200)
+GET /jobs/ui               the jobs page: live progress bars and a "pre-annotate project N" form
+GET /jobs/static/<file>    the page's script and style sheet
+=========================  ==========================================================================
+
+The page reads the same ``GET /jobs`` answer the API gives, so both always show the same progress. The
+app's basic-auth guard (``before_request``) covers these routes like every other one; the page's requests
+carry the credentials the browser already sent for the page. Redis down: 503 with a clear message.
+"""
+
+from __future__ import annotations
+
+import redis
+from flask import Blueprint, current_app, jsonify, render_template, request
+
+from .app import current_services, json_body
+from .errors import BackendError, BadRequestError
+from .jobs import JobBoard, JobOptions, redis_connection
+
+MAX_LIST_LIMIT = 200
+_EXTENSION = "litesam_jobs_redis"
+
+jobs_blueprint = Blueprint(
+    "jobs", __name__, template_folder="templates", static_folder="static", static_url_path="/jobs/static"
+)
+
+
+class QueueUnavailableError(BackendError):
+    """Redis (the job queue) does not answer: jobs can be neither queued nor read."""
+
+    status = 503
+
+
+def _board() -> JobBoard:
+    connection = current_app.extensions.get(_EXTENSION)
+    if connection is None:
+        connection = redis_connection(current_services().settings)
+        current_app.extensions[_EXTENSION] = connection
+    return JobBoard(connection)
+
+
+@jobs_blueprint.errorhandler(redis.RedisError)
+def _redis_down(exc: redis.RedisError):
+    error = QueueUnavailableError(
+        f"Redis does not answer ({type(exc).__name__}): pre-annotation jobs cannot be queued or read; check REDIS_URL"
+    )
+    current_app.logger.error("%s %s → %d: %s", request.method, request.path, error.status, error.message)
+    response = jsonify({"error": error.message})
+    response.status_code = error.status
+    return response
+
+
+@jobs_blueprint.route("/jobs", methods=["POST"])
+def create_job():
+    body = json_body()
+    unknown = sorted(set(body) - {"project", "overwrite", "tasks", "options"})
+    if unknown:
+        raise BadRequestError(f"unknown field(s) {', '.join(unknown)}; expected project, overwrite, tasks, options")
+    overwrite = body.get("overwrite", False)
+    if not isinstance(overwrite, bool):
+        raise BadRequestError("'overwrite' must be true or false")
+    options = JobOptions.from_json(body.get("options"))
+    status, created = _board().start(
+        body.get("project"), overwrite=overwrite, task_ids=body.get("tasks"), options=options, source="api"
+    )
+    response = jsonify({"job": status, "created": created})
+    response.status_code = 202 if created else 200
+    return response
+
+
+@jobs_blueprint.route("/jobs", methods=["GET"])
+def list_jobs():
+    raw = request.args.get("limit", "50")
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIST_LIMIT:
+        raise BadRequestError(f"'limit' must be an integer from 1 to {MAX_LIST_LIMIT}")
+    return jsonify({"jobs": _board().recent(int(raw))})
+
+
+@jobs_blueprint.route("/jobs/<job_id>", methods=["GET"])
+def get_job(job_id: str):
+    return jsonify(_board().status(job_id))
+
+
+@jobs_blueprint.route("/jobs/ui", methods=["GET"])
+def jobs_page():
+    return render_template("jobs.html")
