@@ -1,0 +1,247 @@
+"""Training samples: resized image, sampled ground-truth masks with simulated prompts, AutoPPN targets.
+
+One sample per image (:class:`SegmentationDataset`), batched by :func:`collate_samples` into a
+:class:`TrainBatch`. Frames, as everywhere in Lite-SAM:
+
+* *original* pixels: the stored image, H×W;
+* *input frame*: the image resized so its longest side is S (:class:`litesam.transforms.ResizeLongestSide`),
+  h'×w', placed at the top-left of the zero-padded S×S model input. Prompts and boxes are in this frame;
+* *low-res frame*: the mask decoder's output, the S×S input at 1/4 scale (S/4 × S/4, padding included).
+
+The image is returned resized but neither normalised nor padded: :meth:`TrainBatch.model_input` runs it
+through the model's own ``preprocess`` on the training device, so the normalisation exists in one place and
+the dataset stays free of the model (cheap to send to loader workers).
+
+Masks are resized with area interpolation (a pixel is on when at least half of what it covers is on);
+masks that vanish in the frame of the loss are not sampled. Randomness (which masks, prompt points, box
+noise) comes from a generator seeded with ``(seed, epoch, index)``, so a sample is reproducible on its own,
+whatever the worker or the order it is loaded in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Literal
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from ..masks import batched_mask_to_box
+from ..modeling.autoppn import build_autoppn_targets, cell_centres
+from ..transforms import ResizeLongestSide
+from .annotations import DatasetError, ImageRecord, decode_mask, read_image
+from .prompts import PromptConfig, choose_point_prompts, jitter_boxes, sample_points
+
+#: The decoder's low-resolution masks are the model input at this fraction (SAM: 4×4 upscaling of S/16).
+LOW_RES_FACTOR = 4
+
+
+@dataclass
+class TrainSample:
+    """One image's training data (tensors on the CPU).
+
+    Attributes:
+        image: 3×h'×w' float32, RGB on the 0–255 scale, resized (longest side S), not padded.
+        input_size: (h', w').
+        original_size: (H, W).
+        gt_masks: N×M×M bool ground-truth masks in the padded input, M = S/4 (``mask_scale="low_res"``) or S.
+        gt_boxes: N×4 float32 tight XYXY boxes, pixel-inclusive, input frame.
+        point_coords: N×2 float32 (x, y) one random on pixel per mask, input frame.
+        prompt_boxes: N×4 float32 noisy XYXY box prompts, input frame.
+        use_point: N bool, True where the mask is prompted with its point, False where with its box.
+        heat_target: G×G float32 AutoPPN heat target, G = S / stride.
+        box_target: 4×G×G float32 ltrb distances in stride units (0 where no mask owns the cell).
+        heat_valid: G×G bool, cells whose centre lies in the unpadded image.
+        num_peaks: masks owning at least one target cell.
+        index: position in the dataset.
+    """
+
+    image: torch.Tensor
+    input_size: tuple[int, int]
+    original_size: tuple[int, int]
+    gt_masks: torch.Tensor
+    gt_boxes: torch.Tensor
+    point_coords: torch.Tensor
+    prompt_boxes: torch.Tensor
+    use_point: torch.Tensor
+    heat_target: torch.Tensor
+    box_target: torch.Tensor
+    heat_valid: torch.Tensor
+    num_peaks: int
+    index: int
+
+
+@dataclass
+class TrainBatch:
+    """B samples: per-image lists for the ragged fields, stacked tensors for the AutoPPN targets.
+
+    Attributes (lists hold one entry per image, shapes as in :class:`TrainSample`):
+        images, input_sizes, original_sizes, gt_masks, gt_boxes, point_coords, prompt_boxes, use_point.
+        heat_target: B×G×G; box_target: B×4×G×G; heat_valid: B×G×G; num_peaks: B int64; indices: B.
+    """
+
+    images: list[torch.Tensor]
+    input_sizes: list[tuple[int, int]]
+    original_sizes: list[tuple[int, int]]
+    gt_masks: list[torch.Tensor]
+    gt_boxes: list[torch.Tensor]
+    point_coords: list[torch.Tensor]
+    prompt_boxes: list[torch.Tensor]
+    use_point: list[torch.Tensor]
+    heat_target: torch.Tensor
+    box_target: torch.Tensor
+    heat_valid: torch.Tensor
+    num_peaks: torch.Tensor
+    indices: list[int]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def to(self, device: torch.device | str) -> TrainBatch:
+        """A copy with every tensor on ``device`` (non-blocking where possible)."""
+
+        def move(value):
+            if isinstance(value, torch.Tensor):
+                return value.to(device, non_blocking=True)
+            if isinstance(value, list):
+                return [move(v) for v in value]
+            return value
+
+        return TrainBatch(**{f.name: move(getattr(self, f.name)) for f in fields(self)})
+
+    def model_input(self, preprocess) -> torch.Tensor:
+        """B×3×S×S normalised, padded model input, each image through ``preprocess`` (``LiteSAM.preprocess``)."""
+        return torch.cat([preprocess(image[None]) for image in self.images])
+
+
+def collate_samples(samples: Sequence[TrainSample]) -> TrainBatch:
+    """Batch samples (the ``collate_fn`` of the training DataLoader)."""
+    if not samples:
+        raise ValueError("cannot collate an empty list of samples")
+    return TrainBatch(
+        images=[s.image for s in samples],
+        input_sizes=[s.input_size for s in samples],
+        original_sizes=[s.original_size for s in samples],
+        gt_masks=[s.gt_masks for s in samples],
+        gt_boxes=[s.gt_boxes for s in samples],
+        point_coords=[s.point_coords for s in samples],
+        prompt_boxes=[s.prompt_boxes for s in samples],
+        use_point=[s.use_point for s in samples],
+        heat_target=torch.stack([s.heat_target for s in samples]),
+        box_target=torch.stack([s.box_target for s in samples]),
+        heat_valid=torch.stack([s.heat_valid for s in samples]),
+        num_peaks=torch.tensor([s.num_peaks for s in samples], dtype=torch.int64),
+        indices=[s.index for s in samples],
+    )
+
+
+class SegmentationDataset(Dataset):
+    """Training samples of Lite-SAM from annotated images (COCO or SA-1B records).
+
+    Args:
+        records: images and annotations (:func:`litesam.train.annotations.load_records`).
+        image_size: S, the model input side (``model.img_size``).
+        stride: AutoPPN stride in input pixels (``model.image_encoder.autoppn.stride``); S must be a multiple.
+        max_masks: at most this many masks per image get prompts and mask losses (SA-1B recipe: 64);
+            all masks shape the AutoPPN targets.
+        mask_scale: frame of ``gt_masks``: ``"low_res"`` (S/4, the decoder's output; the default) or
+            ``"input"`` (S; the loss then upsamples the logits).
+        prompts: prompt simulation settings.
+        seed: base seed; see :meth:`set_epoch`.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[ImageRecord],
+        image_size: int,
+        stride: int,
+        max_masks: int = 64,
+        mask_scale: Literal["low_res", "input"] = "low_res",
+        prompts: PromptConfig | None = None,
+        seed: int = 0,
+    ) -> None:
+        if not records:
+            raise DatasetError("the dataset has no images")
+        if mask_scale not in ("low_res", "input"):
+            raise ValueError(f"mask_scale must be 'low_res' or 'input', got {mask_scale!r}")
+        if image_size <= 0 or image_size % stride or image_size % LOW_RES_FACTOR:
+            raise ValueError(f"image_size {image_size} must be a positive multiple of the stride {stride} and of 4")
+        if max_masks < 1:
+            raise ValueError(f"max_masks must be ≥ 1, got {max_masks}")
+        self.records = list(records)
+        self.image_size = image_size
+        self.stride = stride
+        self.max_masks = max_masks
+        self.mask_scale = mask_scale
+        self.prompts = prompts or PromptConfig()
+        self.seed = seed
+        self.epoch = 0
+        self.transform = ResizeLongestSide(image_size)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose random draws :meth:`__getitem__` makes (call before creating the loader)."""
+        self.epoch = int(epoch)
+
+    def __getitem__(self, index: int) -> TrainSample:
+        record = self.records[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        image = read_image(record)
+        resized = self.transform.apply_image(image)
+        h, w = resized.shape[:2]
+        s = self.image_size
+
+        # Every annotation at input scale, padded to S×S: all of them shape the AutoPPN targets.
+        masks = np.zeros((len(record.annotations), s, s), dtype=bool)
+        for i, annotation in enumerate(record.annotations):
+            original = decode_mask(annotation, record.height, record.width).astype(np.float32)
+            masks[i, :h, :w] = cv2.resize(original, (w, h), interpolation=cv2.INTER_AREA) >= 0.5
+        masks = masks[masks.reshape(len(masks), -1).any(axis=1)]
+        targets = build_autoppn_targets(masks, stride=self.stride, shape=(s, s))
+
+        gt = masks
+        if self.mask_scale == "low_res":
+            gt = _area_downsample(masks, LOW_RES_FACTOR)
+        usable = np.flatnonzero(gt.reshape(len(gt), -1).any(axis=1))
+        chosen = np.sort(rng.permutation(usable)[: self.max_masks])
+        chosen_masks = masks[chosen]
+
+        boxes = batched_mask_to_box(torch.from_numpy(chosen_masks)).float().numpy().reshape(-1, 4)
+        cfg = self.prompts
+        points = sample_points(chosen_masks, rng)
+        prompt_boxes = jitter_boxes(boxes, rng, (h, w), cfg.box_noise, cfg.box_noise_cap)
+        use_point = choose_point_prompts(len(chosen), rng, cfg.point_fraction)
+
+        grid = s // self.stride
+        centres = cell_centres(grid, grid, self.stride)
+        heat_valid = (centres[..., 0] < w) & (centres[..., 1] < h)
+        return TrainSample(
+            image=torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1))).float(),
+            input_size=(h, w),
+            original_size=(record.height, record.width),
+            gt_masks=torch.from_numpy(np.ascontiguousarray(gt[chosen])),
+            gt_boxes=torch.from_numpy(boxes),
+            point_coords=torch.from_numpy(points),
+            prompt_boxes=torch.from_numpy(prompt_boxes),
+            use_point=torch.from_numpy(use_point),
+            heat_target=torch.from_numpy(targets.heat),
+            box_target=torch.from_numpy(targets.box_ltrb),
+            heat_valid=heat_valid,
+            num_peaks=targets.num_peaks,
+            index=index,
+        )
+
+
+def _area_downsample(masks: np.ndarray, factor: int) -> np.ndarray:
+    """N×S×S bool → N×(S/f)×(S/f) bool: a cell is on when at least half of its f×f pixels are."""
+    if len(masks) == 0:
+        side = masks.shape[1] // factor
+        return np.zeros((0, side, side), dtype=bool)
+    pooled = F.avg_pool2d(torch.from_numpy(masks).float()[:, None], factor)[:, 0]
+    return (pooled >= 0.5).numpy()

@@ -1,0 +1,116 @@
+"""Tests of litesam.eval: IoU metrics on known masks, prompt helpers, the SegAny protocol end to end."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from litesam.build import build_model, save_checkpoint
+from litesam.eval.cli import add_eval_command
+from litesam.eval.metrics import MeanIoU, batched_mask_iou, mask_iou, size_bucket
+from litesam.eval.segany import center_point, evaluate_dataset, mask_box
+from litesam.train.annotations import DatasetError
+from tests.test_train import disc, rectangle, write_synthetic_coco
+
+
+@pytest.fixture(scope="module")
+def coco(tmp_path_factory):
+    return write_synthetic_coco(tmp_path_factory.mktemp("coco"))
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model("litesam_tiny")
+
+
+def test_mask_iou_on_known_masks():
+    a = rectangle(40, 40, 0, 0, 10, 10)
+    shifted = rectangle(40, 40, 5, 0, 15, 10)  # overlap 50, union 150
+    far = rectangle(40, 40, 20, 20, 30, 30)
+    empty = np.zeros((40, 40), dtype=bool)
+    assert mask_iou(a, a) == 1.0
+    assert mask_iou(a, shifted) == pytest.approx(1 / 3)
+    assert mask_iou(a, far) == 0.0
+    assert mask_iou(a, empty) == 0.0
+    assert mask_iou(empty, empty) == 1.0
+    assert mask_iou(a.astype(np.uint8) * 255, a) == 1.0
+    np.testing.assert_allclose(batched_mask_iou(np.stack([a, a, a]), np.stack([a, shifted, far])), [1, 1 / 3, 0])
+    with pytest.raises(ValueError, match="N×H×W"):
+        batched_mask_iou(np.stack([a]), np.stack([a[:20]]))
+
+
+def test_mean_iou_by_size():
+    meter = MeanIoU()
+    assert meter.summary()["miou"] is None and meter.summary()["count"] == 0
+    meter.add(1.0, 100)  # small (< 32²)
+    meter.add(0.5, 2000)  # medium
+    meter.add(0.0, 96**2)  # large (≥ 96²)
+    meter.add(0.5, 50)
+    summary = meter.summary()
+    assert summary["miou"] == pytest.approx(0.5) and summary["count"] == 4
+    assert summary["by_size"]["small"] == {"miou": 0.75, "count": 2}
+    assert summary["by_size"]["large"] == {"miou": 0.0, "count": 1}
+    assert size_bucket(32**2 - 1) == "small" and size_bucket(32**2) == "medium"
+    with pytest.raises(ValueError):
+        meter.add(1.5, 10)
+
+
+def test_centre_point_and_box():
+    assert center_point(rectangle(30, 40, 10, 5, 21, 16)) == (15, 10)
+    assert center_point(disc(50, 50, 20, 30, 8)) == (20, 30)
+    ell = rectangle(40, 40, 0, 0, 6, 40) | rectangle(40, 40, 0, 34, 40, 40)
+    x, y = center_point(ell)
+    assert ell[y, x]  # inside, unlike the centroid of an L
+    edge = rectangle(20, 20, 0, 0, 5, 20)  # touches the image border: the border counts as boundary
+    assert center_point(edge)[0] == 2
+    with pytest.raises(ValueError, match="empty"):
+        center_point(np.zeros((5, 5), dtype=bool))
+    assert mask_box(rectangle(30, 40, 10, 5, 21, 16)).tolist() == [10, 5, 20, 15]
+    assert mask_box(rectangle(30, 40, 10, 5, 11, 16)).tolist() == [10, 5, 11, 15]  # 1 px wide → widened
+
+
+def test_segany_evaluation_end_to_end(coco, model):
+    annotation_file, image_dir, _ = coco
+    report = evaluate_dataset(model, annotation_file, image_dir)
+    assert report["images"] == 3 and report["masks"] == 9 and report["skipped_empty"] == 0
+    assert report["image_size"] == 256 and report["data"] == str(annotation_file)
+    for kind in ("box", "point"):
+        assert report[kind]["count"] == 9
+        assert 0.0 <= report[kind]["miou"] <= 1.0
+        sizes = report[kind]["by_size"]
+        assert sum(s["count"] for s in sizes.values()) == 9
+    json.dumps(report)  # serialisable as it is
+
+    again = evaluate_dataset(model, annotation_file, image_dir)
+    for kind in ("box", "point"):
+        assert again[kind] == report[kind]  # deterministic in eval mode
+
+    one = evaluate_dataset(model, annotation_file, image_dir, prompts=("box",), max_images=1)
+    assert one["images"] == 1 and one["masks"] == 3 and "point" not in one
+    with pytest.raises(ValueError, match="subset"):
+        evaluate_dataset(model, annotation_file, image_dir, prompts=("scribble",))
+
+
+def test_cli_eval_command(coco, model, tmp_path, capsys):
+    annotation_file, image_dir, _ = coco
+    checkpoint = save_checkpoint(model, tmp_path / "tiny.pt", "litesam_tiny")
+    parser = argparse.ArgumentParser(prog="litesam")
+    add_eval_command(parser.add_subparsers(dest="command", required=True))
+    out = tmp_path / "report.json"
+    args = parser.parse_args(
+        ["eval", "--checkpoint", str(checkpoint), "--data", str(annotation_file), "--images", str(image_dir),
+         "--prompts", "point", "--max-images", "2", "-o", str(out)]
+    )
+    assert args.run(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(out.read_text())
+    assert printed["checkpoint"] == str(checkpoint) and printed["images"] == 2 and printed["point"]["count"] == 6
+
+    args = parser.parse_args(["eval", "--checkpoint", str(checkpoint), "--data", str(annotation_file)])
+    with pytest.raises(DatasetError, match="image folder"):
+        args.run(args)
