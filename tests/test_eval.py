@@ -39,7 +39,9 @@ def test_mask_iou_on_known_masks():
     assert mask_iou(a, empty) == 0.0
     assert mask_iou(empty, empty) == 1.0
     assert mask_iou(a.astype(np.uint8) * 255, a) == 1.0
-    np.testing.assert_allclose(batched_mask_iou(np.stack([a, a, a]), np.stack([a, shifted, far])), [1, 1 / 3, 0])
+    np.testing.assert_allclose(
+        batched_mask_iou(np.stack([a, a, a]), np.stack([a, shifted, far])), [1, 1 / 3, 0]
+    )
     with pytest.raises(ValueError, match="N×H×W"):
         batched_mask_iou(np.stack([a]), np.stack([a[:20]]))
 
@@ -103,13 +105,28 @@ def test_cli_eval_command(coco, model, tmp_path, capsys):
     add_eval_command(parser.add_subparsers(dest="command", required=True))
     out = tmp_path / "report.json"
     args = parser.parse_args(
-        ["eval", "--checkpoint", str(checkpoint), "--data", str(annotation_file), "--images", str(image_dir),
-         "--prompts", "point", "--max-images", "2", "-o", str(out)]
+        [
+            "eval",
+            "--checkpoint",
+            str(checkpoint),
+            "--data",
+            str(annotation_file),
+            "--images",
+            str(image_dir),
+            "--prompts",
+            "point",
+            "--max-images",
+            "2",
+            "-o",
+            str(out),
+        ]
     )
     assert args.run(args) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(out.read_text())
-    assert printed["checkpoint"] == str(checkpoint) and printed["images"] == 2 and printed["point"]["count"] == 6
+    assert (
+        printed["checkpoint"] == str(checkpoint) and printed["images"] == 2 and printed["point"]["count"] == 6
+    )
 
     args = parser.parse_args(["eval", "--checkpoint", str(checkpoint), "--data", str(annotation_file)])
     with pytest.raises(DatasetError, match="image folder"):

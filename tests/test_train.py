@@ -18,6 +18,7 @@ from litesam.errors import LiteSamError
 from litesam.train.annotations import DatasetError, decode_mask, load_records, read_image
 from litesam.train.cli import add_train_command
 from litesam.train.data import SegmentationDataset, collate_samples
+from litesam.train.loop import TrainConfig, build_optimizer, train, training_losses, warmup_cosine
 from litesam.train.losses import (
     LossWeights,
     box_losses,
@@ -27,7 +28,6 @@ from litesam.train.losses import (
     mask_losses,
     sigmoid_focal_loss,
 )
-from litesam.train.loop import TrainConfig, build_optimizer, train, training_losses, warmup_cosine
 from litesam.train.prompts import PromptConfig, jitter_boxes, match_proposals, sample_points
 
 # --- a tiny synthetic COCO dataset ------------------------------------------------------------------------
@@ -68,7 +68,7 @@ def write_synthetic_coco(root: Path) -> tuple[Path, Path, dict]:
     for image_id, (name, height, width) in enumerate(SYNTHETIC_IMAGES, start=1):
         pixels = rng.integers(0, 60, size=(height, width, 3), dtype=np.uint8)
         masks = synthetic_masks(height, width)
-        for colour, mask in zip(((220, 40, 40), (40, 220, 40), (40, 40, 220)), masks.values()):
+        for colour, mask in zip(((220, 40, 40), (40, 220, 40), (40, 40, 220)), masks.values(), strict=True):
             pixels[mask] = colour
         Image.fromarray(pixels).save(image_dir / name)
         images.append({"id": image_id, "file_name": name, "height": height, "width": width})
@@ -87,7 +87,12 @@ def write_synthetic_coco(root: Path) -> tuple[Path, Path, dict]:
             truth[(name, kind)] = masks[kind]
     crowd = rectangle(96, 128, 0, 0, 20, 20)
     annotations.append(
-        {"id": 99, "image_id": 1, "iscrowd": 1, "segmentation": {"size": [96, 128], "counts": _uncompressed_runs(crowd)}}
+        {
+            "id": 99,
+            "image_id": 1,
+            "iscrowd": 1,
+            "segmentation": {"size": [96, 128], "counts": _uncompressed_runs(crowd)},
+        }
     )
     annotation_file = root / "instances.json"
     annotation_file.write_text(json.dumps({"images": images, "annotations": annotations, "categories": []}))
@@ -122,7 +127,7 @@ def test_coco_records_decode_polygons_and_both_rle_forms(coco):
     assert [r.path.name for r in records] == ["a.png", "b.png", "c.png"]
     assert all(len(r.annotations) == 3 for r in records)  # the crowd annotation is left out
     for record in records:
-        for kind, annotation in zip(("rect", "disc", "bar"), record.annotations):
+        for kind, annotation in zip(("rect", "disc", "bar"), record.annotations, strict=True):
             decoded = decode_mask(annotation, record.height, record.width)
             assert decoded.dtype == bool and decoded.shape == (record.height, record.width)
             np.testing.assert_array_equal(decoded, truth[(record.path.name, kind)])
@@ -155,7 +160,10 @@ def _rewrite(annotation_file: Path, change) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda d: d["annotations"].append({"image_id": 42, "segmentation": [[0, 0, 5, 0, 5, 5]]}), "image id 42"),
+        (
+            lambda d: d["annotations"].append({"image_id": 42, "segmentation": [[0, 0, 5, 0, 5, 5]]}),
+            "image id 42",
+        ),
         (lambda d: d["images"].append(dict(d["images"][0])), "appears twice"),
         (lambda d: d["images"][0].update(file_name="missing.png"), "missing"),
         (lambda d: d["images"][0].update(height=0), "'height' must be a positive int"),
@@ -219,7 +227,9 @@ def test_sample_shapes_prompts_and_targets(coco):
     rect = np.zeros((256, 256), dtype=bool)
     rect[24:96, 32:128] = True
     assert any(np.array_equal(m.numpy(), rect) for m in sample.gt_masks)
-    for mask, box, point, prompt in zip(sample.gt_masks, sample.gt_boxes, sample.point_coords, sample.prompt_boxes):
+    for mask, box, point, prompt in zip(
+        sample.gt_masks, sample.gt_boxes, sample.point_coords, sample.prompt_boxes, strict=True
+    ):
         ys, xs = np.nonzero(mask.numpy())
         assert box.tolist() == [xs.min(), ys.min(), xs.max(), ys.max()]  # tight, pixel-inclusive
         assert mask[int(point[1]), int(point[0])]  # the point lies on the mask
@@ -253,9 +263,20 @@ def test_low_res_masks_are_the_decoder_scale(coco):
 
 def test_samples_are_deterministic_and_capped(coco):
     annotation_file, image_dir, _ = coco
-    first, second = tiny_dataset(annotation_file, image_dir, seed=1), tiny_dataset(annotation_file, image_dir, seed=1)
+    first, second = (
+        tiny_dataset(annotation_file, image_dir, seed=1),
+        tiny_dataset(annotation_file, image_dir, seed=1),
+    )
     a, b = first[2], second[2]
-    for name in ("image", "gt_masks", "point_coords", "prompt_boxes", "use_point", "heat_target", "box_target"):
+    for name in (
+        "image",
+        "gt_masks",
+        "point_coords",
+        "prompt_boxes",
+        "use_point",
+        "heat_target",
+        "box_target",
+    ):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
     second.set_epoch(1)
     assert not torch.equal(a.point_coords, second[2].point_coords)
@@ -325,9 +346,13 @@ def test_mask_losses_perfect_wrong_and_weighting():
     best["mask"].backward()
     assert candidates.grad[:, 0].abs().sum() == 0 and candidates.grad[:, 2].abs().sum() == 0
     # Input-scale targets: the logits are upsampled to them.
-    upsampled = mask_losses(perfect[:, None], iou_perfect, target.repeat_interleave(2, 1).repeat_interleave(2, 2))
+    upsampled = mask_losses(
+        perfect[:, None], iou_perfect, target.repeat_interleave(2, 1).repeat_interleave(2, 2)
+    )
     assert float(upsampled["dice"]) < 0.05
-    empty = mask_losses(torch.zeros(0, 3, 16, 16), torch.zeros(0, 3), torch.zeros(0, 16, 16, dtype=torch.bool))
+    empty = mask_losses(
+        torch.zeros(0, 3, 16, 16), torch.zeros(0, 3), torch.zeros(0, 16, 16, dtype=torch.bool)
+    )
     assert float(empty["mask"]) == 0.0
 
 
@@ -348,7 +373,9 @@ def test_autoppn_losses():
     assert float(heatmap_loss(exact, heat, valid, peaks)) < 1e-6
     off = float(heatmap_loss(torch.zeros(1, 1, 8, 8), heat, valid, peaks))
     assert off > 1.0
-    assert float(heatmap_loss(torch.zeros(1, 1, 8, 8), heat, valid, torch.tensor([4]))) == pytest.approx(off / 4)
+    assert float(heatmap_loss(torch.zeros(1, 1, 8, 8), heat, valid, torch.tensor([4]))) == pytest.approx(
+        off / 4
+    )
     # Cells in the padding do not count.
     padding = valid.clone()
     padding[0, :, 6:] = False
@@ -377,9 +404,13 @@ def test_autoppn_losses():
 
 def test_warmup_cosine_schedule():
     values = [warmup_cosine(step, 10, 110) for step in range(111)]
-    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0) and values[10] == pytest.approx(1.0)
+    assert (
+        values[0] == pytest.approx(0.1)
+        and values[9] == pytest.approx(1.0)
+        and values[10] == pytest.approx(1.0)
+    )
     assert values[60] == pytest.approx(0.5) and values[110] == pytest.approx(0.0, abs=1e-12)
-    assert all(a >= b for a, b in zip(values[10:], values[11:]))
+    assert all(a >= b for a, b in zip(values[10:], values[11:], strict=False))
     assert warmup_cosine(110, 10, 110, min_ratio=0.1) == pytest.approx(0.1)
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
     decay, no_decay = build_optimizer(model, 1e-3, 0.1, (0.9, 0.999)).param_groups
@@ -428,13 +459,25 @@ def test_autoppn_proposals_matched_to_ground_truth_are_trained(coco):
 def test_train_writes_loadable_checkpoints_and_resumes(coco, tmp_path):
     annotation_file, image_dir, _ = coco
     common = dict(
-        data=annotation_file, images=image_dir, variant="litesam_tiny", batch_size=2, warmup_steps=1,
-        lr=1e-3, device="cpu", log_every=1, checkpoint_every=0, epochs=2,
+        data=annotation_file,
+        images=image_dir,
+        variant="litesam_tiny",
+        batch_size=2,
+        warmup_steps=1,
+        lr=1e-3,
+        device="cpu",
+        log_every=1,
+        checkpoint_every=0,
+        epochs=2,
     )
     out = tmp_path / "run"
     summary = train(TrainConfig(output_dir=out, max_steps=3, **common))
     assert summary["step"] == 3 and summary["epoch"] == 1  # 2 steps per epoch (3 images, batch 2)
-    assert (out / "last.pt").is_file() and (out / "step_0000002.pt").is_file() and (out / "step_0000003.pt").is_file()
+    assert (
+        (out / "last.pt").is_file()
+        and (out / "step_0000002.pt").is_file()
+        and (out / "step_0000003.pt").is_file()
+    )
     assert load_checkpoint(out / "last.pt")[0] == "litesam_tiny"
     model = build_model(checkpoint=out / "last.pt")
     assert model.img_size == 256
@@ -462,15 +505,29 @@ def test_init_from_our_checkpoint(coco, tmp_path):
     annotation_file, image_dir, _ = coco
     first = train(
         TrainConfig(
-            data=annotation_file, images=image_dir, output_dir=tmp_path / "a", variant="litesam_tiny",
-            max_steps=1, batch_size=3, device="cpu", lr=1e-3,
+            data=annotation_file,
+            images=image_dir,
+            output_dir=tmp_path / "a",
+            variant="litesam_tiny",
+            max_steps=1,
+            batch_size=3,
+            device="cpu",
+            lr=1e-3,
         )
     )
     start = load_checkpoint(first["checkpoint"])[1]
     second = train(
         TrainConfig(
-            data=annotation_file, images=image_dir, output_dir=tmp_path / "b", variant="litesam_tiny",
-            max_steps=1, batch_size=3, device="cpu", lr=1e-9, warmup_steps=0, init_checkpoint=first["checkpoint"],
+            data=annotation_file,
+            images=image_dir,
+            output_dir=tmp_path / "b",
+            variant="litesam_tiny",
+            max_steps=1,
+            batch_size=3,
+            device="cpu",
+            lr=1e-9,
+            warmup_steps=0,
+            init_checkpoint=first["checkpoint"],
         )
     )
     after = load_checkpoint(second["checkpoint"])[1]
@@ -484,19 +541,58 @@ def test_cli_train_command(coco, tmp_path, capsys):
     add_train_command(parser.add_subparsers(dest="command", required=True))
     out = tmp_path / "cli"
     args = parser.parse_args(
-        ["train", "--data", str(annotation_file), "--images", str(image_dir), "--variant", "litesam_tiny",
-         "--epochs", "1", "--batch-size", "3", "--device", "cpu", "--workers", "0", "-o", str(out)]
+        [
+            "train",
+            "--data",
+            str(annotation_file),
+            "--images",
+            str(image_dir),
+            "--variant",
+            "litesam_tiny",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "3",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "-o",
+            str(out),
+        ]
     )
     assert args.run(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["step"] == 1 and Path(summary["checkpoint"]) == out / "last.pt"
 
-    args = parser.parse_args(["train", "--data", str(tmp_path / "none.json"), "--images", str(image_dir),
-                              "--variant", "litesam_tiny", "-o", str(out)])
+    args = parser.parse_args(
+        [
+            "train",
+            "--data",
+            str(tmp_path / "none.json"),
+            "--images",
+            str(image_dir),
+            "--variant",
+            "litesam_tiny",
+            "-o",
+            str(out),
+        ]
+    )
     with pytest.raises(LiteSamError, match="does not exist"):
         args.run(args)
-    args = parser.parse_args(["train", "--data", str(annotation_file), "--variant", "litesam_tiny",
-                              "--point-fraction", "2", "-o", str(out)])
+    args = parser.parse_args(
+        [
+            "train",
+            "--data",
+            str(annotation_file),
+            "--variant",
+            "litesam_tiny",
+            "--point-fraction",
+            "2",
+            "-o",
+            str(out),
+        ]
+    )
     with pytest.raises(LiteSamError, match="point_fraction"):
         args.run(args)
     with pytest.raises(SystemExit):

@@ -22,9 +22,15 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         description="Evaluate a Lite-SAM checkpoint with the SegAny protocol: every non-crowd ground-truth "
         "mask is prompted once with its tight box and once with its innermost point. Prints a JSON report.",
     )
-    parser.add_argument("--checkpoint", type=Path, required=True, help="a Lite-SAM checkpoint (records its variant)")
-    parser.add_argument("--data", type=Path, required=True, help="COCO annotation file, SA-1B JSON file or folder")
-    parser.add_argument("--images", type=Path, help="image folder (required for COCO; SA-1B: the JSON folder)")
+    parser.add_argument(
+        "--checkpoint", type=Path, required=True, help="a Lite-SAM checkpoint (records its variant)"
+    )
+    parser.add_argument(
+        "--data", type=Path, required=True, help="COCO annotation file, SA-1B JSON file or folder"
+    )
+    parser.add_argument(
+        "--images", type=Path, help="image folder (required for COCO; SA-1B: the JSON folder)"
+    )
     parser.add_argument("--variant", help="check that the checkpoint is of this variant")
     parser.add_argument("--prompts", nargs="+", choices=PROMPT_KINDS, default=list(PROMPT_KINDS))
     parser.add_argument("--max-images", type=_positive_int, help="evaluate only the first N images")

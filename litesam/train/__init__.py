@@ -3,8 +3,8 @@ losses (:mod:`.losses`) and the loop (:mod:`.loop`, ``train(config)``); ``litesa
 
 from .annotations import DatasetError, ImageRecord, load_records
 from .data import SegmentationDataset, TrainBatch, collate_samples
-from .losses import LossWeights
 from .loop import TrainConfig, train, training_losses
+from .losses import LossWeights
 from .prompts import PromptConfig
 
 __all__ = [

@@ -69,7 +69,9 @@ class ImageRecord:
     annotations: tuple[Annotation, ...]
 
 
-def load_records(data: str | Path, images: str | Path | None = None, include_crowd: bool = False) -> list[ImageRecord]:
+def load_records(
+    data: str | Path, images: str | Path | None = None, include_crowd: bool = False
+) -> list[ImageRecord]:
     """Read a dataset, detecting its format.
 
     Args:
@@ -141,8 +143,12 @@ def load_coco(
         if not isinstance(entry, dict) or "image_id" not in entry or "segmentation" not in entry:
             raise DatasetError(f"{where} needs 'image_id' and 'segmentation'")
         if entry["image_id"] not in infos:
-            raise DatasetError(f"{where} refers to image id {entry['image_id']!r}, which 'images' does not list")
-        annotation = Annotation(entry.get("id", position), entry["segmentation"], bool(entry.get("iscrowd", 0)))
+            raise DatasetError(
+                f"{where} refers to image id {entry['image_id']!r}, which 'images' does not list"
+            )
+        annotation = Annotation(
+            entry.get("id", position), entry["segmentation"], bool(entry.get("iscrowd", 0))
+        )
         if annotation.iscrowd and not include_crowd:
             continue
         per_image[entry["image_id"]].append(annotation)
@@ -152,7 +158,9 @@ def load_coco(
         if not per_image[image_id]:
             continue
         height, width = _image_size(info, f"{annotation_file}: image {image_id!r}")
-        records.append(ImageRecord(image_id, images / info["file_name"], height, width, tuple(per_image[image_id])))
+        records.append(
+            ImageRecord(image_id, images / info["file_name"], height, width, tuple(per_image[image_id]))
+        )
     return _checked(records, str(annotation_file))
 
 
@@ -188,7 +196,9 @@ def load_sa1b(json_files: list[Path], images: str | Path | None = None) -> list[
             continue
         folder = Path(images) if images is not None else path.parent
         records.append(
-            ImageRecord(info.get("image_id", path.stem), folder / info["file_name"], height, width, tuple(annotations))
+            ImageRecord(
+                info.get("image_id", path.stem), folder / info["file_name"], height, width, tuple(annotations)
+            )
         )
     return _checked(records, f"{len(json_files)} SA-1B files")
 
@@ -218,7 +228,9 @@ def decode_mask(annotation: Annotation, height: int, width: int) -> np.ndarray:
                 raise DatasetError(
                     f"{where}: each polygon must be a flat list [x0, y0, x1, y1, …] of at least 3 points"
                 )
-            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in values):
+            if not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in values
+            ):
                 raise DatasetError(f"{where}: polygon coordinates must be finite numbers")
         rles = coco_mask.frPyObjects([list(map(float, p)) for p in segmentation], height, width)
         return np.ascontiguousarray(coco_mask.decode(coco_mask.merge(rles)), dtype=bool)

@@ -26,8 +26,12 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
         description="Train a Lite-SAM variant (encoder, AutoPPN, prompt encoder, mask decoder) end to end. "
         "Prints a JSON summary; writes train_log.jsonl and checkpoints into the output folder.",
     )
-    parser.add_argument("--data", type=Path, required=True, help="COCO annotation file, SA-1B JSON file or folder")
-    parser.add_argument("--images", type=Path, help="image folder (required for COCO; SA-1B: the JSON folder)")
+    parser.add_argument(
+        "--data", type=Path, required=True, help="COCO annotation file, SA-1B JSON file or folder"
+    )
+    parser.add_argument(
+        "--images", type=Path, help="image folder (required for COCO; SA-1B: the JSON folder)"
+    )
     parser.add_argument("-o", "--output", type=Path, required=True, help="folder for logs and checkpoints")
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="litesam_r640")
     parser.add_argument("--epochs", type=_positive_int, default=4)
@@ -39,9 +43,14 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
     parser.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm; 0 disables clipping")
     parser.add_argument("--max-masks", type=_positive_int, default=64, help="masks with prompts per image")
     parser.add_argument("--mask-scale", choices=("low_res", "input"), default="low_res")
-    parser.add_argument("--point-fraction", type=float, default=0.5, help="share of masks prompted by a point")
     parser.add_argument(
-        "--proposals-per-image", type=int, default=0, help="AutoPPN proposals matched to GT and trained on (0: off)"
+        "--point-fraction", type=float, default=0.5, help="share of masks prompted by a point"
+    )
+    parser.add_argument(
+        "--proposals-per-image",
+        type=int,
+        default=0,
+        help="AutoPPN proposals matched to GT and trained on (0: off)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
@@ -52,7 +61,9 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
     start = parser.add_mutually_exclusive_group()
     start.add_argument("--init-checkpoint", type=Path, help="start from one of our checkpoints")
     start.add_argument("--resume", action="store_true", help="continue the run in the output folder")
-    parser.add_argument("--sam-checkpoint", type=Path, help="official SAM weights for prompt encoder + decoder")
+    parser.add_argument(
+        "--sam-checkpoint", type=Path, help="official SAM weights for prompt encoder + decoder"
+    )
     parser.set_defaults(run=run_train)
     return parser
 
@@ -76,7 +87,9 @@ def run_train(args: argparse.Namespace) -> int:
             grad_clip=args.grad_clip,
             max_masks=args.max_masks,
             mask_scale=args.mask_scale,
-            prompts=PromptConfig(point_fraction=args.point_fraction, proposals_per_image=args.proposals_per_image),
+            prompts=PromptConfig(
+                point_fraction=args.point_fraction, proposals_per_image=args.proposals_per_image
+            ),
             losses=LossWeights(),
             device=args.device,
             amp=args.amp,

@@ -169,7 +169,9 @@ class SegmentationDataset(Dataset):
         if mask_scale not in ("low_res", "input"):
             raise ValueError(f"mask_scale must be 'low_res' or 'input', got {mask_scale!r}")
         if image_size <= 0 or image_size % stride or image_size % LOW_RES_FACTOR:
-            raise ValueError(f"image_size {image_size} must be a positive multiple of the stride {stride} and of 4")
+            raise ValueError(
+                f"image_size {image_size} must be a positive multiple of the stride {stride} and of 4"
+            )
         if max_masks < 1:
             raise ValueError(f"max_masks must be ≥ 1, got {max_masks}")
         self.records = list(records)

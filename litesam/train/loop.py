@@ -121,7 +121,9 @@ class TrainConfig:
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be ≥ 0, got {self.checkpoint_every}")
         if self.init_checkpoint is not None and self.resume:
-            raise ValueError("init_checkpoint and resume exclude each other (resume restores its own weights)")
+            raise ValueError(
+                "init_checkpoint and resume exclude each other (resume restores its own weights)"
+            )
 
     def to_json(self) -> dict:
         """The configuration as JSON-serialisable data (paths as strings)."""
@@ -137,7 +139,9 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: flo
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]) -> torch.optim.AdamW:
+def build_optimizer(
+    model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]
+) -> torch.optim.AdamW:
     """AdamW with weight decay on the ≥ 2-D weights only (biases, norm scales and 1-D vectors are not decayed)."""
     decay, no_decay = [], []
     for parameter in model.parameters():
@@ -150,8 +154,8 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, beta
 def training_losses(
     model: LiteSAM,
     batch: TrainBatch,
-    prompts: PromptConfig = PromptConfig(),
-    weights: LossWeights = LossWeights(),
+    prompts: PromptConfig | None = None,
+    weights: LossWeights | None = None,
 ) -> dict[str, torch.Tensor]:
     """Forward a batch through the whole model and compute every loss term.
 
@@ -162,16 +166,23 @@ def training_losses(
     Args:
         model: the Lite-SAM being trained (its mode is left as it is).
         batch: a batch on the model's device.
-        prompts: prompt settings (only the proposal settings are used here; the rest shaped the batch).
-        weights: loss weights.
+        prompts: prompt settings (only the proposal settings are used here; the rest shaped the batch);
+            default :class:`PromptConfig`.
+        weights: loss weights; default :class:`LossWeights`.
     Returns:
         Scalar tensors: ``loss`` (the total to minimise), ``mask`` (all prompt kinds), ``focal``, ``dice``,
         ``iou``, ``heat``, ``box_l1``, ``box_giou``, and the prompt counts ``n_point``, ``n_box``,
         ``n_proposal``.
     """
+    prompts = prompts or PromptConfig()
+    weights = weights or LossWeights()
     embeddings, ppn = model.image_encoder(batch.model_input(model.preprocess))
     image_pe = model.prompt_encoder.get_dense_pe()
-    groups: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {"point": [], "box": [], "proposal": []}
+    groups: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {
+        "point": [],
+        "box": [],
+        "proposal": [],
+    }
 
     def decode(index, targets, kind, points=None, boxes=None, multimask=True):
         sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=None)
@@ -189,7 +200,9 @@ def training_losses(
         with torch.no_grad():
             detached = type(ppn)(*(t.detach().float() for t in ppn))
             proposals = [
-                decode_proposals(type(ppn)(*(t[i : i + 1] for t in detached)), size, model.image_encoder.autoppn.stride)[0]
+                decode_proposals(
+                    type(ppn)(*(t[i : i + 1] for t in detached)), size, model.image_encoder.autoppn.stride
+                )[0]
                 for i, size in enumerate(batch.input_sizes)
             ]
     for i in range(len(batch)):
@@ -225,7 +238,9 @@ def training_losses(
         share = counts[kind] / total_prompts  # every prompt counts equally, whatever its kind
         mask_terms = {key: mask_terms[key] + share * terms[key] for key in mask_terms}
 
-    heat = heatmap_loss(ppn.heat_logits.float(), batch.heat_target, batch.heat_valid, batch.num_peaks, weights.heat_beta)
+    heat = heatmap_loss(
+        ppn.heat_logits.float(), batch.heat_target, batch.heat_valid, batch.num_peaks, weights.heat_beta
+    )
     box = box_losses(ppn.box_ltrb.float(), batch.box_target, batch.heat_target, weights.box_min_heat)
     autoppn = weights.heat * heat + weights.box_l1 * box["box_l1"] + weights.box_giou * box["box_giou"]
     return {
@@ -307,7 +322,13 @@ def train(config: TrainConfig) -> dict:
         step = int(state["step"])
     logger.info(
         "training %s on %d images, %d steps/epoch, %d steps scheduled, from step %d to %d, device %s",
-        config.variant, len(dataset), steps_per_epoch, total_steps, step, stop_step, device,
+        config.variant,
+        len(dataset),
+        steps_per_epoch,
+        total_steps,
+        step,
+        stop_step,
+        device,
     )
 
     start_time = time.perf_counter()
@@ -320,7 +341,9 @@ def train(config: TrainConfig) -> dict:
         dataset.set_epoch(epoch)
         loader = DataLoader(
             dataset,
-            batch_sampler=EpochBatchSampler(len(dataset), config.batch_size, config.seed, epoch, done_in_epoch),
+            batch_sampler=EpochBatchSampler(
+                len(dataset), config.batch_size, config.seed, epoch, done_in_epoch
+            ),
             collate_fn=collate_samples,
             num_workers=config.num_workers,
             pin_memory=device.type == "cuda",
@@ -330,7 +353,9 @@ def train(config: TrainConfig) -> dict:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 losses = training_losses(model, batch, config.prompts, config.losses)
             if not torch.isfinite(losses["loss"]):
-                raise FloatingPointError(f"the loss became {float(losses['loss'].detach())} at step {step}; lower the LR")
+                raise FloatingPointError(
+                    f"the loss became {float(losses['loss'].detach())} at step {step}; lower the LR"
+                )
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or math.inf)
@@ -344,10 +369,21 @@ def train(config: TrainConfig) -> dict:
             running_count += 1
             if step % config.log_every == 0 or step == stop_step:
                 last_logged = {key: value / running_count for key, value in running.items()}
-                _log(out, step, epoch, scheduler.get_last_lr()[0], last_logged, time.perf_counter() - start_time)
+                _log(
+                    out,
+                    step,
+                    epoch,
+                    scheduler.get_last_lr()[0],
+                    last_logged,
+                    time.perf_counter() - start_time,
+                )
                 running, running_count = {}, 0
             end_of_epoch = step % steps_per_epoch == 0
-            if (config.checkpoint_every and step % config.checkpoint_every == 0) or end_of_epoch or step == stop_step:
+            if (
+                (config.checkpoint_every and step % config.checkpoint_every == 0)
+                or end_of_epoch
+                or step == stop_step
+            ):
                 _checkpoint(model, optimizer, scheduler, config, out, step, epoch)
             if step >= stop_step:
                 break
@@ -374,12 +410,25 @@ def _device(name: str) -> torch.device:
 
 
 def _log(out: Path, step: int, epoch: int, lr: float, values: dict[str, float], seconds: float) -> None:
-    record = {"step": step, "epoch": epoch, "lr": lr, **{k: round(v, 6) for k, v in values.items()}, "seconds": round(seconds, 2)}
+    record = {
+        "step": step,
+        "epoch": epoch,
+        "lr": lr,
+        **{k: round(v, 6) for k, v in values.items()},
+        "seconds": round(seconds, 2),
+    }
     with open(out / LOG_FILE, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
     logger.info(
         "step %d epoch %d lr %.3g loss %.4f (mask %.4f heat %.4f box_l1 %.4f box_giou %.4f)",
-        step, epoch, lr, values["loss"], values["mask"], values["heat"], values["box_l1"], values["box_giou"],
+        step,
+        epoch,
+        lr,
+        values["loss"],
+        values["mask"],
+        values["heat"],
+        values["box_l1"],
+        values["box_giou"],
     )
 
 
@@ -414,6 +463,8 @@ def _read_state(config: TrainConfig, out: Path) -> dict:
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path} is not a training state written by litesam train")
     if state["variant"] != config.variant:
-        raise CheckpointError(f"{path} belongs to a {state['variant']!r} run, but variant {config.variant!r} was asked for")
+        raise CheckpointError(
+            f"{path} belongs to a {state['variant']!r} run, but variant {config.variant!r} was asked for"
+        )
     state["checkpoint"] = path.parent / state["checkpoint"]
     return state

@@ -48,7 +48,9 @@ class LossWeights:
     box_min_heat: float = 0.3
 
 
-def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
+def sigmoid_focal_loss(
+    logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0
+) -> torch.Tensor:
     """Sigmoid focal loss per mask, averaged over its pixels.
 
     Args:
@@ -150,7 +152,9 @@ def generalized_box_iou(boxes_a: torch.Tensor, boxes_b: torch.Tensor, eps: float
     """
     area_a = (boxes_a[:, 2] - boxes_a[:, 0]) * (boxes_a[:, 3] - boxes_a[:, 1])
     area_b = (boxes_b[:, 2] - boxes_b[:, 0]) * (boxes_b[:, 3] - boxes_b[:, 1])
-    overlap = (torch.minimum(boxes_a[:, 2:], boxes_b[:, 2:]) - torch.maximum(boxes_a[:, :2], boxes_b[:, :2])).clamp(min=0)
+    overlap = (
+        torch.minimum(boxes_a[:, 2:], boxes_b[:, 2:]) - torch.maximum(boxes_a[:, :2], boxes_b[:, :2])
+    ).clamp(min=0)
     intersection = overlap[:, 0] * overlap[:, 1]
     union = area_a + area_b - intersection
     hull = torch.maximum(boxes_a[:, 2:], boxes_b[:, 2:]) - torch.minimum(boxes_a[:, :2], boxes_b[:, :2])
@@ -202,7 +206,9 @@ def box_losses(
         ``box_l1`` (mean |Δ| of the four distances divided by the grid side, weighted) and ``box_giou``
         (weighted mean of 1 − GIoU); scalar tensors, zero (still differentiable) without any cell.
     """
-    weight = torch.where(heat_target >= min_heat, heat_target, torch.zeros_like(heat_target)).to(box_ltrb.dtype)
+    weight = torch.where(heat_target >= min_heat, heat_target, torch.zeros_like(heat_target)).to(
+        box_ltrb.dtype
+    )
     cells = weight > 0
     if not bool(cells.any()):
         zero = box_ltrb.sum() * 0
