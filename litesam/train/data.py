@@ -27,7 +27,6 @@ from typing import Literal
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..masks import batched_mask_to_box
@@ -207,11 +206,20 @@ class SegmentationDataset(Dataset):
         masks = masks[masks.reshape(len(masks), -1).any(axis=1)]
         targets = build_autoppn_targets(masks, stride=self.stride, shape=(s, s))
 
-        gt = masks
-        if self.mask_scale == "low_res":
-            gt = _area_downsample(masks, LOW_RES_FACTOR)
-        usable = np.flatnonzero(gt.reshape(len(gt), -1).any(axis=1))
-        chosen = np.sort(rng.permutation(usable)[: self.max_masks])
+        # Up to max_masks masks in random order, skipping those that vanish in the frame of the loss;
+        # one mask at a time, so an image with hundreds of masks never holds them all at low resolution.
+        chosen, gt = [], []
+        for i in rng.permutation(len(masks)):
+            target = _area_downsample(masks[i], LOW_RES_FACTOR) if self.mask_scale == "low_res" else masks[i]
+            if target.any():
+                chosen.append(i)
+                gt.append(target)
+            if len(chosen) == self.max_masks:
+                break
+        order = np.argsort(chosen)
+        chosen = np.asarray(chosen, dtype=np.int64)[order]
+        side = s // LOW_RES_FACTOR if self.mask_scale == "low_res" else s
+        gt = np.stack([gt[k] for k in order]) if len(order) else np.zeros((0, side, side), dtype=bool)
         chosen_masks = masks[chosen]
 
         boxes = batched_mask_to_box(torch.from_numpy(chosen_masks)).float().numpy().reshape(-1, 4)
@@ -227,7 +235,7 @@ class SegmentationDataset(Dataset):
             image=torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1))).float(),
             input_size=(h, w),
             original_size=(record.height, record.width),
-            gt_masks=torch.from_numpy(np.ascontiguousarray(gt[chosen])),
+            gt_masks=torch.from_numpy(gt),
             gt_boxes=torch.from_numpy(boxes),
             point_coords=torch.from_numpy(points),
             prompt_boxes=torch.from_numpy(prompt_boxes),
@@ -240,10 +248,8 @@ class SegmentationDataset(Dataset):
         )
 
 
-def _area_downsample(masks: np.ndarray, factor: int) -> np.ndarray:
-    """N×S×S bool → N×(S/f)×(S/f) bool: a cell is on when at least half of its f×f pixels are."""
-    if len(masks) == 0:
-        side = masks.shape[1] // factor
-        return np.zeros((0, side, side), dtype=bool)
-    pooled = F.avg_pool2d(torch.from_numpy(masks).float()[:, None], factor)[:, 0]
-    return (pooled >= 0.5).numpy()
+def _area_downsample(mask: np.ndarray, factor: int) -> np.ndarray:
+    """S×S bool → (S/f)×(S/f) bool: a cell is on when at least half of its f×f pixels are."""
+    side = mask.shape[0] // factor
+    counts = mask.reshape(side, factor, side, factor).sum(axis=(1, 3), dtype=np.int32)
+    return 2 * counts >= factor * factor
