@@ -184,43 +184,35 @@ def training_losses(
         "proposal": [],
     }
 
-    def decode(index, targets, kind, points=None, boxes=None, multimask=True):
-        sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=None)
-        low_res, iou = model.mask_decoder(
-            image_embeddings=embeddings[index : index + 1],
-            image_pe=image_pe,
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask,
-        )
-        groups[kind].append((low_res.float(), iou.float(), targets))
-
     proposals = None
     if prompts.proposals_per_image > 0:
         with torch.no_grad():
             detached = type(ppn)(*(t.detach().float() for t in ppn))
+            stride = model.image_encoder.autoppn.stride
             proposals = [
-                decode_proposals(
-                    type(ppn)(*(t[i : i + 1] for t in detached)), size, model.image_encoder.autoppn.stride
-                )[0]
+                decode_proposals(type(ppn)(*(t[i : i + 1] for t in detached)), size, stride)[0]
                 for i, size in enumerate(batch.input_sizes)
             ]
     for i in range(len(batch)):
-        masks, use_point = batch.gt_masks[i], batch.use_point[i]
+        embedding, masks, use_point = embeddings[i : i + 1], batch.gt_masks[i], batch.use_point[i]
         if use_point.any():
-            coords = batch.point_coords[i][use_point][:, None, :]
-            labels = torch.ones(coords.shape[:2], dtype=torch.int64, device=coords.device)
-            decode(i, masks[use_point], "point", points=(coords, labels), multimask=True)
+            points = _foreground(batch.point_coords[i][use_point])
+            logits, iou = _decode(model, embedding, image_pe, points, None, multimask=True)
+            groups["point"].append((logits, iou, masks[use_point]))
         if (~use_point).any():
-            decode(i, masks[~use_point], "box", boxes=batch.prompt_boxes[i][~use_point], multimask=False)
+            boxes = batch.prompt_boxes[i][~use_point]
+            logits, iou = _decode(model, embedding, image_pe, None, boxes, multimask=False)
+            groups["box"].append((logits, iou, masks[~use_point]))
         if proposals is not None:
             found, gt = match_proposals(
                 proposals[i].boxes, batch.gt_boxes[i], prompts.proposal_match_iou, prompts.proposals_per_image
             )
             if len(found):
-                coords = proposals[i].points[found][:, None, :]
-                labels = torch.ones(coords.shape[:2], dtype=torch.int64, device=coords.device)
-                decode(i, masks[gt], "proposal", points=(coords, labels), boxes=proposals[i].boxes[found])
+                points = _foreground(proposals[i].points[found])
+                logits, iou = _decode(
+                    model, embedding, image_pe, points, proposals[i].boxes[found], multimask=True
+                )
+                groups["proposal"].append((logits, iou, masks[gt]))
 
     counts = {kind: sum(len(t) for _, _, t in items) for kind, items in groups.items()}
     total_prompts = sum(counts.values())
@@ -252,6 +244,31 @@ def training_losses(
         "n_box": torch.tensor(float(counts["box"])),
         "n_proposal": torch.tensor(float(counts["proposal"])),
     }
+
+
+def _foreground(coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """K×2 (x, y) points → the prompt encoder's (K×1×2 coords, K×1 labels), one foreground point each."""
+    return coords[:, None, :], torch.ones((len(coords), 1), dtype=torch.int64, device=coords.device)
+
+
+def _decode(
+    model: LiteSAM,
+    embedding: torch.Tensor,
+    image_pe: torch.Tensor,
+    points: tuple[torch.Tensor, torch.Tensor] | None,
+    boxes: torch.Tensor | None,
+    multimask: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """K prompts on one 1×C×h×w embedding → (K×C'×4h×4w float32 logits, K×C' float32 predicted IoU)."""
+    sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=None)
+    low_res, iou = model.mask_decoder(
+        image_embeddings=embedding,
+        image_pe=image_pe,
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=multimask,
+    )
+    return low_res.float(), iou.float()
 
 
 class EpochBatchSampler(Sampler[list[int]]):
