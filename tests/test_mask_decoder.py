@@ -1,0 +1,180 @@
+"""MaskDecoder and TwoWayTransformer: parameter counts, SAM state-dict compatibility, shapes, parity with SAM."""
+
+import pytest
+import torch
+
+import litesam.modeling.mask_decoder as mask_decoder_module
+from litesam.errors import InvalidImageError, InvalidPromptError
+from litesam.modeling.mask_decoder import MaskDecoder
+from litesam.modeling.transformer import TwoWayTransformer
+from tests.sam_reference import MaskDecoder as RefMaskDecoder
+from tests.sam_reference import TwoWayTransformer as RefTransformer
+from tests.test_prompt_encoder import SIZES, TOLERANCE, build_pair, random_prompts, randomize_
+
+
+def make_decoder(depth: int = 2, mlp_dim: int = 2048) -> MaskDecoder:
+    return MaskDecoder(transformer_dim=256, transformer=TwoWayTransformer(depth, 256, 8, mlp_dim))
+
+
+def make_reference(depth: int = 2, mlp_dim: int = 2048) -> RefMaskDecoder:
+    return RefMaskDecoder(transformer_dim=256, transformer=RefTransformer(depth, 256, 8, mlp_dim))
+
+
+@pytest.fixture(scope="module", params=SIZES, ids=["640", "1024"])
+def setup(request):
+    """Seeded random SAM prompt encoder and decoder, the same weights loaded (strict) into ours."""
+    size, grid = request.param
+    ref_encoder, encoder = build_pair(size, grid, seed=size)
+    ref = randomize_(make_reference(), seed=size + 1)
+    ours = make_decoder()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    g = torch.Generator().manual_seed(size + 2)
+    image = torch.randn(1, 256, grid, grid, generator=g)
+    return {
+        "size": size,
+        "grid": grid,
+        "ref_encoder": ref_encoder,
+        "encoder": encoder,
+        "ref": ref,
+        "ours": ours,
+        "image": image,
+    }
+
+
+def run_both(setup, points, boxes, masks):
+    """Reference path (SAM encoder + SAM decoder, all four masks) and our end-to-end path, both multimask modes."""
+    with torch.inference_mode():
+        ref_sparse, ref_dense = setup["ref_encoder"](points, boxes, masks)
+        ref_masks, ref_iou = setup["ref"].predict_masks(
+            setup["image"], setup["ref_encoder"].get_dense_pe(), ref_sparse, ref_dense
+        )
+        sparse, dense = setup["encoder"](points, boxes, masks)
+        pe = setup["encoder"].get_dense_pe()
+        multi = setup["ours"](setup["image"], pe, sparse, dense, multimask_output=True)
+        single = setup["ours"](setup["image"], pe, sparse, dense, multimask_output=False)
+    return (ref_masks, ref_iou), multi, single
+
+
+def assert_matches(ref, multi, single):
+    ref_masks, ref_iou = ref
+    assert multi[0].shape == ref_masks[:, 1:].shape and single[0].shape == ref_masks[:, :1].shape
+    assert multi[1].shape == ref_iou[:, 1:].shape and single[1].shape == ref_iou[:, :1].shape
+    assert (multi[0] - ref_masks[:, 1:]).abs().max() <= TOLERANCE
+    assert (multi[1] - ref_iou[:, 1:]).abs().max() <= TOLERANCE
+    assert (single[0] - ref_masks[:, :1]).abs().max() <= TOLERANCE
+    assert (single[1] - ref_iou[:, :1]).abs().max() <= TOLERANCE
+
+
+@pytest.mark.parametrize(
+    "depth,mlp_dim,expected", [(2, 2048, 4_058_340), (2, 1024, 3_007_716), (1, 2048, 2_478_820)]
+)
+def test_parameter_counts(depth, mlp_dim, expected):
+    assert sum(p.numel() for p in make_decoder(depth, mlp_dim).parameters()) == expected
+
+
+def test_state_dict_names_match_sam():
+    ours, ref = make_decoder().state_dict(), make_reference().state_dict()
+    assert list(ours) == list(ref)
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in ref.items()}
+    make_decoder(1, 1024).load_state_dict(make_reference(1, 1024).state_dict(), strict=True)
+
+
+@pytest.mark.parametrize("kind", ["points", "boxes", "points+box", "masks", "points+masks"])
+def test_parity_with_sam(setup, kind):
+    p = random_prompts(setup["size"], setup["grid"], batch=3, num_points=2, seed=len(kind))
+    points = (p["coords"], p["labels"]) if "points" in kind else None
+    boxes = p["boxes"] if "box" in kind else None
+    masks = p["masks"] if "masks" in kind else None
+    assert_matches(*run_both(setup, points, boxes, masks))
+
+
+def test_parity_with_many_point_tokens(setup):
+    """18 tokens per prompt take the plain (unfolded) attention path."""
+    p = random_prompts(setup["size"], setup["grid"], batch=2, num_points=12, seed=7)
+    assert_matches(*run_both(setup, (p["coords"], p["labels"]), None, None))
+
+
+def test_chunked_batches_equal_one_chunk(setup, monkeypatch):
+    p = random_prompts(setup["size"], setup["grid"], batch=5, num_points=1, seed=8)
+    points = (p["coords"], p["labels"])
+    ours, encoder, pe = setup["ours"], setup["encoder"], setup["encoder"].get_dense_pe()
+    with torch.inference_mode():
+        for masks in (None, p["masks"]):  # shared and per-prompt dense embeddings
+            sparse, dense = encoder(points, None, masks)
+            whole = ours(setup["image"], pe, sparse, dense, True)
+            monkeypatch.setattr(mask_decoder_module, "CHUNK_BYTES", 1)  # one prompt per chunk
+            chunked = ours(setup["image"], pe, sparse, dense, True)
+            monkeypatch.undo()
+            assert torch.allclose(whole[0], chunked[0], rtol=0, atol=TOLERANCE)
+            assert torch.allclose(whole[1], chunked[1], rtol=0, atol=TOLERANCE)
+            for i in (0, 4):  # each prompt decoded alone gives the same result as in the batch
+                alone = ours(setup["image"], pe, sparse[i : i + 1], dense[i : i + 1], True)
+                assert torch.allclose(whole[0][i : i + 1], alone[0], rtol=0, atol=TOLERANCE)
+
+
+def test_shared_dense_embedding_forms_agree(setup):
+    """A 1×C×h×w dense embedding, its stride-0 expansion and a materialised copy give the same masks."""
+    p = random_prompts(setup["size"], setup["grid"], batch=3, num_points=1, seed=9)
+    sparse, expanded = setup["encoder"]((p["coords"], p["labels"]), None, None)
+    pe = setup["encoder"].get_dense_pe()
+    with torch.inference_mode():
+        results = [
+            setup["ours"](setup["image"], pe, sparse, dense, True)
+            for dense in (expanded, expanded[:1], expanded.contiguous())
+        ]
+    for masks, iou in results[1:]:
+        assert torch.allclose(masks, results[0][0], rtol=0, atol=TOLERANCE)
+        assert torch.allclose(iou, results[0][1], rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("shared_image", [True, False])
+def test_transformer_parity_with_sam(shared_image):
+    ref = randomize_(RefTransformer(2, 256, 8, 2048), seed=3)
+    ours = TwoWayTransformer(2, 256, 8, 2048)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    g = torch.Generator().manual_seed(4)
+    image, pe, tokens = (
+        torch.randn(1, 256, 24, 16, generator=g),
+        torch.randn(1, 256, 24, 16, generator=g),
+        torch.randn(3, 7, 256, generator=g),
+    )
+    batch_image = image.expand(3, -1, -1, -1) + torch.randn(3, 256, 1, 1, generator=g)
+    with torch.inference_mode():
+        ref_q, ref_k = ref(
+            batch_image if not shared_image else image.expand(3, -1, -1, -1), pe.expand(3, -1, -1, -1), tokens
+        )
+        q, k = ours(batch_image if not shared_image else image, pe, tokens)
+    assert q.shape == ref_q.shape == (3, 7, 256) and k.shape == ref_k.shape == (3, 24 * 16, 256)
+    assert (q - ref_q).abs().max() <= TOLERANCE and (k - ref_k).abs().max() <= TOLERANCE
+
+
+@pytest.mark.parametrize("size,grid", SIZES)
+@pytest.mark.parametrize("depth,mlp_dim", [(2, 2048), (1, 1024)])
+def test_shapes(size, grid, depth, mlp_dim):
+    _, encoder = build_pair(size, grid)
+    decoder = randomize_(make_decoder(depth, mlp_dim), seed=5)
+    p = random_prompts(size, grid, batch=2, num_points=1, seed=6)
+    image = torch.randn(1, 256, grid, grid)
+    with torch.inference_mode():
+        sparse, dense = encoder((p["coords"], p["labels"]), p["boxes"], None)
+        for multimask, outputs in ((True, 3), (False, 1)):
+            masks, iou = decoder(image, encoder.get_dense_pe(), sparse, dense, multimask)
+            assert masks.shape == (2, outputs, 4 * grid, 4 * grid) and masks.dtype == torch.float32
+            assert iou.shape == (2, outputs) and iou.dtype == torch.float32
+            assert torch.isfinite(masks).all() and torch.isfinite(iou).all()
+        masks, iou = decoder(image, encoder.get_dense_pe(), sparse[:0], dense[:0], True)
+        assert masks.shape == (0, 3, 4 * grid, 4 * grid) and iou.shape == (0, 3)
+
+
+def test_bad_inputs_raise():
+    decoder = make_decoder()
+    image, pe = torch.zeros(1, 256, 8, 8), torch.zeros(1, 256, 8, 8)
+    sparse, dense = torch.zeros(2, 3, 256), torch.zeros(2, 256, 8, 8)
+    with pytest.raises(InvalidImageError, match="one image"):
+        decoder(image.expand(2, -1, -1, -1), pe, sparse, dense, True)
+    with pytest.raises(InvalidImageError, match="image_pe"):
+        decoder(image, torch.zeros(1, 256, 4, 4), sparse, dense, True)
+    with pytest.raises(InvalidPromptError, match="sparse prompt embeddings"):
+        decoder(image, pe, torch.zeros(2, 3, 128), dense, True)
+    with pytest.raises(InvalidPromptError, match="dense prompt embeddings"):
+        decoder(image, pe, sparse, torch.zeros(3, 256, 8, 8), True)
