@@ -506,9 +506,11 @@ class JobBoard:
             pipe.execute()
 
     def record_outcome(self, job_id: str, project: int, task_id: int, status: str, *, regions: int = 0,
-                       reason: str = "", note: str = "") -> bool:
+                       reason: str = "", note: str = "", worker: str = "") -> bool:
         """Record a task's outcome (``done`` or ``failed``) and count it, atomically; True if it counted."""
         outcome: dict[str, Any] = {"status": status, "at": _now()}
+        if worker:
+            outcome["worker"] = worker
         if status == "done":
             outcome["regions"] = regions
         if reason:
@@ -913,7 +915,8 @@ def run_chunk(job_id: str, index: int, tasks: list[dict]) -> dict:
         )
     ls = LabelStudioClient(services.settings)
     segment = SegEvery(services.model.model(), options.segevery_config(services.settings.variant))
-    writer = _PredictionWriter(board, ls, job_id, project, version, options.write_batch)
+    worker = rq_job.worker_name or ""
+    writer = _PredictionWriter(board, ls, job_id, project, version, options.write_batch, worker)
     meta = rq_job.meta
     for task in tasks:
         task_id = int(task["id"])
@@ -926,7 +929,7 @@ def run_chunk(job_id: str, index: int, tasks: list[dict]) -> dict:
         try:
             regions = _task_regions(services, segment, ls, task, record, options, version)
         except _TaskFailure as exc:
-            board.record_outcome(job_id, project, task_id, "failed", reason=str(exc))
+            board.record_outcome(job_id, project, task_id, "failed", reason=str(exc), worker=worker)
             logger.warning("job %s: task %d failed: %s", job_id, task_id, exc)
             meta["failed"] = meta.get("failed", 0) + 1
             continue
@@ -981,8 +984,8 @@ class _PredictionWriter:
     MAX_BATCH_VALUES = 4_000_000
 
     def __init__(self, board: JobBoard, ls: LabelStudioClient, job_id: str, project: int, version: str,
-                 batch: int) -> None:
-        self._board, self._ls = board, ls
+                 batch: int, worker: str) -> None:
+        self._board, self._ls, self._worker = board, ls, worker
         self._job_id, self._project, self._version, self._batch = job_id, project, version, batch
         self._pending: list[tuple[int, dict]] = []
         self._values = 0
@@ -1032,13 +1035,13 @@ class _PredictionWriter:
                 self._board.record_outcome(
                     self._job_id, self._project, task_id, "failed",
                     reason="Label Studio did not accept the prediction (it drops predictions that do not fit the "
-                    "project's labeling config)",
+                    "project's labeling config)", worker=self._worker,
                 )
         return done
 
     def _done(self, task_id: int, regions: int, note: str = "") -> int:
         return int(self._board.record_outcome(self._job_id, self._project, task_id, "done", regions=regions,
-                                              note=note))
+                                              note=note, worker=self._worker))
 
 
 # -------------------------------------------------------------------------------------- failure callbacks
@@ -1098,36 +1101,38 @@ def _reason_from_rq(job: Job) -> str:
 
 
 # --------------------------------------------------------------------------------- "Retrieve predictions"
-def handle_batch_predict(services: Services, project: object, tasks: list, label_config: object,
-                         sync_limit: int = SYNC_PREDICT_LIMIT) -> list[dict]:
+def handle_batch_predict(services: Services, project: object, tasks: list, label_config: object, *,
+                         sync_limit: int = SYNC_PREDICT_LIMIT, options: JobOptions | None = None) -> list[dict]:
     """Answer a batch ``/predict`` (Label Studio's "Retrieve predictions", no context).
 
-    Up to ``sync_limit`` tasks are pre-annotated here and now (one prediction per task, in order). Larger
-    batches become a pre-annotation job for exactly those task ids and the answer is ``[]`` — the app then
-    answers ``{"results": []}``, which Label Studio stores nothing for; never one empty prediction per task,
-    which would mark the tasks as predicted. A running job of the project is reused (one job per project).
+    Up to ``sync_limit`` tasks are pre-annotated here and now: one prediction per task, in order (a task where
+    SegEvery keeps no mask gets a prediction without regions: it was looked at). Larger batches become a
+    pre-annotation job for exactly those task ids, and the answer is ``[]`` — the app then answers
+    ``{"results": []}``, for which Label Studio stores nothing; never one empty prediction per task, which
+    would mark the tasks as predicted before they were. A running job of the project is reused (one job per
+    project at a time). ``options`` (label, SegEvery filters …) apply to both paths.
 
     Raises:
         BadRequestError: no usable project id or task ids, or (synchronous path) a task's own bad input.
     """
-    task_ids = [t.get("id") for t in tasks if isinstance(t, dict)]
-    if not tasks or len(task_ids) != len(tasks) or not all(_is_int(t) for t in task_ids):
+    task_ids = [t.get("id") for t in tasks if isinstance(t, dict)] if isinstance(tasks, list) else []
+    if not task_ids or len(task_ids) != len(tasks) or not all(_is_int(t) for t in task_ids):
         raise BadRequestError("a batch /predict needs task objects with integer ids")
+    options = options or JobOptions()
     if len(tasks) > sync_limit:
         project_id = _project_id(project)
         status, created = start_job(redis_connection(services.settings), project_id, task_ids=task_ids,
-                                    source="predict")
+                                    options=options, source="predict")
         logger.info("batch /predict of %d task(s) in project %d → job %s (%s)", len(tasks), project_id,
                     status["id"], "new" if created else "already running")
         return []
     config = parse_label_config(label_config)
     brush = config.brush_for(None)
-    image_key = config.image(brush.to_name).value_key
-    if not brush.labels:
-        raise BadRequestError(f"<BrushLabels name={brush.from_name!r}> has no labels")
-    record = {"from_name": brush.from_name, "to_name": brush.to_name, "label": brush.labels[0],
-              "image_key": image_key}
-    options = JobOptions()
+    label = options.label or (brush.labels[0] if brush.labels else None)
+    if label is None or label not in brush.labels:
+        raise BadRequestError(f"label {label!r} is not a label of <BrushLabels name={brush.from_name!r}>")
+    record = {"from_name": brush.from_name, "to_name": brush.to_name, "label": label,
+              "image_key": config.image(brush.to_name).value_key}
     version = services.model.model_version
     segment = SegEvery(services.model.model(), options.segevery_config(services.settings.variant))
     settings = services.settings
@@ -1136,7 +1141,7 @@ def handle_batch_predict(services: Services, project: object, tasks: list, label
     for task in tasks:
         data = task.get("data") if isinstance(task.get("data"), dict) else {}
         try:
-            regions = _task_regions(services, segment, ls, {"id": task["id"], "image": data.get(image_key)},
+            regions = _task_regions(services, segment, ls, {"id": task["id"], "image": data.get(record["image_key"])},
                                     record, options, version)
         except _TaskFailure as exc:
             raise BadRequestError(f"task {task['id']}: {exc}") from None

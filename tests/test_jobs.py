@@ -1,0 +1,420 @@
+"""Pre-annotation jobs in-process, on a real Redis (own database, flushed): options, the job records and
+their atomic counters, one job per project, per-task write locks, reconciliation of chunks RQ failed, the
+HTTP routes (with basic auth), the ``preannotate`` command, and the batch ``/predict`` hook.
+
+Workers, Label Studio and whole jobs are exercised in ``test_jobs_worker.py`` and ``tests/e2e``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry
+from rq.serializers import JSONSerializer
+
+from backend import jobs
+from backend.app import create_app
+from backend.errors import BadRequestError, UpstreamError
+from backend.job_routes import jobs_blueprint
+from backend.jobs import JobBoard, JobNotFoundError, JobOptions, handle_batch_predict
+from backend.preannotate_cli import add_preannotate_command
+from backend.services import build_services
+from backend.settings import Secret, Settings
+from backend.store import embedding_key
+from tests.backend_support import LEGACY_TOKEN, FakeLabelStudio, closed_port, decode_brush, make_tiny_checkpoint, png_bytes
+from tests.test_jobs_support import OPEN_FILTERS, REDIS_URL, jobs_redis  # noqa: F401 (fixture)
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = (REPO / "label_config.xml").read_text()
+BASIC = ("admin", "jobs-basic-pass")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("checkpoint") / "tiny.pt")
+
+
+def settings_for(checkpoint, label_studio_url="http://127.0.0.1:9", **overrides) -> Settings:
+    values = dict(label_studio_url=label_studio_url, label_studio_api_key=Secret(LEGACY_TOKEN),
+                  redis_url=Secret(REDIS_URL), checkpoint=checkpoint, variant="litesam_tiny")
+    values.update(overrides)
+    return Settings(**values)
+
+
+def planned_job(board: JobBoard, project: int, task_ids: list[int]) -> str:
+    """A job whose plan is committed (chunks queued, nobody working on them): state ``running``."""
+    status, created = board.start(project, options=JobOptions(chunk_size=2))
+    assert created
+    tasks = [{"id": t, "image": f"/data/upload/{project}/{t}.png"} for t in task_ids]
+    chunks = [tasks[i : i + 2] for i in range(0, len(tasks), 2)]
+    plan = {"project": project, "total": len(task_ids), "skipped": 0, "model_version": "litesam_tiny-test",
+            "from_name": "mask", "to_name": "image", "image_key": "image", "label": "Object"}
+    assert board.commit_plan(status["id"], plan, chunks, {}, JobOptions(chunk_size=2))
+    return status["id"]
+
+
+# -- options -----------------------------------------------------------------------------------------------
+
+
+def test_options_round_trip_through_json_and_refuse_bad_values():
+    options = JobOptions.from_json({"label": "Person", "chunk_size": 3, "retry_intervals": [1, 5],
+                                    "pred_iou_thresh": 0, "proposal_score_thresh": None})
+    assert options.chunk_size == 3 and options.retry_intervals == (1, 5) and options.pred_iou_thresh == 0.0
+    assert JobOptions.from_json(json.loads(json.dumps(options.to_json()))) == options
+    assert JobOptions.from_json(None) == JobOptions()
+    for bad, fragment in [
+        ({"chunk": 3}, "unknown job option(s) chunk"),
+        ({"chunk_size": 0}, "'chunk_size' must be a positive integer"),
+        ({"chunk_size": True}, "'chunk_size' must be a positive integer"),
+        ({"pred_iou_thresh": 1.5}, "from 0 to 1"),
+        ({"pred_iou_thresh": float("nan")}, "from 0 to 1"),
+        ({"retry_intervals": []}, "non-empty list"),
+        ({"label": ""}, "'label' must be a non-empty string"),
+        ([1], "must be a JSON object"),
+    ]:
+        with pytest.raises(BadRequestError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+            JobOptions.from_json(bad)
+
+
+def test_segevery_config_opens_filters_on_top_of_the_variant_proposals():
+    config = JobOptions.from_json(OPEN_FILTERS).segevery_config("litesam_tiny")
+    assert config.pred_iou_thresh == 0.0 and config.stability_score_thresh == 0.0
+    assert config.proposals.score_threshold == 0.0
+    default = JobOptions().segevery_config("litesam_tiny")
+    assert default.pred_iou_thresh == 0.88 and default.proposals.score_threshold > 0
+
+
+# -- starting jobs -----------------------------------------------------------------------------------------
+
+
+def test_start_queues_the_parent_job_with_explicit_rq_settings(jobs_redis):
+    board = JobBoard(jobs_redis)
+    options = JobOptions(job_timeout=120, result_ttl=600, failure_ttl=900, retries=2, retry_intervals=(3, 7))
+    status, created = board.start(5, overwrite=True, task_ids=[9, 3, 9], options=options, source="cli")
+    assert created
+    assert status["state"] == "queued" and status["project"] == 5 and status["overwrite"] is True
+    assert status["tasks"] == [3, 9] and status["total"] is None and status["percent"] == 0.0
+    assert status["source"] == "cli" and status["failures"] == [] and status["error"] is None
+
+    parent = Job.fetch(status["id"], connection=jobs_redis, serializer=JSONSerializer)
+    assert parent.func_name == "backend.jobs.plan_project" and parent.args == [status["id"]]
+    assert parent.origin == jobs.QUEUE_NAME and parent.get_status() == JobStatus.QUEUED
+    assert (parent.timeout, parent.result_ttl, parent.failure_ttl) == (120, 600, 900)
+    assert parent.retries_left == 2 and parent.retry_intervals == [3, 7]
+    assert parent.failure_callback is jobs.on_plan_failure
+    assert jobs.queue(jobs_redis).job_ids == [status["id"]]
+    # the job's data is JSON (the queue's serializer), not pickle
+    assert json.loads(jobs_redis.hget(parent.key, "meta")) == {"litesam_job": status["id"], "project": 5}
+
+
+def test_one_job_per_project_at_a_time(jobs_redis):
+    board = JobBoard(jobs_redis)
+    first, created = board.start(7)
+    assert created
+    again, created_again = board.start(7, overwrite=True)
+    assert not created_again and again["id"] == first["id"]
+    other, created_other = board.start(8)
+    assert created_other and other["id"] != first["id"]
+    assert {j["id"] for j in board.recent()} == {first["id"], other["id"]}
+
+    board.fail_job(first["id"], 7, "stopped by the test", end_now=True)
+    assert board.status(first["id"])["state"] == "failed"
+    after, created_after = board.start(7)
+    assert created_after and after["id"] != first["id"]
+
+
+def test_start_refuses_bad_project_and_task_ids(jobs_redis):
+    board = JobBoard(jobs_redis)
+    for project in ("3", 0, None, True):
+        with pytest.raises(BadRequestError, match="'project' must be a positive integer"):
+            board.start(project)
+    for tasks in ([], [0], ["1"], "1,2"):
+        with pytest.raises(BadRequestError, match="'tasks' must be a non-empty list"):
+            board.start(3, task_ids=tasks)
+    assert board.recent() == []
+
+
+# -- progress ----------------------------------------------------------------------------------------------
+
+
+def test_outcomes_count_once_and_the_last_one_finishes_the_job(jobs_redis):
+    board = JobBoard(jobs_redis)
+    job_id = planned_job(board, 4, [11, 12, 13])
+    chunks = [Job.fetch(f"{job_id}.{i}", connection=jobs_redis, serializer=JSONSerializer) for i in range(2)]
+    assert [c.args[2] for c in chunks] == [[{"id": 11, "image": "/data/upload/4/11.png"},
+                                            {"id": 12, "image": "/data/upload/4/12.png"}],
+                                           [{"id": 13, "image": "/data/upload/4/13.png"}]]
+    assert all(c.func_name == "backend.jobs.run_chunk" and c.retries_left == 3 for c in chunks)
+    assert all(c.failure_callback is jobs.on_chunk_failure and c.timeout == JobOptions().job_timeout for c in chunks)
+    assert board.status(job_id)["state"] == "running"
+
+    assert board.record_outcome(job_id, 4, 11, "done", regions=5, worker="w1")
+    assert not board.record_outcome(job_id, 4, 11, "done", regions=5, worker="w2")  # a retry: not counted again
+    assert board.record_outcome(job_id, 4, 12, "failed", reason="the image is corrupt")
+    assert not board.record_outcome(job_id, 4, 11, "failed", reason="late")  # nothing replaces a done task
+    status = board.status(job_id)
+    assert (status["done"], status["failed"], status["pending"], status["regions"]) == (1, 1, 1, 5)
+    assert status["failures"] == [{"task": 12, "reason": "the image is corrupt"}]
+    assert status["percent"] == pytest.approx(66.7)
+    assert board.outcome(job_id, 11)["worker"] == "w1"
+
+    assert board.record_outcome(job_id, 4, 12, "done", regions=2)  # a later success replaces the failure
+    assert board.record_outcome(job_id, 4, 13, "done", regions=1)
+    status = board.status(job_id)
+    assert status["state"] == "finished" and status["finished_at"]
+    assert (status["done"], status["failed"], status["pending"], status["percent"]) == (3, 0, 0, 100.0)
+    assert jobs_redis.get(jobs._active_key(4)) is None  # the project is free again
+
+    meta = json.loads(jobs_redis.hget(Job(job_id, connection=jobs_redis).key, "meta"))
+    expected = {k: status[k] for k in ("total", "done", "failed", "skipped", "pending", "percent", "regions")}
+    assert meta["progress"] == expected  # the parent RQ job's meta mirrors the record
+
+
+def test_a_chunk_that_gives_up_fails_its_unsettled_tasks_and_the_job(jobs_redis):
+    board = JobBoard(jobs_redis)
+    job_id = planned_job(board, 6, [1, 2, 3])
+    board.record_outcome(job_id, 6, 1, "done", regions=1)
+    board.fail_tasks(job_id, 6, [1, 2], "Label Studio at http://ls could not be reached (gave up)")
+    status = board.status(job_id)
+    assert status["state"] == "running" and status["error"].startswith("Label Studio at http://ls")
+    assert [f["task"] for f in status["failures"]] == [2]
+    board.record_outcome(job_id, 6, 3, "done", regions=1)
+    status = board.status(job_id)
+    assert status["state"] == "failed" and (status["done"], status["failed"]) == (2, 1)
+
+
+def test_everything_skipped_finishes_at_once(jobs_redis):
+    board = JobBoard(jobs_redis)
+    status, _ = board.start(9)
+    plan = {"project": 9, "total": 4, "skipped": 4, "model_version": "v", "from_name": "mask", "to_name": "image",
+            "image_key": "image", "label": "Object"}
+    assert board.commit_plan(status["id"], plan, [], {}, JobOptions())
+    assert not board.commit_plan(status["id"], plan, [], {}, JobOptions())  # a retried parent changes nothing
+    status = board.status(status["id"])
+    assert (status["state"], status["skipped"], status["percent"]) == ("finished", 4, 100.0)
+
+
+def test_status_settles_a_chunk_that_rq_failed_without_our_callback(jobs_redis):
+    board = JobBoard(jobs_redis)
+    job_id = planned_job(board, 3, [21, 22, 23])
+    chunk = Job.fetch(f"{job_id}.0", connection=jobs_redis, serializer=JSONSerializer)
+    with jobs_redis.pipeline() as pipe:  # as RQ does when a work horse dies and no retry is left
+        chunk.set_status(JobStatus.FAILED, pipeline=pipe)
+        chunk._handle_failure("Traceback …\nbackend.jobs.LabelStudioUnavailable: Label Studio is down", pipe)
+        pipe.execute()
+    assert chunk.id in FailedJobRegistry(jobs.QUEUE_NAME, connection=jobs_redis).get_job_ids()
+    status = board.status(job_id)
+    assert [f["task"] for f in status["failures"]] == [21, 22]
+    assert status["failures"][0]["reason"] == "Label Studio is down"
+    assert status["error"] == "Label Studio is down" and status["state"] == "running"  # task 23 is pending
+
+
+def test_unknown_job_is_not_found(jobs_redis):
+    with pytest.raises(JobNotFoundError):
+        JobBoard(jobs_redis).status("0" * 32)
+    with pytest.raises(JobNotFoundError):
+        JobBoard(jobs_redis).status("x" * 500)
+
+
+# -- per-task write locks ----------------------------------------------------------------------------------
+
+
+def test_task_locks_are_exclusive_and_a_waiting_writer_gets_them_after_release(jobs_redis):
+    board = JobBoard(jobs_redis)
+    order = []
+    with board.task_locks("v1", [1, 2]) as held:
+        def second_writer():
+            with board.task_locks("v1", [2, 3], wait_s=10):
+                order.append("second")
+        thread = threading.Thread(target=second_writer)
+        thread.start()
+        time.sleep(0.5)
+        held.renew()
+        order.append("first")
+    thread.join(timeout=10)
+    assert order == ["first", "second"]
+    assert not jobs_redis.keys(f"{jobs.KEY_PREFIX}task:*")  # all released
+
+
+def test_task_lock_held_elsewhere_makes_the_chunk_retry_later(jobs_redis):
+    board = JobBoard(jobs_redis)
+    jobs_redis.set(f"{jobs.KEY_PREFIX}task:v1:5", "someone-else", px=60_000)
+    with pytest.raises(UpstreamError, match="another worker has been writing 5"):
+        with board.task_locks("v1", [4, 5], wait_s=0.5):
+            pass
+    assert jobs_redis.get(f"{jobs.KEY_PREFIX}task:v1:4") is None  # the lock it did take is released
+    with board.task_locks("v1", [6]) as held:
+        jobs_redis.delete(f"{jobs.KEY_PREFIX}task:v1:6")  # expired while held
+        with pytest.raises(UpstreamError, match="expired while held"):
+            held.renew()
+
+
+# -- HTTP routes -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def client(checkpoint, jobs_redis):
+    settings = settings_for(checkpoint, basic_auth_user=BASIC[0], basic_auth_pass=Secret(BASIC[1]))
+    app = create_app(settings, blueprints=[jobs_blueprint])
+    return app.test_client()
+
+
+AUTH = {"Authorization": "Basic YWRtaW46am9icy1iYXNpYy1wYXNz"}  # admin:jobs-basic-pass
+
+
+def test_routes_start_read_and_list_jobs(client, jobs_redis):
+    response = client.post("/jobs", json={"project": 12, "options": {"chunk_size": 4, **OPEN_FILTERS}},
+                           headers=AUTH)
+    assert response.status_code == 202, response.get_json()
+    body = response.get_json()
+    assert body["created"] is True and body["job"]["project"] == 12 and body["job"]["state"] == "queued"
+    job_id = body["job"]["id"]
+
+    again = client.post("/jobs", json={"project": 12, "overwrite": True}, headers=AUTH)
+    assert again.status_code == 200 and again.get_json() == {"created": False, "job": body["job"]}
+
+    one = client.get(f"/jobs/{job_id}", headers=AUTH)
+    assert one.status_code == 200 and one.get_json() == JobBoard(jobs_redis).status(job_id)
+    listed = client.get("/jobs?limit=5", headers=AUTH).get_json()["jobs"]
+    assert [j["id"] for j in listed] == [job_id]
+    options = json.loads(JobBoard(jobs_redis).record_fields(job_id)["options"])
+    assert options["chunk_size"] == 4 and options["pred_iou_thresh"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"project": "12"}, "'project' must be a positive integer"),
+        ({"project": 12, "overwrite": "yes"}, "'overwrite' must be true or false"),
+        ({"project": 12, "tasks": []}, "'tasks' must be a non-empty list"),
+        ({"project": 12, "options": {"chunk_size": -1}}, "'chunk_size' must be a positive integer"),
+        ({"project": 12, "priority": 1}, "unknown field(s) priority"),
+    ],
+)
+def test_routes_refuse_bad_requests(client, body, fragment):
+    response = client.post("/jobs", json=body, headers=AUTH)
+    assert response.status_code == 400 and fragment in response.get_json()["error"]
+
+
+def test_routes_answer_404_for_unknown_jobs_and_400_for_bad_limits(client):
+    assert client.get("/jobs/" + "0" * 32, headers=AUTH).status_code == 404
+    assert client.get("/jobs?limit=0", headers=AUTH).status_code == 400
+    assert client.get("/jobs?limit=abc", headers=AUTH).status_code == 400
+
+
+def test_basic_auth_covers_every_jobs_route(client):
+    for method, path in [("get", "/jobs"), ("post", "/jobs"), ("get", "/jobs/ui"), ("get", "/jobs/abc"),
+                         ("get", "/jobs/static/jobs.js")]:
+        response = getattr(client, method)(path)
+        assert response.status_code == 401, path
+    wrong = {"Authorization": "Basic YWRtaW46d3Jvbmc="}  # admin:wrong
+    assert client.get("/jobs", headers=wrong).status_code == 401
+
+
+def test_jobs_page_and_its_static_files(client):
+    page = client.get("/jobs/ui", headers=AUTH)
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    html = page.get_data(as_text=True)
+    for fragment in ('id="start-form"', 'id="project"', 'id="start"', 'data-jobs-url="/jobs"',
+                     'src="/jobs/static/jobs.js"', 'href="/jobs/static/jobs.css"'):
+        assert fragment in html
+    assert "http://" not in html and "https://" not in html  # no external files
+    script = client.get("/jobs/static/jobs.js", headers=AUTH)
+    assert script.status_code == 200 and b"fetch(jobsUrl" in script.get_data()
+    assert client.get("/jobs/static/jobs.css", headers=AUTH).status_code == 200
+
+
+def test_routes_say_so_when_redis_is_down(checkpoint):
+    settings = settings_for(checkpoint, redis_url=Secret(f"redis://127.0.0.1:{closed_port()}/0"))
+    client = create_app(settings, blueprints=[jobs_blueprint]).test_client()
+    for response in (client.post("/jobs", json={"project": 1}), client.get("/jobs")):
+        assert response.status_code == 503
+        assert "Redis does not answer" in response.get_json()["error"]
+
+
+# -- the preannotate command -------------------------------------------------------------------------------
+
+
+def run_command(argv, settings):
+    parser = argparse.ArgumentParser(prog="litesam-backend")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    add_preannotate_command(subparsers, settings)
+    args = parser.parse_args(argv)
+    return args.func(args, settings)
+
+
+def test_preannotate_command_queues_a_job(checkpoint, jobs_redis, capsys):
+    settings = settings_for(checkpoint)
+    code = run_command(["preannotate", "--project", "31", "--tasks", "4,5", "--pred-iou-thresh", "0",
+                        "--label", "Person", "--chunk-size", "1"], settings)
+    assert code == 0
+    job_id = capsys.readouterr().out.strip()
+    status = JobBoard(jobs_redis).status(job_id)
+    assert (status["project"], status["tasks"], status["source"]) == (31, [4, 5], "cli")
+    options = json.loads(JobBoard(jobs_redis).record_fields(job_id)["options"])
+    assert (options["pred_iou_thresh"], options["label"], options["chunk_size"]) == (0.0, "Person", 1)
+
+    assert run_command(["preannotate", "--project", "31"], settings) == 0  # the running job
+    assert capsys.readouterr().out.strip() == job_id
+    assert run_command(["preannotate", "--project", "32", "--pred-iou-thresh", "2"], settings) == 2
+    assert "from 0 to 1" in capsys.readouterr().err
+
+
+# -- batch /predict ("Retrieve predictions") ---------------------------------------------------------------
+
+
+def test_a_large_batch_predict_becomes_a_job_and_answers_no_results(checkpoint, jobs_redis):
+    services = build_services(settings_for(checkpoint))
+    tasks = [{"id": i, "data": {"image": f"/data/upload/2/{i}.png"}} for i in (41, 42, 43)]
+    assert handle_batch_predict(services, "2.1764000000", tasks, CONFIG, sync_limit=2) == []
+    (status,) = JobBoard(jobs_redis).recent()
+    assert (status["project"], status["tasks"], status["source"]) == (2, [41, 42, 43], "predict")
+    assert handle_batch_predict(services, "2.1764000000", tasks, CONFIG, sync_limit=2) == []
+    assert len(JobBoard(jobs_redis).recent()) == 1  # the running job is reused
+    assert not services.model.loaded  # nothing was computed in the web process
+    with pytest.raises(BadRequestError, match="does not start with a project id"):
+        handle_batch_predict(services, "x.1", tasks, CONFIG, sync_limit=2)
+    with pytest.raises(BadRequestError, match="integer ids"):
+        handle_batch_predict(services, "2.1", [{"data": {}}], CONFIG)
+
+
+def test_a_small_batch_predict_is_answered_now_with_one_prediction_per_task(checkpoint, jobs_redis):
+    server = FakeLabelStudio()
+    try:
+        server.add("/data/upload/2/a.png", png_bytes(90, 70, seed=1))
+        server.add("/data/upload/2/b.png", png_bytes(50, 64, seed=2))
+        server.add("/data/upload/2/bad.png", b"not an image")
+        services = build_services(settings_for(checkpoint, label_studio_url=server.url))
+        tasks = [{"id": 1, "data": {"image": "/data/upload/2/a.png"}}, {"id": 2, "data": {"image": "/data/upload/2/b.png"}}]
+        answers = handle_batch_predict(services, "2.1", tasks, CONFIG,
+                                       options=JobOptions.from_json({**OPEN_FILTERS, "label": "Vehicle"}))
+        assert len(answers) == 2  # random weights, opened filters: plumbing only
+        for answer, size in zip(answers, [(70, 90), (64, 50)], strict=True):
+            assert answer["model_version"] == services.model.model_version and answer["result"]
+            for region in answer["result"]:
+                assert region["from_name"] == "mask" and region["value"]["brushlabels"] == ["Vehicle"]
+                assert decode_brush(region).shape == size
+                assert set(decode_brush(region).ravel()) <= {0, 255}
+        keys = jobs_redis.keys(embedding_key(services.model.model_version, "*"))
+        assert len(keys) == 2  # the embeddings were stored for later clicks
+        with pytest.raises(BadRequestError, match="task 3: the file is not an image"):
+            handle_batch_predict(services, "2.1", [{"id": 3, "data": {"image": "/data/upload/2/bad.png"}}], CONFIG)
+    finally:
+        server.close()
+
+
+def test_describe_failure_is_short_and_clear():
+    from rq.exceptions import AbandonedJobError
+    from rq.timeouts import JobTimeoutException
+
+    assert jobs.describe_failure(jobs.LabelStudioUnavailable("Label Studio at X could not be reached")) == \
+        "Label Studio at X could not be reached"
+    assert "killed or lost" in jobs.describe_failure(AbandonedJobError())
+    assert "job_timeout" in jobs.describe_failure(JobTimeoutException("Task exceeded maximum timeout value"))
+    assert jobs.describe_failure(KeyError("image")) == "KeyError: 'image'"
