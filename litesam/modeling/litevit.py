@@ -1,0 +1,570 @@
+"""LiteViT: the Lite-SAM image backbone, a MetaFormer-style CNN–Transformer hybrid with output stride 16.
+
+Provenance. The Lite-SAM paper (Fu et al., ECCV 2024) publishes only LiteViT's totals: 1.16 M parameters and
+1.2 GMACs at 224×224 for the ImageNet-1K classifier. Its main text, where the layout would be described, was
+not available to this project. **The layout below is therefore an assumption**, chosen to meet those published
+totals and to run fast on a CPU; it is not the paper's. Replace it if the paper's layout becomes known.
+
+Layout (default :class:`LiteViTConfig`; ``s`` is the stride relative to the input)::
+
+    stem      conv3×3 s2 3→32 + BN + GELU, conv3×3 s2 32→64 + BN                       s4
+    stage 1   8 × PoolBlock, C=64, multi-scale pooling mixer, MLP ratio 4             s4
+    stage 2   conv3×3 s2 64→80 + BN, 2 × PoolBlock, C=80                              s8
+    stage 3   conv3×3 s2 80→96 + BN, 2 × AttentionBlock, C=96 (3 heads of 32)        s16
+    stage 4   conv3×3 s1 96→128 + BN, 1 × AttentionBlock, C=128 (4 heads of 32)      s16
+    head      global average pool, LayerNorm, Linear 128→1000 (classifier form only)
+
+Totals of the classifier form (``litevit_classifier()``) at 224×224, counted with ptflops 0.7.5
+(see ``tests/test_litevit.py``): 1,170,072 parameters; 1.163 GMACs with ptflops' default ``pytorch`` backend,
+1.214 GMACs with its ``aten`` backend. Neither backend counts the attention matmuls of
+``F.scaled_dot_product_attention``; they add about 0.03 GMACs at 224 (global attention grows with the square
+of the token count: about 1.5 GMACs at 640 and 10 GMACs at 1024).
+
+Blocks (MetaFormer: ``x = x + ls1 * mixer(norm1(x)); x = x + ls2 * mlp(norm2(x))``):
+
+- :class:`PoolBlock` (stride 4 and 8): BatchNorm, multi-scale pooling mixer ``P(x) − x`` where ``P`` is the
+  mean of the 3×3, 5×5 and 7×7 box averages, MLP ``Linear C→4C, GELU, Linear 4C→C`` on each pixel,
+  layer-scale initialised to 1e-5. At the image border ``P`` averages only in-image pixels (the kernel is
+  renormalised over the part of the window inside the image), so ``P`` keeps constants unchanged everywhere.
+- :class:`AttentionBlock` (stride 16): a depthwise 3×3 conditional positional encoding (added residually;
+  it makes the model resolution-agnostic, with no position table tied to 224 pretraining), then pre-norm
+  (LayerNorm) global multi-head self-attention (head dim 32, ``F.scaled_dot_product_attention``) and MLP.
+
+Inference speed. :meth:`LiteViT.fuse_for_inference` folds every BatchNorm, LayerNorm affine and layer-scale into
+the adjacent convolutions and linear layers, and replaces the blocks by fused versions that keep the outputs
+equal (to float rounding): the pooling mixer becomes one depthwise 7×7 convolution with a fixed kernel (the
+mixture of the three boxes) plus one normalisation pass, and the per-pixel MLP runs in chunks of pixels so its
+4C-wide hidden activations stay in the CPU cache. Feature maps are kept in ``channels_last`` memory format
+throughout (pooling and 1×1 layers are several times faster in it on a CPU).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InvalidImageError
+
+__all__ = [
+    "LiteViTConfig",
+    "LiteViT",
+    "PoolBlock",
+    "AttentionBlock",
+    "MultiScalePooling",
+    "litevit_classifier",
+]
+
+#: Pixels of the MLP hidden activation computed at once by fused blocks (keeps 4C-wide chunks in cache).
+_MLP_CHUNK_PIXELS = 2048
+
+
+@dataclass(frozen=True)
+class LiteViTConfig:
+    """Layout of a :class:`LiteViT` (see the module docstring for the default, an assumption).
+
+    Attributes:
+        stem_channels: output channels of the stem's two stride-2 3×3 convolutions (the stem ends at stride 4).
+        channels: channels of each stage.
+        depths: number of blocks in each stage.
+        mixers: token mixer of each stage's blocks: ``"pool"`` (multi-scale pooling) or ``"attn"``
+            (global multi-head self-attention).
+        strides: stride of each stage's entry convolution (1 or 2). A stage whose stride is 1 and whose channel
+            count equals its input's has no entry convolution. The product with the stem's 4 must be 16.
+        mlp_ratio: hidden width of every block's MLP, as a multiple of the stage's channels.
+        pool_sizes: box sizes (odd) averaged by the multi-scale pooling mixer.
+        head_dim: channels per attention head (a stage's channels must be a multiple).
+        layer_scale_init: initial value of the per-channel layer-scale of every residual branch.
+        drop_path_rate: stochastic-depth rate, increasing linearly over blocks to this value (training only).
+        in_chans: input image channels.
+    """
+
+    stem_channels: tuple[int, int] = (32, 64)
+    channels: tuple[int, ...] = (64, 80, 96, 128)
+    depths: tuple[int, ...] = (8, 2, 2, 1)
+    mixers: tuple[str, ...] = ("pool", "pool", "attn", "attn")
+    strides: tuple[int, ...] = (1, 2, 2, 1)
+    mlp_ratio: float = 4.0
+    pool_sizes: tuple[int, ...] = (3, 5, 7)
+    head_dim: int = 32
+    layer_scale_init: float = 1e-5
+    drop_path_rate: float = 0.0
+    in_chans: int = 3
+
+    def __post_init__(self) -> None:
+        n = len(self.channels)
+        if len(self.stem_channels) != 2:
+            raise ValueError(f"stem_channels must hold 2 values, got {self.stem_channels}")
+        if n == 0 or not (len(self.depths) == len(self.mixers) == len(self.strides) == n):
+            raise ValueError(
+                "channels, depths, mixers and strides must be non-empty and of equal length, got "
+                f"{self.channels}, {self.depths}, {self.mixers}, {self.strides}"
+            )
+        if any(m not in ("pool", "attn") for m in self.mixers):
+            raise ValueError(f"mixers must be 'pool' or 'attn', got {self.mixers}")
+        if any(s not in (1, 2) for s in self.strides) or 4 * math.prod(self.strides) != 16:
+            raise ValueError(f"strides must be 1 or 2 and bring the stride-4 stem to 16, got {self.strides}")
+        if any(d < 0 for d in self.depths) or any(c <= 0 for c in self.channels):
+            raise ValueError(f"depths must be >= 0 and channels > 0, got {self.depths}, {self.channels}")
+        for c, m in zip(self.channels, self.mixers, strict=True):
+            if m == "attn" and c % self.head_dim:
+                raise ValueError(
+                    f"attention stage channels {c} are not a multiple of head_dim {self.head_dim}"
+                )
+        if not self.pool_sizes or any(k < 1 or k % 2 == 0 for k in self.pool_sizes):
+            raise ValueError(f"pool_sizes must be odd and positive, got {self.pool_sizes}")
+
+    @classmethod
+    def tiny(cls) -> LiteViTConfig:
+        """A very small layout (about 30 K parameters) for fast tests; not a meaningful model."""
+        return cls(
+            stem_channels=(8, 16),
+            channels=(16, 24, 32, 32),
+            depths=(1, 1, 1, 1),
+            mixers=("pool", "pool", "attn", "attn"),
+            strides=(1, 2, 2, 1),
+            mlp_ratio=2.0,
+            head_dim=16,
+        )
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: zeroes a residual branch per sample with probability ``p`` while training."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
+    """3×3 convolution (no bias, padding 1) followed by BatchNorm; ``conv``/``bn`` are its submodules."""
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+        nn.BatchNorm2d(cout),
+    )
+
+
+def _fold_bn_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A new convolution (with bias) equal to ``bn(conv(x))`` with the BatchNorm in eval mode."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    fused = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        bias=True,
+    ).to(conv.weight)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    with torch.no_grad():
+        fused.weight.copy_(conv.weight * scale[:, None, None, None])
+        fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+    return fused
+
+
+def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, b) with ``bn(x) == a * x + b`` per channel in eval mode."""
+    a = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return a, bn.bias - bn.running_mean * a
+
+
+class MultiScalePooling(nn.Module):
+    """Parameter-free token mixer ``P(x) − x``; ``P`` is the mean of k×k box averages for k in ``pool_sizes``.
+
+    ``P`` is computed as one depthwise convolution with the fixed mixture kernel, divided at every pixel by the
+    kernel mass that falls inside the image. In the interior this equals ``mean_k AvgPool_k(x)`` exactly; at
+    the border only in-image pixels are averaged (the spirit of ``count_include_pad=False``), so ``P`` maps a
+    constant map to itself. Input and output: B×C×H×W float (any memory format).
+    """
+
+    def __init__(self, pool_sizes: tuple[int, ...] = (3, 5, 7)) -> None:
+        super().__init__()
+        size = max(pool_sizes)
+        kernel = torch.zeros(size, size)
+        for k in pool_sizes:
+            o = (size - k) // 2
+            kernel[o : o + k, o : o + k] += 1.0 / (k * k * len(pool_sizes))
+        self.register_buffer("kernel", kernel[None, None], persistent=False)
+
+    @property
+    def padding(self) -> int:
+        return self.kernel.shape[-1] // 2
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """``P(x)``: B×C×H×W in, B×C×H×W out."""
+        channels = x.shape[1]
+        summed = F.conv2d(x, self.kernel.expand(channels, 1, -1, -1), padding=self.padding, groups=channels)
+        return summed * _normaliser(self.kernel, x.shape[-2], x.shape[-1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(x) - x
+
+
+def _normaliser(kernel: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """1×1×H×W reciprocal of the mass of the 1×1×k×k ``kernel`` inside an H×W image at each pixel."""
+    ones = kernel.new_ones(1, 1, height, width)
+    return F.conv2d(ones, kernel, padding=kernel.shape[-1] // 2).reciprocal_()
+
+
+class PixelMlp(nn.Module):
+    """``fc2(GELU(fc1(x)))`` on the channels of each pixel: B×C×H×W in and out (channels_last is fastest)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc2(self.act(self.fc1(x.permute(0, 2, 3, 1))))
+        return y.permute(0, 3, 1, 2)
+
+
+class PoolBlock(nn.Module):
+    """MetaFormer block with the multi-scale pooling mixer and BatchNorm: B×C×H×W in and out."""
+
+    def __init__(
+        self,
+        dim: int,
+        mlp_ratio: float,
+        pool_sizes: tuple[int, ...],
+        layer_scale_init: float,
+        drop_path: float,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.BatchNorm2d(dim)
+        self.mixer = MultiScalePooling(pool_sizes)
+        self.ls1 = nn.Parameter(torch.full((dim,), layer_scale_init))
+        self.norm2 = nn.BatchNorm2d(dim)
+        self.mlp = PixelMlp(dim, int(dim * mlp_ratio))
+        self.ls2 = nn.Parameter(torch.full((dim,), layer_scale_init))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.ls1[:, None, None] * self.mixer(self.norm1(x)))
+        return x + self.drop_path(self.ls2[:, None, None] * self.mlp(self.norm2(x)))
+
+    def fused(self) -> FusedPoolBlock:
+        """The inference-only equivalent of this block (BatchNorm in eval mode, no drop-path)."""
+        return FusedPoolBlock(self)
+
+
+class Attention(nn.Module):
+    """Global multi-head self-attention over tokens: B×N×C in and out (``qkv`` with bias, ``proj``)."""
+
+    def __init__(self, dim: int, head_dim: int) -> None:
+        super().__init__()
+        self.num_heads = dim // head_dim
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(_attend(self.qkv(x), self.num_heads))
+
+
+def _attend(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Scaled dot-product attention from packed B×N×3C projections; returns B×N×C (heads concatenated)."""
+    b, n, c3 = qkv.shape
+    q, k, v = qkv.view(b, n, 3, num_heads, c3 // (3 * num_heads)).permute(2, 0, 3, 1, 4)
+    out = F.scaled_dot_product_attention(q, k, v)
+    return out.transpose(1, 2).reshape(b, n, c3 // 3)
+
+
+class AttentionBlock(nn.Module):
+    """Depthwise 3×3 positional encoding, then a pre-norm attention MetaFormer block: B×C×H×W in and out."""
+
+    def __init__(
+        self, dim: int, mlp_ratio: float, head_dim: int, layer_scale_init: float, drop_path: float
+    ) -> None:
+        super().__init__()
+        self.pos = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, head_dim)
+        self.ls1 = nn.Parameter(torch.full((dim,), layer_scale_init))
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp_fc1 = nn.Linear(dim, int(dim * mlp_ratio))
+        self.mlp_act = nn.GELU()
+        self.mlp_fc2 = nn.Linear(int(dim * mlp_ratio), dim)
+        self.ls2 = nn.Parameter(torch.full((dim,), layer_scale_init))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        x = x + self.pos(x)
+        t = x.permute(0, 2, 3, 1).reshape(b, h * w, c)
+        t = t + self.drop_path(self.ls1 * self.attn(self.norm1(t)))
+        t = t + self.drop_path(self.ls2 * self.mlp_fc2(self.mlp_act(self.mlp_fc1(self.norm2(t)))))
+        return t.view(b, h, w, c).permute(0, 3, 1, 2)
+
+    def fused(self) -> FusedAttentionBlock:
+        """The inference-only equivalent of this block (no drop-path)."""
+        return FusedAttentionBlock(self)
+
+
+class FusedPoolBlock(nn.Module):
+    """Inference form of :class:`PoolBlock`; equal outputs, fewer memory passes. Made by ``PoolBlock.fused``.
+
+    With ``a, b`` the eval-mode BatchNorm scale and shift, ``P(a·x + b) − (a·x + b) = a·(P(x) − x)`` because
+    ``P`` is linear and preserves constants, so norm1 and ls1 reduce to one per-channel factor ``c`` and the
+    mixer step ``x + c·(P(x) − x)`` is one depthwise convolution (kernel ``c·K`` plus ``1 − c`` at the centre)
+    away from the border; the 3-pixel border band is then corrected for the renormalisation of ``P`` on small
+    slices. norm2 folds into fc1 and ls2 into fc2; fc2's bias is added in the mixer convolution (and taken out
+    again through fc1's bias), so the MLP's residual sum is a single ``addmm``.
+    """
+
+    def __init__(self, block: PoolBlock) -> None:
+        super().__init__()
+        with torch.no_grad():
+            a1, _ = _bn_scale_shift(block.norm1)
+            c = block.ls1 * a1
+            a2, b2 = _bn_scale_shift(block.norm2)
+            w1 = block.mlp.fc1.weight * a2[None, :]
+            b1 = block.mlp.fc1.bias + block.mlp.fc1.weight @ b2
+            w2 = block.mlp.fc2.weight * block.ls2[:, None]
+            out_bias = block.mlp.fc2.bias * block.ls2
+            b1 = b1 - w1 @ out_bias
+            kernel = block.mixer.kernel
+            dim, size = c.shape[0], kernel.shape[-1]
+            scaled = kernel * c.view(dim, 1, 1, 1)
+            with_identity = scaled.clone()
+            with_identity[:, 0, size // 2, size // 2] += 1.0 - c
+            self.register_buffer("mix_kernel", with_identity.contiguous())
+            self.register_buffer("mix_bias", out_bias.contiguous())
+            self.register_buffer("scaled_kernel", scaled.contiguous())
+            self.register_buffer("pool_kernel", kernel.clone(), persistent=False)
+            self.register_buffer("w1t", w1.t().contiguous())
+            self.register_buffer("b1", b1.contiguous())
+            self.register_buffer("w2t", w2.t().contiguous())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        x = x.contiguous(memory_format=torch.channels_last)
+        pad = self.mix_kernel.shape[-1] // 2
+        y = F.conv2d(x, self.mix_kernel, self.mix_bias, padding=pad, groups=c)
+        _renormalise_border(y, x, self.scaled_kernel, self.pool_kernel)
+        tokens = y.permute(0, 2, 3, 1).reshape(b * h * w, c)
+        return _chunked_mlp_residual(tokens, self.w1t, self.b1, self.w2t).view(b, h, w, c).permute(0, 3, 1, 2)
+
+
+def _renormalise_border(y: torch.Tensor, x: torch.Tensor, scaled: torch.Tensor, kernel: torch.Tensor) -> None:
+    """Add ``S·(1/m − 1)`` to ``y`` in place where the window leaves the image (the border band).
+
+    ``S`` is the zero-padded depthwise convolution of ``x`` with ``scaled`` (C×1×k×k), ``m`` the mass of the
+    1×1×k×k ``kernel`` inside the image (1 in the interior). Each band is computed on a slice of ``x`` that
+    extends ``k // 2`` pixels beyond it, so the slice's cut edges never reach the band.
+    """
+    pad = kernel.shape[-1] // 2
+    h, w = x.shape[-2:]
+    if h > 2 * pad and w > 2 * pad:
+        bands = ((0, pad, 0, w), (h - pad, h, 0, w), (pad, h - pad, 0, pad), (pad, h - pad, w - pad, w))
+    else:
+        bands = ((0, h, 0, w),)
+    for r0, r1, c0, c1 in bands:
+        i0, i1, j0, j1 = max(r0 - pad, 0), min(r1 + pad, h), max(c0 - pad, 0), min(c1 + pad, w)
+        part = x[:, :, i0:i1, j0:j1]
+        summed = F.conv2d(part, scaled, padding=pad, groups=x.shape[1])
+        mass = F.conv2d(part.new_ones(1, 1, i1 - i0, j1 - j0), kernel, padding=pad)
+        rows, cols = slice(r0 - i0, r1 - i0), slice(c0 - j0, c1 - j0)
+        factor = mass[:, :, rows, cols].reciprocal() - 1.0
+        y[:, :, r0:r1, c0:c1].addcmul_(summed[:, :, rows, cols], factor)
+
+
+def _chunked_mlp_residual(
+    tokens: torch.Tensor, w1t: torch.Tensor, b1: torch.Tensor, w2t: torch.Tensor
+) -> torch.Tensor:
+    """``tokens + GELU(tokens @ w1t + b1) @ w2t`` for N×C tokens, computed in chunks of pixels."""
+    out = torch.empty_like(tokens)
+    for start in range(0, tokens.shape[0], _MLP_CHUNK_PIXELS):
+        part = tokens[start : start + _MLP_CHUNK_PIXELS]
+        hidden = F.gelu(torch.addmm(b1, part, w1t))
+        torch.addmm(part, hidden, w2t, out=out[start : start + _MLP_CHUNK_PIXELS])
+    return out
+
+
+class FusedAttentionBlock(nn.Module):
+    """Inference form of :class:`AttentionBlock`; equal outputs. Made by ``AttentionBlock.fused``.
+
+    The residual of the positional encoding joins its kernel (identity tap at the centre); LayerNorm affines
+    fold into ``qkv`` and fc1; layer-scales fold into ``proj`` and fc2.
+    """
+
+    def __init__(self, block: AttentionBlock) -> None:
+        super().__init__()
+        with torch.no_grad():
+            dim = block.pos.in_channels
+            pos_w = block.pos.weight.clone()
+            pos_w[:, 0, 1, 1] += 1.0
+            self.register_buffer("pos_w", pos_w)
+            self.register_buffer("pos_b", block.pos.bias.clone())
+            g1, be1 = block.norm1.weight, block.norm1.bias
+            qkv = block.attn.qkv
+            self.register_buffer("qkv_w", qkv.weight * g1[None, :])
+            self.register_buffer("qkv_b", qkv.bias + qkv.weight @ be1)
+            proj = block.attn.proj
+            self.register_buffer("proj_w", proj.weight * block.ls1[:, None])
+            self.register_buffer("proj_b", proj.bias * block.ls1)
+            g2, be2 = block.norm2.weight, block.norm2.bias
+            fc1 = block.mlp_fc1
+            self.register_buffer("w1t", (fc1.weight * g2[None, :]).t().contiguous())
+            self.register_buffer("b1", fc1.bias + fc1.weight @ be2)
+            fc2 = block.mlp_fc2
+            self.register_buffer("w2t", (fc2.weight * block.ls2[:, None]).t().contiguous())
+            self.register_buffer("b2", fc2.bias * block.ls2)
+        self.dim = dim
+        self.num_heads = block.attn.num_heads
+        self.eps1 = block.norm1.eps
+        self.eps2 = block.norm2.eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        x = F.conv2d(x, self.pos_w, self.pos_b, padding=1, groups=c).contiguous(
+            memory_format=torch.channels_last
+        )
+        t = x.permute(0, 2, 3, 1).reshape(b * h * w, c)
+        qkv = F.linear(F.layer_norm(t, (c,), eps=self.eps1), self.qkv_w, self.qkv_b)
+        attended = _attend(qkv.view(b, h * w, 3 * c), self.num_heads).reshape(b * h * w, c)
+        t = torch.addmm(t, attended, self.proj_w.t()).add_(self.proj_b)
+        hidden = F.gelu(torch.addmm(self.b1, F.layer_norm(t, (c,), eps=self.eps2), self.w1t))
+        t = torch.addmm(t, hidden, self.w2t).add_(self.b2)
+        return t.view(b, h, w, c).permute(0, 3, 1, 2)
+
+
+class Stage(nn.Module):
+    """One resolution stage: an optional entry convolution (``downsample``) and a sequence of ``blocks``."""
+
+    def __init__(self, downsample: nn.Module, blocks: list[nn.Module]) -> None:
+        super().__init__()
+        self.downsample = downsample
+        self.blocks = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.downsample(x))
+
+
+class LiteViT(nn.Module):
+    """LiteViT backbone (and optional classifier); layout given by :class:`LiteViTConfig`.
+
+    Args:
+        cfg: the layout; the default is the assumed layout that meets the paper's totals.
+        num_classes: size of the classification head; 0 builds the backbone only (Lite-SAM's use).
+
+    Attributes:
+        out_channels: channels of :meth:`forward_features`' output (the last stage's channels).
+        fused: True after :meth:`fuse_for_inference` (the model is then inference-only).
+    """
+
+    def __init__(self, cfg: LiteViTConfig | None = None, num_classes: int = 0) -> None:
+        super().__init__()
+        cfg = cfg or LiteViTConfig()
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        self.cfg = cfg
+        self.num_classes = num_classes
+        s1, s2 = cfg.stem_channels
+        self.stem = nn.Sequential(_conv_bn(cfg.in_chans, s1, 2), nn.GELU(), _conv_bn(s1, s2, 2))
+        rates = torch.linspace(0.0, cfg.drop_path_rate, max(sum(cfg.depths), 1)).tolist()
+        stages, cin, index = [], s2, 0
+        for cout, depth, mixer, stride in zip(cfg.channels, cfg.depths, cfg.mixers, cfg.strides, strict=True):
+            downsample = nn.Identity() if (stride == 1 and cin == cout) else _conv_bn(cin, cout, stride)
+            blocks: list[nn.Module] = []
+            for _ in range(depth):
+                if mixer == "pool":
+                    block = PoolBlock(cout, cfg.mlp_ratio, cfg.pool_sizes, cfg.layer_scale_init, rates[index])
+                else:
+                    block = AttentionBlock(
+                        cout, cfg.mlp_ratio, cfg.head_dim, cfg.layer_scale_init, rates[index]
+                    )
+                blocks.append(block)
+                index += 1
+            stages.append(Stage(downsample, blocks))
+            cin = cout
+        self.stages = nn.Sequential(*stages)
+        self.out_channels = cin
+        if num_classes > 0:
+            self.head_norm = nn.LayerNorm(cin)
+            self.head = nn.Linear(cin, num_classes)
+        self.fused = False
+        self.apply(_init_weights)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature map of an image batch.
+
+        Args:
+            x: B×C_in×H×W float (normalised image), H and W multiples of 16.
+        Returns:
+            B×out_channels×H/16×W/16 float, in ``channels_last`` memory format.
+        Raises:
+            InvalidImageError: wrong rank, channel count, dtype, or a side not a positive multiple of 16.
+        """
+        _check_input(x, self.cfg.in_chans)
+        x = x.contiguous(memory_format=torch.channels_last)
+        return self.stages(self.stem(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits B×num_classes when ``num_classes > 0``; otherwise :meth:`forward_features` of ``x``."""
+        features = self.forward_features(x)
+        if self.num_classes == 0:
+            return features
+        return self.head(self.head_norm(features.mean(dim=(2, 3))))
+
+    @torch.no_grad()
+    def fuse_for_inference(self) -> LiteViT:
+        """Fold normalisations and layer-scales and switch to the fused blocks, in place; returns ``self``.
+
+        The outputs stay equal to the unfused model's in eval mode (up to float rounding). The fused model is
+        for inference only: it has no trainable parameters left in the folded parts, and its state dict no
+        longer matches checkpoints of the unfused model, so load weights *before* fusing. Idempotent.
+        """
+        if self.fused:
+            return self
+        self.eval()
+        first, act, second = self.stem
+        self.stem = nn.Sequential(_fold_bn_into_conv(*first), act, _fold_bn_into_conv(*second))
+        for stage in self.stages:
+            if isinstance(stage.downsample, nn.Sequential):
+                stage.downsample = _fold_bn_into_conv(*stage.downsample)
+            stage.blocks = nn.Sequential(*(block.fused() for block in stage.blocks))
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.fused = True
+        return self.eval()
+
+    def train(self, mode: bool = True) -> LiteViT:
+        if mode and self.fused:
+            raise RuntimeError("a LiteViT fused for inference cannot be trained; build a new model")
+        return super().train(mode)
+
+
+def _check_input(x: torch.Tensor, in_chans: int) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != in_chans:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise InvalidImageError(f"expected a B×{in_chans}×H×W tensor, got {shape}")
+    if not x.is_floating_point():
+        raise InvalidImageError(f"expected a floating-point image tensor, got {x.dtype}")
+    h, w = x.shape[-2:]
+    if h == 0 or w == 0 or h % 16 or w % 16:
+        raise InvalidImageError(f"image height and width must be positive multiples of 16, got {h}×{w}")
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, (nn.Linear, nn.Conv2d)):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+def litevit_classifier(num_classes: int = 1000, cfg: LiteViTConfig | None = None) -> LiteViT:
+    """The ImageNet classification form of LiteViT (1000-way head by default), as counted in the paper."""
+    return LiteViT(cfg, num_classes=num_classes)
