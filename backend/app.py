@@ -16,10 +16,14 @@ POST /webhook              ``{"status": "ok"}`` at once; Lite-SAM does not train
 Every route answers JSON. Errors are ``{"error": message}`` with the status of the
 :mod:`backend.errors` class (400 bad input, 401, 403 refused URL, 413 too large, 502 Label Studio or image
 host failed, 500 misconfiguration); an unexpected exception is logged with its traceback and answered 500
-without it. With BASIC_AUTH_USER/BASIC_AUTH_PASS set every route requires them.
+without it. With BASIC_AUTH_USER/BASIC_AUTH_PASS set every route requires them except ``/webhook``: Label
+Studio sends its event webhooks (ANNOTATION_CREATED, …) without the ML connection's basic-auth credentials
+(seen in the end-to-end test), and the route changes nothing.
 
 Other modules add routes as Flask blueprints: ``create_app(settings, blueprints=[jobs_blueprint])``; inside a
-request they reach the process's objects with :func:`current_services`.
+request they reach the process's objects with :func:`current_services`. A batch ``/predict`` (no prompt
+regions in the context) is answered by ``batch_predict(services, project, tasks, label_config)`` when one is
+given, and with ``{"results": []}`` otherwise.
 """
 
 from __future__ import annotations
@@ -27,13 +31,14 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from flask import Blueprint, Flask, current_app, jsonify, request
 from litesam.errors import InvalidImageError, InvalidPromptError, LiteSamError
 from werkzeug.exceptions import HTTPException
 
 from .errors import BackendError, BadRequestError, UnauthorizedError
+from .context import parse_context
 from .label_config import parse_label_config
 from .model import LiteSamBackend
 from .services import Services, build_services
@@ -44,16 +49,25 @@ logger = logging.getLogger(__name__)
 #: Largest request body accepted; interactive calls carry every draft's RLE (often ~1 MB).
 MAX_REQUEST_BYTES = 100 * 1024 * 1024
 _EXTENSION = "litesam"
+_BATCH = "litesam_batch_predict"
+
+#: ``batch_predict(services, project, tasks, label_config) -> list of predictions`` (one per task, or none).
+BatchPredict = Callable[[Services, object, list, object], list]
 
 
 def create_app(
-    settings: Settings, *, blueprints: Iterable[Blueprint] = (), services: Services | None = None
+    settings: Settings,
+    *,
+    blueprints: Iterable[Blueprint] = (),
+    services: Services | None = None,
+    batch_predict: BatchPredict | None = None,
 ) -> Flask:
     """Build the app for ``settings`` (and ``services``, built from the settings when not given)."""
     app = Flask("backend")
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     app.config["JSON_SORT_KEYS"] = False
     app.extensions[_EXTENSION] = services or build_services(settings)
+    app.extensions[_BATCH] = batch_predict
     app.before_request(_check_basic_auth)
     app.register_error_handler(BackendError, _backend_error)
     app.register_error_handler(LiteSamError, _litesam_error)
@@ -127,6 +141,12 @@ def predict():
         raise BadRequestError("'params' must be an object")
     context = (params or {}).get("context", body.get("context"))
     services = current_services()
+    batch_predict = current_app.extensions[_BATCH]
+    if batch_predict is not None and parse_context(context) is None:
+        results = batch_predict(services, body.get("project"), tasks, body.get("label_config"))
+        if not results:
+            return jsonify({"results": []})
+        return jsonify({"results": results, "model_version": services.model.model_version})
     backend = LiteSamBackend(
         services.model, services.store, services.fetcher,
         max_image_pixels=services.settings.max_image_pixels, label_config=body.get("label_config"),
@@ -152,7 +172,7 @@ def webhook():
 
 def _check_basic_auth():
     settings = current_services().settings
-    if not settings.basic_auth_enabled:
+    if not settings.basic_auth_enabled or request.endpoint == "ml_backend.webhook":
         return None
     auth = request.authorization
     user_ok = auth is not None and hmac.compare_digest(

@@ -158,6 +158,17 @@ class ImageFetcher:
             f"a cloud storage URI ({', '.join(s + '://' for s in CLOUD_SCHEMES)}) or an http(s) URL"
         )
 
+    def immutable_source(self, uri: object) -> str | None:
+        """A stable name for an image that never changes behind its URI, else None.
+
+        Label Studio uploads (``/data/upload/<project>/<random prefix>-<name>``) are never rewritten, so a
+        cache may map them to the sha256 of their bytes and skip the download. Local files, cloud objects and
+        plain URLs can change in place and are always downloaded.
+        """
+        if isinstance(uri, str) and uri.startswith("/data/upload/") and self._settings.label_studio_url:
+            return self._settings.label_studio_url + uri.split("?", 1)[0]
+        return None
+
     def fetch(self, uri: object, task_id: object = None) -> FetchedImage:
         """Download the image of a task field, following the rules of the module docstring.
 

@@ -170,11 +170,8 @@ class LiteSamBackend(LabelStudioMLBase):
                 raise BadRequestError(f"item_index {index} is outside the task's {len(uri)} images")
             uri = uri[index]
 
-        fetched = self._fetcher.fetch(uri, task.get("id"))
         version = self._model.model_version
-        embedding, source = self._store.get_or_compute(
-            version, fetched.sha256, lambda: self._model.encode(decode_image(fetched.data, self._max_image_pixels))
-        )
+        embedding, source = self._embedding(uri, task.get("id"), version)
         masks, scores = self._masks(embedding, prompt_set)
         regions = [
             brush_region(
@@ -185,6 +182,21 @@ class LiteSamBackend(LabelStudioMLBase):
         ]
         logger.info("task %s: %d mask(s) for %r, embedding from %s", task.get("id"), len(regions), label, source)
         return [prediction(regions, version)]
+
+    def _embedding(self, uri: str, task_id: object, version: str) -> tuple[ImageEmbedding, str]:
+        """The image's embedding; an immutable upload whose embedding is cached is not even downloaded."""
+        immutable = self._fetcher.immutable_source(uri)
+        if immutable is not None:
+            sha = self._store.image_sha256(immutable)
+            cached = self._store.get(version, sha) if sha is not None else None
+            if cached is not None:
+                return cached, "cache without download"
+        fetched = self._fetcher.fetch(uri, task_id)
+        if immutable is not None:
+            self._store.remember_image(immutable, fetched.sha256)
+        return self._store.get_or_compute(
+            version, fetched.sha256, lambda: self._model.encode(decode_image(fetched.data, self._max_image_pixels))
+        )
 
     def _masks(self, embedding: ImageEmbedding, prompt_set: PromptSet) -> tuple[list[np.ndarray], list[float]]:
         """One best mask (and its predicted IoU) per prompt, at the size the prompt regions refer to."""

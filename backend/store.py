@@ -11,6 +11,10 @@ In front of Redis each process keeps a small LRU of recent embeddings. Every emb
 rounded through float16, whether it was just computed or read back, so every process gives the same mask
 for the same click.
 
+Immutable image sources (Label Studio uploads) also get an alias, ``litesam:img:v1:<sha256 of the source>`` →
+sha256 of the image bytes, with the same TTL: a later click on such an image finds its embedding without
+downloading the image again.
+
 Concurrent requests for one new image compute its embedding once: a lock per key inside the process
 (threads) and a Redis lock with a timeout across processes and machines; whoever gets the lock second finds
 the embedding stored. When Redis cannot be reached, requests still work: embeddings are computed (and kept
@@ -20,6 +24,7 @@ seconds, and :meth:`EmbeddingStore.ping` reports it to ``/health``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import struct
@@ -37,6 +42,9 @@ from litesam.predictor import ImageEmbedding
 logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "litesam:emb:v1:"
+ALIAS_PREFIX = "litesam:img:v1:"
+#: Image aliases (immutable source → sha256 of its bytes) kept in each process.
+ALIAS_LRU_SIZE = 4096
 FORMAT = "litesam-embedding/1"
 #: Seconds Redis is left alone after a failure before the next attempt.
 RETRY_AFTER_S = 5.0
@@ -103,6 +111,7 @@ class EmbeddingStore:
         self._lru_size = lru_size
         self._lock_timeout = lock_timeout
         self._lru: OrderedDict[str, bytes] = OrderedDict()
+        self._aliases: OrderedDict[str, str] = OrderedDict()
         self._lru_lock = threading.Lock()
         self._key_locks: dict[str, list] = {}
         self._key_locks_guard = threading.Lock()
@@ -145,6 +154,27 @@ class EmbeddingStore:
             logger.debug("computed embedding %s in %.0f ms", key, (time.perf_counter() - started) * 1000)
             return embedding, "computed"
 
+    def image_sha256(self, source: str) -> str | None:
+        """The sha256 of the image bytes behind an immutable ``source`` (see :meth:`remember_image`), if known."""
+        key = ALIAS_PREFIX + hashlib.sha256(source.encode()).hexdigest()
+        with self._lru_lock:
+            sha = self._aliases.get(key)
+            if sha is not None:
+                self._aliases.move_to_end(key)
+                return sha
+        value = self._redis_call(lambda r: r.getex(key, ex=self._ttl))
+        if value is None:
+            return None
+        sha = value.decode()
+        self._remember_alias(key, sha)
+        return sha
+
+    def remember_image(self, source: str, image_sha256: str) -> None:
+        """Record that the immutable ``source`` (e.g. a Label Studio upload URL) holds the image ``image_sha256``."""
+        key = ALIAS_PREFIX + hashlib.sha256(source.encode()).hexdigest()
+        self._remember_alias(key, image_sha256)
+        self._redis_call(lambda r: r.set(key, image_sha256, ex=self._ttl))
+
     def ping(self) -> bool:
         """Whether Redis answers now (short timeout, for ``/health``)."""
         try:
@@ -185,6 +215,13 @@ class EmbeddingStore:
             self._lru.move_to_end(key)
             while len(self._lru) > self._lru_size:
                 self._lru.popitem(last=False)
+
+    def _remember_alias(self, key: str, image_sha256: str) -> None:
+        with self._lru_lock:
+            self._aliases[key] = image_sha256
+            self._aliases.move_to_end(key)
+            while len(self._aliases) > ALIAS_LRU_SIZE:
+                self._aliases.popitem(last=False)
 
     def _redis_call(self, call: Callable[[redis.Redis], object]) -> object:
         """Run one Redis command; on a connection problem mark Redis down and return None."""

@@ -96,12 +96,16 @@ def click_body(path: str, x: float, y: float) -> dict:
             "params": {"context": {"result": [region]}}}
 
 
-def timed_click(session: requests.Session, url: str, path: str, x: float, y: float) -> float:
+def timed_click(session: requests.Session, url: str, path: str, x: float, y: float,
+                sizes: list[int] | None = None) -> float:
+    """Milliseconds from sending one click to having its whole answer; appends the answer's size to ``sizes``."""
     started = time.perf_counter()
     response = session.post(f"{url}/predict", json=click_body(path, x, y), timeout=120)
     elapsed = time.perf_counter() - started
     if response.status_code != 200 or not response.json()["results"][0]["result"]:
         raise RuntimeError(f"/predict failed: {response.status_code} {response.text[:300]}")
+    if sizes is not None:
+        sizes.append(len(response.content))
     return elapsed * 1000
 
 
@@ -159,10 +163,11 @@ def bench_variant(variant: str, args: argparse.Namespace, workdir: Path) -> dict
         session = requests.Session()
         rng = np.random.default_rng(0)
         timed_click(session, url, "/data/upload/1/0.jpg", 50, 50)  # model load: not counted
-        cold = [timed_click(session, url, f"/data/upload/1/{i}.jpg", 40, 60) for i in range(1, args.cold + 1)]
+        sizes: list[int] = []
+        cold = [timed_click(session, url, f"/data/upload/1/{i}.jpg", 40, 60, sizes) for i in range(1, args.cold + 1)]
         warm_path = f"/data/upload/1/{args.cold + 1}.jpg"
         timed_click(session, url, warm_path, 50, 50)  # computes this image's embedding
-        warm = [timed_click(session, url, warm_path, *rng.uniform(5, 95, 2)) for _ in range(args.warm)]
+        warm = [timed_click(session, url, warm_path, *rng.uniform(5, 95, 2), sizes) for _ in range(args.warm)]
     finally:
         process.terminate()
         try:
@@ -173,7 +178,8 @@ def bench_variant(variant: str, args: argparse.Namespace, workdir: Path) -> dict
         log.close()
         redis.Redis.from_url(args.redis_url).flushdb()
     image_kb = statistics.fmean(len(b) for b in images.values()) / 1024
-    return {"variant": variant, "cold": summary(cold), "warm": summary(warm), "image_kb": round(image_kb)}
+    return {"variant": variant, "cold": summary(cold), "warm": summary(warm), "image_kb": round(image_kb),
+            "answer_kb": round(statistics.fmean(sizes) / 1024)}
 
 
 def main() -> None:
@@ -197,11 +203,15 @@ def main() -> None:
     print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}; "
           f"backend: 1 gunicorn worker × {args.threads} threads, torch threads {args.torch_threads}; "
           f"one click = POST /predict over HTTP, {WIDTH}×{HEIGHT} JPEG, keypoint → brush RLE")
+    print("A warm click on a Label Studio upload needs no download (the upload's embedding is found by its URL).")
     print(f"{'variant':<15}{'click':<7}{'n':>4}{'p50 ms':>10}{'p95 ms':>10}{'mean ms':>10}")
     for result in results:
         for kind in ("warm", "cold"):
             s = result[kind]
             print(f"{result['variant']:<15}{kind:<7}{s['n']:>4}{s['p50_ms']:>10}{s['p95_ms']:>10}{s['mean_ms']:>10}")
+    print("mean image size: " + ", ".join(f"{r['variant']} {r['image_kb']} KB" for r in results)
+          + "; mean answer size (random-weight masks are noisy, so their RLE is far longer than a real mask's): "
+          + ", ".join(f"{r['variant']} {r['answer_kb']} KB" for r in results))
 
 
 if __name__ == "__main__":

@@ -245,15 +245,36 @@ def test_prompts_for_another_size_are_scaled_and_the_mask_has_the_prompted_size(
     assert "scaling prompts and masks" in caplog.text
 
 
+def downloads(ls, path):
+    return len([request for request in ls.requests if request[1] == path])
+
+
 def test_second_click_on_the_same_image_uses_the_cached_embedding(backend, r, ls, checkpoint):
     backend.predict("/data/upload/1/odd.png", [keypoint(40, 60, 333, 517)])
     backend.predict("/data/upload/1/odd.png", [keypoint(40, 60, 333, 517), keypoint(10, 10, 333, 517, positive=False)])
     assert backend.encodings == 1
+    assert downloads(ls, "/data/upload/1/odd.png") == 1  # uploads never change: no second download
     key = embedding_key(backend.services.model.model_version, hashlib.sha256(ODD_PNG).hexdigest())
     assert r.exists(key) and 0 < r.ttl(key) <= backend.services.settings.embedding_ttl
     other_process = Backend(make_settings(ls, checkpoint))
     regions_of(other_process.predict("/data/upload/1/odd.png", [keypoint(40, 60, 333, 517)]))
     assert other_process.encodings == 0
+
+
+def test_images_that_may_change_are_downloaded_on_every_click(backend, ls):
+    path = ls.add("/data/local-files/?d=imgs/odd.png", ODD_PNG)
+    for _ in range(2):
+        regions_of(backend.predict(path, [keypoint(40, 60, 333, 517)]))
+    assert downloads(ls, path) == 2 and backend.encodings == 1  # same bytes: same embedding
+
+
+def test_a_changed_image_behind_the_same_url_gets_a_new_embedding(backend, ls):
+    path = ls.add("/data/local-files/?d=imgs/changing.png", ODD_PNG)
+    first = regions_of(backend.predict(path, [keypoint(40, 60, 333, 517)]))
+    ls.add(path, png_bytes(200, 100, seed=9))
+    second = regions_of(backend.predict(path, [keypoint(40, 60, 200, 100)]))
+    assert backend.encodings == 2
+    assert decode_brush(first[0]).shape == (517, 333) and decode_brush(second[0]).shape == (100, 200)
 
 
 def test_concurrent_clicks_on_a_new_image_encode_it_once(backend):
@@ -280,6 +301,26 @@ def test_batch_call_without_context_returns_no_results(backend, ls):
     response = backend.predict("/data/upload/1/odd.png", None)
     assert response.status_code == 200 and response.get_json() == {"results": []}
     assert not ls.requests and not backend.services.model.loaded
+
+
+def test_batch_calls_go_to_the_batch_handler_when_one_is_given(ls, checkpoint, r):
+    calls = []
+
+    def batch_predict(services, project, tasks, label_config):
+        calls.append((project, [t["id"] for t in tasks], label_config == CONFIG))
+        return [{"result": [], "model_version": "x"} for _ in tasks] if project == "1.1764000000" else []
+
+    settings = make_settings(ls, checkpoint)
+    app = create_app(settings, services=build_services(settings), batch_predict=batch_predict)
+    client = app.test_client()
+    body = {"tasks": [{"id": 5, "data": {}}, {"id": 6, "data": {}}], "project": "1.1764000000",
+            "label_config": CONFIG, "params": {"context": None}}
+    answer = client.post("/predict", json=body).get_json()
+    assert len(answer["results"]) == 2 and calls == [("1.1764000000", [5, 6], True)]
+    assert client.post("/predict", json={**body, "project": "2.1"}).get_json() == {"results": []}
+    interactive = {**body, "tasks": [{"id": 5, "data": {"image": "/data/upload/1/odd.png"}}],
+                   "params": {"context": {"result": [keypoint(40, 60, 333, 517)]}}}
+    assert client.post("/predict", json=interactive).status_code == 200 and len(calls) == 2
 
 
 def test_redis_unavailable_still_answers_and_health_says_so(ls, checkpoint, caplog):
@@ -383,11 +424,13 @@ def test_missing_checkpoint_is_a_clear_500_and_health_still_answers(ls, r):
 
 def test_basic_auth_on_every_route(ls, checkpoint, r):
     backend = Backend(make_settings(ls, checkpoint, basic_auth_user="ls", basic_auth_pass=Secret(BASIC_PASS)))
-    for method, path in (("get", "/health"), ("post", "/setup"), ("post", "/predict"), ("get", "/versions"),
-                         ("post", "/webhook")):
+    for method, path in (("get", "/health"), ("get", "/"), ("post", "/setup"), ("post", "/predict"),
+                         ("get", "/versions"), ("post", "/versions")):
         response = getattr(backend.client, method)(path, json={})
         assert_error(response, 401, "basic auth")
         assert response.headers["WWW-Authenticate"].startswith("Basic")
+    # Label Studio's event webhooks carry no basic auth; the route does nothing, so it answers them
+    assert backend.client.post("/webhook", json={"action": "ANNOTATION_CREATED"}).status_code == 200
     wrong = backend.client.get("/health", headers={"Authorization": _basic("ls", "nope")})
     assert wrong.status_code == 401
     ok_headers = {"Authorization": _basic("ls", BASIC_PASS)}

@@ -126,6 +126,17 @@ def test_a_corrupt_value_is_ignored_and_recomputed(r, caplog):
     assert source == "computed" and "unreadable embedding" in caplog.text
 
 
+def test_image_aliases_are_shared_through_redis_with_a_ttl(r):
+    writer = EmbeddingStore(URL, ttl=100, lru_size=4)
+    assert writer.image_sha256("http://ls:8080/data/upload/1/a.png") is None
+    writer.remember_image("http://ls:8080/data/upload/1/a.png", SHA)
+    assert writer.image_sha256("http://ls:8080/data/upload/1/a.png") == SHA
+    reader = EmbeddingStore(URL, ttl=100, lru_size=4)
+    assert reader.image_sha256("http://ls:8080/data/upload/1/a.png") == SHA
+    (key,) = r.keys("litesam:img:v1:*")
+    assert 0 < r.ttl(key) <= 100
+
+
 def test_redis_down_still_answers_and_warns_once(caplog):
     store = EmbeddingStore(f"redis://127.0.0.1:{closed_port()}/0", ttl=100, lru_size=2)
     calls = []
