@@ -69,8 +69,8 @@ class HostPolicy:
     def is_label_studio(self, url: str) -> bool:
         return self._label_studio is not None and _origin(url) == self._label_studio
 
-    def is_label_studio_host(self, host: str) -> bool:
-        return self._label_studio is not None and host.lower().strip("[]") == self._label_studio[1]
+    def is_label_studio_host(self, host: str, port: int) -> bool:
+        return self._label_studio is not None and (host.lower().strip("[]"), port) == self._label_studio[1:]
 
     def is_allowed_host(self, host: str) -> bool:
         host = host.lower()
@@ -104,11 +104,12 @@ class HostPolicy:
         except (socket.gaierror, UnicodeError):
             raise UpstreamError(f"cannot resolve the image host {host}") from None
         for info in infos:
-            self.check_address(host, info[4][0])
+            self.check_address(host, port, info[4][0])
 
-    def check_address(self, host: str, ip: str) -> None:
-        """Refuse a connection of ``host`` to a private, loopback, link-local or otherwise non-public ``ip``."""
-        if self.is_label_studio_host(host):
+    def check_address(self, host: str, port: int, ip: str) -> None:
+        """Refuse a connection to ``host:port`` at a private, loopback, link-local or otherwise non-public ``ip``
+        (Label Studio's own host and port excepted)."""
+        if self.is_label_studio_host(host, port):
             return
         address = ipaddress.ip_address(ip.split("%", 1)[0])
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
@@ -305,12 +306,12 @@ def _status_message(status: int, url: str, to_label_studio: bool) -> str:
 class _PeerCheckMixin:
     """Checks the address a new connection actually reached (DNS may change between check and connect)."""
 
-    peer_check: Callable[[str, str], None]
+    peer_check: Callable[[str, int, str], None]
 
     def _new_conn(self):  # noqa: ANN202 (urllib3's signature)
         sock = super()._new_conn()
         try:
-            type(self).peer_check(self.host, sock.getpeername()[0])
+            type(self).peer_check(self.host, self.port, sock.getpeername()[0])
         except BaseException:
             sock.close()
             raise
@@ -320,7 +321,7 @@ class _PeerCheckMixin:
 class _GuardedAdapter(HTTPAdapter):
     """A requests adapter whose connections refuse addresses the host policy forbids."""
 
-    def __init__(self, peer_check: Callable[[str, str], None]) -> None:
+    def __init__(self, peer_check: Callable[[str, int, str], None]) -> None:
         checker = staticmethod(peer_check)
         http_conn = type("GuardedHTTPConnection", (_PeerCheckMixin, HTTPConnection), {"peer_check": checker})
         https_conn = type("GuardedHTTPSConnection", (_PeerCheckMixin, HTTPSConnection), {"peer_check": checker})

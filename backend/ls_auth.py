@@ -5,7 +5,9 @@ Label Studio 1.2x knows two kinds of keys (labelstudio-protocol.md §4.2):
 * a **personal access token** (PAT): a long-lived JWT *refresh* token. It is exchanged at
   ``POST /api/token/refresh/ {"refresh": PAT}`` for a short-lived access token (about 5 minutes), sent as
   ``Bearer <access>``; a new one is fetched shortly before the old one expires;
-* a **legacy token**: sent as ``Token <key>`` as it is.
+* a **legacy token**: sent as ``Token <key>`` as it is;
+* an access token given as the key (``"token_type": "access"``) is sent as ``Bearer <key>``; it expires
+  within minutes, so this is only for tests.
 
 The kind is told apart by the key's shape: a JWT is three base64url segments whose payload is JSON.
 """
@@ -52,7 +54,10 @@ class LabelStudioAuth:
         self._access: str | None = None
         self._expires_at = 0.0
         payload = jwt_payload(api_key.reveal()) if api_key is not None else None
-        self.is_personal_access_token = payload is not None
+        #: A JWT key: a personal access token (refresh token), or, if its payload says so, an access token
+        #: that is sent as it is (it cannot be refreshed).
+        self.is_personal_access_token = payload is not None and payload.get("token_type") != "access"
+        self._is_access_token = payload is not None and not self.is_personal_access_token
 
     @property
     def configured(self) -> bool:
@@ -69,6 +74,8 @@ class LabelStudioAuth:
             raise ConfigurationError(
                 "LABEL_STUDIO_API_KEY is not set; the backend needs it to download task images from Label Studio"
             )
+        if self._is_access_token:
+            return f"Bearer {self._api_key.reveal()}"
         if not self.is_personal_access_token:
             return f"Token {self._api_key.reveal()}"
         with self._lock:

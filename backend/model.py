@@ -211,8 +211,9 @@ class LiteSamBackend(LabelStudioMLBase):
         predictor = self._model.predictor(embedding)
         masks, scores = [], []
         for prompt in prompt_set.prompts:
-            coords = prompt.point_coords * scale if prompt.point_coords is not None else None
-            box = prompt.box * np.tile(scale, 2) if prompt.box is not None else None
+            limit = np.array([width, height], dtype=np.float32)
+            coords = np.minimum(prompt.point_coords * scale, limit) if prompt.point_coords is not None else None
+            box = np.minimum(prompt.box * np.tile(scale, 2), np.tile(limit, 2)) if prompt.box is not None else None
             candidates, ious, _ = predictor.predict(
                 point_coords=coords, point_labels=prompt.point_labels, box=box,
                 multimask_output=_is_ambiguous(prompt),

@@ -87,6 +87,14 @@ def test_an_invalid_pat_is_a_clear_502(ls):
         fetcher.fetch("/data/upload/1/a.png")
 
 
+def test_an_access_token_given_as_the_key_is_sent_as_bearer(ls):
+    access = fake_jwt({"token_type": "access", "exp": 4102444800})
+    ls.issued_access.append(access)
+    ls.add("/data/upload/1/a.png", PNG)
+    assert make_fetcher(ls.url, key=access).fetch("/data/upload/1/a.png").data == PNG
+    assert not [r for r in ls.requests if r[1] == "/api/token/refresh/"]
+
+
 def test_jwt_payload():
     assert jwt_payload(fake_jwt({"token_type": "refresh"})) == {"token_type": "refresh"}
     assert jwt_payload(LEGACY_TOKEN) is None
@@ -128,6 +136,13 @@ def test_allowed_hosts_that_resolve_to_private_addresses_are_refused(ls):
     with pytest.raises(ForbiddenURLError, match="non-public address 127.0.0.1"):
         fetcher.fetch(f"http://localhost:{port}/img.png")
     assert not [r for r in ls.requests if r[1] == "/img.png"]
+
+
+def test_a_redirect_to_another_port_of_the_label_studio_host_is_refused(ls):
+    other = closed_port()
+    ls.add("/hop", status=302, Location=f"http://127.0.0.1:{other}/admin")
+    with pytest.raises(ForbiddenURLError, match="non-public address 127.0.0.1"):
+        make_fetcher(ls.url).fetch("/hop")
 
 
 def test_presigned_redirect_to_a_private_host_is_refused(ls):
@@ -172,7 +187,7 @@ def test_the_key_is_not_sent_to_a_redirect_target_on_another_host(ls, monkeypatc
 
     monkeypatch.setattr(socket, "getaddrinfo", resolve)
     # treat the CDN as public for this test: the address check is what keeps it from connecting otherwise
-    monkeypatch.setattr(HostPolicy, "check_address", lambda self, host, ip: None)
+    monkeypatch.setattr(HostPolicy, "check_address", lambda self, host, port, ip: None)
     ls.add("/data/upload/1/a.png", status=302, Location=f"http://cdn.example.org:{port}/a.png")
     ls.add("/a.png", PNG, auth=False)
     assert make_fetcher(ls.url).fetch("/data/upload/1/a.png").data == PNG
@@ -185,14 +200,16 @@ def test_the_key_is_not_sent_to_a_redirect_target_on_another_host(ls, monkeypatc
 def test_non_public_addresses_are_refused(ip):
     policy = HostPolicy("http://label-studio:8080", ("*",))
     with pytest.raises(ForbiddenURLError):
-        policy.check_address("images.example.org", ip)
-    policy.check_address("label-studio", ip)  # Label Studio itself may live on a private network
+        policy.check_address("images.example.org", 80, ip)
+    policy.check_address("label-studio", 8080, ip)  # Label Studio itself may live on a private network
+    with pytest.raises(ForbiddenURLError):
+        policy.check_address("label-studio", 22, ip)  # …but not another service on its host
 
 
 def test_public_addresses_and_host_patterns():
     policy = HostPolicy("http://label-studio:8080", ("cdn.example.org", "*.img.example.com"))
-    policy.check_address("cdn.example.org", "93.184.216.34")
-    policy.check_address("cdn.example.org", "2606:2800:220:1::1")
+    policy.check_address("cdn.example.org", 443, "93.184.216.34")
+    policy.check_address("cdn.example.org", 443, "2606:2800:220:1::1")
     assert policy.is_allowed_host("cdn.example.org") and policy.is_allowed_host("a.img.example.com")
     assert not policy.is_allowed_host("evil.example.org") and not policy.is_allowed_host("img.example.com.evil")
     assert policy.is_label_studio("http://label-studio:8080/data/upload/1/a.png")
