@@ -56,7 +56,6 @@ class TrainSample:
         box_target: 4×G×G float32 ltrb distances in stride units (0 where no mask owns the cell).
         heat_valid: G×G bool, cells whose centre lies in the unpadded image.
         num_peaks: masks owning at least one target cell.
-        index: position in the dataset.
     """
 
     image: torch.Tensor
@@ -71,7 +70,6 @@ class TrainSample:
     box_target: torch.Tensor
     heat_valid: torch.Tensor
     num_peaks: int
-    index: int
 
 
 @dataclass
@@ -80,7 +78,7 @@ class TrainBatch:
 
     Attributes (lists hold one entry per image, shapes as in :class:`TrainSample`):
         images, input_sizes, original_sizes, gt_masks, gt_boxes, point_coords, prompt_boxes, use_point.
-        heat_target: B×G×G; box_target: B×4×G×G; heat_valid: B×G×G; num_peaks: B int64; indices: B.
+        heat_target: B×G×G; box_target: B×4×G×G; heat_valid: B×G×G; num_peaks: B int64.
     """
 
     images: list[torch.Tensor]
@@ -95,7 +93,6 @@ class TrainBatch:
     box_target: torch.Tensor
     heat_valid: torch.Tensor
     num_peaks: torch.Tensor
-    indices: list[int]
 
     def __len__(self) -> int:
         return len(self.images)
@@ -134,7 +131,6 @@ def collate_samples(samples: Sequence[TrainSample]) -> TrainBatch:
         box_target=torch.stack([s.box_target for s in samples]),
         heat_valid=torch.stack([s.heat_valid for s in samples]),
         num_peaks=torch.tensor([s.num_peaks for s in samples], dtype=torch.int64),
-        indices=[s.index for s in samples],
     )
 
 
@@ -244,7 +240,6 @@ class SegmentationDataset(Dataset):
             box_target=torch.from_numpy(targets.box_ltrb),
             heat_valid=heat_valid,
             num_peaks=targets.num_peaks,
-            index=index,
         )
 
 

@@ -303,6 +303,7 @@ def train(config: TrainConfig) -> dict:
     device = _device(config.device)
     torch.manual_seed(config.seed)
 
+    records = load_records(config.data, config.images)  # fail on bad data before building anything
     state = _read_state(config, out) if config.resume else None
     if state is not None:
         model = build_model(config.variant, checkpoint=state["checkpoint"])
@@ -314,7 +315,6 @@ def train(config: TrainConfig) -> dict:
         load_sam_weights(model, config.sam_checkpoint)
     model.to(device).train()
 
-    records = load_records(config.data, config.images)
     dataset = SegmentationDataset(
         records,
         image_size=model.img_size,
