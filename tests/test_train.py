@@ -501,38 +501,47 @@ def test_train_writes_loadable_checkpoints_and_resumes(coco, tmp_path):
         train(TrainConfig(output_dir=tmp_path / "empty", resume=True, **common))
 
 
-def test_init_from_our_checkpoint(coco, tmp_path):
+def test_init_from_our_checkpoint_or_from_sam_weights(coco, tmp_path):
     annotation_file, image_dir, _ = coco
-    first = train(
-        TrainConfig(
-            data=annotation_file,
-            images=image_dir,
-            output_dir=tmp_path / "a",
-            variant="litesam_tiny",
-            max_steps=1,
-            batch_size=3,
-            device="cpu",
-            lr=1e-3,
+
+    def one_step(name: str, lr: float, **kwargs) -> dict[str, torch.Tensor]:
+        summary = train(
+            TrainConfig(
+                data=annotation_file,
+                images=image_dir,
+                output_dir=tmp_path / name,
+                variant="litesam_tiny",
+                max_steps=1,
+                batch_size=3,
+                warmup_steps=0,
+                device="cpu",
+                lr=lr,
+                **kwargs,
+            )
         )
+        return load_checkpoint(summary["checkpoint"])[1]
+
+    trained = one_step("ours", 1e-2)
+    # A 1e-9 step leaves the starting weights in place (up to 1e-9).
+    resumed = one_step("from_ours", 1e-9, init_checkpoint=tmp_path / "ours" / "last.pt")
+    for key in ("mask_decoder.iou_token.weight", "image_encoder.neck.conv.weight"):
+        torch.testing.assert_close(resumed[key], trained[key], atol=1e-6, rtol=0)
+
+    # An official-SAM-style file: bare prompt_encoder.* / mask_decoder.* (and image_encoder.*) keys.
+    torch.manual_seed(123)
+    donor = build_model("litesam_tiny").state_dict()
+    torch.save(donor, tmp_path / "sam_style.pth")
+    from_sam = one_step("from_sam", 1e-9, sam_checkpoint=tmp_path / "sam_style.pth")
+    torch.testing.assert_close(
+        from_sam["mask_decoder.iou_token.weight"], donor["mask_decoder.iou_token.weight"]
     )
-    start = load_checkpoint(first["checkpoint"])[1]
-    second = train(
-        TrainConfig(
-            data=annotation_file,
-            images=image_dir,
-            output_dir=tmp_path / "b",
-            variant="litesam_tiny",
-            max_steps=1,
-            batch_size=3,
-            device="cpu",
-            lr=1e-9,
-            warmup_steps=0,
-            init_checkpoint=first["checkpoint"],
-        )
+    torch.testing.assert_close(
+        from_sam["prompt_encoder.point_embeddings.0.weight"],
+        donor["prompt_encoder.point_embeddings.0.weight"],
     )
-    after = load_checkpoint(second["checkpoint"])[1]
-    key = "mask_decoder.iou_token.weight"
-    torch.testing.assert_close(after[key], start[key], atol=1e-6, rtol=0)  # a 1e-9 step barely moves it
+    assert not torch.allclose(
+        from_sam["image_encoder.neck.conv.weight"], donor["image_encoder.neck.conv.weight"]
+    )
 
 
 def test_cli_train_command(coco, tmp_path, capsys):
