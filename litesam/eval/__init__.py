@@ -1,7 +1,8 @@
-"""Evaluation of Lite-SAM: mask IoU metrics (:mod:`.metrics`) and the SegAny 1-box / 1-point mIoU protocol
-(:mod:`.segany`); ``litesam eval`` is in :mod:`.cli`."""
+"""Evaluation of Lite-SAM:
 
-from .metrics import MeanIoU, batched_mask_iou, mask_iou
-from .segany import center_point, evaluate_dataset, evaluate_segany
+* :mod:`.metrics`: mask IoU (``mask_iou``, ``batched_mask_iou``) and ``MeanIoU`` by COCO object size;
+* :mod:`.segany`: the 1-box / 1-point mIoU protocol (``evaluate_segany``, ``evaluate_dataset``, ``center_point``);
+* :mod:`.cli`: the ``litesam eval`` sub-command (``add_eval_command``).
 
-__all__ = ["MeanIoU", "batched_mask_iou", "center_point", "evaluate_dataset", "evaluate_segany", "mask_iou"]
+Nothing is imported here, so ``litesam --help`` does not pay for torch.
+"""

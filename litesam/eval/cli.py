@@ -1,5 +1,7 @@
 """``litesam eval``: SegAny mIoU (1 box, 1 centre point per ground-truth mask) of a checkpoint.
 
+Only the standard library is imported at module level (torch is loaded when the command runs).
+
 ``litesam.cli`` adds the sub-command with :func:`add_eval_command`; its ``main`` calls ``args.run(args)``
 and turns a :class:`litesam.errors.LiteSamError` into a one-line message and exit status 2.
 """
@@ -10,8 +12,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-
-from .segany import PROMPT_KINDS
 
 
 def add_eval_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -32,7 +32,8 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         "--images", type=Path, help="image folder (required for COCO; SA-1B: the JSON folder)"
     )
     parser.add_argument("--variant", help="check that the checkpoint is of this variant")
-    parser.add_argument("--prompts", nargs="+", choices=PROMPT_KINDS, default=list(PROMPT_KINDS))
+    # The kinds of segany.PROMPT_KINDS, spelled out so that building the parser does not import torch.
+    parser.add_argument("--prompts", nargs="+", choices=("box", "point"), default=["box", "point"])
     parser.add_argument("--max-images", type=_positive_int, help="evaluate only the first N images")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("-o", "--output", type=Path, help="also write the JSON report to this file")

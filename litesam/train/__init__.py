@@ -1,22 +1,11 @@
-"""Training of Lite-SAM: data (:mod:`.annotations`, :mod:`.data`), prompt simulation (:mod:`.prompts`),
-losses (:mod:`.losses`) and the loop (:mod:`.loop`, ``train(config)``); ``litesam train`` is in :mod:`.cli`."""
+"""Training of Lite-SAM, one module per concern:
 
-from .annotations import DatasetError, ImageRecord, load_records
-from .data import SegmentationDataset, TrainBatch, collate_samples
-from .loop import TrainConfig, train, training_losses
-from .losses import LossWeights
-from .prompts import PromptConfig
+* :mod:`.annotations`: COCO / SA-1B readers (``load_records``, ``decode_mask``, ``DatasetError``);
+* :mod:`.data`: ``SegmentationDataset`` (samples with prompts and AutoPPN targets), ``collate_samples``;
+* :mod:`.prompts`: prompt simulation (``PromptConfig``, point / box / proposal prompts);
+* :mod:`.losses`: mask and AutoPPN losses (``LossWeights``);
+* :mod:`.loop`: ``TrainConfig``, ``train(config)``, ``training_losses``;
+* :mod:`.cli`: the ``litesam train`` sub-command (``add_train_command``).
 
-__all__ = [
-    "DatasetError",
-    "ImageRecord",
-    "LossWeights",
-    "PromptConfig",
-    "SegmentationDataset",
-    "TrainBatch",
-    "TrainConfig",
-    "collate_samples",
-    "load_records",
-    "train",
-    "training_losses",
-]
+Nothing is imported here, so ``litesam --help`` does not pay for torch.
+"""

@@ -1,5 +1,7 @@
 """``litesam train``: the command-line front of :func:`litesam.train.loop.train`.
 
+Only the standard library is imported at module level (torch is loaded when the command runs).
+
 ``litesam.cli`` adds the sub-command with :func:`add_train_command`; its ``main`` calls ``args.run(args)``
 and turns a :class:`litesam.errors.LiteSamError` into a one-line message and exit status 2.
 """
@@ -12,10 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ..build import VARIANTS
 from ..errors import LiteSamError
-from .losses import LossWeights
-from .prompts import PromptConfig
 
 
 def add_train_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -33,7 +32,9 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
         "--images", type=Path, help="image folder (required for COCO; SA-1B: the JSON folder)"
     )
     parser.add_argument("-o", "--output", type=Path, required=True, help="folder for logs and checkpoints")
-    parser.add_argument("--variant", choices=sorted(VARIANTS), default="litesam_r640")
+    parser.add_argument(
+        "--variant", default="litesam_r640", help="litesam_r640, litesam_r1024 or litesam_tiny"
+    )
     parser.add_argument("--epochs", type=_positive_int, default=4)
     parser.add_argument("--max-steps", type=_positive_int, help="stop after this many optimiser steps")
     parser.add_argument("--batch-size", type=_positive_int, default=8)
@@ -71,6 +72,8 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
 def run_train(args: argparse.Namespace) -> int:
     """Run ``litesam train`` with parsed arguments; prints the JSON summary and returns the exit status."""
     from .loop import TrainConfig, train
+    from .losses import LossWeights
+    from .prompts import PromptConfig
 
     try:
         config = TrainConfig(
