@@ -1,0 +1,237 @@
+"""The ``litesam`` command line: ``segment``, ``everything`` and ``info``.
+
+``segment`` and ``everything`` need weights: ``--checkpoint`` (one of ours). No pretrained Lite-SAM
+weights are published, so without a checkpoint they refuse; ``--random-weights`` runs the untrained
+network, for testing the plumbing only, and every output then says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .errors import LiteSamError
+
+RANDOM_WEIGHTS_NOTICE = "NOTE: random weights (--random-weights): the masks are meaningless, for testing only."
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except LiteSamError as error:
+        print(f"litesam: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="litesam", description="Lite-SAM: a 4 M-parameter Segment Anything.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    segment = commands.add_parser("segment", help="one mask from points and/or a box")
+    segment.add_argument("image", type=Path)
+    segment.add_argument(
+        "--point",
+        action="append",
+        default=[],
+        type=_point,
+        metavar="X,Y[,L]",
+        help="a point in image pixels; L = 1 foreground (default) or 0 background; repeatable",
+    )
+    segment.add_argument("--box", type=_box, metavar="X0,Y0,X1,Y1", help="a box in image pixels")
+    segment.add_argument("--single", action="store_true", help="one mask instead of the best of three")
+    segment.add_argument("-o", "--output", type=Path, required=True, help="mask PNG to write (0/255)")
+    _model_options(segment)
+    segment.set_defaults(run=_segment)
+
+    everything = commands.add_parser("everything", help="masks for everything in one or more images")
+    everything.add_argument("images", type=Path, nargs="+")
+    everything.add_argument("-o", "--output", type=Path, required=True, help="folder for JSON and overlays")
+    everything.add_argument("--prompt-mode", choices=("autoppn", "grid"), default="autoppn")
+    everything.add_argument("--points-per-side", type=int, default=32, help="grid mode: n for the n×n grid")
+    everything.add_argument("--pred-iou-thresh", type=float, default=0.88)
+    everything.add_argument("--stability-score-thresh", type=float, default=0.95)
+    everything.add_argument("--box-nms-thresh", type=float, default=0.7)
+    everything.add_argument("--no-overlay", action="store_true", help="write only the JSON")
+    _model_options(everything)
+    everything.set_defaults(run=_everything)
+
+    info = commands.add_parser("info", help="parameters and MACs per component")
+    info.add_argument("--variant", default="litesam_r640")
+    info.add_argument("--resolutions", type=int, nargs="+", default=[224, 640, 1024])
+    info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.set_defaults(run=_info)
+    return parser
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", type=Path, help="a Lite-SAM checkpoint (records its variant)")
+    parser.add_argument("--variant", help="litesam_r640, litesam_r1024 or litesam_tiny")
+    parser.add_argument("--random-weights", action="store_true", help="untrained weights, for testing only")
+    parser.add_argument("--device", default="cpu")
+
+
+def _load_model(args: argparse.Namespace):
+    from .build import build_model
+
+    if args.checkpoint is None and not args.random_weights:
+        raise LiteSamError(
+            "no weights: pass --checkpoint PATH (no pretrained Lite-SAM weights are published; "
+            "train one with your data), or --random-weights to test the pipeline with an untrained network"
+        )
+    if args.checkpoint is not None and args.random_weights:
+        raise LiteSamError("--checkpoint and --random-weights exclude each other")
+    if args.random_weights:
+        print(RANDOM_WEIGHTS_NOTICE, file=sys.stderr)
+        return build_model(args.variant or "litesam_r640", device=args.device)
+    return build_model(args.variant, checkpoint=args.checkpoint, device=args.device)
+
+
+def _segment(args: argparse.Namespace) -> int:
+    import cv2
+
+    from .predictor import LiteSamPredictor
+
+    if not args.point and args.box is None:
+        raise LiteSamError("give at least one --point or a --box")
+    image = read_image(args.image)
+    predictor = LiteSamPredictor(_load_model(args))
+    predictor.set_image(image)
+    coords = labels = None
+    if args.point:
+        coords = np.array([p[:2] for p in args.point], dtype=np.float32)
+        labels = np.array([p[2] for p in args.point], dtype=np.int64)
+    masks, scores, _ = predictor.predict(coords, labels, args.box, multimask_output=not args.single)
+    best = int(np.argmax(scores))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(args.output), masks[best].astype(np.uint8) * 255):
+        raise LiteSamError(f"cannot write {args.output}")
+    print(json.dumps({"mask": str(args.output), "score": float(scores[best]), "area": int(masks[best].sum())}))
+    return 0
+
+
+def _everything(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .everything import SegEvery, SegEveryConfig
+    from .masks import coco_rle_to_mask
+
+    model = _load_model(args)
+    config = SegEveryConfig(
+        prompt_mode=args.prompt_mode,
+        points_per_side=args.points_per_side,
+        pred_iou_thresh=args.pred_iou_thresh,
+        stability_score_thresh=args.stability_score_thresh,
+        box_nms_thresh=args.box_nms_thresh,
+        output_mode="coco_rle",
+    )
+    generator = SegEvery(model, config)
+    args.output.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    for path in tqdm(args.images, desc="segment everything", unit="image", file=sys.stderr):
+        try:
+            image = read_image(path)
+            records = generator.generate(image)
+        except LiteSamError as error:
+            failures += 1
+            tqdm.write(f"litesam: skipped {path}: {error}", file=sys.stderr)
+            continue
+        document = coco_document(path, image.shape[:2], records, random_weights=args.random_weights)
+        (args.output / f"{path.stem}.json").write_text(json.dumps(document))
+        if not args.no_overlay:
+            masks = [coco_rle_to_mask(r["segmentation"]) for r in records]
+            write_overlay(args.output / f"{path.stem}_overlay.png", image, masks)
+    return 1 if failures else 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from .build import build_model
+    from .complexity import complexity_report
+
+    report = complexity_report(build_model(args.variant), resolutions=tuple(args.resolutions))
+    report = {"variant": args.variant, **report}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(_format_report(report))
+    return 0
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read an image file as H×W×3 uint8 RGB, EXIF orientation applied (grayscale/alpha converted)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    except FileNotFoundError:
+        raise LiteSamError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
+        raise LiteSamError(f"{path}: not a readable image ({error})") from None
+
+
+def coco_document(path: Path, size: tuple[int, int], records: list[dict], random_weights: bool) -> dict:
+    """A COCO-style result document for one image: image info plus one annotation per mask."""
+    height, width = size
+    annotations = [{"id": i + 1, "image_id": 1, "category_id": 1, "iscrowd": 0, **r} for i, r in enumerate(records)]
+    document = {
+        "images": [{"id": 1, "file_name": path.name, "height": height, "width": width}],
+        "categories": [{"id": 1, "name": "object"}],
+        "annotations": annotations,
+    }
+    if random_weights:
+        document["note"] = RANDOM_WEIGHTS_NOTICE
+    return document
+
+
+def write_overlay(path: Path, image: np.ndarray, masks: list[np.ndarray]) -> None:
+    """Blend each mask in its own colour over the image (RGB) and write a PNG."""
+    import cv2
+
+    overlay = image.astype(np.float32)
+    colours = np.random.default_rng(0).integers(40, 256, size=(max(len(masks), 1), 3))
+    for mask, colour in zip(masks, colours):
+        overlay[mask] = 0.45 * overlay[mask] + 0.55 * colour
+    if not cv2.imwrite(str(path), cv2.cvtColor(overlay.astype(np.uint8), cv2.COLOR_RGB2BGR)):
+        raise LiteSamError(f"cannot write {path}")
+
+
+def _format_report(report: dict) -> str:
+    lines = [f"variant {report['variant']}"]
+    for name, part in report["components"].items():
+        macs = ", ".join(f"{r}: {m / 1e9:.3f} G" for r, m in part.get("macs", {}).items())
+        lines.append(f"  {name:<16} {part['params']:>12,} params   MACs {macs}")
+    return "\n".join(lines)
+
+
+def _point(text: str) -> tuple[float, float, int]:
+    parts = text.split(",")
+    if len(parts) not in (2, 3):
+        raise argparse.ArgumentTypeError(f"expected X,Y or X,Y,L, got {text!r}")
+    try:
+        x, y = float(parts[0]), float(parts[1])
+        label = int(parts[2]) if len(parts) == 3 else 1
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers in {text!r}") from None
+    if label not in (0, 1):
+        raise argparse.ArgumentTypeError(f"label must be 0 or 1, got {label}")
+    return x, y, label
+
+
+def _box(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected four numbers X0,Y0,X1,Y1, got {text!r}") from None
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"expected four numbers X0,Y0,X1,Y1, got {text!r}")
+    return values
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

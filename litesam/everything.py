@@ -1,0 +1,228 @@
+"""SegEvery: masks for everything in an image, from AutoPPN proposals (or SAM's point grid).
+
+Pipeline (one image):
+
+1. prompts: AutoPPN proposals (a point and its box, with a proposal score) or, in ``grid`` mode, SAM's
+   regular n×n point grid;
+2. one mask-decoder pass per chunk of ``points_per_batch`` prompts, all on the same embedding;
+3. filters on the *low-resolution* logits (predicted IoU, stability score), before any upscaling: most of
+   SAM's everything-mode time goes into upscaling masks that are then thrown away;
+4. box NMS between the surviving masks (boxes measured on the low-resolution masks), ranked by predicted
+   IoU × proposal score;
+5. only the survivors are upscaled to the original size and turned into records.
+
+Filtering at low resolution is our own choice (SAM filters after upscaling to the input size): the
+stability score and boxes of a 4×-downsampled logit map differ slightly from full-resolution ones, which is
+harmless for thresholds and NMS and saves the dominant cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from .masks import (
+    batched_mask_to_box,
+    box_nms,
+    box_xyxy_to_xywh,
+    calculate_stability_score,
+    mask_to_coco_rle,
+)
+from .modeling.autoppn import ProposalConfig
+from .modeling.lite_sam import LiteSAM
+from .predictor import ImageEmbedding, encode_image, propose
+from .transforms import ResizeLongestSide
+
+
+@dataclass
+class SegEveryConfig:
+    """Settings of :class:`SegEvery`. The filter defaults are SAM's automatic-mask-generator defaults.
+
+    Attributes:
+        prompt_mode: "autoppn" (learned proposals: point + box per prompt) or "grid" (SAM's point grid).
+        points_per_side: grid mode only; n for the n×n grid (SAM's default 32 → 1,024 prompts).
+        points_per_batch: prompts per mask-decoder call; bounds memory (activations grow linearly).
+        multimask_output: ask the decoder for 3 candidates per prompt. AutoPPN keeps the best by predicted
+            IoU; grid mode keeps all three as SAM does.
+        pred_iou_thresh: drop masks whose predicted IoU is below this.
+        stability_score_thresh: drop masks whose stability score is below this.
+        stability_score_offset: logit offset used by the stability score.
+        box_nms_thresh: IoU above which the lower-ranked of two overlapping masks' boxes is dropped.
+        proposals: AutoPPN decoding settings (threshold, top-K, proposal NMS).
+        output_mode: "binary_mask" (H×W bool arrays) or "coco_rle" (pycocotools RLE dicts).
+    """
+
+    prompt_mode: Literal["autoppn", "grid"] = "autoppn"
+    points_per_side: int = 32
+    points_per_batch: int = 32
+    multimask_output: bool = True
+    pred_iou_thresh: float = 0.88
+    stability_score_thresh: float = 0.95
+    stability_score_offset: float = 1.0
+    box_nms_thresh: float = 0.7
+    proposals: ProposalConfig = field(default_factory=ProposalConfig)
+    output_mode: Literal["binary_mask", "coco_rle"] = "binary_mask"
+
+    def __post_init__(self) -> None:
+        if self.prompt_mode not in ("autoppn", "grid"):
+            raise ValueError(f"prompt_mode must be 'autoppn' or 'grid', got {self.prompt_mode!r}")
+        if self.output_mode not in ("binary_mask", "coco_rle"):
+            raise ValueError(f"output_mode must be 'binary_mask' or 'coco_rle', got {self.output_mode!r}")
+        if self.points_per_batch < 1 or self.points_per_side < 1:
+            raise ValueError("points_per_batch and points_per_side must be positive")
+
+
+@dataclass
+class _Prompts:
+    """Prompts in input-frame pixels: points P×2 (x, y), boxes P×4 XYXY or None, scores P."""
+
+    points: torch.Tensor
+    boxes: torch.Tensor | None
+    scores: torch.Tensor
+
+
+@dataclass
+class _Candidates:
+    """Masks that passed the low-resolution filters, before NMS (all tensors share the first dim M)."""
+
+    low_res: torch.Tensor  # M×4h×4w logits
+    iou: torch.Tensor  # M
+    stability: torch.Tensor  # M
+    prompt_index: torch.Tensor  # M, index into _Prompts
+
+
+class SegEvery:
+    """Segment everything in an image with a shared, read-only :class:`LiteSAM`."""
+
+    def __init__(self, model: LiteSAM, config: SegEveryConfig | None = None, **overrides: Any) -> None:
+        base = config or SegEveryConfig()
+        self.config = SegEveryConfig(**{**base.__dict__, **overrides})
+        self.model = model
+
+    def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
+        """Records for every mask found in an H×W×3 uint8 RGB image (see :meth:`generate_from_embedding`)."""
+        return self.generate_from_embedding(encode_image(self.model, image))
+
+    @torch.inference_mode()
+    def generate_from_embedding(self, embedding: ImageEmbedding) -> list[dict[str, Any]]:
+        """Records for every mask found, from a computed or cached embedding.
+
+        Returns:
+            One dict per mask, ranked as kept by NMS (best first):
+            ``segmentation`` (H×W bool, or COCO RLE in ``coco_rle`` mode), ``area`` (pixels),
+            ``bbox`` (XYWH, original pixels), ``predicted_iou`` (clipped to [0, 1]), ``stability_score``,
+            ``point_coords`` ([[x, y]], original pixels), ``box`` (XYXY original pixels, or None in grid
+            mode) and ``proposal_score`` (AutoPPN confidence, or None in grid mode).
+        """
+        prompts = self._prompts(embedding)
+        if len(prompts.points) == 0:
+            return []
+        candidates = self._decode_and_filter(embedding, prompts)
+        if candidates.iou.numel() == 0:
+            return []
+        keep = self._nms(embedding, prompts, candidates)
+        return self._records(embedding, prompts, candidates, keep)
+
+    def _prompts(self, embedding: ImageEmbedding) -> _Prompts:
+        if self.config.prompt_mode == "grid":
+            h, w = embedding.original_size
+            n = self.config.points_per_side
+            offsets = (torch.arange(n, dtype=torch.float32) + 0.5) / n
+            ys, xs = torch.meshgrid(offsets * h, offsets * w, indexing="ij")
+            grid = torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1).numpy()
+            points = ResizeLongestSide(self.model.img_size).apply_coords(grid, embedding.original_size)
+            points = torch.as_tensor(points, dtype=torch.float32, device=self.model.device)
+            return _Prompts(points, None, torch.ones(len(points), device=self.model.device))
+        proposals = propose(self.model, embedding, self.config.proposals)
+        return _Prompts(proposals.points, proposals.boxes, proposals.scores)
+
+    def _decode_and_filter(self, embedding: ImageEmbedding, prompts: _Prompts) -> _Candidates:
+        cfg = self.config
+        model = self.model
+        image_pe = model.prompt_encoder.get_dense_pe()
+        # The low-resolution map covers the padded S×S input at 1/4 scale; statistics use the valid part.
+        valid_h = -(-embedding.input_size[0] // 4)
+        valid_w = -(-embedding.input_size[1] // 4)
+        kept: list[_Candidates] = []
+        for start in range(0, len(prompts.points), cfg.points_per_batch):
+            index = torch.arange(start, min(start + cfg.points_per_batch, len(prompts.points)))
+            points = prompts.points[index][:, None, :]
+            labels = torch.ones(points.shape[:2], dtype=torch.int64, device=points.device)
+            boxes = None if prompts.boxes is None else prompts.boxes[index]
+            sparse, dense = model.prompt_encoder(points=(points, labels), boxes=boxes, masks=None)
+            low_res, iou = model.mask_decoder(
+                image_embeddings=embedding.features,
+                image_pe=image_pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=cfg.multimask_output,
+            )
+            if cfg.prompt_mode == "autoppn":
+                best = iou.argmax(dim=1)
+                rows = torch.arange(len(best))
+                low_res, iou, prompt_index = low_res[rows, best], iou[rows, best], index
+            else:
+                prompt_index = index.repeat_interleave(low_res.shape[1])
+                low_res, iou = low_res.flatten(0, 1), iou.flatten(0, 1)
+            iou = iou.clamp(0.0, 1.0)
+            stability = calculate_stability_score(
+                low_res[:, :valid_h, :valid_w], model.mask_threshold, cfg.stability_score_offset
+            )
+            keep = (iou >= cfg.pred_iou_thresh) & (stability >= cfg.stability_score_thresh)
+            kept.append(_Candidates(low_res[keep], iou[keep], stability[keep], prompt_index[keep.cpu()]))
+        return _Candidates(
+            torch.cat([c.low_res for c in kept]),
+            torch.cat([c.iou for c in kept]),
+            torch.cat([c.stability for c in kept]),
+            torch.cat([c.prompt_index for c in kept]),
+        )
+
+    def _nms(self, embedding: ImageEmbedding, prompts: _Prompts, candidates: _Candidates) -> torch.Tensor:
+        valid_h = -(-embedding.input_size[0] // 4)
+        valid_w = -(-embedding.input_size[1] // 4)
+        binary = candidates.low_res[:, :valid_h, :valid_w] > self.model.mask_threshold
+        boxes = batched_mask_to_box(binary).float()
+        nonempty = binary.flatten(1).any(dim=1)
+        ranking = candidates.iou * prompts.scores[candidates.prompt_index]
+        keep = box_nms(boxes[nonempty], ranking[nonempty], self.config.box_nms_thresh)
+        return torch.nonzero(nonempty).flatten()[keep]
+
+    def _records(
+        self, embedding: ImageEmbedding, prompts: _Prompts, candidates: _Candidates, keep: torch.Tensor
+    ) -> list[dict[str, Any]]:
+        h_in, w_in = embedding.input_size
+        height, width = embedding.original_size
+        to_original = torch.tensor([width / w_in, height / h_in], device=prompts.points.device)
+        records: list[dict[str, Any]] = []
+        for start in range(0, len(keep), self.config.points_per_batch):
+            chunk = keep[start : start + self.config.points_per_batch]
+            logits = self.model.postprocess_masks(
+                candidates.low_res[chunk][:, None], embedding.input_size, embedding.original_size
+            )[:, 0]
+            masks = logits > self.model.mask_threshold
+            boxes = batched_mask_to_box(masks)
+            areas = masks.flatten(1).sum(dim=1)
+            for i, candidate in enumerate(chunk.tolist()):
+                if areas[i] == 0:
+                    continue
+                prompt = int(candidates.prompt_index[candidate])
+                mask = masks[i].cpu().numpy()
+                box = None
+                if prompts.boxes is not None:
+                    box = (prompts.boxes[prompt].view(2, 2) * to_original).flatten().tolist()
+                records.append(
+                    {
+                        "segmentation": mask_to_coco_rle(mask) if self.config.output_mode == "coco_rle" else mask,
+                        "area": int(areas[i]),
+                        "bbox": box_xyxy_to_xywh(boxes[i]).tolist(),
+                        "predicted_iou": float(candidates.iou[candidate]),
+                        "stability_score": float(candidates.stability[candidate]),
+                        "point_coords": [(prompts.points[prompt] * to_original).tolist()],
+                        "box": box,
+                        "proposal_score": None if prompts.boxes is None else float(prompts.scores[prompt]),
+                    }
+                )
+        return records

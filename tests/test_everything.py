@@ -1,0 +1,91 @@
+import numpy as np
+import pytest
+
+from litesam.errors import InvalidImageError
+from litesam.everything import SegEvery, SegEveryConfig
+from litesam.masks import coco_rle_to_mask
+from litesam.modeling.autoppn import ProposalConfig
+from litesam.predictor import encode_image
+from tests.tiny import synthetic_image, tiny_model
+
+# Random weights score nothing highly: open every filter so the pipeline itself is exercised.
+OPEN = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, proposals=ProposalConfig(score_threshold=0.0, top_k=12))
+
+
+@pytest.fixture(scope="module")
+def image():
+    return synthetic_image(90, 140, seed=3)
+
+
+def test_records_have_masks_at_the_original_size(image):
+    records = SegEvery(tiny_model(), **OPEN).generate(image)
+    assert 0 < len(records) <= 12
+    for r in records:
+        mask = r["segmentation"]
+        assert mask.shape == (90, 140) and mask.dtype == bool
+        assert r["area"] == int(mask.sum()) > 0
+        x, y, w, h = r["bbox"]
+        ys, xs = np.nonzero(mask)
+        assert (x, y, x + w, y + h) == (xs.min(), ys.min(), xs.max(), ys.max())
+        assert 0.0 <= r["predicted_iou"] <= 1.0 and 0.0 <= r["stability_score"] <= 1.0
+        assert 0.0 <= r["proposal_score"] <= 1.0
+        px, py = r["point_coords"][0]
+        assert 0 <= px <= 140 and 0 <= py <= 90
+        x0, y0, x1, y1 = r["box"]
+        assert 0 <= x0 <= x1 <= 140 and 0 <= y0 <= y1 <= 90
+
+
+def test_is_deterministic(image):
+    a = SegEvery(tiny_model(), **OPEN).generate(image)
+    b = SegEvery(tiny_model(), **OPEN).generate(image)
+    assert len(a) == len(b)
+    for ra, rb in zip(a, b):
+        np.testing.assert_array_equal(ra["segmentation"], rb["segmentation"])
+        assert ra["predicted_iou"] == rb["predicted_iou"]
+
+
+def test_from_embedding_equals_from_image(image):
+    generator = SegEvery(tiny_model(), **OPEN)
+    direct = generator.generate(image)
+    cached = generator.generate_from_embedding(encode_image(tiny_model(), image))
+    assert [r["bbox"] for r in direct] == [r["bbox"] for r in cached]
+
+
+def test_coco_rle_output_matches_binary_masks(image):
+    binary = SegEvery(tiny_model(), **OPEN).generate(image)
+    rle = SegEvery(tiny_model(), output_mode="coco_rle", **OPEN).generate(image)
+    assert len(binary) == len(rle)
+    for b, r in zip(binary, rle):
+        np.testing.assert_array_equal(coco_rle_to_mask(r["segmentation"]), b["segmentation"])
+
+
+def test_chunking_does_not_change_the_result(image):
+    whole = SegEvery(tiny_model(), points_per_batch=64, **OPEN).generate(image)
+    chunked = SegEvery(tiny_model(), points_per_batch=5, **OPEN).generate(image)
+    assert [r["bbox"] for r in whole] == [r["bbox"] for r in chunked]
+
+
+def test_grid_mode_keeps_three_candidates_per_point(image):
+    records = SegEvery(
+        tiny_model(), prompt_mode="grid", points_per_side=3, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+        box_nms_thresh=1.0,
+    ).generate(image)
+    assert 0 < len(records) <= 27
+    assert all(r["box"] is None and r["proposal_score"] is None for r in records)
+
+
+def test_strict_filters_can_remove_everything(image):
+    assert SegEvery(tiny_model(), pred_iou_thresh=1.01).generate(image) == []
+
+
+def test_nms_removes_overlapping_masks(image):
+    loose = SegEvery(tiny_model(), **{**OPEN, "box_nms_thresh": 1.0}).generate(image)
+    strict = SegEvery(tiny_model(), **{**OPEN, "box_nms_thresh": 0.0}).generate(image)
+    assert len(strict) <= len(loose)
+
+
+def test_bad_config_and_image_are_clear_errors():
+    with pytest.raises(ValueError, match="prompt_mode"):
+        SegEveryConfig(prompt_mode="random")
+    with pytest.raises(InvalidImageError):
+        SegEvery(tiny_model()).generate(np.zeros((20, 20), np.uint8))
