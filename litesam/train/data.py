@@ -147,6 +147,9 @@ class SegmentationDataset(Dataset):
             ``"input"`` (S; the loss then upsamples the logits).
         prompts: prompt simulation settings.
         seed: base seed; see :meth:`set_epoch`.
+
+    Memory: a sample holds every mask of its image at input scale while it is built (N×S×S bool, about
+    100 MB for 100 masks at S = 1024), because the AutoPPN target needs all of them.
     """
 
     def __init__(
@@ -203,7 +206,7 @@ class SegmentationDataset(Dataset):
         targets = build_autoppn_targets(masks, stride=self.stride, shape=(s, s))
 
         # Up to max_masks masks in random order, skipping those that vanish in the frame of the loss;
-        # one mask at a time, so an image with hundreds of masks never holds them all at low resolution.
+        # checked one by one, stopping once enough are found (no pooled copy of every mask).
         chosen, gt = [], []
         for i in rng.permutation(len(masks)):
             target = _area_downsample(masks[i], LOW_RES_FACTOR) if self.mask_scale == "low_res" else masks[i]
