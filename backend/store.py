@@ -7,9 +7,10 @@ Value (about 0.8 MiB at r640, 2 MiB at r1024): a 4-byte big-endian header length
 ``{"format", "shape", "dtype", "input_size", "original_size"}``, then the features as little-endian float16.
 Embeddings live ``ttl`` seconds; each read renews the TTL (``GETEX``), so images in use stay cached.
 
-In front of Redis each process keeps a small LRU of recent embeddings. Every embedding handed out has been
-rounded through float16, whether it was just computed or read back, so every process gives the same mask
-for the same click.
+In front of Redis each process keeps a small LRU of recent embeddings, decoded (float32; at most
+``lru_size`` × 4 MiB at r1024). Every embedding handed out has been rounded through float16, whether it was
+just computed or read back, so every process gives the same mask for the same click. Handed-out embeddings
+are shared between threads: treat their tensors as read-only.
 
 Immutable image sources (Label Studio uploads) also get an alias, ``litesam:img:v1:<sha256 of the source>`` →
 sha256 of the image bytes, with the same TTL: a later click on such an image finds its embedding without
@@ -110,7 +111,7 @@ class EmbeddingStore:
         self._ttl = ttl
         self._lru_size = lru_size
         self._lock_timeout = lock_timeout
-        self._lru: OrderedDict[str, bytes] = OrderedDict()
+        self._lru: OrderedDict[str, ImageEmbedding] = OrderedDict()
         self._aliases: OrderedDict[str, str] = OrderedDict()
         self._lru_lock = threading.Lock()
         self._key_locks: dict[str, list] = {}
@@ -129,9 +130,10 @@ class EmbeddingStore:
         """Store an embedding (LRU and Redis); returns it as every reader will see it (float16-rounded)."""
         key = embedding_key(model_version, image_sha256)
         blob = encode_embedding(embedding)
-        self._remember(key, blob)
+        stored = decode_embedding(blob)
+        self._remember(key, stored)
         self._redis_call(lambda r: r.set(key, blob, ex=self._ttl))
-        return decode_embedding(blob)
+        return stored
 
     def get_or_compute(
         self, model_version: str, image_sha256: str, compute: Callable[[], ImageEmbedding]
@@ -191,11 +193,10 @@ class EmbeddingStore:
 
     def _lookup(self, key: str) -> tuple[ImageEmbedding, str] | None:
         with self._lru_lock:
-            blob = self._lru.get(key)
-            if blob is not None:
+            embedding = self._lru.get(key)
+            if embedding is not None:
                 self._lru.move_to_end(key)
-        if blob is not None:
-            return decode_embedding(blob), "memory"
+                return embedding, "memory"
         blob = self._redis_call(lambda r: r.getex(key, ex=self._ttl))
         if blob is None:
             return None
@@ -204,14 +205,14 @@ class EmbeddingStore:
         except (ValueError, KeyError, TypeError) as exc:
             logger.warning("ignoring unreadable embedding at %s: %s", key, exc)
             return None
-        self._remember(key, blob)
+        self._remember(key, embedding)
         return embedding, "redis"
 
-    def _remember(self, key: str, blob: bytes) -> None:
+    def _remember(self, key: str, embedding: ImageEmbedding) -> None:
         if self._lru_size <= 0:
             return
         with self._lru_lock:
-            self._lru[key] = blob
+            self._lru[key] = embedding
             self._lru.move_to_end(key)
             while len(self._lru) > self._lru_size:
                 self._lru.popitem(last=False)
