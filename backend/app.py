@@ -34,11 +34,12 @@ import logging
 from collections.abc import Callable, Iterable
 
 from flask import Blueprint, Flask, current_app, jsonify, request
-from litesam.errors import InvalidImageError, InvalidPromptError, LiteSamError
 from werkzeug.exceptions import HTTPException
 
-from .errors import BackendError, BadRequestError, UnauthorizedError
+from litesam.errors import InvalidImageError, InvalidPromptError, LiteSamError
+
 from .context import parse_context
+from .errors import BackendError, BadRequestError, UnauthorizedError
 from .label_config import parse_label_config
 from .model import LiteSamBackend
 from .services import Services, build_services
@@ -148,8 +149,11 @@ def predict():
             return jsonify({"results": []})
         return jsonify({"results": results, "model_version": services.model.model_version})
     backend = LiteSamBackend(
-        services.model, services.store, services.fetcher,
-        max_image_pixels=services.settings.max_image_pixels, label_config=body.get("label_config"),
+        services.model,
+        services.store,
+        services.fetcher,
+        max_image_pixels=services.settings.max_image_pixels,
+        label_config=body.get("label_config"),
     )
     results = backend.predict(tasks, context=context)
     if not results:
@@ -166,7 +170,9 @@ def versions():
 @_routes.route("/webhook", methods=["POST"])
 def webhook():
     body = json_body()
-    logger.debug("webhook %s ignored: Lite-SAM does not train from Label Studio annotations", body.get("action"))
+    logger.debug(
+        "webhook %s ignored: Lite-SAM does not train from Label Studio annotations", body.get("action")
+    )
     return jsonify({"status": "ok", "message": "Lite-SAM does not train from Label Studio annotations"})
 
 
@@ -182,8 +188,10 @@ def _check_basic_auth():
         (auth.password or "").encode(), settings.basic_auth_pass.reveal().encode()
     )
     if not (user_ok and pass_ok):
-        raise UnauthorizedError("this backend requires basic auth; set the user and password in Label Studio's "
-                                "model connection (Authentication method: Basic Auth)")
+        raise UnauthorizedError(
+            "this backend requires basic auth; set the user and password in Label Studio's "
+            "model connection (Authentication method: Basic Auth)"
+        )
     return None
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+
 from litesam.build import checkpoint_sha256
 
 from .errors import ConfigurationError
@@ -36,7 +37,9 @@ class ResolvedCheckpoint:
     sha256: str
 
 
-def resolve_checkpoint(source: str | None, expected_sha256: str | None, cache_dir: Path) -> ResolvedCheckpoint:
+def resolve_checkpoint(
+    source: str | None, expected_sha256: str | None, cache_dir: Path
+) -> ResolvedCheckpoint:
     """The local file for ``source`` (path or URL) and its verified sha256.
 
     Raises:
@@ -74,14 +77,18 @@ def _download(url: str, expected_sha256: str | None, cache_dir: Path) -> Resolve
             sha = checkpoint_sha256(target)
             if expected_sha256 is None or sha == expected_sha256:
                 return ResolvedCheckpoint(target, sha)
-            logger.warning("cached checkpoint %s does not match LITESAM_CHECKPOINT_SHA256; downloading again", target)
+            logger.warning(
+                "cached checkpoint %s does not match LITESAM_CHECKPOINT_SHA256; downloading again", target
+            )
         logger.info("downloading checkpoint %s to %s", shown, target)
         digest = hashlib.sha256()
         fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=".download-")
         try:
             with os.fdopen(fd, "wb") as out, requests.get(url, stream=True, timeout=(10, 60)) as response:
                 if response.status_code != 200:
-                    raise ConfigurationError(f"downloading the checkpoint {shown} failed: HTTP {response.status_code}")
+                    raise ConfigurationError(
+                        f"downloading the checkpoint {shown} failed: HTTP {response.status_code}"
+                    )
                 for chunk in response.iter_content(_CHUNK):
                     out.write(chunk)
                     digest.update(chunk)
@@ -93,7 +100,9 @@ def _download(url: str, expected_sha256: str | None, cache_dir: Path) -> Resolve
                 )
             os.replace(tmp_name, target)
         except requests.RequestException as exc:
-            raise ConfigurationError(f"downloading the checkpoint {shown} failed: {type(exc).__name__}") from None
+            raise ConfigurationError(
+                f"downloading the checkpoint {shown} failed: {type(exc).__name__}"
+            ) from None
         finally:
             if os.path.exists(tmp_name):
                 os.unlink(tmp_name)

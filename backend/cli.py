@@ -28,13 +28,27 @@ def add_serve_command(subparsers: argparse._SubParsersAction, settings: Settings
         description="Serve the Label Studio ML backend (gunicorn, gthread workers). The checkpoint is "
         "resolved (downloaded once if it is a URL) and hashed before the workers start.",
     )
-    parser.add_argument("--bind", default=settings.bind, help=f"HOST:PORT (LITESAM_BIND, default {settings.bind})")
-    parser.add_argument("--workers", type=int, default=settings.workers,
-                        help=f"worker processes (LITESAM_WORKERS, default {settings.workers})")
-    parser.add_argument("--threads", type=int, default=settings.threads,
-                        help=f"threads per worker (LITESAM_THREADS, default {settings.threads})")
-    parser.add_argument("--timeout", type=int, default=REQUEST_TIMEOUT_S,
-                        help=f"seconds before a stuck worker is restarted (default {REQUEST_TIMEOUT_S})")
+    parser.add_argument(
+        "--bind", default=settings.bind, help=f"HOST:PORT (LITESAM_BIND, default {settings.bind})"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=settings.workers,
+        help=f"worker processes (LITESAM_WORKERS, default {settings.workers})",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=settings.threads,
+        help=f"threads per worker (LITESAM_THREADS, default {settings.threads})",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=int,
+        default=REQUEST_TIMEOUT_S,
+        help=f"seconds before a stuck worker is restarted (default {REQUEST_TIMEOUT_S})",
+    )
     parser.add_argument("--pid", default=None, help="write gunicorn's master PID to this file")
     parser.set_defaults(func=_serve)
 
@@ -49,14 +63,23 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     model.checkpoint()  # download/verify once here, not in every worker's first request
     print(f"litesam-backend: model version {model.model_version}, serving on {args.bind}", file=sys.stderr)
     command = [
-        sys.executable, "-m", "gunicorn",
-        "--bind", args.bind,
-        "--workers", str(args.workers),
-        "--threads", str(args.threads),
-        "--worker-class", "gthread",
-        "--timeout", str(args.timeout),
-        "--graceful-timeout", "30",
-        "--log-level", settings.log_level.lower(),
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        args.bind,
+        "--workers",
+        str(args.workers),
+        "--threads",
+        str(args.threads),
+        "--worker-class",
+        "gthread",
+        "--timeout",
+        str(args.timeout),
+        "--graceful-timeout",
+        "30",
+        "--log-level",
+        settings.log_level.lower(),
     ]
     if args.pid:
         command += ["--pid", args.pid]

@@ -188,14 +188,18 @@ def _size(selected: list[tuple[int, dict]]) -> tuple[int, int]:
         dims = []
         for key in ("original_width", "original_height"):
             if key not in region:
-                raise BadRequestError(f"context.result[{i}] has no {key} (the image's natural size in pixels)")
+                raise BadRequestError(
+                    f"context.result[{i}] has no {key} (the image's natural size in pixels)"
+                )
             v = region[key]
             if not _is_number(v) or not math.isfinite(v) or v < 1 or v != int(v):
                 raise BadRequestError(f"context.result[{i}].{key} must be a positive whole number, got {v!r}")
             dims.append(int(v))
         sizes.add(tuple(dims))
     if len(sizes) > 1:
-        raise BadRequestError(f"the prompt regions disagree on original_width/original_height: {sorted(sizes)}")
+        raise BadRequestError(
+            f"the prompt regions disagree on original_width/original_height: {sorted(sizes)}"
+        )
     return sizes.pop()
 
 
@@ -232,7 +236,9 @@ def _box(value: dict, i: int, width: int, height: int) -> np.ndarray:
     x, y = _number(value, "x", i), _number(value, "y", i)
     w, h = _number(value, "width", i), _number(value, "height", i)
     if w <= 0 or h <= 0:
-        raise BadRequestError(f"context.result[{i}] rectangle must have positive width and height, got {w}×{h} %")
+        raise BadRequestError(
+            f"context.result[{i}] rectangle must have positive width and height, got {w}×{h} %"
+        )
     rotation = value.get("rotation", 0) or 0
     if not _is_number(rotation) or not math.isfinite(rotation):
         raise BadRequestError(f"context.result[{i}].value.rotation must be a finite number of degrees")

@@ -39,7 +39,13 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from .errors import BadRequestError, ConfigurationError, ForbiddenURLError, PayloadTooLargeError, UpstreamError
+from .errors import (
+    BadRequestError,
+    ConfigurationError,
+    ForbiddenURLError,
+    PayloadTooLargeError,
+    UpstreamError,
+)
 from .ls_auth import LabelStudioAuth
 from .settings import Settings
 
@@ -183,17 +189,24 @@ class ImageFetcher:
         while True:
             self.policy.check_url(url, redirected_by_label_studio)
             to_label_studio = self.policy.is_label_studio(url)
-            headers = {"Authorization": self._auth.header()} if to_label_studio and self._auth.configured else {}
+            headers = (
+                {"Authorization": self._auth.header()} if to_label_studio and self._auth.configured else {}
+            )
             try:
                 response = self._session.get(
                     url,
                     headers=headers,
                     stream=True,
                     allow_redirects=False,
-                    timeout=(min(_CONNECT_TIMEOUT_S, self._settings.fetch_timeout), self._settings.fetch_timeout),
+                    timeout=(
+                        min(_CONNECT_TIMEOUT_S, self._settings.fetch_timeout),
+                        self._settings.fetch_timeout,
+                    ),
                 )
             except requests.RequestException as exc:
-                raise UpstreamError(f"could not download the image {_display(url)}: {type(exc).__name__}") from None
+                raise UpstreamError(
+                    f"could not download the image {_display(url)}: {type(exc).__name__}"
+                ) from None
             with response:
                 if response.is_redirect and "Location" in response.headers:
                     hops += 1
@@ -202,8 +215,12 @@ class ImageFetcher:
                     redirected_by_label_studio = to_label_studio
                     url = urllib.parse.urljoin(url, response.headers["Location"])
                     continue
-                if response.status_code == 401 and to_label_studio and self._auth.is_personal_access_token \
-                        and not retried_auth:
+                if (
+                    response.status_code == 401
+                    and to_label_studio
+                    and self._auth.is_personal_access_token
+                    and not retried_auth
+                ):
                     self._auth.invalidate()
                     retried_auth = True
                     continue
@@ -299,7 +316,9 @@ def _status_message(status: int, url: str, to_label_studio: bool) -> str:
     if to_label_studio and status in (401, 403):
         hint = "; check LABEL_STUDIO_API_KEY (a personal access token, or a legacy token with legacy tokens enabled)"
     elif to_label_studio and status == 404:
-        hint = "; check that the file exists and, for local files, that the project has a matching local storage"
+        hint = (
+            "; check that the file exists and, for local files, that the project has a matching local storage"
+        )
     return f"{where} answered {status} for the image {_display(url)}{hint}"
 
 
@@ -324,10 +343,14 @@ class _GuardedAdapter(HTTPAdapter):
     def __init__(self, peer_check: Callable[[str, int, str], None]) -> None:
         checker = staticmethod(peer_check)
         http_conn = type("GuardedHTTPConnection", (_PeerCheckMixin, HTTPConnection), {"peer_check": checker})
-        https_conn = type("GuardedHTTPSConnection", (_PeerCheckMixin, HTTPSConnection), {"peer_check": checker})
+        https_conn = type(
+            "GuardedHTTPSConnection", (_PeerCheckMixin, HTTPSConnection), {"peer_check": checker}
+        )
         self._pool_classes = {
             "http": type("GuardedHTTPConnectionPool", (HTTPConnectionPool,), {"ConnectionCls": http_conn}),
-            "https": type("GuardedHTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": https_conn}),
+            "https": type(
+                "GuardedHTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": https_conn}
+            ),
         }
         super().__init__(max_retries=0)
 

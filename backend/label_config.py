@@ -118,7 +118,9 @@ def _parse(xml: str) -> LabelConfig:
             brushes.append(BrushTag(name, element.get("toName", ""), _labels(element)))
         elif tag in PROMPT_TAGS and name:
             smart = _true(element.get("smart")) or _true(element.get("smartOnly"))
-            tools.append(PromptTool(name, element.get("toName", ""), PROMPT_TAGS[tag], _labels(element), smart))
+            tools.append(
+                PromptTool(name, element.get("toName", ""), PROMPT_TAGS[tag], _labels(element), smart)
+            )
 
     if not images:
         raise BadRequestError('label config has no <Image name="…" value="$field"> tag')

@@ -90,13 +90,16 @@ class LabelStudioAuth:
 
     def _refresh(self) -> None:
         if self._base_url is None:
-            raise ConfigurationError("LABEL_STUDIO_URL is not set; it is needed to exchange the personal access token")
+            raise ConfigurationError(
+                "LABEL_STUDIO_URL is not set; it is needed to exchange the personal access token"
+            )
         url = f"{self._base_url}/api/token/refresh/"
         try:
             response = requests.post(url, json={"refresh": self._api_key.reveal()}, timeout=self._timeout)
         except requests.RequestException as exc:
-            raise UpstreamError(f"could not reach Label Studio at {url} to exchange the access token: "
-                                f"{type(exc).__name__}") from None
+            raise UpstreamError(
+                f"could not reach Label Studio at {url} to exchange the access token: {type(exc).__name__}"
+            ) from None
         if response.status_code != 200:
             raise UpstreamError(
                 f"Label Studio answered {response.status_code} to the token exchange at {url}; check that "

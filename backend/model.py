@@ -21,6 +21,7 @@ import time
 import numpy as np
 import torch
 from label_studio_ml.model import LabelStudioMLBase
+
 from litesam.build import build_model
 from litesam.errors import CheckpointError
 from litesam.predictor import ImageEmbedding, LiteSamPredictor, encode_image
@@ -92,7 +93,9 @@ class ModelService:
             torch.set_num_threads(self._settings.torch_threads)
         started = time.perf_counter()
         try:
-            model = build_model(self._settings.variant, checkpoint=checkpoint.path, device=self._settings.device)
+            model = build_model(
+                self._settings.variant, checkpoint=checkpoint.path, device=self._settings.device
+            )
         except CheckpointError as exc:
             raise ConfigurationError(f"cannot load the checkpoint for LITESAM_VARIANT: {exc}") from None
         except (RuntimeError, ValueError) as exc:  # e.g. an unavailable LITESAM_DEVICE
@@ -100,7 +103,9 @@ class ModelService:
         logger.info(
             "loaded %s from %s on %s in %.1f s",
             model_version_string(self._settings.variant, checkpoint.sha256),
-            checkpoint.path.name, self._settings.device, time.perf_counter() - started,
+            checkpoint.path.name,
+            self._settings.device,
+            time.perf_counter() - started,
         )
         return model
 
@@ -161,8 +166,10 @@ class LiteSamBackend(LabelStudioMLBase):
         image_tag = config.image(brush.to_name)
         data = task.get("data")
         if not isinstance(data, dict) or image_tag.value_key not in data:
-            raise BadRequestError(f"the task has no data field {image_tag.value_key!r} (the image of <Image "
-                                  f"name={image_tag.name!r}>)")
+            raise BadRequestError(
+                f"the task has no data field {image_tag.value_key!r} (the image of <Image "
+                f"name={image_tag.name!r}>)"
+            )
         uri = data[image_tag.value_key]
         if isinstance(uri, list):  # multi-image task (valueList)
             index = prompt_set.item_index or 0
@@ -175,12 +182,19 @@ class LiteSamBackend(LabelStudioMLBase):
         masks, scores = self._masks(embedding, prompt_set)
         regions = [
             brush_region(
-                mask, from_name=brush.from_name, to_name=brush.to_name, label=label, score=score,
-                image_rotation=prompt_set.image_rotation, item_index=prompt_set.item_index,
+                mask,
+                from_name=brush.from_name,
+                to_name=brush.to_name,
+                label=label,
+                score=score,
+                image_rotation=prompt_set.image_rotation,
+                item_index=prompt_set.item_index,
             )
             for mask, score in zip(masks, scores, strict=True)
         ]
-        logger.info("task %s: %d mask(s) for %r, embedding from %s", task.get("id"), len(regions), label, source)
+        logger.info(
+            "task %s: %d mask(s) for %r, embedding from %s", task.get("id"), len(regions), label, source
+        )
         return [prediction(regions, version)]
 
     def _embedding(self, uri: str, task_id: object, version: str) -> tuple[ImageEmbedding, str]:
@@ -195,10 +209,14 @@ class LiteSamBackend(LabelStudioMLBase):
         if immutable is not None:
             self._store.remember_image(immutable, fetched.sha256)
         return self._store.get_or_compute(
-            version, fetched.sha256, lambda: self._model.encode(decode_image(fetched.data, self._max_image_pixels))
+            version,
+            fetched.sha256,
+            lambda: self._model.encode(decode_image(fetched.data, self._max_image_pixels)),
         )
 
-    def _masks(self, embedding: ImageEmbedding, prompt_set: PromptSet) -> tuple[list[np.ndarray], list[float]]:
+    def _masks(
+        self, embedding: ImageEmbedding, prompt_set: PromptSet
+    ) -> tuple[list[np.ndarray], list[float]]:
         """One best mask (and its predicted IoU) per prompt, at the size the prompt regions refer to."""
         height, width = embedding.original_size
         target = (prompt_set.original_height, prompt_set.original_width)
@@ -206,16 +224,27 @@ class LiteSamBackend(LabelStudioMLBase):
         if target != (height, width):
             logger.warning(
                 "the prompts refer to a %d×%d image but the image is %d×%d; scaling prompts and masks",
-                target[1], target[0], width, height,
+                target[1],
+                target[0],
+                width,
+                height,
             )
         predictor = self._model.predictor(embedding)
         masks, scores = [], []
         for prompt in prompt_set.prompts:
             limit = np.array([width, height], dtype=np.float32)
-            coords = np.minimum(prompt.point_coords * scale, limit) if prompt.point_coords is not None else None
-            box = np.minimum(prompt.box * np.tile(scale, 2), np.tile(limit, 2)) if prompt.box is not None else None
+            coords = (
+                np.minimum(prompt.point_coords * scale, limit) if prompt.point_coords is not None else None
+            )
+            box = (
+                np.minimum(prompt.box * np.tile(scale, 2), np.tile(limit, 2))
+                if prompt.box is not None
+                else None
+            )
             candidates, ious, _ = predictor.predict(
-                point_coords=coords, point_labels=prompt.point_labels, box=box,
+                point_coords=coords,
+                point_labels=prompt.point_labels,
+                box=box,
                 multimask_output=_is_ambiguous(prompt),
             )
             best = int(np.argmax(ious))

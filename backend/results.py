@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 
 import numpy as np
+
 from litesam.masks import mask_to_brush_rle
 
 

@@ -27,11 +27,15 @@ class Services:
 
 
 def build_services(settings: Settings) -> Services:
-    auth = LabelStudioAuth(settings.label_studio_url, settings.label_studio_api_key, timeout=settings.fetch_timeout)
+    auth = LabelStudioAuth(
+        settings.label_studio_url, settings.label_studio_api_key, timeout=settings.fetch_timeout
+    )
     return Services(
         settings=settings,
         model=ModelService(settings),
-        store=EmbeddingStore(settings.redis_url.reveal(), ttl=settings.embedding_ttl, lru_size=settings.embedding_lru),
+        store=EmbeddingStore(
+            settings.redis_url.reveal(), ttl=settings.embedding_ttl, lru_size=settings.embedding_lru
+        ),
         auth=auth,
         fetcher=ImageFetcher(settings, auth),
     )

@@ -124,7 +124,9 @@ class Settings:
         log_level = (env.str("LOG_LEVEL") or "INFO").upper()
         if log_level not in _LOG_LEVELS:
             raise ConfigurationError(f"LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}, got {log_level!r}")
-        hosts = tuple(h.strip().lower() for h in (env.str("LITESAM_ALLOWED_HOSTS") or "").split(",") if h.strip())
+        hosts = tuple(
+            h.strip().lower() for h in (env.str("LITESAM_ALLOWED_HOSTS") or "").split(",") if h.strip()
+        )
         defaults = cls()
         return cls(
             label_studio_url=_label_studio_url(env.str("LABEL_STUDIO_URL")),

@@ -38,6 +38,7 @@ from contextlib import contextmanager
 import numpy as np
 import redis
 import torch
+
 from litesam.predictor import ImageEmbedding
 
 logger = logging.getLogger(__name__)
@@ -56,7 +57,9 @@ _LOCK_POLL_S = 0.02
 
 def encode_embedding(embedding: ImageEmbedding) -> bytes:
     """Serialize an embedding: header length (4 bytes, big-endian), JSON header, float16 features (LE)."""
-    features = embedding.features.detach().to("cpu", torch.float16).contiguous().numpy().astype("<f2", copy=False)
+    features = (
+        embedding.features.detach().to("cpu", torch.float16).contiguous().numpy().astype("<f2", copy=False)
+    )
     header = json.dumps(
         {
             "format": FORMAT,
@@ -273,15 +276,21 @@ class EmbeddingStore:
         lock = None
         if self.redis_available:
             candidate = self._redis.lock(
-                f"{key}:lock", timeout=self._lock_timeout, sleep=_LOCK_POLL_S,
-                blocking_timeout=self._lock_timeout, thread_local=False,
+                f"{key}:lock",
+                timeout=self._lock_timeout,
+                sleep=_LOCK_POLL_S,
+                blocking_timeout=self._lock_timeout,
+                thread_local=False,
             )
             try:
                 if candidate.acquire():
                     lock = candidate
                 else:
-                    logger.warning("waited %.0f s for another process to compute %s; computing here",
-                                   self._lock_timeout, key)
+                    logger.warning(
+                        "waited %.0f s for another process to compute %s; computing here",
+                        self._lock_timeout,
+                        key,
+                    )
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 self._mark_down(exc)
         try:

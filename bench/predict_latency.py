@@ -52,8 +52,10 @@ def make_image(seed: int) -> bytes:
     draw = ImageDraw.Draw(image)
     for _ in range(6):
         x0, y0 = rng.integers(0, WIDTH - 200), rng.integers(0, HEIGHT - 200)
-        draw.ellipse([x0, y0, x0 + rng.integers(60, 200), y0 + rng.integers(60, 200)],
-                     fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+        draw.ellipse(
+            [x0, y0, x0 + rng.integers(60, 200), y0 + rng.integers(60, 200)],
+            fill=tuple(int(v) for v in rng.integers(0, 256, 3)),
+        )
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=90)
     return buffer.getvalue()
@@ -88,16 +90,27 @@ class ImageServer:
 
 def click_body(path: str, x: float, y: float) -> dict:
     region = {
-        "original_width": WIDTH, "original_height": HEIGHT, "image_rotation": 0, "is_positive": True,
+        "original_width": WIDTH,
+        "original_height": HEIGHT,
+        "image_rotation": 0,
+        "is_positive": True,
         "value": {"x": x, "y": y, "width": 0.5, "keypointlabels": ["Object"], "labels": ["Object"]},
-        "from_name": "point", "to_name": "image", "type": "keypointlabels", "origin": "manual",
+        "from_name": "point",
+        "to_name": "image",
+        "type": "keypointlabels",
+        "origin": "manual",
     }
-    return {"tasks": [{"id": 1, "data": {"image": path}}], "project": "1.0", "label_config": CONFIG,
-            "params": {"context": {"result": [region]}}}
+    return {
+        "tasks": [{"id": 1, "data": {"image": path}}],
+        "project": "1.0",
+        "label_config": CONFIG,
+        "params": {"context": {"result": [region]}},
+    }
 
 
-def timed_click(session: requests.Session, url: str, path: str, x: float, y: float,
-                sizes: list[int] | None = None) -> float:
+def timed_click(
+    session: requests.Session, url: str, path: str, x: float, y: float, sizes: list[int] | None = None
+) -> float:
     """Milliseconds from sending one click to having its whole answer; appends the answer's size to ``sizes``."""
     started = time.perf_counter()
     response = session.post(f"{url}/predict", json=click_body(path, x, y), timeout=120)
@@ -134,8 +147,12 @@ def wait_health(url: str, process: subprocess.Popen, timeout: float = 120) -> No
 def summary(values: list[float]) -> dict:
     ordered = sorted(values)
     p95_index = min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))
-    return {"n": len(values), "p50_ms": round(statistics.median(ordered), 1), "p95_ms": round(ordered[p95_index], 1),
-            "mean_ms": round(statistics.fmean(ordered), 1)}
+    return {
+        "n": len(values),
+        "p50_ms": round(statistics.median(ordered), 1),
+        "p95_ms": round(ordered[p95_index], 1),
+        "mean_ms": round(statistics.fmean(ordered), 1),
+    }
 
 
 def bench_variant(variant: str, args: argparse.Namespace, workdir: Path) -> dict:
@@ -149,22 +166,43 @@ def bench_variant(variant: str, args: argparse.Namespace, workdir: Path) -> dict
     redis.Redis.from_url(args.redis_url).flushdb()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "LITESAM_CHECKPOINT": str(checkpoint), "LITESAM_VARIANT": variant,
-           "REDIS_URL": args.redis_url, "LABEL_STUDIO_URL": server.url, "LABEL_STUDIO_API_KEY": "bench-legacy-token",
-           "LITESAM_TORCH_THREADS": str(args.torch_threads), "LOG_LEVEL": "WARNING",
-           "LITESAM_CACHE_DIR": str(workdir / "cache")}
-    command = [sys.executable, "-m", "backend.cli", "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-               "--threads", str(args.threads)]
+    env = {
+        **os.environ,
+        "LITESAM_CHECKPOINT": str(checkpoint),
+        "LITESAM_VARIANT": variant,
+        "REDIS_URL": args.redis_url,
+        "LABEL_STUDIO_URL": server.url,
+        "LABEL_STUDIO_API_KEY": "bench-legacy-token",
+        "LITESAM_TORCH_THREADS": str(args.torch_threads),
+        "LOG_LEVEL": "WARNING",
+        "LITESAM_CACHE_DIR": str(workdir / "cache"),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "backend.cli",
+        "serve",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        "1",
+        "--threads",
+        str(args.threads),
+    ]
     log = open(workdir / f"{variant}-backend.log", "wb")  # noqa: SIM115 (closed in finally)
-    process = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         wait_health(url, process)
         session = requests.Session()
         rng = np.random.default_rng(0)
         timed_click(session, url, "/data/upload/1/0.jpg", 50, 50)  # model load: not counted
         sizes: list[int] = []
-        cold = [timed_click(session, url, f"/data/upload/1/{i}.jpg", 40, 60, sizes) for i in range(1, args.cold + 1)]
+        cold = [
+            timed_click(session, url, f"/data/upload/1/{i}.jpg", 40, 60, sizes)
+            for i in range(1, args.cold + 1)
+        ]
         warm_path = f"/data/upload/1/{args.cold + 1}.jpg"
         timed_click(session, url, warm_path, 50, 50)  # computes this image's embedding
         warm = [timed_click(session, url, warm_path, *rng.uniform(5, 95, 2), sizes) for _ in range(args.warm)]
@@ -178,8 +216,13 @@ def bench_variant(variant: str, args: argparse.Namespace, workdir: Path) -> dict
         log.close()
         redis.Redis.from_url(args.redis_url).flushdb()
     image_kb = statistics.fmean(len(b) for b in images.values()) / 1024
-    return {"variant": variant, "cold": summary(cold), "warm": summary(warm), "image_kb": round(image_kb),
-            "answer_kb": round(statistics.fmean(sizes) / 1024)}
+    return {
+        "variant": variant,
+        "cold": summary(cold),
+        "warm": summary(warm),
+        "image_kb": round(image_kb),
+        "answer_kb": round(statistics.fmean(sizes) / 1024),
+    }
 
 
 def main() -> None:
@@ -198,20 +241,31 @@ def main() -> None:
     if args.json:
         print(json.dumps(results, indent=2))
         return
-    print("RANDOM WEIGHTS: checkpoints written by this script with random weights; latency does not depend on the")
+    print(
+        "RANDOM WEIGHTS: checkpoints written by this script with random weights; latency does not depend on the"
+    )
     print("weight values, the masks themselves are meaningless.")
-    print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}; "
-          f"backend: 1 gunicorn worker × {args.threads} threads, torch threads {args.torch_threads}; "
-          f"one click = POST /predict over HTTP, {WIDTH}×{HEIGHT} JPEG, keypoint → brush RLE")
-    print("A warm click on a Label Studio upload needs no download (the upload's embedding is found by its URL).")
+    print(
+        f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}; "
+        f"backend: 1 gunicorn worker × {args.threads} threads, torch threads {args.torch_threads}; "
+        f"one click = POST /predict over HTTP, {WIDTH}×{HEIGHT} JPEG, keypoint → brush RLE"
+    )
+    print(
+        "A warm click on a Label Studio upload needs no download (the upload's embedding is found by its URL)."
+    )
     print(f"{'variant':<15}{'click':<7}{'n':>4}{'p50 ms':>10}{'p95 ms':>10}{'mean ms':>10}")
     for result in results:
         for kind in ("warm", "cold"):
             s = result[kind]
-            print(f"{result['variant']:<15}{kind:<7}{s['n']:>4}{s['p50_ms']:>10}{s['p95_ms']:>10}{s['mean_ms']:>10}")
-    print("mean image size: " + ", ".join(f"{r['variant']} {r['image_kb']} KB" for r in results)
-          + "; mean answer size (random-weight masks are noisy, so their RLE is far longer than a real mask's): "
-          + ", ".join(f"{r['variant']} {r['answer_kb']} KB" for r in results))
+            print(
+                f"{result['variant']:<15}{kind:<7}{s['n']:>4}{s['p50_ms']:>10}{s['p95_ms']:>10}{s['mean_ms']:>10}"
+            )
+    print(
+        "mean image size: "
+        + ", ".join(f"{r['variant']} {r['image_kb']} KB" for r in results)
+        + "; mean answer size (random-weight masks are noisy, so their RLE is far longer than a real mask's): "
+        + ", ".join(f"{r['variant']} {r['answer_kb']} KB" for r in results)
+    )
 
 
 if __name__ == "__main__":

@@ -88,15 +88,24 @@ class FakeLabelStudio:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
 
     def close(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
 
-    def add(self, path: str, body: bytes = b"", status: int = 200, auth: bool = True, declare_length: bool = True,
-            **headers: str) -> str:
+    def add(
+        self,
+        path: str,
+        body: bytes = b"",
+        status: int = 200,
+        auth: bool = True,
+        declare_length: bool = True,
+        **headers: str,
+    ) -> str:
         self.routes[path] = Route(status, body, dict(headers), auth, declare_length)
         return path
 
@@ -115,8 +124,13 @@ class FakeLabelStudio:
             body = json.loads(handler.rfile.read(length) or b"{}")
             if self.pat is None or body.get("refresh") != self.pat:
                 return self._send(handler, 401, b'{"detail": "Token is invalid"}')
-            access = fake_jwt({"token_type": "access", "exp": time.time() + self.access_lifetime_s,
-                               "jti": f"{len(self.issued_access)}"})
+            access = fake_jwt(
+                {
+                    "token_type": "access",
+                    "exp": time.time() + self.access_lifetime_s,
+                    "jti": f"{len(self.issued_access)}",
+                }
+            )
             with self._lock:
                 self.issued_access.append(access)
             return self._send(handler, 200, json.dumps({"access": access}).encode())
@@ -128,8 +142,13 @@ class FakeLabelStudio:
         self._send(handler, route.status, route.body, route.headers, route.declare_length)
 
     @staticmethod
-    def _send(handler: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict | None = None,
-              declare_length: bool = True) -> None:
+    def _send(
+        handler: BaseHTTPRequestHandler,
+        status: int,
+        body: bytes,
+        headers: dict | None = None,
+        declare_length: bool = True,
+    ) -> None:
         handler.send_response(status)
         for key, value in (headers or {}).items():
             handler.send_header(key, value)
@@ -141,13 +160,26 @@ class FakeLabelStudio:
         handler.wfile.write(body)
 
 
-def keypoint(x: float, y: float, width: int, height: int, label: str = "Object", positive: bool | None = True,
-             to_name: str = "image", from_name: str = "point") -> dict:
+def keypoint(
+    x: float,
+    y: float,
+    width: int,
+    height: int,
+    label: str = "Object",
+    positive: bool | None = True,
+    to_name: str = "image",
+    from_name: str = "point",
+) -> dict:
     """A smart keypoint region as Label Studio 1.23 sends it (x, y in percent)."""
     region = {
-        "original_width": width, "original_height": height, "image_rotation": 0,
+        "original_width": width,
+        "original_height": height,
+        "image_rotation": 0,
         "value": {"x": x, "y": y, "width": 0.5, "keypointlabels": [label], "labels": [label]},
-        "id": f"kp{x}{y}", "from_name": from_name, "to_name": to_name, "type": "keypointlabels",
+        "id": f"kp{x}{y}",
+        "from_name": from_name,
+        "to_name": to_name,
+        "type": "keypointlabels",
         "origin": "manual",
     }
     if positive is not None:
@@ -155,13 +187,28 @@ def keypoint(x: float, y: float, width: int, height: int, label: str = "Object",
     return region
 
 
-def rectangle(x: float, y: float, w: float, h: float, width: int, height: int, label: str = "Object",
-              rotation: float = 0, to_name: str = "image", from_name: str = "box") -> dict:
+def rectangle(
+    x: float,
+    y: float,
+    w: float,
+    h: float,
+    width: int,
+    height: int,
+    label: str = "Object",
+    rotation: float = 0,
+    to_name: str = "image",
+    from_name: str = "box",
+) -> dict:
     """A smart rectangle region as Label Studio 1.23 sends it (percent, x/y = top-left corner)."""
     return {
-        "original_width": width, "original_height": height, "image_rotation": 0,
+        "original_width": width,
+        "original_height": height,
+        "image_rotation": 0,
         "value": {"x": x, "y": y, "width": w, "height": h, "rotation": rotation, "rectanglelabels": [label]},
-        "id": f"rect{x}{y}", "from_name": from_name, "to_name": to_name, "type": "rectanglelabels",
+        "id": f"rect{x}{y}",
+        "from_name": from_name,
+        "to_name": to_name,
+        "type": "rectanglelabels",
         "origin": "manual",
     }
 
@@ -178,6 +225,7 @@ def closed_port() -> int:
 def make_tiny_checkpoint(path) -> str:
     """Write a random-weight ``litesam_tiny`` checkpoint to ``path`` (seeded) and return its path."""
     import torch
+
     from litesam.build import build_model, save_checkpoint
 
     torch.manual_seed(0)

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import redis
 from label_studio_ml.model import LabelStudioMLBase
-from litesam.predictor import LiteSamPredictor
 
 from backend.app import create_app
 from backend.logs import RedactingFilter, configure_logging
@@ -22,6 +21,7 @@ from backend.model import LiteSamBackend
 from backend.services import build_services
 from backend.settings import Secret, Settings
 from backend.store import embedding_key
+from litesam.predictor import LiteSamPredictor
 from tests.backend_support import (
     LEGACY_TOKEN,
     REDIS_TEST_DB,
@@ -69,8 +69,11 @@ def ls():
 
 def make_settings(ls, checkpoint, **overrides):
     values = dict(
-        label_studio_url=ls.url, label_studio_api_key=Secret(LEGACY_TOKEN), redis_url=Secret(REDIS_URL),
-        checkpoint=checkpoint, variant="litesam_tiny",
+        label_studio_url=ls.url,
+        label_studio_api_key=Secret(LEGACY_TOKEN),
+        redis_url=Secret(REDIS_URL),
+        checkpoint=checkpoint,
+        variant="litesam_tiny",
     )
     values.update(overrides)
     return Settings(**values)
@@ -94,7 +97,9 @@ class Backend:
 
     def predict(self, uri, regions, task_id=1, label_config=CONFIG, **kwargs):
         body = {
-            "tasks": [{"id": task_id, "data": {"image": uri}, "annotations": [], "predictions": [], "drafts": []}],
+            "tasks": [
+                {"id": task_id, "data": {"image": uri}, "annotations": [], "predictions": [], "drafts": []}
+            ],
             "project": "1.1764000000",
             "label_config": label_config,
             "params": {"login": None, "password": None, "context": {"result": regions} if regions else None},
@@ -128,25 +133,41 @@ def test_health_and_setup_answer_without_loading_the_model(backend, checkpoint):
     version = f"litesam_tiny-{hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:12]}"
     health = backend.client.get("/health")
     assert health.status_code == 200
-    assert health.get_json() == {"status": "UP", "model_class": "LiteSamBackend", "model_loaded": False,
-                                 "model_version": version, "redis": "ok"}
+    assert health.get_json() == {
+        "status": "UP",
+        "model_class": "LiteSamBackend",
+        "model_loaded": False,
+        "model_version": version,
+        "redis": "ok",
+    }
     assert backend.client.get("/").get_json()["status"] == "UP"
-    setup = backend.client.post("/setup", json={
-        "project": "3.1764000000", "schema": CONFIG, "hostname": "http://localhost:8080",
-        "access_token": "legacy-from-ls", "extra_params": {},
-    })
+    setup = backend.client.post(
+        "/setup",
+        json={
+            "project": "3.1764000000",
+            "schema": CONFIG,
+            "hostname": "http://localhost:8080",
+            "access_token": "legacy-from-ls",
+            "extra_params": {},
+        },
+    )
     assert setup.status_code == 200 and setup.get_json() == {"model_version": version}
     assert not backend.services.model.loaded
 
 
 def test_setup_refuses_a_config_without_brush_labels(backend):
-    response = backend.client.post("/setup", json={"project": "3.1", "schema": '<View><Image name="i" value="$i"/></View>'})
+    response = backend.client.post(
+        "/setup", json={"project": "3.1", "schema": '<View><Image name="i" value="$i"/></View>'}
+    )
     assert_error(response, 400, "no <BrushLabels>")
 
 
 def test_versions_get_and_post(backend):
     version = backend.services.model.model_version
-    for response in (backend.client.get("/versions"), backend.client.post("/versions", json={"project": "1.2"})):
+    for response in (
+        backend.client.get("/versions"),
+        backend.client.post("/versions", json={"project": "1.2"}),
+    ):
         assert response.status_code == 200
         assert response.get_json() == {"versions": [version], "model_version": version}
 
@@ -194,36 +215,54 @@ def test_the_mask_is_the_predictors_best_mask(backend):
     stored = backend.services.store.get(version, hashlib.sha256(ODD_PNG).hexdigest())
     predictor = LiteSamPredictor(backend.services.model.model())
     predictor.set_embedding(stored)
-    masks, scores, _ = predictor.predict(np.array([[0.25 * 333, 0.75 * 517]]), np.array([1]), multimask_output=True)
+    masks, scores, _ = predictor.predict(
+        np.array([[0.25 * 333, 0.75 * 517]]), np.array([1]), multimask_output=True
+    )
     best = int(np.argmax(scores))
     np.testing.assert_array_equal(decode_brush(region) == 255, masks[best])
     assert region["score"] == pytest.approx(float(scores[best]), abs=1e-6)
 
 
 def test_positive_and_negative_keypoints(backend):
-    regions = regions_of(backend.predict("/data/upload/1/odd.png", [
-        keypoint(30, 30, 333, 517, label="Person"),
-        keypoint(60, 60, 333, 517, label="Person", positive=False),
-        keypoint(50, 40, 333, 517, label="Person", positive=None),
-    ]))
+    regions = regions_of(
+        backend.predict(
+            "/data/upload/1/odd.png",
+            [
+                keypoint(30, 30, 333, 517, label="Person"),
+                keypoint(60, 60, 333, 517, label="Person", positive=False),
+                keypoint(50, 40, 333, 517, label="Person", positive=None),
+            ],
+        )
+    )
     assert len(regions) == 1 and regions[0]["value"]["brushlabels"] == ["Person"]
     assert decode_brush(regions[0]).shape == (517, 333)
 
 
 def test_several_rectangles_give_one_region_each(backend):
-    regions = regions_of(backend.predict("/data/upload/1/odd.png", [
-        rectangle(10, 10, 30, 20, 333, 517, label="Vehicle"),
-        rectangle(50, 50, 40, 40, 333, 517, label="Vehicle", rotation=30),
-    ]))
+    regions = regions_of(
+        backend.predict(
+            "/data/upload/1/odd.png",
+            [
+                rectangle(10, 10, 30, 20, 333, 517, label="Vehicle"),
+                rectangle(50, 50, 40, 40, 333, 517, label="Vehicle", rotation=30),
+            ],
+        )
+    )
     assert len(regions) == 2 and len({r["id"] for r in regions}) == 2
     for region in regions:
         assert region["value"]["brushlabels"] == ["Vehicle"] and decode_brush(region).shape == (517, 333)
 
 
 def test_box_and_points_together(backend):
-    regions = regions_of(backend.predict("/data/upload/1/odd.png", [
-        rectangle(10, 10, 60, 60, 333, 517), keypoint(30, 30, 333, 517, positive=False),
-    ]))
+    regions = regions_of(
+        backend.predict(
+            "/data/upload/1/odd.png",
+            [
+                rectangle(10, 10, 60, 60, 333, 517),
+                keypoint(30, 30, 333, 517, positive=False),
+            ],
+        )
+    )
     assert len(regions) == 1
 
 
@@ -251,7 +290,9 @@ def downloads(ls, path):
 
 def test_second_click_on_the_same_image_uses_the_cached_embedding(backend, r, ls, checkpoint):
     backend.predict("/data/upload/1/odd.png", [keypoint(40, 60, 333, 517)])
-    backend.predict("/data/upload/1/odd.png", [keypoint(40, 60, 333, 517), keypoint(10, 10, 333, 517, positive=False)])
+    backend.predict(
+        "/data/upload/1/odd.png", [keypoint(40, 60, 333, 517), keypoint(10, 10, 333, 517, positive=False)]
+    )
     assert backend.encodings == 1
     assert downloads(ls, "/data/upload/1/odd.png") == 1  # uploads never change: no second download
     key = embedding_key(backend.services.model.model_version, hashlib.sha256(ODD_PNG).hexdigest())
@@ -284,8 +325,11 @@ def test_concurrent_clicks_on_a_new_image_encode_it_once(backend):
     def click(i):
         client = backend.app.test_client()
         barrier.wait()
-        body = {"tasks": [{"id": 1, "data": {"image": "/data/upload/1/odd.png"}}], "label_config": CONFIG,
-                "params": {"context": {"result": [keypoint(10 + 20 * i, 50, 333, 517)]}}}
+        body = {
+            "tasks": [{"id": 1, "data": {"image": "/data/upload/1/odd.png"}}],
+            "label_config": CONFIG,
+            "params": {"context": {"result": [keypoint(10 + 20 * i, 50, 333, 517)]}},
+        }
         responses.append(client.post("/predict", json=body))
 
     threads = [threading.Thread(target=click, args=(i,)) for i in range(4)]
@@ -313,13 +357,20 @@ def test_batch_calls_go_to_the_batch_handler_when_one_is_given(ls, checkpoint, r
     settings = make_settings(ls, checkpoint)
     app = create_app(settings, services=build_services(settings), batch_predict=batch_predict)
     client = app.test_client()
-    body = {"tasks": [{"id": 5, "data": {}}, {"id": 6, "data": {}}], "project": "1.1764000000",
-            "label_config": CONFIG, "params": {"context": None}}
+    body = {
+        "tasks": [{"id": 5, "data": {}}, {"id": 6, "data": {}}],
+        "project": "1.1764000000",
+        "label_config": CONFIG,
+        "params": {"context": None},
+    }
     answer = client.post("/predict", json=body).get_json()
     assert len(answer["results"]) == 2 and calls == [("1.1764000000", [5, 6], True)]
     assert client.post("/predict", json={**body, "project": "2.1"}).get_json() == {"results": []}
-    interactive = {**body, "tasks": [{"id": 5, "data": {"image": "/data/upload/1/odd.png"}}],
-                   "params": {"context": {"result": [keypoint(40, 60, 333, 517)]}}}
+    interactive = {
+        **body,
+        "tasks": [{"id": 5, "data": {"image": "/data/upload/1/odd.png"}}],
+        "params": {"context": {"result": [keypoint(40, 60, 333, 517)]}},
+    }
     assert client.post("/predict", json=interactive).status_code == 200 and len(calls) == 2
 
 
@@ -337,18 +388,31 @@ def test_redis_unavailable_still_answers_and_health_says_so(ls, checkpoint, capl
 
 
 def test_malformed_json_and_envelopes(backend):
-    assert_error(backend.client.post("/predict", data="{not json", content_type="application/json"), 400,
-                 "not valid JSON")
-    assert_error(backend.client.post("/predict", data="[1, 2]", content_type="application/json"), 400,
-                 "must be a JSON object")
+    assert_error(
+        backend.client.post("/predict", data="{not json", content_type="application/json"),
+        400,
+        "not valid JSON",
+    )
+    assert_error(
+        backend.client.post("/predict", data="[1, 2]", content_type="application/json"),
+        400,
+        "must be a JSON object",
+    )
     assert_error(backend.client.post("/predict", json={"label_config": CONFIG}), 400, "'tasks'")
     assert_error(backend.client.post("/predict", json={"tasks": [], "params": "x"}), 400, "'params'")
-    assert_error(backend.client.post("/setup", data=b"\xff\xfe", content_type="application/json"), 400, "JSON")
+    assert_error(
+        backend.client.post("/setup", data=b"\xff\xfe", content_type="application/json"), 400, "JSON"
+    )
 
 
 def test_nan_coordinates_are_400(backend):
-    body = json.dumps({"tasks": [{"id": 1, "data": {"image": "/data/upload/1/odd.png"}}], "label_config": CONFIG,
-                       "params": {"context": {"result": [keypoint(40, 60, 333, 517)]}}})
+    body = json.dumps(
+        {
+            "tasks": [{"id": 1, "data": {"image": "/data/upload/1/odd.png"}}],
+            "label_config": CONFIG,
+            "params": {"context": {"result": [keypoint(40, 60, 333, 517)]}},
+        }
+    )
     body = body.replace('"x": 40', '"x": NaN')
     response = backend.client.post("/predict", data=body, content_type="application/json")
     assert_error(response, 400, "value.x must be a finite number")
@@ -357,11 +421,20 @@ def test_nan_coordinates_are_400(backend):
 @pytest.mark.parametrize(
     ("uri", "regions", "status", "fragment"),
     [
-        ("/data/upload/1/odd.png", [keypoint(40, 60, 333, 517, label="Banana")], 400,
-         "label 'Banana' is not a label of <BrushLabels name='mask'>; available labels: 'Object', 'Person', 'Vehicle'"),
+        (
+            "/data/upload/1/odd.png",
+            [keypoint(40, 60, 333, 517, label="Banana")],
+            400,
+            "label 'Banana' is not a label of <BrushLabels name='mask'>; available labels: 'Object', 'Person', 'Vehicle'",
+        ),
         ("/data/upload/1/odd.png", [keypoint(140, 60, 333, 517)], 400, "outside the image"),
         ("/data/upload/1/odd.png", [rectangle(10, 10, -5, 10, 333, 517)], 400, "positive width and height"),
-        ("/data/upload/1/odd.png", [{**keypoint(40, 60, 333, 517), "original_width": None}], 400, "original_width"),
+        (
+            "/data/upload/1/odd.png",
+            [{**keypoint(40, 60, 333, 517), "original_width": None}],
+            400,
+            "original_width",
+        ),
         ("/data/upload/1/corrupt.png", [keypoint(40, 60, 333, 517)], 400, "corrupt or truncated"),
         ("/data/upload/1/tiny.png", [keypoint(40, 60, 4, 4)], 400, "both sides must be at least"),
         ("/data/upload/1/missing.png", [keypoint(40, 60, 333, 517)], 502, "answered 404"),
@@ -377,9 +450,14 @@ def test_bad_label_configs_and_tasks(backend):
     click = [keypoint(40, 60, 333, 517)]
     assert_error(backend.predict("/data/upload/1/odd.png", click, label_config=None), 400, "label_config")
     no_brush = '<View><Image name="image" value="$image"/></View>'
-    assert_error(backend.predict("/data/upload/1/odd.png", click, label_config=no_brush), 400, "no <BrushLabels>")
-    body = {"tasks": [{"id": 1, "data": {"picture": "/x.png"}}], "label_config": CONFIG,
-            "params": {"context": {"result": click}}}
+    assert_error(
+        backend.predict("/data/upload/1/odd.png", click, label_config=no_brush), 400, "no <BrushLabels>"
+    )
+    body = {
+        "tasks": [{"id": 1, "data": {"picture": "/x.png"}}],
+        "label_config": CONFIG,
+        "params": {"context": {"result": click}},
+    }
     assert_error(backend.client.post("/predict", json=body), 400, "no data field 'image'")
     body["tasks"] = [{"id": 1, "data": {"image": "/a"}}, {"id": 2, "data": {"image": "/b"}}]
     assert_error(backend.client.post("/predict", json=body), 400, "exactly one task")
@@ -392,11 +470,17 @@ def test_huge_images_are_413(ls, checkpoint, r):
     Image.new("RGB", (3000, 2000)).save(big, "PNG")
     ls.add("/data/upload/1/big.png", big.getvalue())
     pixels_limited = Backend(make_settings(ls, checkpoint, max_image_pixels=1_000_000))
-    assert_error(pixels_limited.predict("/data/upload/1/big.png", [keypoint(50, 50, 3000, 2000)]), 413,
-                 "LITESAM_MAX_IMAGE_PIXELS")
+    assert_error(
+        pixels_limited.predict("/data/upload/1/big.png", [keypoint(50, 50, 3000, 2000)]),
+        413,
+        "LITESAM_MAX_IMAGE_PIXELS",
+    )
     bytes_limited = Backend(make_settings(ls, checkpoint, max_image_bytes=10_000))
-    assert_error(bytes_limited.predict("/data/upload/1/odd.png", [keypoint(50, 50, 333, 517)]), 413,
-                 "LITESAM_MAX_IMAGE_BYTES")
+    assert_error(
+        bytes_limited.predict("/data/upload/1/odd.png", [keypoint(50, 50, 333, 517)]),
+        413,
+        "LITESAM_MAX_IMAGE_BYTES",
+    )
 
 
 def test_unexpected_errors_are_500_without_details(backend, caplog):
@@ -413,10 +497,17 @@ def test_unexpected_errors_are_500_without_details(backend, caplog):
 
 def test_missing_checkpoint_is_a_clear_500_and_health_still_answers(ls, r):
     backend = Backend(make_settings(ls, None))
-    assert_error(backend.predict("/data/upload/1/odd.png", [keypoint(40, 60, 333, 517)]), 500,
-                 "LITESAM_CHECKPOINT is not set")
+    assert_error(
+        backend.predict("/data/upload/1/odd.png", [keypoint(40, 60, 333, 517)]),
+        500,
+        "LITESAM_CHECKPOINT is not set",
+    )
     health = backend.client.get("/health").get_json()
-    assert health["status"] == "UP" and health["model_version"] is None and "LITESAM_CHECKPOINT" in health["model_error"]
+    assert (
+        health["status"] == "UP"
+        and health["model_version"] is None
+        and "LITESAM_CHECKPOINT" in health["model_error"]
+    )
 
 
 # -- basic auth and secrets --------------------------------------------------------------------------------
@@ -424,8 +515,14 @@ def test_missing_checkpoint_is_a_clear_500_and_health_still_answers(ls, r):
 
 def test_basic_auth_on_every_route(ls, checkpoint, r):
     backend = Backend(make_settings(ls, checkpoint, basic_auth_user="ls", basic_auth_pass=Secret(BASIC_PASS)))
-    for method, path in (("get", "/health"), ("get", "/"), ("post", "/setup"), ("post", "/predict"),
-                         ("get", "/versions"), ("post", "/versions")):
+    for method, path in (
+        ("get", "/health"),
+        ("get", "/"),
+        ("post", "/setup"),
+        ("post", "/predict"),
+        ("get", "/versions"),
+        ("post", "/versions"),
+    ):
         response = getattr(backend.client, method)(path, json={})
         assert_error(response, 401, "basic auth")
         assert response.headers["WWW-Authenticate"].startswith("Basic")
@@ -435,29 +532,45 @@ def test_basic_auth_on_every_route(ls, checkpoint, r):
     assert wrong.status_code == 401
     ok_headers = {"Authorization": _basic("ls", BASIC_PASS)}
     assert backend.client.get("/health", headers=ok_headers).status_code == 200
-    assert regions_of(backend.predict("/data/upload/1/odd.png", [keypoint(40, 60, 333, 517)], headers=ok_headers))
+    assert regions_of(
+        backend.predict("/data/upload/1/odd.png", [keypoint(40, 60, 333, 517)], headers=ok_headers)
+    )
 
 
 def test_secrets_never_reach_responses_or_logs(ls, checkpoint, r, caplog):
     api_key = "legacy-key-that-is-secret"  # wrong for the fake Label Studio: image downloads get 401
-    settings = make_settings(ls, checkpoint, label_studio_api_key=Secret(api_key), basic_auth_user="ls",
-                             basic_auth_pass=Secret(BASIC_PASS))
+    settings = make_settings(
+        ls,
+        checkpoint,
+        label_studio_api_key=Secret(api_key),
+        basic_auth_user="ls",
+        basic_auth_pass=Secret(BASIC_PASS),
+    )
     backend = Backend(settings)
     auth = {"Authorization": _basic("ls", BASIC_PASS)}
     bodies = []
     with caplog.at_level(logging.DEBUG):
         bodies.append(backend.client.get("/health", headers=auth).get_data(as_text=True))
-        bodies.append(backend.client.post("/setup", json={"schema": CONFIG}, headers=auth).get_data(as_text=True))
-        bodies.append(backend.predict("/data/upload/1/odd.png", [keypoint(4, 6, 333, 517)], headers=auth)
-                      .get_data(as_text=True))
-        bodies.append(backend.client.get("/health", headers={"Authorization": _basic("ls", "x")}).get_data(as_text=True))
+        bodies.append(
+            backend.client.post("/setup", json={"schema": CONFIG}, headers=auth).get_data(as_text=True)
+        )
+        bodies.append(
+            backend.predict("/data/upload/1/odd.png", [keypoint(4, 6, 333, 517)], headers=auth).get_data(
+                as_text=True
+            )
+        )
+        bodies.append(
+            backend.client.get("/health", headers={"Authorization": _basic("ls", "x")}).get_data(as_text=True)
+        )
     assert "answered 401" in bodies[2]
     for text in bodies + [caplog.text, repr(settings), repr(backend.services)]:
         assert api_key not in text and BASIC_PASS not in text
 
 
 def test_log_redaction_filter_masks_secrets_from_libraries(capsys):
-    settings = Settings(label_studio_api_key=Secret("tok-123456"), basic_auth_user="u", basic_auth_pass=Secret("pw-987"))
+    settings = Settings(
+        label_studio_api_key=Secret("tok-123456"), basic_auth_user="u", basic_auth_pass=Secret("pw-987")
+    )
     configure_logging(settings)
     try:
         logging.getLogger("some.library").warning("header was Token %s and pw-987", "tok-123456")

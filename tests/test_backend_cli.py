@@ -10,8 +10,15 @@ from tests.backend_support import make_tiny_checkpoint
 
 @pytest.fixture
 def env(monkeypatch):
-    for name in ("LITESAM_CHECKPOINT", "LITESAM_CHECKPOINT_SHA256", "LITESAM_BIND", "LITESAM_WORKERS",
-                 "LITESAM_THREADS", "LITESAM_VARIANT", "LOG_LEVEL"):
+    for name in (
+        "LITESAM_CHECKPOINT",
+        "LITESAM_CHECKPOINT_SHA256",
+        "LITESAM_BIND",
+        "LITESAM_WORKERS",
+        "LITESAM_THREADS",
+        "LITESAM_VARIANT",
+        "LOG_LEVEL",
+    ):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -31,11 +38,17 @@ def test_serve_execs_gunicorn_with_env_defaults_and_flags(env, tmp_path):
     calls = []
     env.setattr(cli.os, "execv", lambda path, argv: calls.append((path, argv)))
     assert cli.main(["serve", "--threads", "5", "--pid", str(tmp_path / "g.pid")]) == 0
-    (path, argv), = calls
+    ((path, argv),) = calls
     assert path == sys.executable and argv[1:3] == ["-m", "gunicorn"]
     joined = " ".join(argv)
-    for part in ("--bind 127.0.0.1:9191", "--workers 3", "--threads 5", "--worker-class gthread",
-                 f"--pid {tmp_path / 'g.pid'}", "--log-level info"):
+    for part in (
+        "--bind 127.0.0.1:9191",
+        "--workers 3",
+        "--threads 5",
+        "--worker-class gthread",
+        f"--pid {tmp_path / 'g.pid'}",
+        "--log-level info",
+    ):
         assert part in joined
     assert argv[-1] == "backend._wsgi:app"
 

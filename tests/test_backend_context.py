@@ -39,15 +39,19 @@ def test_one_smart_keypoint_percent_to_pixels():
 
 
 def test_cumulative_positive_and_negative_keypoints_of_one_label():
-    ps = parse_context(ctx(
-        keypoint(10, 10, W, H),
-        keypoint(20, 20, W, H, positive=False),
-        keypoint(30, 30, W, H, positive=None),  # non-smart keypoint: no is_positive → positive
-        keypoint(40, 40, W, H, positive=True),
-    ))
+    ps = parse_context(
+        ctx(
+            keypoint(10, 10, W, H),
+            keypoint(20, 20, W, H, positive=False),
+            keypoint(30, 30, W, H, positive=None),  # non-smart keypoint: no is_positive → positive
+            keypoint(40, 40, W, H, positive=True),
+        )
+    )
     assert len(ps.prompts) == 1
     assert ps.prompts[0].point_labels.tolist() == [1, 0, 1, 1]
-    np.testing.assert_allclose(ps.prompts[0].point_coords[:, 0], np.array([10, 20, 30, 40]) / 100 * W, rtol=1e-6)
+    np.testing.assert_allclose(
+        ps.prompts[0].point_coords[:, 0], np.array([10, 20, 30, 40]) / 100 * W, rtol=1e-6
+    )
 
 
 def test_is_positive_null_and_integers():
@@ -65,12 +69,14 @@ def test_label_from_value_labels_when_the_type_key_is_absent():
 
 
 def test_only_regions_of_the_last_label_and_image_are_used():
-    ps = parse_context(ctx(
-        keypoint(10, 10, W, H, label="Person"),
-        keypoint(15, 15, W, H, label="Object", to_name="other"),
-        keypoint(20, 20, W, H, label="Object"),
-        keypoint(30, 30, W, H, label="Object", positive=False),
-    ))
+    ps = parse_context(
+        ctx(
+            keypoint(10, 10, W, H, label="Person"),
+            keypoint(15, 15, W, H, label="Object", to_name="other"),
+            keypoint(20, 20, W, H, label="Object"),
+            keypoint(30, 30, W, H, label="Object", positive=False),
+        )
+    )
     assert ps.label == "Object"
     np.testing.assert_allclose(ps.prompts[0].point_coords[:, 0], [0.2 * W, 0.3 * W], rtol=1e-6)
 
@@ -84,8 +90,9 @@ def test_one_rectangle_is_one_box():
 
 
 def test_several_rectangles_give_one_prompt_each():
-    ps = parse_context(ctx(rectangle(0, 0, 10, 10, W, H), rectangle(50, 50, 10, 10, W, H),
-                           rectangle(80, 5, 15, 20, W, H)))
+    ps = parse_context(
+        ctx(rectangle(0, 0, 10, 10, W, H), rectangle(50, 50, 10, 10, W, H), rectangle(80, 5, 15, 20, W, H))
+    )
     assert len(ps.prompts) == 3
     np.testing.assert_allclose(ps.prompts[1].box, [0.5 * W, 0.5 * H, 0.6 * W, 0.6 * H], rtol=1e-6)
 
@@ -106,7 +113,9 @@ def test_rotated_rectangle_becomes_its_bounding_box():
     # 45°: corners (20,40), (48.28,68.28), (34.14,82.43), (5.86,54.14)
     ps = parse_context(ctx(rectangle(20, 20, 40, 10, 100, 200, rotation=45)))
     s = math.sqrt(0.5)
-    np.testing.assert_allclose(ps.prompts[0].box, [20 - 20 * s, 40, 20 + 40 * s, 40 + 40 * s + 20 * s], atol=1e-3)
+    np.testing.assert_allclose(
+        ps.prompts[0].box, [20 - 20 * s, 40, 20 + 40 * s, 40 + 40 * s + 20 * s], atol=1e-3
+    )
 
 
 def test_slightly_outside_coordinates_are_clipped():
@@ -190,8 +199,11 @@ def test_regions_that_disagree_on_the_image_size():
 def test_label_must_be_a_brush_label_and_the_error_lists_them():
     brush, label = resolve_label(parse_context(ctx(keypoint(10, 10, W, H, label="Person"))), CONFIG)
     assert (brush.from_name, label) == ("mask", "Person")
-    with pytest.raises(BadRequestError, match=r"label 'Banana' is not a label of <BrushLabels name='mask'>; "
-                                              r"available labels: 'Object', 'Person'"):
+    with pytest.raises(
+        BadRequestError,
+        match=r"label 'Banana' is not a label of <BrushLabels name='mask'>; "
+        r"available labels: 'Object', 'Person'",
+    ):
         resolve_label(parse_context(ctx(keypoint(10, 10, W, H, label="Banana"))), CONFIG)
 
 

@@ -57,19 +57,38 @@ def test_two_workers_two_threads_answer_concurrent_first_clicks(tmp_path, fake_l
     pidfile = tmp_path / "gunicorn.pid"
     env = base_env(
         tmp_path,
-        LITESAM_CHECKPOINT=checkpoint, LITESAM_VARIANT="litesam_tiny", REDIS_URL=REDIS_URL,
-        LABEL_STUDIO_URL=fake_ls.url, LABEL_STUDIO_API_KEY=LEGACY_TOKEN, LOG_LEVEL="INFO",
-        OMP_NUM_THREADS="1", LITESAM_TORCH_THREADS="1",
+        LITESAM_CHECKPOINT=checkpoint,
+        LITESAM_VARIANT="litesam_tiny",
+        REDIS_URL=REDIS_URL,
+        LABEL_STUDIO_URL=fake_ls.url,
+        LABEL_STUDIO_API_KEY=LEGACY_TOKEN,
+        LOG_LEVEL="INFO",
+        OMP_NUM_THREADS="1",
+        LITESAM_TORCH_THREADS="1",
     )
-    argv = [sys.executable, "-m", "backend.cli", "serve", "--bind", f"127.0.0.1:{port}",
-            "--workers", "2", "--threads", "2", "--pid", str(pidfile)]
+    argv = [
+        sys.executable,
+        "-m",
+        "backend.cli",
+        "serve",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        "2",
+        "--threads",
+        "2",
+        "--pid",
+        str(pidfile),
+    ]
     url = f"http://127.0.0.1:{port}"
-    with ManagedProcess("litesam-backend", argv, env=env, cwd=REPO, log_path=tmp_path / "backend.log",
-                        pidfile=pidfile) as backend:
+    with ManagedProcess(
+        "litesam-backend", argv, env=env, cwd=REPO, log_path=tmp_path / "backend.log", pidfile=pidfile
+    ) as backend:
         backend.wait_http(f"{url}/health", timeout=60)
         body = {
             "tasks": [{"id": 1, "data": {"image": "/data/upload/1/odd.png"}}],
-            "project": "1.1764000000", "label_config": CONFIG,
+            "project": "1.1764000000",
+            "label_config": CONFIG,
             "params": {"context": {"result": [keypoint(40, 60, 333, 517)]}},
         }
 

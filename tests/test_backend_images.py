@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.errors import BadRequestError, ConfigurationError, ForbiddenURLError, PayloadTooLargeError, UpstreamError
+from backend.errors import (
+    BadRequestError,
+    ConfigurationError,
+    ForbiddenURLError,
+    PayloadTooLargeError,
+    UpstreamError,
+)
 from backend.images import HostPolicy, ImageFetcher, decode_image
 from backend.ls_auth import LabelStudioAuth, jwt_payload
 from backend.settings import Secret, Settings
@@ -34,7 +40,9 @@ def ls():
 
 
 def make_fetcher(ls_url, key=LEGACY_TOKEN, **overrides):
-    settings = Settings(label_studio_url=ls_url, label_studio_api_key=Secret(key) if key else None, **overrides)
+    settings = Settings(
+        label_studio_url=ls_url, label_studio_api_key=Secret(key) if key else None, **overrides
+    )
     return ImageFetcher(settings, LabelStudioAuth(settings.label_studio_url, settings.label_studio_api_key))
 
 
@@ -195,8 +203,23 @@ def test_the_key_is_not_sent_to_a_redirect_target_on_another_host(ls, monkeypatc
     assert ls.requests[-1] == ("GET", "/a.png", None)
 
 
-@pytest.mark.parametrize("ip", ["10.1.2.3", "172.17.0.2", "192.168.1.1", "127.0.0.1", "169.254.169.254",
-                                "100.64.0.1", "0.0.0.0", "::1", "fe80::1", "fd00::1", "::ffff:127.0.0.1", "224.0.0.1"])
+@pytest.mark.parametrize(
+    "ip",
+    [
+        "10.1.2.3",
+        "172.17.0.2",
+        "192.168.1.1",
+        "127.0.0.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "0.0.0.0",
+        "::1",
+        "fe80::1",
+        "fd00::1",
+        "::ffff:127.0.0.1",
+        "224.0.0.1",
+    ],
+)
 def test_non_public_addresses_are_refused(ip):
     policy = HostPolicy("http://label-studio:8080", ("*",))
     with pytest.raises(ForbiddenURLError):
@@ -211,13 +234,18 @@ def test_public_addresses_and_host_patterns():
     policy.check_address("cdn.example.org", 443, "93.184.216.34")
     policy.check_address("cdn.example.org", 443, "2606:2800:220:1::1")
     assert policy.is_allowed_host("cdn.example.org") and policy.is_allowed_host("a.img.example.com")
-    assert not policy.is_allowed_host("evil.example.org") and not policy.is_allowed_host("img.example.com.evil")
+    assert not policy.is_allowed_host("evil.example.org") and not policy.is_allowed_host(
+        "img.example.com.evil"
+    )
     assert policy.is_label_studio("http://label-studio:8080/data/upload/1/a.png")
-    assert not policy.is_label_studio("http://label-studio:9090/x") and not policy.is_label_studio("https://label-studio:8080/x")
+    assert not policy.is_label_studio("http://label-studio:9090/x") and not policy.is_label_studio(
+        "https://label-studio:8080/x"
+    )
 
 
-@pytest.mark.parametrize("uri", ["ftp://host/a.png", "file:///etc/passwd", "data:image/png;base64,AAAA", "img.png",
-                                 "", 5, None])
+@pytest.mark.parametrize(
+    "uri", ["ftp://host/a.png", "file:///etc/passwd", "data:image/png;base64,AAAA", "img.png", "", 5, None]
+)
 def test_unsupported_uris_are_400(ls, uri):
     with pytest.raises(BadRequestError):
         make_fetcher(ls.url).fetch(uri)
@@ -296,7 +324,9 @@ def test_pixel_limit_is_checked_before_decoding():
         decode_image(buffer.getvalue(), 1_000_000)
 
 
-@pytest.mark.parametrize("data", [b"", b"not an image at all", b"\x89PNG\r\n\x1a\n" + b"\0" * 40, PNG[: len(PNG) // 2]])
+@pytest.mark.parametrize(
+    "data", [b"", b"not an image at all", b"\x89PNG\r\n\x1a\n" + b"\0" * 40, PNG[: len(PNG) // 2]]
+)
 def test_corrupt_images_are_400(data):
     with pytest.raises(BadRequestError):
         decode_image(data, 10**8)

@@ -56,11 +56,17 @@ def test_two_images_pick_the_brush_of_the_prompted_image():
 @pytest.mark.parametrize(
     ("xml", "message"),
     [
-        ('<View><Image name="image" value="$image"/>'
-         '<RectangleLabels name="r" toName="image"><Label value="A"/></RectangleLabels></View>', "no <BrushLabels>"),
+        (
+            '<View><Image name="image" value="$image"/>'
+            '<RectangleLabels name="r" toName="image"><Label value="A"/></RectangleLabels></View>',
+            "no <BrushLabels>",
+        ),
         ('<View><BrushLabels name="b" toName="image"><Label value="A"/></BrushLabels></View>', "no <Image"),
-        ('<View><Image name="image" value="$image"/>'
-         '<BrushLabels name="b" toName="other"><Label value="A"/></BrushLabels></View>', "no <BrushLabels>"),
+        (
+            '<View><Image name="image" value="$image"/>'
+            '<BrushLabels name="b" toName="other"><Label value="A"/></BrushLabels></View>',
+            "no <BrushLabels>",
+        ),
         ("<View><Image name='image' value='$image'>", "not well-formed"),
         ('<!DOCTYPE x [<!ENTITY a "aaaa">]><View/>', "DOCTYPE"),
         ("", "non-empty XML"),

@@ -51,7 +51,11 @@ def test_url_checkpoint_is_downloaded_once_and_verified(checkpoint, sha, server,
     server.add("/weights/tiny.pt?sig=abc", Path(checkpoint).read_bytes(), auth=False)
     url = f"{server.url}/weights/tiny.pt?sig=abc"
     first = resolve_checkpoint(url, sha, tmp_path)
-    assert first.sha256 == sha and first.path.parent == tmp_path / "checkpoints" and first.path.name.endswith("tiny.pt")
+    assert (
+        first.sha256 == sha
+        and first.path.parent == tmp_path / "checkpoints"
+        and first.path.name.endswith("tiny.pt")
+    )
     second = resolve_checkpoint(url, sha, tmp_path)
     assert second == first
     assert len([r for r in server.requests if r[1].startswith("/weights/")]) == 1
@@ -68,7 +72,9 @@ def test_url_checkpoint_with_the_wrong_sha_is_not_kept(checkpoint, server, tmp_p
 
 
 def test_model_version_from_the_configured_sha_needs_no_file():
-    service = ModelService(Settings(checkpoint="/nowhere.pt", checkpoint_sha256="ab" * 32, variant="litesam_r1024"))
+    service = ModelService(
+        Settings(checkpoint="/nowhere.pt", checkpoint_sha256="ab" * 32, variant="litesam_r1024")
+    )
     assert service.model_version == "litesam_r1024-abababababab"
     assert not service.loaded
 

@@ -65,8 +65,14 @@ def test_every_variable_is_read():
 
 
 def test_secrets_do_not_show_in_repr_or_str():
-    s = Settings.from_env({"LABEL_STUDIO_API_KEY": "topsecret-key", "BASIC_AUTH_USER": "u",
-                           "BASIC_AUTH_PASS": "topsecret-pass", "REDIS_URL": "redis://:topsecret-redis@r/0"})
+    s = Settings.from_env(
+        {
+            "LABEL_STUDIO_API_KEY": "topsecret-key",
+            "BASIC_AUTH_USER": "u",
+            "BASIC_AUTH_PASS": "topsecret-pass",
+            "REDIS_URL": "redis://:topsecret-redis@r/0",
+        }
+    )
     for text in (repr(s), str(s), f"{s.label_studio_api_key}", repr(s.basic_auth_pass)):
         assert "topsecret" not in text
     assert repr(Secret("x")) == "Secret('***')"

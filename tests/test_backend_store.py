@@ -8,9 +8,9 @@ import time
 import pytest
 import redis
 import torch
-from litesam.predictor import ImageEmbedding
 
 from backend.store import KEY_PREFIX, EmbeddingStore, decode_embedding, embedding_key, encode_embedding
+from litesam.predictor import ImageEmbedding
 from tests.backend_support import REDIS_TEST_DB, closed_port
 
 URL = f"redis://127.0.0.1:6379/{REDIS_TEST_DB}"

@@ -43,18 +43,40 @@ def backend_url(label_studio, tmp_path):
     pidfile = tmp_path / "backend.pid"
     env = base_env(
         tmp_path,
-        LABEL_STUDIO_URL=label_studio.url, LABEL_STUDIO_API_KEY=label_studio.pat, REDIS_URL=REDIS_URL,
-        LITESAM_CHECKPOINT=checkpoint, LITESAM_VARIANT="litesam_tiny", BASIC_AUTH_USER=BASIC[0],
-        BASIC_AUTH_PASS=BASIC[1], OMP_NUM_THREADS="1", LITESAM_TORCH_THREADS="1", LOG_LEVEL="INFO",
+        LABEL_STUDIO_URL=label_studio.url,
+        LABEL_STUDIO_API_KEY=label_studio.pat,
+        REDIS_URL=REDIS_URL,
+        LITESAM_CHECKPOINT=checkpoint,
+        LITESAM_VARIANT="litesam_tiny",
+        BASIC_AUTH_USER=BASIC[0],
+        BASIC_AUTH_PASS=BASIC[1],
+        OMP_NUM_THREADS="1",
+        LITESAM_TORCH_THREADS="1",
+        LOG_LEVEL="INFO",
     )
-    argv = [sys.executable, "-m", "backend.cli", "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-            "--threads", "2", "--pid", str(pidfile)]
-    process = ManagedProcess("litesam-backend", argv, env=env, cwd=REPO, log_path=tmp_path / "backend.log",
-                             pidfile=pidfile)
+    argv = [
+        sys.executable,
+        "-m",
+        "backend.cli",
+        "serve",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        "1",
+        "--threads",
+        "2",
+        "--pid",
+        str(pidfile),
+    ]
+    process = ManagedProcess(
+        "litesam-backend", argv, env=env, cwd=REPO, log_path=tmp_path / "backend.log", pidfile=pidfile
+    )
     process.start()
     try:
         url = f"http://127.0.0.1:{port}"
-        process.wait_http(f"{url}/health", timeout=60, ready=lambda r: r.status_code == 401)  # basic auth is on
+        process.wait_http(
+            f"{url}/health", timeout=60, ready=lambda r: r.status_code == 401
+        )  # basic auth is on
         yield url
         log = process.log_text()
         assert "Traceback" not in log and "POST /webhook → 401" not in log, process.log_tail()
@@ -86,8 +108,11 @@ def test_interactive_masks_through_label_studio(label_studio, backend_url):
     version = versions["versions"][0]
 
     # positive and negative smart keypoints (cumulative, as the UI re-sends them)
-    points = [keypoint(30, 40, 333, 517), keypoint(60, 70, 333, 517, positive=False),
-              keypoint(45, 20, 333, 517, positive=True)]
+    points = [
+        keypoint(30, 40, 333, 517),
+        keypoint(60, 70, 333, 517, positive=False),
+        keypoint(45, 20, 333, 517, positive=True),
+    ]
     result, data = suggestion(label_studio, ml_id, odd_task, points)
     assert data["model_version"] == version
     assert len(result) == 1 and result[0]["type"] == "brushlabels" and result[0]["from_name"] == "mask"
@@ -96,7 +121,10 @@ def test_interactive_masks_through_label_studio(label_studio, backend_url):
     point_result = result
 
     # two smart rectangles: one mask each
-    boxes = [rectangle(10, 10, 30, 30, 333, 517, label="Vehicle"), rectangle(50, 50, 40, 30, 333, 517, label="Vehicle")]
+    boxes = [
+        rectangle(10, 10, 30, 30, 333, 517, label="Vehicle"),
+        rectangle(50, 50, 40, 30, 333, 517, label="Vehicle"),
+    ]
     result, _ = suggestion(label_studio, ml_id, odd_task, boxes)
     assert len(result) == 2 and all(r["value"]["brushlabels"] == ["Vehicle"] for r in result)
     assert all(decode_brush(r).shape == (517, 333) for r in result)
@@ -111,14 +139,21 @@ def test_interactive_masks_through_label_studio(label_studio, backend_url):
     assert decode_brush(result[0]).shape == (150, 200)
 
     # a label that is not a brush label: Label Studio relays the backend's 400 as an error
-    body = label_studio.interactive_annotating(ml_id, odd_task, {"result": [keypoint(30, 40, 333, 517, label="Cat")]})
+    body = label_studio.interactive_annotating(
+        ml_id, odd_task, {"result": [keypoint(30, 40, 333, 517, label="Cat")]}
+    )
     assert "errors" in body and "400" in body["errors"][0]
 
     # Label Studio accepts the masks as a prediction and as an annotation, and gives them back unchanged
     ls = label_studio.client()
-    ls.predictions.create(task=odd_task, result=point_result, model_version=version, score=point_result[0]["score"])
+    ls.predictions.create(
+        task=odd_task, result=point_result, model_version=version, score=point_result[0]["score"]
+    )
     (stored,) = ls.predictions.list(task=odd_task)
-    assert stored.model_version == version and stored.result[0]["value"]["rle"] == point_result[0]["value"]["rle"]
+    assert (
+        stored.model_version == version
+        and stored.result[0]["value"]["rle"] == point_result[0]["value"]["rle"]
+    )
     annotation = ls.annotations.create(id=odd_task, result=point_result)
     again = ls.annotations.get(id=annotation.id)
     assert again.result[0]["value"]["rle"] == point_result[0]["value"]["rle"]
