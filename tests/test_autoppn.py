@@ -180,6 +180,26 @@ def test_heatmap_does_not_depend_on_mask_order():
     np.testing.assert_array_equal(heatmap_target(np.stack(masks)), heat)
 
 
+def _listing_1_1(masks, alpha=4.0, eps=1e-4):
+    """Test oracle: the supplement's Listing 1.1 with the notes' corrections, on the full frame."""
+    import cv2
+
+    heat = np.zeros(masks[0].shape, dtype=np.float32)
+    for mask in sorted(masks, key=lambda m: m.sum(), reverse=True):
+        dist = cv2.distanceTransform(np.pad(mask.astype(np.uint8), 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
+        heat = np.maximum(heat, (dist / (dist.max() + eps)) ** alpha)
+    return heat
+
+
+def test_heatmap_equals_the_full_frame_listing():
+    rng = np.random.default_rng(3)
+    masks = [rng.random((37, 45)) > 0.35 for _ in range(3)]  # ragged blobs touching every edge
+    masks += [_rectangle(37, 45, 5, 7, 30, 20), _rectangle(37, 45, 0, 30, 12, 45), np.zeros((37, 45), bool)]
+    yy, xx = np.mgrid[:37, :45]
+    masks.append((yy - 20) ** 2 + (xx - 25) ** 2 < 81)
+    np.testing.assert_allclose(heatmap_target(masks), _listing_1_1(masks), rtol=1e-6, atol=1e-7)
+
+
 def test_owner_map_gives_ties_to_the_smaller_mask():
     small = _rectangle(30, 60, 5, 5, 16, 16)
     # Same rectangle plus a thinner, disjoint blob: larger area, identical values on the shared rectangle.

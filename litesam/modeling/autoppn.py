@@ -190,10 +190,18 @@ def _as_mask_stack(masks: Sequence[np.ndarray] | np.ndarray, shape: tuple[int, i
 
 
 def _mask_heat(mask: np.ndarray, alpha: float, eps: float) -> np.ndarray:
-    """(d / (max d + eps))^alpha for one H×W bool mask; d = Euclidean distance to the nearest off pixel."""
+    """(d / (max d + eps))^alpha for a bool mask; d = distance to the nearest off pixel (5×5 chamfer L2)."""
     padded = np.pad(mask.astype(np.uint8), 1)  # pixels on the image edge count as boundary
     dist = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_5)[1:-1, 1:-1]
     return (dist / (dist.max() + eps)) ** alpha
+
+
+def _bounding_slices(mask: np.ndarray) -> tuple[slice, slice] | None:
+    """Row and column slices of the mask's bounding box, or None for an empty mask."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not len(rows):
+        return None
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
 def heatmap_target_with_owner(
@@ -231,10 +239,16 @@ def heatmap_target_with_owner(
     owner = np.full((height, width), -1, dtype=np.int64)
     areas = stack.sum(axis=(1, 2))
     for index in np.argsort(-areas, kind="stable"):
-        mask = stack[index]
+        box = _bounding_slices(stack[index])
+        if box is None:
+            continue  # an empty mask contributes zeros
+        # The distance transform runs on the bounding box only: its one-pixel zero padding stands for the
+        # off pixels around the box (or the image edge), and no path to a farther off pixel is shorter.
+        mask = stack[index][box]
         value = _mask_heat(mask, alpha, eps)
-        owner[mask & (value >= heat)] = index
-        np.maximum(heat, value, out=heat)
+        region, region_owner = heat[box], owner[box]
+        region_owner[mask & (value >= region)] = index
+        np.maximum(region, value, out=region)
     return heat, owner
 
 
@@ -304,9 +318,9 @@ def build_autoppn_targets(
 
     boxes = np.zeros((len(stack), 4), dtype=np.float32)
     for index, mask in enumerate(stack):
-        ys, xs = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
-        if len(ys):
-            boxes[index] = (xs[0], ys[0], xs[-1] + 1, ys[-1] + 1)
+        box = _bounding_slices(mask)
+        if box is not None:
+            boxes[index] = (box[1].start, box[0].start, box[1].stop, box[0].stop)
     centres = cell_centres(rows, cols, stride).numpy()
     owned = cell_owner >= 0
     ltrb = np.zeros((rows, cols, 4), dtype=np.float32)
