@@ -8,8 +8,8 @@ weights exist; arithmetic cost does not depend on weight values). Measured:
 * SegEvery time per image: AutoPPN proposals → batched decode → filters → NMS → upscale survivors.
   Random weights propose nothing above AutoPPN's confidence threshold, so the benchmark forces the
   variant's full top-K (100 at r640, 200 at r1024) by setting the threshold to 0, and reports two
-  filter settings: SAM's defaults (few masks survive random weights) and filters off (every mask is
-  upscaled: the worst case),
+  filter settings: SAM's defaults (few masks survive random weights) and filters and NMS off (every
+  mask is upscaled: the worst case),
 * SAM ViT-B's ``SamAutomaticMaskGenerator`` with its defaults (32×32 grid), the reference.
 
 SAM's package imports torchvision, which does not import beside this torch build. Its four calls are
@@ -69,7 +69,9 @@ def bench_litesam(variant: str, image: np.ndarray, repeats: int) -> dict[str, fl
     predictor.set_image(image)
     point = (np.array([[512.0, 384.0]]), np.array([1]))
     sam_filters = SegEvery(model, proposals=proposals)
-    no_filters = SegEvery(model, proposals=proposals, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    no_filters = SegEvery(
+        model, proposals=proposals, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0
+    )
     masks_kept = len(no_filters.generate(image))
     return {
         "encoder_s": timed(lambda: encode_image(model, image), repeats),

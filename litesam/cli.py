@@ -1,4 +1,4 @@
-"""The ``litesam`` command line: ``segment``, ``everything`` and ``info``.
+"""The ``litesam`` command line: ``segment``, ``everything``, ``info``, ``train`` and ``eval``.
 
 ``segment`` and ``everything`` need weights: ``--checkpoint`` (one of ours). No pretrained Lite-SAM
 weights are published, so without a checkpoint they refuse; ``--random-weights`` runs the untrained
@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import LiteSamError
+from .eval.cli import add_eval_command
+from .train.cli import add_train_command
 
 RANDOM_WEIGHTS_NOTICE = "NOTE: random weights (--random-weights): the masks are meaningless, for testing only."
 
@@ -66,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--resolutions", type=int, nargs="+", default=[224, 640, 1024])
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(run=_info)
+
+    add_train_command(commands)
+    add_eval_command(commands)
     return parser
 
 

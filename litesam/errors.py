@@ -25,5 +25,9 @@ class CheckpointError(LiteSamError):
     """A checkpoint cannot be read, is of another variant, or its keys do not match the model."""
 
 
+class DatasetError(LiteSamError, ValueError):
+    """An annotation file or image is missing, unreadable or inconsistent; the message says which."""
+
+
 class NoEmbeddingError(LiteSamError, RuntimeError):
     """``predict`` was called before ``set_image`` or ``set_embedding``."""

@@ -28,12 +28,8 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as coco_mask
 
-from ..errors import LiteSamError
+from ..errors import DatasetError
 from ..masks import InvalidMaskError, coco_rle_to_mask
-
-
-class DatasetError(LiteSamError, ValueError):
-    """An annotation file or image is missing, unreadable or inconsistent; the message says which."""
 
 
 @dataclass(frozen=True)
