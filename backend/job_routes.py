@@ -66,7 +66,9 @@ def create_job():
     body = json_body()
     unknown = sorted(set(body) - {"project", "overwrite", "tasks", "options"})
     if unknown:
-        raise BadRequestError(f"unknown field(s) {', '.join(unknown)}; expected project, overwrite, tasks, options")
+        raise BadRequestError(
+            f"unknown field(s) {', '.join(unknown)}; expected project, overwrite, tasks, options"
+        )
     overwrite = body.get("overwrite", False)
     if not isinstance(overwrite, bool):
         raise BadRequestError("'overwrite' must be true or false")

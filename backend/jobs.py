@@ -53,16 +53,17 @@ import requests
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 from label_studio_sdk.types import PredictionRequest
-from litesam.build import get_variant
-from litesam.errors import LiteSamError
-from litesam.everything import SegEvery, SegEveryConfig
-from litesam.predictor import ImageEmbedding
 from rq import Queue, Retry, get_current_job
 from rq.exceptions import AbandonedJobError, NoSuchJobError
 from rq.job import Callback, Job, JobStatus
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException
+
+from litesam.build import get_variant
+from litesam.errors import LiteSamError
+from litesam.everything import SegEvery, SegEveryConfig
+from litesam.predictor import ImageEmbedding
 
 from .errors import (
     BackendError,
@@ -159,7 +160,9 @@ class JobOptions:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:
-            raise BadRequestError(f"unknown job option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise BadRequestError(
+                f"unknown job option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
         values = {}
         for name, value in raw.items():
             values[name] = _option_value(name, value)
@@ -177,7 +180,9 @@ class JobOptions:
         """SegEvery settings: our filters on top of the variant's AutoPPN proposal defaults."""
         proposals = get_variant(variant).proposals
         if self.proposal_score_thresh is not None:
-            proposals = type(proposals)(**{**asdict(proposals), "score_threshold": self.proposal_score_thresh})
+            proposals = type(proposals)(
+                **{**asdict(proposals), "score_threshold": self.proposal_score_thresh}
+            )
         return SegEveryConfig(
             points_per_batch=self.points_per_batch,
             pred_iou_thresh=self.pred_iou_thresh,
@@ -188,8 +193,16 @@ class JobOptions:
 
 
 _UNIT_FLOATS = ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "proposal_score_thresh")
-_POSITIVE_INTS = ("chunk_size", "write_batch", "max_masks", "points_per_batch", "job_timeout", "result_ttl",
-                  "failure_ttl", "retries")
+_POSITIVE_INTS = (
+    "chunk_size",
+    "write_batch",
+    "max_masks",
+    "points_per_batch",
+    "job_timeout",
+    "result_ttl",
+    "failure_ttl",
+    "retries",
+)
 
 
 def _option_value(name: str, value: object) -> object:
@@ -203,7 +216,9 @@ def _option_value(name: str, value: object) -> object:
         return value
     if name == "retry_intervals":
         if not isinstance(value, list) or not value or not all(_is_int(v) and v >= 0 for v in value):
-            raise BadRequestError("option 'retry_intervals' must be a non-empty list of seconds (integers ≥ 0)")
+            raise BadRequestError(
+                "option 'retry_intervals' must be a non-empty list of seconds (integers ≥ 0)"
+            )
         return tuple(value)
     if name in _UNIT_FLOATS:
         if value is None and name == "proposal_score_thresh":
@@ -302,7 +317,9 @@ _FINISH = _FINISH_IF_COMPLETE + "return finish_if_complete(KEYS[1], KEYS[2], ARG
 
 # Records one task's outcome. KEYS: record, tasks, active; ARGV: task id, status, outcome JSON, regions, job id,
 # now. A task's first outcome counts; a later 'done' may replace a 'failed', nothing replaces a 'done'.
-_RECORD_OUTCOME = _FINISH_IF_COMPLETE + """
+_RECORD_OUTCOME = (
+    _FINISH_IF_COMPLETE
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local old = redis.call('HGET', KEYS[2], ARGV[1])
 if old then
@@ -317,10 +334,13 @@ redis.call('EXPIRE', KEYS[2], redis.call('TTL', KEYS[1]))
 finish_if_complete(KEYS[1], KEYS[3], ARGV[5], ARGV[6])
 return 1
 """
+)
 
 # Marks the job failed with a reason (first reason wins) and ends it if nothing is pending. KEYS: record,
 # active; ARGV: reason, job id, now, end_now ('1': end even with tasks pending, e.g. the parent failed).
-_FAIL_JOB = _FINISH_IF_COMPLETE + """
+_FAIL_JOB = (
+    _FINISH_IF_COMPLETE
+    + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return -1 end
 if state == 'finished' or state == 'failed' then return 0 end
@@ -334,6 +354,7 @@ end
 finish_if_complete(KEYS[1], KEYS[2], ARGV[2], ARGV[3])
 return 1
 """
+)
 
 # Releases or renews a lock only while it still holds our token. KEYS: lock; ARGV: token, ttl ms (renew only).
 _RELEASE_LOCK = """
@@ -377,8 +398,10 @@ class JobBoard:
         if not _is_int(project) or project < 1:
             raise BadRequestError(f"'project' must be a positive integer project id, got {project!r}")
         if task_ids is not None:
-            if not isinstance(task_ids, (list, tuple)) or not task_ids or not all(
-                _is_int(t) and t > 0 for t in task_ids
+            if (
+                not isinstance(task_ids, (list, tuple))
+                or not task_ids
+                or not all(_is_int(t) and t > 0 for t in task_ids)
             ):
                 raise BadRequestError("'tasks' must be a non-empty list of positive integer task ids")
             task_ids = sorted(set(task_ids))
@@ -397,17 +420,20 @@ class JobBoard:
                             return running, False
                     pipe.multi()
                     pipe.set(active_key, job_id)
-                    pipe.hset(_record_key(job_id), mapping={
-                        "id": job_id,
-                        "project": project,
-                        "overwrite": int(bool(overwrite)),
-                        "task_ids": json.dumps(task_ids) if task_ids is not None else "",
-                        "options": json.dumps(options.to_json()),
-                        "source": source,
-                        "state": "queued",
-                        "created_at": _now(),
-                        "error": "",
-                    })
+                    pipe.hset(
+                        _record_key(job_id),
+                        mapping={
+                            "id": job_id,
+                            "project": project,
+                            "overwrite": int(bool(overwrite)),
+                            "task_ids": json.dumps(task_ids) if task_ids is not None else "",
+                            "options": json.dumps(options.to_json()),
+                            "source": source,
+                            "state": "queued",
+                            "created_at": _now(),
+                            "error": "",
+                        },
+                    )
                     pipe.expire(_record_key(job_id), RECORD_TTL_S)
                     pipe.zadd(_JOBS_KEY, {job_id: time.time()})
                     jobs_queue.enqueue_call(
@@ -426,8 +452,14 @@ class JobBoard:
                     pipe.execute()
                 except redis.WatchError:
                     continue
-            logger.info("job %s: pre-annotate project %d (%s, overwrite=%s, tasks=%s)", job_id, project, source,
-                        bool(overwrite), "all" if task_ids is None else len(task_ids))
+            logger.info(
+                "job %s: pre-annotate project %d (%s, overwrite=%s, tasks=%s)",
+                job_id,
+                project,
+                source,
+                bool(overwrite),
+                "all" if task_ids is None else len(task_ids),
+            )
             return self.status(job_id), True
 
     # -- reading -----------------------------------------------------------------------------------------
@@ -505,8 +537,18 @@ class JobBoard:
             pipe.expire(_attempts_key(job_id), RECORD_TTL_S)
             pipe.execute()
 
-    def record_outcome(self, job_id: str, project: int, task_id: int, status: str, *, regions: int = 0,
-                       reason: str = "", note: str = "", worker: str = "") -> bool:
+    def record_outcome(
+        self,
+        job_id: str,
+        project: int,
+        task_id: int,
+        status: str,
+        *,
+        regions: int = 0,
+        reason: str = "",
+        note: str = "",
+        worker: str = "",
+    ) -> bool:
         """Record a task's outcome (``done`` or ``failed``) and count it, atomically; True if it counted."""
         outcome: dict[str, Any] = {"status": status, "at": _now()}
         if worker:
@@ -526,8 +568,10 @@ class JobBoard:
 
     def fail_job(self, job_id: str, project: int, reason: str, *, end_now: bool) -> None:
         """Mark the job failed with ``reason``; with ``end_now`` at once, else when its last task is settled."""
-        self._fail_job(keys=[_record_key(job_id), _active_key(project)],
-                       args=[reason, job_id, _now(), "1" if end_now else "0"])
+        self._fail_job(
+            keys=[_record_key(job_id), _active_key(project)],
+            args=[reason, job_id, _now(), "1" if end_now else "0"],
+        )
         self._mirror_progress(job_id)
 
     def fail_tasks(self, job_id: str, project: int, task_ids: Sequence[int], reason: str) -> None:
@@ -544,8 +588,9 @@ class JobBoard:
             pipe.hincrby(_record_key(job_id), "retries", 1)
             pipe.execute()
 
-    def commit_plan(self, job_id: str, plan: dict, chunks: list[list[dict]], missing: dict[int, str],
-                    options: JobOptions) -> bool:
+    def commit_plan(
+        self, job_id: str, plan: dict, chunks: list[list[dict]], missing: dict[int, str], options: JobOptions
+    ) -> bool:
         """Record the plan and enqueue its chunk jobs in one transaction; False if it was committed before.
 
         ``plan`` holds the record fields (total, skipped, model_version, tags …); ``missing`` maps requested
@@ -581,8 +626,13 @@ class JobBoard:
                             retry=options.retry(),
                             on_failure=Callback(on_chunk_failure),
                             description=f"pre-annotate project {project} (chunk {index + 1}/{len(chunks)})",
-                            meta={"litesam_job": job_id, "chunk": index, "tasks": len(tasks), "done": 0,
-                                  "failed": 0},
+                            meta={
+                                "litesam_job": job_id,
+                                "chunk": index,
+                                "tasks": len(tasks),
+                                "done": 0,
+                                "failed": 0,
+                            },
                             pipeline=pipe,
                         )
                     pipe.execute()
@@ -595,8 +645,9 @@ class JobBoard:
 
     # -- per-task write locks ----------------------------------------------------------------------------
     @contextmanager
-    def task_locks(self, model_version: str, task_ids: Sequence[int], wait_s: float = TASK_LOCK_TTL_S + 15
-                   ) -> Iterator[_HeldLocks]:
+    def task_locks(
+        self, model_version: str, task_ids: Sequence[int], wait_s: float = TASK_LOCK_TTL_S + 15
+    ) -> Iterator[_HeldLocks]:
         """Hold the write locks of ``task_ids`` (waiting for other holders up to ``wait_s`` seconds).
 
         Raises:
@@ -610,8 +661,10 @@ class JobBoard:
             for key in keys:
                 while not self.connection.set(key, token, nx=True, px=int(TASK_LOCK_TTL_S * 1000)):
                     if time.monotonic() > deadline:
-                        raise UpstreamError(f"another worker has been writing {key.rsplit(':', 1)[-1]} for over "
-                                            f"{wait_s:.0f} s; the chunk will be retried")
+                        raise UpstreamError(
+                            f"another worker has been writing {key.rsplit(':', 1)[-1]} for over "
+                            f"{wait_s:.0f} s; the chunk will be retried"
+                        )
                     time.sleep(0.2)
                 held.append(key)
             yield _HeldLocks(self, held, token)
@@ -630,13 +683,19 @@ class JobBoard:
             try:
                 parent = Job.fetch(job_id, connection=self.connection, serializer=JSONSerializer)
             except NoSuchJobError:
-                self.fail_job(job_id, project, "the job's planning step is gone from the queue (expired or "
-                              "deleted)", end_now=True)
+                self.fail_job(
+                    job_id,
+                    project,
+                    "the job's planning step is gone from the queue (expired or deleted)",
+                    end_now=True,
+                )
                 return
             if parent.get_status(refresh=False) in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
                 self.fail_job(job_id, project, _reason_from_rq(parent), end_now=True)
             return
-        chunk_ids = {_chunk_job_id(job_id, i): i for i in range(len(json.loads(record.get("chunks") or "[]")))}
+        chunk_ids = {
+            _chunk_job_id(job_id, i): i for i in range(len(json.loads(record.get("chunks") or "[]")))
+        }
         registry = FailedJobRegistry(options.queue, connection=self.connection, serializer=JSONSerializer)
         for failed_id in registry.get_job_ids():
             if failed_id in chunk_ids:
@@ -680,8 +739,9 @@ class _HeldLocks:
     def renew(self) -> None:
         for key in self._keys:
             if not self._board._renew(keys=[key], args=[self._token, int(TASK_LOCK_TTL_S * 1000)]):
-                raise UpstreamError("a task write lock expired while held (this worker stalled); the chunk "
-                                    "will be retried")
+                raise UpstreamError(
+                    "a task write lock expired while held (this worker stalled); the chunk will be retried"
+                )
 
 
 def _field(value: object) -> str | int | float:
@@ -764,8 +824,10 @@ class LabelStudioClient:
 
     def __init__(self, settings: Settings) -> None:
         if settings.label_studio_url is None or settings.label_studio_api_key is None:
-            raise ConfigurationError("pre-annotation needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to read "
-                                     "tasks and write predictions")
+            raise ConfigurationError(
+                "pre-annotation needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to read "
+                "tasks and write predictions"
+            )
         self.url = settings.label_studio_url
         self._api_key = settings.label_studio_api_key
         self._client: LabelStudio | None = None
@@ -774,8 +836,9 @@ class LabelStudioClient:
     def client(self) -> LabelStudio:
         if self._client is None:
             with self.calling("connect"):
-                self._client = LabelStudio(base_url=self.url, api_key=self._api_key.reveal(),
-                                           timeout=LABEL_STUDIO_TIMEOUT_S)
+                self._client = LabelStudio(
+                    base_url=self.url, api_key=self._api_key.reveal(), timeout=LABEL_STUDIO_TIMEOUT_S
+                )
         return self._client
 
     @contextmanager
@@ -813,11 +876,17 @@ class LabelStudioClient:
         found = []
         with self.calling(f"list the tasks of project {project}"):
             pages = self.client.tasks.list(
-                project=project, fields="all", include="id,data,predictions_model_versions", resolve_uri=False,
-                page_size=100, query=query,
+                project=project,
+                fields="all",
+                include="id,data,predictions_model_versions",
+                resolve_uri=False,
+                page_size=100,
+                query=query,
             )
             for task in pages:
-                versions = {v.strip() for v in (task.predictions_model_versions or "").split(",") if v.strip()}
+                versions = {
+                    v.strip() for v in (task.predictions_model_versions or "").split(",") if v.strip()
+                }
                 found.append((int(task.id), dict(task.data or {}), versions))
         return found
 
@@ -834,7 +903,9 @@ class LabelStudioClient:
     def import_predictions(self, project: int, predictions: Sequence[tuple[int, dict]]) -> int:
         """Write (task id, prediction dict) pairs in one call; returns how many Label Studio created."""
         request = [
-            PredictionRequest(task=task_id, result=p["result"], score=p["score"], model_version=p["model_version"])
+            PredictionRequest(
+                task=task_id, result=p["result"], score=p["score"], model_version=p["model_version"]
+            )
             for task_id, p in predictions
         ]
         with self.calling(f"import {len(request)} prediction(s) into project {project}"):
@@ -865,8 +936,10 @@ def plan_project(job_id: str) -> dict:
         image_key = config.image(brush.to_name).value_key
         label = options.label or (brush.labels[0] if brush.labels else None)
         if label is None or label not in brush.labels:
-            raise BadRequestError(f"label {label!r} is not a label of <BrushLabels name={brush.from_name!r}>; "
-                                  f"its labels: {', '.join(brush.labels) or '(none)'}")
+            raise BadRequestError(
+                f"label {label!r} is not a label of <BrushLabels name={brush.from_name!r}>; "
+                f"its labels: {', '.join(brush.labels) or '(none)'}"
+            )
     except LabelStudioUnavailable:
         raise  # transient: RQ retries the parent with backoff
     except (BadRequestError, UpstreamError) as exc:  # a missing project or an unusable config: no retry helps
@@ -889,13 +962,26 @@ def plan_project(job_id: str) -> dict:
     payload = [{"id": task_id, "image": data.get(image_key)} for task_id, data, _ in todo]
     chunks = [payload[i : i + options.chunk_size] for i in range(0, len(payload), options.chunk_size)]
     plan = {
-        "project": project, "total": len(tasks) + len(missing), "skipped": skipped, "model_version": version,
-        "from_name": brush.from_name, "to_name": brush.to_name, "image_key": image_key, "label": label,
+        "project": project,
+        "total": len(tasks) + len(missing),
+        "skipped": skipped,
+        "model_version": version,
+        "from_name": brush.from_name,
+        "to_name": brush.to_name,
+        "image_key": image_key,
+        "label": label,
     }
     reasons = {task_id: f"task {task_id} is not in project {project}" for task_id in missing}
     if board.commit_plan(job_id, plan, chunks, reasons, options):
-        logger.info("job %s: project %d: %d task(s), %d skipped, %d chunk(s) of ≤%d", job_id, project,
-                    len(tasks), skipped, len(chunks), options.chunk_size)
+        logger.info(
+            "job %s: project %d: %d task(s), %d skipped, %d chunk(s) of ≤%d",
+            job_id,
+            project,
+            len(tasks),
+            skipped,
+            len(chunks),
+            options.chunk_size,
+        )
     return {"job": job_id, "planned": True, "tasks": len(tasks), "skipped": skipped, "chunks": len(chunks)}
 
 
@@ -933,8 +1019,13 @@ def run_chunk(job_id: str, index: int, tasks: list[dict]) -> dict:
             logger.warning("job %s: task %d failed: %s", job_id, task_id, exc)
             meta["failed"] = meta.get("failed", 0) + 1
             continue
-        logger.info("job %s: task %d: %d region(s) in %.2f s", job_id, task_id, len(regions),
-                    time.perf_counter() - started)
+        logger.info(
+            "job %s: task %d: %d region(s) in %.2f s",
+            job_id,
+            task_id,
+            len(regions),
+            time.perf_counter() - started,
+        )
         meta["done"] = meta.get("done", 0) + writer.add(task_id, prediction(regions, version))
     meta["done"] = meta.get("done", 0) + writer.flush()
     meta["current_task"] = None
@@ -942,8 +1033,15 @@ def run_chunk(job_id: str, index: int, tasks: list[dict]) -> dict:
     return {"job": job_id, "chunk": index, "tasks": len(tasks)}
 
 
-def _task_regions(services: Services, segment: SegEvery, ls: LabelStudioClient | None, task: dict, record: dict,
-                  options: JobOptions, version: str) -> list[dict]:
+def _task_regions(
+    services: Services,
+    segment: SegEvery,
+    ls: LabelStudioClient | None,
+    task: dict,
+    record: dict,
+    options: JobOptions,
+    version: str,
+) -> list[dict]:
     """The brushlabels regions of one task (raises :class:`_TaskFailure` for this task's own bad input).
 
     A failed download counts as the task's own problem only while Label Studio answers (``ls``); when it
@@ -951,30 +1049,64 @@ def _task_regions(services: Services, segment: SegEvery, ls: LabelStudioClient |
     """
     uri = task.get("image")
     if not isinstance(uri, str) or not uri.strip():
-        kind = "a list of images (multi-image tasks are not pre-annotated)" if isinstance(uri, list) else "missing"
+        kind = (
+            "a list of images (multi-image tasks are not pre-annotated)"
+            if isinstance(uri, list)
+            else "missing"
+        )
         raise _TaskFailure(f"the task's data field {record['image_key']!r} is {kind}")
     try:
-        fetched = services.fetcher.fetch(uri, int(task["id"]))
-        embedding, _ = services.store.get_or_compute(
-            version, fetched.sha256,
-            lambda: services.model.encode(decode_image(fetched.data, services.settings.max_image_pixels)),
-        )
+        embedding = _embedding(services, uri, int(task["id"]), version)
     except (BadRequestError, ForbiddenURLError, PayloadTooLargeError) as exc:
         raise _TaskFailure(exc.message) from None
     except LiteSamError as exc:
         raise _TaskFailure(str(exc)) from None
     except UpstreamError as exc:
         if ls is not None and not ls.reachable():
-            raise LabelStudioUnavailable(f"{exc.message} (Label Studio at {ls.url} does not answer)") from None
+            raise LabelStudioUnavailable(
+                f"{exc.message} (Label Studio at {ls.url} does not answer)"
+            ) from None
         raise _TaskFailure(exc.message) from None
     model = services.model.model()
-    on_device = ImageEmbedding(embedding.features.to(model.device), embedding.input_size, embedding.original_size)
+    on_device = ImageEmbedding(
+        embedding.features.to(model.device), embedding.input_size, embedding.original_size
+    )
     records = segment.generate_from_embedding(on_device)[: options.max_masks]
     return [
-        brush_region(r["segmentation"], from_name=record["from_name"], to_name=record["to_name"],
-                     label=record["label"], score=r["predicted_iou"])
+        brush_region(
+            r["segmentation"],
+            from_name=record["from_name"],
+            to_name=record["to_name"],
+            label=record["label"],
+            score=r["predicted_iou"],
+        )
         for r in records
     ]
+
+
+def _embedding(services: Services, uri: str, task_id: int, version: str) -> ImageEmbedding:
+    """The image's embedding, computed only if no process stored it, and left in Redis for later clicks.
+
+    A Label Studio upload never changes behind its URL: its URL → image hash alias is recorded (as the
+    interactive path does), so a labeler's first click on it needs no download either, and a re-run (e.g.
+    ``overwrite``) skips the download of an image whose embedding is stored.
+    """
+    store = services.store
+    immutable = services.fetcher.immutable_source(uri)
+    if immutable is not None:
+        sha = store.image_sha256(immutable)
+        cached = store.get(version, sha) if sha is not None else None
+        if cached is not None:
+            return cached
+    fetched = services.fetcher.fetch(uri, task_id)
+    if immutable is not None:
+        store.remember_image(immutable, fetched.sha256)
+    embedding, _ = store.get_or_compute(
+        version,
+        fetched.sha256,
+        lambda: services.model.encode(decode_image(fetched.data, services.settings.max_image_pixels)),
+    )
+    return embedding
 
 
 class _PredictionWriter:
@@ -983,8 +1115,16 @@ class _PredictionWriter:
     #: A batch is also cut when its RLE values pass this count (~4 bytes each in JSON).
     MAX_BATCH_VALUES = 4_000_000
 
-    def __init__(self, board: JobBoard, ls: LabelStudioClient, job_id: str, project: int, version: str,
-                 batch: int, worker: str) -> None:
+    def __init__(
+        self,
+        board: JobBoard,
+        ls: LabelStudioClient,
+        job_id: str,
+        project: int,
+        version: str,
+        batch: int,
+        worker: str,
+    ) -> None:
         self._board, self._ls, self._worker = board, ls, worker
         self._job_id, self._project, self._version, self._batch = job_id, project, version, batch
         self._pending: list[tuple[int, dict]] = []
@@ -1010,7 +1150,9 @@ class _PredictionWriter:
                 locks.renew()
                 existing = self._ls.our_predictions(task_id, self._version)
                 if existing:  # written by an earlier attempt that died before its bookkeeping
-                    done += self._done(task_id, existing[0][1], note="already held a prediction of this version")
+                    done += self._done(
+                        task_id, existing[0][1], note="already held a prediction of this version"
+                    )
                 else:
                     to_write.append((task_id, task_prediction))
             if to_write:
@@ -1025,7 +1167,9 @@ class _PredictionWriter:
 
     def _settle_partial(self, written: list[tuple[int, dict]], created: int, locks: _HeldLocks) -> int:
         """Label Studio dropped some predictions (it validates and drops silently): find out which."""
-        logger.warning("job %s: Label Studio created %d of %d predictions", self._job_id, created, len(written))
+        logger.warning(
+            "job %s: Label Studio created %d of %d predictions", self._job_id, created, len(written)
+        )
         done = 0
         for task_id, task_prediction in written:
             locks.renew()
@@ -1033,15 +1177,22 @@ class _PredictionWriter:
                 done += self._done(task_id, len(task_prediction["result"]))
             else:
                 self._board.record_outcome(
-                    self._job_id, self._project, task_id, "failed",
+                    self._job_id,
+                    self._project,
+                    task_id,
+                    "failed",
                     reason="Label Studio did not accept the prediction (it drops predictions that do not fit the "
-                    "project's labeling config)", worker=self._worker,
+                    "project's labeling config)",
+                    worker=self._worker,
                 )
         return done
 
     def _done(self, task_id: int, regions: int, note: str = "") -> int:
-        return int(self._board.record_outcome(self._job_id, self._project, task_id, "done", regions=regions,
-                                              note=note, worker=self._worker))
+        return int(
+            self._board.record_outcome(
+                self._job_id, self._project, task_id, "done", regions=regions, note=note, worker=self._worker
+            )
+        )
 
 
 # -------------------------------------------------------------------------------------- failure callbacks
@@ -1054,8 +1205,12 @@ def on_plan_failure(job: Job, connection: redis.Redis, exc_type, exc_value, trac
         board.note_retry(job_id, f"listing tasks: {reason}; retrying")
         return
     record = board.record_fields(job_id)
-    board.fail_job(job_id, int(record["project"]), f"{reason} (gave up after {_attempts(record)} attempt(s))",
-                   end_now=True)
+    board.fail_job(
+        job_id,
+        int(record["project"]),
+        f"{reason} (gave up after {_attempts(record)} attempt(s))",
+        end_now=True,
+    )
 
 
 def on_chunk_failure(job: Job, connection: redis.Redis, exc_type, exc_value, traceback) -> None:
@@ -1067,8 +1222,12 @@ def on_chunk_failure(job: Job, connection: redis.Redis, exc_type, exc_value, tra
         board.note_retry(job_id, f"chunk {index + 1}: {reason}; retrying")
         return
     record = board.record_fields(job_id)
-    board.fail_tasks(job_id, int(record["project"]), [int(t["id"]) for t in tasks],
-                     f"{reason} (chunk {index + 1} gave up after {_attempts(record)} attempt(s))")
+    board.fail_tasks(
+        job_id,
+        int(record["project"]),
+        [int(t["id"]) for t in tasks],
+        f"{reason} (chunk {index + 1} gave up after {_attempts(record)} attempt(s))",
+    )
 
 
 def _attempts(record: dict) -> int:
@@ -1101,8 +1260,15 @@ def _reason_from_rq(job: Job) -> str:
 
 
 # --------------------------------------------------------------------------------- "Retrieve predictions"
-def handle_batch_predict(services: Services, project: object, tasks: list, label_config: object, *,
-                         sync_limit: int = SYNC_PREDICT_LIMIT, options: JobOptions | None = None) -> list[dict]:
+def handle_batch_predict(
+    services: Services,
+    project: object,
+    tasks: list,
+    label_config: object,
+    *,
+    sync_limit: int = SYNC_PREDICT_LIMIT,
+    options: JobOptions | None = None,
+) -> list[dict]:
     """Answer a batch ``/predict`` (Label Studio's "Retrieve predictions", no context).
 
     Up to ``sync_limit`` tasks are pre-annotated here and now: one prediction per task, in order (a task where
@@ -1121,18 +1287,32 @@ def handle_batch_predict(services: Services, project: object, tasks: list, label
     options = options or JobOptions()
     if len(tasks) > sync_limit:
         project_id = _project_id(project)
-        status, created = start_job(redis_connection(services.settings), project_id, task_ids=task_ids,
-                                    options=options, source="predict")
-        logger.info("batch /predict of %d task(s) in project %d → job %s (%s)", len(tasks), project_id,
-                    status["id"], "new" if created else "already running")
+        status, created = start_job(
+            redis_connection(services.settings),
+            project_id,
+            task_ids=task_ids,
+            options=options,
+            source="predict",
+        )
+        logger.info(
+            "batch /predict of %d task(s) in project %d → job %s (%s)",
+            len(tasks),
+            project_id,
+            status["id"],
+            "new" if created else "already running",
+        )
         return []
     config = parse_label_config(label_config)
     brush = config.brush_for(None)
     label = options.label or (brush.labels[0] if brush.labels else None)
     if label is None or label not in brush.labels:
         raise BadRequestError(f"label {label!r} is not a label of <BrushLabels name={brush.from_name!r}>")
-    record = {"from_name": brush.from_name, "to_name": brush.to_name, "label": label,
-              "image_key": config.image(brush.to_name).value_key}
+    record = {
+        "from_name": brush.from_name,
+        "to_name": brush.to_name,
+        "label": label,
+        "image_key": config.image(brush.to_name).value_key,
+    }
     version = services.model.model_version
     segment = SegEvery(services.model.model(), options.segevery_config(services.settings.variant))
     settings = services.settings
@@ -1141,8 +1321,15 @@ def handle_batch_predict(services: Services, project: object, tasks: list, label
     for task in tasks:
         data = task.get("data") if isinstance(task.get("data"), dict) else {}
         try:
-            regions = _task_regions(services, segment, ls, {"id": task["id"], "image": data.get(record["image_key"])},
-                                    record, options, version)
+            regions = _task_regions(
+                services,
+                segment,
+                ls,
+                {"id": task["id"], "image": data.get(record["image_key"])},
+                record,
+                options,
+                version,
+            )
         except _TaskFailure as exc:
             raise BadRequestError(f"task {task['id']}: {exc}") from None
         answers.append(prediction(regions, version))

@@ -56,23 +56,56 @@ def add_preannotate_command(subparsers: argparse._SubParsersAction, settings: Se
         "(--overwrite replaces them). Workers (litesam-backend worker) do the work.",
     )
     parser.add_argument("--project", type=int, required=True, help="Label Studio project id")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="delete this model version's predictions of the tasks first (others are kept)")
-    parser.add_argument("--tasks", type=_task_list, default=None, metavar="ID,ID,…",
-                        help="only these task ids (default: every task of the project)")
-    parser.add_argument("--label", default=None,
-                        help="BrushLabels label of the masks (default: the first label of the config)")
-    parser.add_argument("--wait", action="store_true", help="follow the job with a progress bar until it ends")
-    parser.add_argument("--chunk-size", type=int, default=None, help=f"tasks per chunk job ({defaults.chunk_size})")
-    parser.add_argument("--max-masks", type=int, default=None, help=f"masks per task at most ({defaults.max_masks})")
-    parser.add_argument("--pred-iou-thresh", type=float, default=None,
-                        help=f"SegEvery: keep masks with predicted IoU ≥ this ({defaults.pred_iou_thresh})")
-    parser.add_argument("--stability-score-thresh", type=float, default=None,
-                        help=f"SegEvery: keep masks with stability ≥ this ({defaults.stability_score_thresh})")
-    parser.add_argument("--box-nms-thresh", type=float, default=None,
-                        help=f"SegEvery: box NMS IoU ({defaults.box_nms_thresh})")
-    parser.add_argument("--proposal-score-thresh", type=float, default=None,
-                        help="AutoPPN: minimum proposal confidence (default: the variant's)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete this model version's predictions of the tasks first (others are kept)",
+    )
+    parser.add_argument(
+        "--tasks",
+        type=_task_list,
+        default=None,
+        metavar="ID,ID,…",
+        help="only these task ids (default: every task of the project)",
+    )
+    parser.add_argument(
+        "--label",
+        default=None,
+        help="BrushLabels label of the masks (default: the first label of the config)",
+    )
+    parser.add_argument(
+        "--wait", action="store_true", help="follow the job with a progress bar until it ends"
+    )
+    parser.add_argument(
+        "--chunk-size", type=int, default=None, help=f"tasks per chunk job ({defaults.chunk_size})"
+    )
+    parser.add_argument(
+        "--max-masks", type=int, default=None, help=f"masks per task at most ({defaults.max_masks})"
+    )
+    parser.add_argument(
+        "--pred-iou-thresh",
+        type=float,
+        default=None,
+        help=f"SegEvery: keep masks with predicted IoU ≥ this ({defaults.pred_iou_thresh})",
+    )
+    parser.add_argument(
+        "--stability-score-thresh",
+        type=float,
+        default=None,
+        help=f"SegEvery: keep masks with stability ≥ this ({defaults.stability_score_thresh})",
+    )
+    parser.add_argument(
+        "--box-nms-thresh",
+        type=float,
+        default=None,
+        help=f"SegEvery: box NMS IoU ({defaults.box_nms_thresh})",
+    )
+    parser.add_argument(
+        "--proposal-score-thresh",
+        type=float,
+        default=None,
+        help="AutoPPN: minimum proposal confidence (default: the variant's)",
+    )
     parser.add_argument("--queue", default=None, help=f"RQ queue ({defaults.queue})")
     parser.set_defaults(func=run_preannotate)
 
@@ -88,8 +121,16 @@ def _task_list(text: str) -> list[int]:
 
 
 def run_preannotate(args: argparse.Namespace, settings: Settings) -> int:
-    names = ("label", "chunk_size", "max_masks", "pred_iou_thresh", "stability_score_thresh", "box_nms_thresh",
-             "proposal_score_thresh", "queue")
+    names = (
+        "label",
+        "chunk_size",
+        "max_masks",
+        "pred_iou_thresh",
+        "stability_score_thresh",
+        "box_nms_thresh",
+        "proposal_score_thresh",
+        "queue",
+    )
     try:
         options = JobOptions.from_json({n: getattr(args, n) for n in names if getattr(args, n) is not None})
     except BadRequestError as exc:
@@ -97,18 +138,28 @@ def run_preannotate(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     connection = redis_connection(settings)
     try:
-        status, created = start_job(connection, args.project, overwrite=args.overwrite, task_ids=args.tasks,
-                                    options=options, source="cli")
+        status, created = start_job(
+            connection,
+            args.project,
+            overwrite=args.overwrite,
+            task_ids=args.tasks,
+            options=options,
+            source="cli",
+        )
     except redis.RedisError as exc:
-        print(f"litesam-backend preannotate: Redis does not answer ({type(exc).__name__}); check REDIS_URL",
-              file=sys.stderr)
+        print(
+            f"litesam-backend preannotate: Redis does not answer ({type(exc).__name__}); check REDIS_URL",
+            file=sys.stderr,
+        )
         return 2
     if created:
         print(f"job {status['id']}: pre-annotating project {args.project}", file=sys.stderr)
     else:
         what = "following it" if args.wait else "not starting another"
-        print(f"project {args.project} already has a running job {status['id']} ({status['state']}); {what}",
-              file=sys.stderr)
+        print(
+            f"project {args.project} already has a running job {status['id']} ({status['state']}); {what}",
+            file=sys.stderr,
+        )
     print(status["id"])
     if not args.wait:
         return 0
@@ -133,9 +184,11 @@ def _follow(connection: redis.Redis, job_id: str) -> int:
                 bar.write("no worker has taken the job yet; start one with `litesam-backend worker`")
                 hinted = True
             time.sleep(POLL_S)
-    print(f"{status['state']}: {status['done']} pre-annotated, {status['skipped']} skipped, {status['failed']} "
-          f"failed of {status['total']} task(s); {status['regions']} masks; model {status['model_version']}",
-          file=sys.stderr)
+    print(
+        f"{status['state']}: {status['done']} pre-annotated, {status['skipped']} skipped, {status['failed']} "
+        f"failed of {status['total']} task(s); {status['regions']} masks; model {status['model_version']}",
+        file=sys.stderr,
+    )
     for failure in status["failures"][:FAILURES_PRINTED]:
         print(f"  task {failure['task']}: {failure['reason']}", file=sys.stderr)
     if status["error"]:

@@ -20,6 +20,11 @@ expiring after :data:`ALIVE_TTL_S`). At its maintenance (every ``--maintenance-i
 while idle) a worker re-queues the started jobs of workers whose alive key is gone, which uses up one of the
 job's retries; once none are left, the job is handed to RQ's abandoned-job handling, which fails it (and the
 job's failure callback records why). Re-running a chunk is safe: see :mod:`backend.jobs` on duplicates.
+
+Retries with backoff wait in RQ's scheduled-job registry; RQ's scheduler, which one worker at a time runs
+(``--without-scheduler`` opts out), moves them back to the queue. If the worker holding the scheduler lock
+dies, another one takes the scheduler over when the lock expires (about a minute, RQ's timeout), so backoff
+retries can be late by that much; re-queueing a dead worker's job does not need the scheduler.
 """
 
 from __future__ import annotations
@@ -81,7 +86,9 @@ class PreannotateWorker(SimpleWorker):
     """
 
     def __init__(self, queues, *args, services: Services | None = None, **kwargs) -> None:
-        kwargs["serializer"] = JSONSerializer  # every job of backend.jobs is JSON; RQ's CLI passes its default
+        kwargs["serializer"] = (
+            JSONSerializer  # every job of backend.jobs is JSON; RQ's CLI passes its default
+        )
         kwargs.setdefault("maintenance_interval", MAINTENANCE_INTERVAL_S)
         kwargs.setdefault("worker_ttl", kwargs["maintenance_interval"] + _TTL_MARGIN_S)
         super().__init__(queues, *args, **kwargs)
@@ -97,8 +104,12 @@ class PreannotateWorker(SimpleWorker):
         model_service = self._services.model
         model_service.model()
         jobs.use_services(self._services)
-        self.log.info("Worker %s: model %s loaded; listening on %s", self.name, model_service.model_version,
-                      ", ".join(self.queue_names()))
+        self.log.info(
+            "Worker %s: model %s loaded; listening on %s",
+            self.name,
+            model_service.model_version,
+            ", ".join(self.queue_names()),
+        )
         return self._services
 
     def work(self, *args, **kwargs) -> bool:
@@ -130,7 +141,9 @@ class PreannotateWorker(SimpleWorker):
             try:
                 self._mark_alive()
             except redis.RedisError as exc:
-                self.log.warning("Worker %s: could not refresh its alive key: %s", self.name, type(exc).__name__)
+                self.log.warning(
+                    "Worker %s: could not refresh its alive key: %s", self.name, type(exc).__name__
+                )
 
     def _mark_alive(self) -> None:
         self.connection.set(_alive_key(self.name), f"{socket.gethostname()}:{os.getpid()}", ex=ALIVE_TTL_S)
@@ -141,7 +154,9 @@ class PreannotateWorker(SimpleWorker):
         try:
             requeue_orphaned_jobs(self.connection, self.queue_names(), own_name=self.name)
         except redis.RedisError as exc:
-            self.log.warning("Worker %s: could not check for orphaned jobs: %s", self.name, type(exc).__name__)
+            self.log.warning(
+                "Worker %s: could not check for orphaned jobs: %s", self.name, type(exc).__name__
+            )
         super().run_maintenance_tasks()
 
 
@@ -150,7 +165,9 @@ def worker_is_dead(connection: redis.Redis, name: str) -> bool:
     return bool(connection.exists(_known_key(name))) and not connection.exists(_alive_key(name))
 
 
-def requeue_orphaned_jobs(connection: redis.Redis, queue_names: Sequence[str], own_name: str = "") -> list[str]:
+def requeue_orphaned_jobs(
+    connection: redis.Redis, queue_names: Sequence[str], own_name: str = ""
+) -> list[str]:
     """Re-queue (or, with no retries left, let RQ fail) started jobs whose worker is dead; returns their ids.
 
     Several workers may run this at once: the one whose ``ZREM`` takes the registry entry does the work.
@@ -194,17 +211,29 @@ def _note(connection: redis.Redis, job: Job, reason: str) -> None:
 # --------------------------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The worker's command-line options (shared by ``litesam-backend worker`` and ``python -m``)."""
-    parser.add_argument("--queue", action="append", dest="queues", metavar="NAME",
-                        help=f"queue to work on (repeatable; default {jobs.QUEUE_NAME})")
+    parser.add_argument(
+        "--queue",
+        action="append",
+        dest="queues",
+        metavar="NAME",
+        help=f"queue to work on (repeatable; default {jobs.QUEUE_NAME})",
+    )
     parser.add_argument("--name", default=None, help="worker name (default: a random id)")
     parser.add_argument("--burst", action="store_true", help="quit when the queues are empty")
     parser.add_argument("--max-jobs", type=int, default=None, help="quit after this many jobs")
-    parser.add_argument("--maintenance-interval", type=int, default=MAINTENANCE_INTERVAL_S,
-                        help="seconds between checks for jobs of dead workers and other RQ maintenance "
-                        f"(default {MAINTENANCE_INTERVAL_S})")
-    parser.add_argument("--without-scheduler", action="store_true",
-                        help="do not run RQ's scheduler (it moves retries whose backoff has passed back "
-                        "onto the queue; at least one worker should run it)")
+    parser.add_argument(
+        "--maintenance-interval",
+        type=int,
+        default=MAINTENANCE_INTERVAL_S,
+        help="seconds between checks for jobs of dead workers and other RQ maintenance "
+        f"(default {MAINTENANCE_INTERVAL_S})",
+    )
+    parser.add_argument(
+        "--without-scheduler",
+        action="store_true",
+        help="do not run RQ's scheduler (it moves retries whose backoff has passed back "
+        "onto the queue; at least one worker should run it)",
+    )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -214,14 +243,19 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     # scheduler process with multiprocessing and expects "fork".
     multiprocessing.set_start_method("fork", force=True)
     if args.maintenance_interval < 1 or (args.max_jobs is not None and args.max_jobs < 1):
-        print("litesam-backend worker: --maintenance-interval and --max-jobs must be at least 1", file=sys.stderr)
+        print(
+            "litesam-backend worker: --maintenance-interval and --max-jobs must be at least 1",
+            file=sys.stderr,
+        )
         return 2
     connection = jobs.redis_connection(settings)
     try:
         connection.ping()
     except redis.RedisError as exc:
-        print(f"litesam-backend worker: Redis does not answer ({type(exc).__name__}); check REDIS_URL",
-              file=sys.stderr)
+        print(
+            f"litesam-backend worker: Redis does not answer ({type(exc).__name__}); check REDIS_URL",
+            file=sys.stderr,
+        )
         return 2
     worker = PreannotateWorker(
         [jobs.queue(connection, name) for name in (args.queues or [jobs.QUEUE_NAME])],
@@ -230,8 +264,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         services=build_services(settings),
         maintenance_interval=args.maintenance_interval,
     )
-    worker.work(burst=args.burst, max_jobs=args.max_jobs, with_scheduler=not args.without_scheduler,
-                logging_level=settings.log_level)
+    worker.work(
+        burst=args.burst,
+        max_jobs=args.max_jobs,
+        with_scheduler=not args.without_scheduler,
+        logging_level=settings.log_level,
+    )
     return 0
 
 

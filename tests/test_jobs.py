@@ -27,12 +27,24 @@ from backend.preannotate_cli import add_preannotate_command
 from backend.services import build_services
 from backend.settings import Secret, Settings
 from backend.store import embedding_key
-from tests.backend_support import LEGACY_TOKEN, FakeLabelStudio, closed_port, decode_brush, make_tiny_checkpoint, png_bytes
-from tests.test_jobs_support import OPEN_FILTERS, REDIS_URL, jobs_redis  # noqa: F401 (fixture)
+from tests.backend_support import (
+    LEGACY_TOKEN,
+    FakeLabelStudio,
+    closed_port,
+    decode_brush,
+    make_tiny_checkpoint,
+    png_bytes,
+)
+from tests.test_jobs_support import OPEN_FILTERS, REDIS_URL, flushed_redis
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = (REPO / "label_config.xml").read_text()
 BASIC = ("admin", "jobs-basic-pass")
+
+
+@pytest.fixture
+def jobs_redis():
+    yield from flushed_redis()
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +53,13 @@ def checkpoint(tmp_path_factory):
 
 
 def settings_for(checkpoint, label_studio_url="http://127.0.0.1:9", **overrides) -> Settings:
-    values = dict(label_studio_url=label_studio_url, label_studio_api_key=Secret(LEGACY_TOKEN),
-                  redis_url=Secret(REDIS_URL), checkpoint=checkpoint, variant="litesam_tiny")
+    values = dict(
+        label_studio_url=label_studio_url,
+        label_studio_api_key=Secret(LEGACY_TOKEN),
+        redis_url=Secret(REDIS_URL),
+        checkpoint=checkpoint,
+        variant="litesam_tiny",
+    )
     values.update(overrides)
     return Settings(**values)
 
@@ -53,8 +70,16 @@ def planned_job(board: JobBoard, project: int, task_ids: list[int]) -> str:
     assert created
     tasks = [{"id": t, "image": f"/data/upload/{project}/{t}.png"} for t in task_ids]
     chunks = [tasks[i : i + 2] for i in range(0, len(tasks), 2)]
-    plan = {"project": project, "total": len(task_ids), "skipped": 0, "model_version": "litesam_tiny-test",
-            "from_name": "mask", "to_name": "image", "image_key": "image", "label": "Object"}
+    plan = {
+        "project": project,
+        "total": len(task_ids),
+        "skipped": 0,
+        "model_version": "litesam_tiny-test",
+        "from_name": "mask",
+        "to_name": "image",
+        "image_key": "image",
+        "label": "Object",
+    }
     assert board.commit_plan(status["id"], plan, chunks, {}, JobOptions(chunk_size=2))
     return status["id"]
 
@@ -63,8 +88,15 @@ def planned_job(board: JobBoard, project: int, task_ids: list[int]) -> str:
 
 
 def test_options_round_trip_through_json_and_refuse_bad_values():
-    options = JobOptions.from_json({"label": "Person", "chunk_size": 3, "retry_intervals": [1, 5],
-                                    "pred_iou_thresh": 0, "proposal_score_thresh": None})
+    options = JobOptions.from_json(
+        {
+            "label": "Person",
+            "chunk_size": 3,
+            "retry_intervals": [1, 5],
+            "pred_iou_thresh": 0,
+            "proposal_score_thresh": None,
+        }
+    )
     assert options.chunk_size == 3 and options.retry_intervals == (1, 5) and options.pred_iou_thresh == 0.0
     assert JobOptions.from_json(json.loads(json.dumps(options.to_json()))) == options
     assert JobOptions.from_json(None) == JobOptions()
@@ -147,15 +179,20 @@ def test_outcomes_count_once_and_the_last_one_finishes_the_job(jobs_redis):
     board = JobBoard(jobs_redis)
     job_id = planned_job(board, 4, [11, 12, 13])
     chunks = [Job.fetch(f"{job_id}.{i}", connection=jobs_redis, serializer=JSONSerializer) for i in range(2)]
-    assert [c.args[2] for c in chunks] == [[{"id": 11, "image": "/data/upload/4/11.png"},
-                                            {"id": 12, "image": "/data/upload/4/12.png"}],
-                                           [{"id": 13, "image": "/data/upload/4/13.png"}]]
+    assert [c.args[2] for c in chunks] == [
+        [{"id": 11, "image": "/data/upload/4/11.png"}, {"id": 12, "image": "/data/upload/4/12.png"}],
+        [{"id": 13, "image": "/data/upload/4/13.png"}],
+    ]
     assert all(c.func_name == "backend.jobs.run_chunk" and c.retries_left == 3 for c in chunks)
-    assert all(c.failure_callback is jobs.on_chunk_failure and c.timeout == JobOptions().job_timeout for c in chunks)
+    assert all(
+        c.failure_callback is jobs.on_chunk_failure and c.timeout == JobOptions().job_timeout for c in chunks
+    )
     assert board.status(job_id)["state"] == "running"
 
     assert board.record_outcome(job_id, 4, 11, "done", regions=5, worker="w1")
-    assert not board.record_outcome(job_id, 4, 11, "done", regions=5, worker="w2")  # a retry: not counted again
+    assert not board.record_outcome(
+        job_id, 4, 11, "done", regions=5, worker="w2"
+    )  # a retry: not counted again
     assert board.record_outcome(job_id, 4, 12, "failed", reason="the image is corrupt")
     assert not board.record_outcome(job_id, 4, 11, "failed", reason="late")  # nothing replaces a done task
     status = board.status(job_id)
@@ -192,8 +229,16 @@ def test_a_chunk_that_gives_up_fails_its_unsettled_tasks_and_the_job(jobs_redis)
 def test_everything_skipped_finishes_at_once(jobs_redis):
     board = JobBoard(jobs_redis)
     status, _ = board.start(9)
-    plan = {"project": 9, "total": 4, "skipped": 4, "model_version": "v", "from_name": "mask", "to_name": "image",
-            "image_key": "image", "label": "Object"}
+    plan = {
+        "project": 9,
+        "total": 4,
+        "skipped": 4,
+        "model_version": "v",
+        "from_name": "mask",
+        "to_name": "image",
+        "image_key": "image",
+        "label": "Object",
+    }
     assert board.commit_plan(status["id"], plan, [], {}, JobOptions())
     assert not board.commit_plan(status["id"], plan, [], {}, JobOptions())  # a retried parent changes nothing
     status = board.status(status["id"])
@@ -229,9 +274,11 @@ def test_task_locks_are_exclusive_and_a_waiting_writer_gets_them_after_release(j
     board = JobBoard(jobs_redis)
     order = []
     with board.task_locks("v1", [1, 2]) as held:
+
         def second_writer():
             with board.task_locks("v1", [2, 3], wait_s=10):
                 order.append("second")
+
         thread = threading.Thread(target=second_writer)
         thread.start()
         time.sleep(0.5)
@@ -269,8 +316,9 @@ AUTH = {"Authorization": "Basic YWRtaW46am9icy1iYXNpYy1wYXNz"}  # admin:jobs-bas
 
 
 def test_routes_start_read_and_list_jobs(client, jobs_redis):
-    response = client.post("/jobs", json={"project": 12, "options": {"chunk_size": 4, **OPEN_FILTERS}},
-                           headers=AUTH)
+    response = client.post(
+        "/jobs", json={"project": 12, "options": {"chunk_size": 4, **OPEN_FILTERS}}, headers=AUTH
+    )
     assert response.status_code == 202, response.get_json()
     body = response.get_json()
     assert body["created"] is True and body["job"]["project"] == 12 and body["job"]["state"] == "queued"
@@ -309,8 +357,13 @@ def test_routes_answer_404_for_unknown_jobs_and_400_for_bad_limits(client):
 
 
 def test_basic_auth_covers_every_jobs_route(client):
-    for method, path in [("get", "/jobs"), ("post", "/jobs"), ("get", "/jobs/ui"), ("get", "/jobs/abc"),
-                         ("get", "/jobs/static/jobs.js")]:
+    for method, path in [
+        ("get", "/jobs"),
+        ("post", "/jobs"),
+        ("get", "/jobs/ui"),
+        ("get", "/jobs/abc"),
+        ("get", "/jobs/static/jobs.js"),
+    ]:
         response = getattr(client, method)(path)
         assert response.status_code == 401, path
     wrong = {"Authorization": "Basic YWRtaW46d3Jvbmc="}  # admin:wrong
@@ -321,8 +374,14 @@ def test_jobs_page_and_its_static_files(client):
     page = client.get("/jobs/ui", headers=AUTH)
     assert page.status_code == 200 and page.mimetype == "text/html"
     html = page.get_data(as_text=True)
-    for fragment in ('id="start-form"', 'id="project"', 'id="start"', 'data-jobs-url="/jobs"',
-                     'src="/jobs/static/jobs.js"', 'href="/jobs/static/jobs.css"'):
+    for fragment in (
+        'id="start-form"',
+        'id="project"',
+        'id="start"',
+        'data-jobs-url="/jobs"',
+        'src="/jobs/static/jobs.js"',
+        'href="/jobs/static/jobs.css"',
+    ):
         assert fragment in html
     assert "http://" not in html and "https://" not in html  # no external files
     script = client.get("/jobs/static/jobs.js", headers=AUTH)
@@ -351,8 +410,22 @@ def run_command(argv, settings):
 
 def test_preannotate_command_queues_a_job(checkpoint, jobs_redis, capsys):
     settings = settings_for(checkpoint)
-    code = run_command(["preannotate", "--project", "31", "--tasks", "4,5", "--pred-iou-thresh", "0",
-                        "--label", "Person", "--chunk-size", "1"], settings)
+    code = run_command(
+        [
+            "preannotate",
+            "--project",
+            "31",
+            "--tasks",
+            "4,5",
+            "--pred-iou-thresh",
+            "0",
+            "--label",
+            "Person",
+            "--chunk-size",
+            "1",
+        ],
+        settings,
+    )
     assert code == 0
     job_id = capsys.readouterr().out.strip()
     status = JobBoard(jobs_redis).status(job_id)
@@ -391,9 +464,13 @@ def test_a_small_batch_predict_is_answered_now_with_one_prediction_per_task(chec
         server.add("/data/upload/2/b.png", png_bytes(50, 64, seed=2))
         server.add("/data/upload/2/bad.png", b"not an image")
         services = build_services(settings_for(checkpoint, label_studio_url=server.url))
-        tasks = [{"id": 1, "data": {"image": "/data/upload/2/a.png"}}, {"id": 2, "data": {"image": "/data/upload/2/b.png"}}]
-        answers = handle_batch_predict(services, "2.1", tasks, CONFIG,
-                                       options=JobOptions.from_json({**OPEN_FILTERS, "label": "Vehicle"}))
+        tasks = [
+            {"id": 1, "data": {"image": "/data/upload/2/a.png"}},
+            {"id": 2, "data": {"image": "/data/upload/2/b.png"}},
+        ]
+        answers = handle_batch_predict(
+            services, "2.1", tasks, CONFIG, options=JobOptions.from_json({**OPEN_FILTERS, "label": "Vehicle"})
+        )
         assert len(answers) == 2  # random weights, opened filters: plumbing only
         for answer, size in zip(answers, [(70, 90), (64, 50)], strict=True):
             assert answer["model_version"] == services.model.model_version and answer["result"]
@@ -404,7 +481,9 @@ def test_a_small_batch_predict_is_answered_now_with_one_prediction_per_task(chec
         keys = jobs_redis.keys(embedding_key(services.model.model_version, "*"))
         assert len(keys) == 2  # the embeddings were stored for later clicks
         with pytest.raises(BadRequestError, match="task 3: the file is not an image"):
-            handle_batch_predict(services, "2.1", [{"id": 3, "data": {"image": "/data/upload/2/bad.png"}}], CONFIG)
+            handle_batch_predict(
+                services, "2.1", [{"id": 3, "data": {"image": "/data/upload/2/bad.png"}}], CONFIG
+            )
     finally:
         server.close()
 
@@ -413,8 +492,10 @@ def test_describe_failure_is_short_and_clear():
     from rq.exceptions import AbandonedJobError
     from rq.timeouts import JobTimeoutException
 
-    assert jobs.describe_failure(jobs.LabelStudioUnavailable("Label Studio at X could not be reached")) == \
-        "Label Studio at X could not be reached"
+    assert (
+        jobs.describe_failure(jobs.LabelStudioUnavailable("Label Studio at X could not be reached"))
+        == "Label Studio at X could not be reached"
+    )
     assert "killed or lost" in jobs.describe_failure(AbandonedJobError())
     assert "job_timeout" in jobs.describe_failure(JobTimeoutException("Task exceeded maximum timeout value"))
     assert jobs.describe_failure(KeyError("image")) == "KeyError: 'image'"

@@ -6,15 +6,16 @@ This module holds no tests. Workers are real processes (``python -m backend.work
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from tests.e2e.processes import ManagedProcess, base_env
+from tests.e2e.processes import ManagedProcess, base_env, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 #: Job tests use their own Redis database (the backend tests use 11, its benchmark 12, the generic fixture 15).
@@ -28,9 +29,9 @@ OPEN_FILTERS = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "proposal
 FAST_RETRY = {"retries": 2, "retry_intervals": [1, 2]}
 
 
-@pytest.fixture
-def jobs_redis():
-    """``redis.Redis`` on :data:`REDIS_DB`, flushed before and after the test."""
+def flushed_redis() -> Iterator[redis.Redis]:
+    """Yields ``redis.Redis`` on :data:`REDIS_DB`, flushed before and after; test modules wrap it in a
+    ``jobs_redis`` fixture (``yield from flushed_redis()``)."""
     client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=10)
     try:
         client.ping()
@@ -69,8 +70,46 @@ def start_worker(tmp_path: Path, env: dict, name: str, *args: str) -> ManagedPro
     return process
 
 
-def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.1,
-             explain: Callable[[], str] = lambda: "") -> object:
+@contextlib.contextmanager
+def serve_backend(tmp_path: Path, env: dict, basic_auth: bool = True) -> Iterator[str]:
+    """Run ``litesam-backend serve`` (gunicorn, 1 worker × 4 threads) and yield its URL; no traceback allowed."""
+    port = free_port()
+    pidfile = tmp_path / "backend.pid"
+    argv = [
+        sys.executable,
+        "-m",
+        "backend.cli",
+        "serve",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        "1",
+        "--threads",
+        "4",
+        "--pid",
+        str(pidfile),
+    ]
+    process = ManagedProcess(
+        "litesam-backend serve", argv, env=env, cwd=REPO, log_path=tmp_path / "backend.log", pidfile=pidfile
+    )
+    process.start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        expected = 401 if basic_auth else 200
+        process.wait_http(f"{url}/health", timeout=60, ready=lambda r: r.status_code == expected)
+        yield url
+        assert "Traceback" not in process.log_text(), process.log_tail()
+    finally:
+        process.stop()
+
+
+def wait_for(
+    predicate: Callable[[], object],
+    timeout: float,
+    what: str,
+    interval: float = 0.1,
+    explain: Callable[[], str] = lambda: "",
+) -> object:
     """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:

@@ -15,7 +15,12 @@ import pytest
 
 from backend.jobs import JobBoard, JobOptions
 from tests.backend_support import LEGACY_TOKEN, closed_port, make_tiny_checkpoint
-from tests.test_jobs_support import FAST_RETRY, jobs_redis, start_worker, wait_for, worker_env  # noqa: F401
+from tests.test_jobs_support import FAST_RETRY, flushed_redis, start_worker, wait_for, worker_env
+
+
+@pytest.fixture
+def jobs_redis():
+    yield from flushed_redis()
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +54,9 @@ class SilentServer:
             conn.close()
 
 
-def test_label_studio_unreachable_retries_with_backoff_then_fails_with_a_clear_reason(tmp_path, checkpoint,
-                                                                                      jobs_redis):
+def test_label_studio_unreachable_retries_with_backoff_then_fails_with_a_clear_reason(
+    tmp_path, checkpoint, jobs_redis
+):
     url = f"http://127.0.0.1:{closed_port()}"
     env = worker_env(tmp_path, checkpoint=checkpoint, label_studio_url=url, api_key=LEGACY_TOKEN)
     worker = start_worker(tmp_path, env, "unreachable")
@@ -58,11 +64,17 @@ def test_label_studio_unreachable_retries_with_backoff_then_fails_with_a_clear_r
         board = JobBoard(jobs_redis)
         started = time.monotonic()
         status, _ = board.start(3, options=JobOptions.from_json(FAST_RETRY))
-        status = wait_for(lambda: (s := board.status(status["id"]))["state"] == "failed" and s, 60,
-                          "the job to fail", explain=worker.log_tail)
+        status = wait_for(
+            lambda: (s := board.status(status["id"]))["state"] == "failed" and s,
+            60,
+            "the job to fail",
+            explain=worker.log_tail,
+        )
         elapsed = time.monotonic() - started
-        assert status["error"] == (f"Label Studio at {url} could not be reached to read project 3 (ConnectError) "
-                                   "(gave up after 3 attempt(s))")
+        assert status["error"] == (
+            f"Label Studio at {url} could not be reached to read project 3 (ConnectError) "
+            "(gave up after 3 attempt(s))"
+        )
         assert status["retries"] == 2 and status["total"] is None and status["last_error"] is None
         assert elapsed >= 1 + 2  # the backoff intervals were waited
         assert board.start(3)[1]  # the project is free for a new job
@@ -83,19 +95,31 @@ def test_a_killed_workers_job_is_requeued_by_another_worker(tmp_path, checkpoint
         board = JobBoard(jobs_redis)
         status, _ = board.start(4, options=JobOptions.from_json(FAST_RETRY))
         job_id = status["id"]
-        wait_for(lambda: board.status(job_id)["state"] == "listing", 60, "the first worker to start the job",
-                 explain=first.log_tail)
+        wait_for(
+            lambda: board.status(job_id)["state"] == "listing",
+            60,
+            "the first worker to start the job",
+            explain=first.log_tail,
+        )
         os.killpg(first.popen.pid, signal.SIGKILL)  # mid-job: it waits on the hung Label Studio
         first.popen.wait(timeout=10)
         hung.close()  # from now on Label Studio refuses connections
         killed_at = time.monotonic()
 
         second = start_worker(tmp_path, env, "second")
-        wait_for(lambda: "worker first stopped" in board.record_fields(job_id).get("last_error", ""), 60,
-                 "the second worker to re-queue the job", explain=second.log_tail)
+        wait_for(
+            lambda: "worker first stopped" in board.record_fields(job_id).get("last_error", ""),
+            60,
+            "the second worker to re-queue the job",
+            explain=second.log_tail,
+        )
         requeued_after = time.monotonic() - killed_at
-        final = wait_for(lambda: (s := board.status(job_id))["state"] == "failed" and s, 60,
-                         "the job to end", explain=second.log_tail)
+        final = wait_for(
+            lambda: (s := board.status(job_id))["state"] == "failed" and s,
+            60,
+            "the job to end",
+            explain=second.log_tail,
+        )
         assert "could not be reached to read project 4" in final["error"]
         assert final["retries"] == 2  # the re-queue after the kill used one of the two retries
         assert requeued_after < 40, requeued_after

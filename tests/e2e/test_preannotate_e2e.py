@@ -25,13 +25,14 @@ from label_studio_sdk.types import PredictionRequest
 from backend.jobs import JobBoard, JobOptions
 from backend.preannotate_cli import add_preannotate_command
 from backend.settings import Settings
-from backend.store import embedding_key
+from backend.store import ALIAS_PREFIX, embedding_key
 from tests.backend_support import decode_brush, exif_rotated_jpeg, make_tiny_checkpoint, png_bytes
 from tests.e2e.processes import ManagedProcess
-from tests.test_jobs_support import (  # noqa: F401 (jobs_redis is a fixture)
+from tests.test_jobs_support import (
     OPEN_FILTERS,
     REDIS_URL,
-    jobs_redis,
+    flushed_redis,
+    serve_backend,
     start_worker,
     wait_for,
     worker_env,
@@ -40,6 +41,11 @@ from tests.test_jobs_support import (  # noqa: F401 (jobs_redis is a fixture)
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = (REPO / "label_config.xml").read_text()
 FOREIGN_VERSION = "someone-else-v2"
+
+
+@pytest.fixture
+def jobs_redis():
+    yield from flushed_redis()
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +75,9 @@ class Workers:
 
 @pytest.fixture
 def workers(label_studio, tmp_path, checkpoint, jobs_redis):
-    env = worker_env(tmp_path, checkpoint=checkpoint, label_studio_url=label_studio.url, api_key=label_studio.pat)
+    env = worker_env(
+        tmp_path, checkpoint=checkpoint, label_studio_url=label_studio.url, api_key=label_studio.pat
+    )
     pool = Workers(tmp_path, env)
     try:
         yield pool
@@ -85,7 +93,9 @@ def images(count: int, seed: int = 0) -> list[tuple[str, bytes, tuple[int, int]]
     out = []
     for i in range(count):
         if i == 3:
-            out.append((f"img{i:02d}.jpg", exif_rotated_jpeg(120, 80), (120, 80)))  # stored 120×80, shown 80×120
+            out.append(
+                (f"img{i:02d}.jpg", exif_rotated_jpeg(120, 80), (120, 80))
+            )  # stored 120×80, shown 80×120
             continue
         width, height = int(rng.integers(40, 160)), int(rng.integers(30, 120))
         out.append((f"img{i:02d}.png", png_bytes(width, height, seed=seed * 100 + i), (height, width)))
@@ -99,8 +109,13 @@ def new_project(label_studio, files) -> tuple[int, dict[int, tuple[int, int]]]:
 
 
 def wait_job(board: JobBoard, job_id: str, workers: Workers, timeout: float = 120) -> dict:
-    return wait_for(lambda: (s := board.status(job_id))["state"] in ("finished", "failed") and s, timeout,
-                    f"job {job_id} to end", interval=0.25, explain=lambda: f"{board.status(job_id)}\n{workers.logs()}")
+    return wait_for(
+        lambda: (s := board.status(job_id))["state"] in ("finished", "failed") and s,
+        timeout,
+        f"job {job_id} to end",
+        interval=0.25,
+        explain=lambda: f"{board.status(job_id)}\n{workers.logs()}",
+    )
 
 
 def predictions_by_task(label_studio, task_ids) -> dict[int, list[dict]]:
@@ -115,7 +130,9 @@ def check_prediction(prediction: dict, size: tuple[int, int], label: str = "Obje
     assert prediction["result"], "random weights with open filters keep at least one mask"
     scores = []
     for region in prediction["result"]:
-        assert region["type"] == "brushlabels" and region["from_name"] == "mask" and region["to_name"] == "image"
+        assert (
+            region["type"] == "brushlabels" and region["from_name"] == "mask" and region["to_name"] == "image"
+        )
         assert region["value"]["brushlabels"] == [label]
         mask = decode_brush(region)  # exactly H·W·4 values
         assert mask.shape == size and set(np.unique(mask)) <= {0, 255}
@@ -129,14 +146,27 @@ def foreign_prediction(width: int, height: int) -> list[dict]:
 
     mask = np.zeros((height, width), np.uint8)
     mask[: height // 2] = 255
-    return [{"from_name": "mask", "to_name": "image", "type": "brushlabels", "original_width": width,
-             "original_height": height, "value": {"format": "rle", "rle": mask2rle(mask), "brushlabels": ["Person"]}}]
+    return [
+        {
+            "from_name": "mask",
+            "to_name": "image",
+            "type": "brushlabels",
+            "original_width": width,
+            "original_height": height,
+            "value": {"format": "rle", "rle": mask2rle(mask), "brushlabels": ["Person"]},
+        }
+    ]
 
 
 def run_preannotate(argv: list[str], label_studio) -> int:
     """``litesam-backend preannotate …`` in this process (the same function the command runs)."""
-    settings = Settings.from_env({"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.pat,
-                                  "REDIS_URL": REDIS_URL})
+    settings = Settings.from_env(
+        {
+            "LABEL_STUDIO_URL": label_studio.url,
+            "LABEL_STUDIO_API_KEY": label_studio.pat,
+            "REDIS_URL": REDIS_URL,
+        }
+    )
     parser = argparse.ArgumentParser(prog="litesam-backend")
     add_preannotate_command(parser.add_subparsers(dest="command", required=True), settings)
     args = parser.parse_args(["preannotate", *argv])
@@ -148,15 +178,21 @@ OPEN_FLAGS = ["--pred-iou-thresh", "0", "--stability-score-thresh", "0", "--prop
 
 @pytest.mark.e2e
 def test_project_preannotated_once_by_two_workers_rerun_adds_nothing_overwrite_replaces_only_ours(
-        label_studio, workers, jobs_redis, capsys):
+    label_studio, workers, jobs_redis, capsys
+):
     files = images(20)
     project, sizes = new_project(label_studio, files)
     ls = label_studio.client()
     foreign_tasks = list(sizes)[:4]
-    answer = ls.projects.import_predictions(id=project, request=[
-        PredictionRequest(task=t, result=foreign_prediction(sizes[t][1], sizes[t][0]), model_version=FOREIGN_VERSION)
-        for t in foreign_tasks
-    ])
+    answer = ls.projects.import_predictions(
+        id=project,
+        request=[
+            PredictionRequest(
+                task=t, result=foreign_prediction(sizes[t][1], sizes[t][0]), model_version=FOREIGN_VERSION
+            )
+            for t in foreign_tasks
+        ],
+    )
     assert answer.created == 4
     foreign_ids = {t: ours(label_studio.predictions(task=t), FOREIGN_VERSION)[0]["id"] for t in foreign_tasks}
     workers.start("a")
@@ -164,14 +200,21 @@ def test_project_preannotated_once_by_two_workers_rerun_adds_nothing_overwrite_r
     board = JobBoard(jobs_redis)
 
     # 1. the whole project, through the command with --wait (progress bar on stderr)
-    code = run_preannotate(["--project", str(project), "--wait", "--chunk-size", "3", *OPEN_FLAGS], label_studio)
+    code = run_preannotate(
+        ["--project", str(project), "--wait", "--chunk-size", "3", *OPEN_FLAGS], label_studio
+    )
     out, err = capsys.readouterr()
     job_id = out.strip()
     status = board.status(job_id)
     assert code == 0, (err, status, workers.logs())
     assert "pre-annotating" in err and "finished: 20 pre-annotated, 0 skipped, 0 failed of 20 task(s)" in err
     assert (status["state"], status["total"], status["done"], status["skipped"], status["failed"]) == (
-        "finished", 20, 20, 0, 0)
+        "finished",
+        20,
+        20,
+        0,
+        0,
+    )
     version = status["model_version"]
     assert version.startswith("litesam_tiny-") and status["label"] == "Object"
     by_task = predictions_by_task(label_studio, sizes)
@@ -186,17 +229,21 @@ def test_project_preannotated_once_by_two_workers_rerun_adds_nothing_overwrite_r
     assert {board.outcome(job_id, task)["worker"] for task in sizes} == {"a", "b"}
     # every image's embedding is in Redis for the labelers' clicks
     assert len(jobs_redis.keys(embedding_key(version, "*"))) == 20
+    assert len(jobs_redis.keys(ALIAS_PREFIX + "*")) == 20  # upload URL → image hash: clicks skip the download
 
     # 2. again: everything is skipped, nothing is added
     status, created = board.start(project, options=JobOptions.from_json(OPEN_FILTERS))
     assert created
     status = wait_job(board, status["id"], workers)
     assert (status["state"], status["total"], status["skipped"], status["done"]) == ("finished", 20, 20, 0)
-    assert {t: [p["id"] for p in ours(ps, version)] for t, ps in predictions_by_task(label_studio, sizes).items()} \
-        == {t: [i] for t, i in first_ids.items()}
+    assert {
+        t: [p["id"] for p in ours(ps, version)] for t, ps in predictions_by_task(label_studio, sizes).items()
+    } == {t: [i] for t, i in first_ids.items()}
 
     # 3. overwrite: ours replaced (one per task), the other model's predictions untouched
-    status, _ = board.start(project, overwrite=True, options=JobOptions.from_json({**OPEN_FILTERS, "chunk_size": 4}))
+    status, _ = board.start(
+        project, overwrite=True, options=JobOptions.from_json({**OPEN_FILTERS, "chunk_size": 4})
+    )
     status = wait_job(board, status["id"], workers)
     assert (status["state"], status["done"], status["skipped"], status["failed"]) == ("finished", 20, 0, 0)
     by_task = predictions_by_task(label_studio, sizes)
@@ -225,12 +272,20 @@ def test_worker_killed_mid_chunk_job_completes_without_duplicates(label_studio, 
     version = board.status(job_id)["model_version"]
     planted_task = list(sizes)[7]
     height, width = sizes[planted_task]
-    label_studio.client().projects.import_predictions(id=project, request=[
-        PredictionRequest(task=planted_task, result=foreign_prediction(width, height), model_version=version)])
+    label_studio.client().projects.import_predictions(
+        id=project,
+        request=[
+            PredictionRequest(
+                task=planted_task, result=foreign_prediction(width, height), model_version=version
+            )
+        ],
+    )
     (planted,) = ours(label_studio.predictions(task=planted_task), version)
 
     victim = workers.start("victim", "--without-scheduler")
-    wait_for(lambda: 2 <= board.status(job_id)["done"], 60, "the first writes", interval=0.02, explain=workers.logs)
+    wait_for(
+        lambda: 2 <= board.status(job_id)["done"], 60, "the first writes", interval=0.02, explain=workers.logs
+    )
     os.killpg(victim.popen.pid, signal.SIGKILL)
     victim.popen.wait(timeout=10)
     at_kill = board.status(job_id)
@@ -295,20 +350,29 @@ class Gate:
 
 @pytest.mark.e2e
 def test_label_studio_away_for_a_while_the_job_retries_with_backoff_and_completes(
-        label_studio, tmp_path, checkpoint, jobs_redis):
+    label_studio, tmp_path, checkpoint, jobs_redis
+):
     files = images(4, seed=2)
     project, sizes = new_project(label_studio, files)
     gate = Gate(label_studio.port)  # closed: Label Studio is unreachable through it
-    env = worker_env(tmp_path, checkpoint=checkpoint, label_studio_url=f"http://127.0.0.1:{gate.port}",
-                     api_key=label_studio.pat)
+    env = worker_env(
+        tmp_path,
+        checkpoint=checkpoint,
+        label_studio_url=f"http://127.0.0.1:{gate.port}",
+        api_key=label_studio.pat,
+    )
     pool = Workers(tmp_path, env)
     try:
         pool.start("patient")
         board = JobBoard(jobs_redis)
         options = JobOptions.from_json({**OPEN_FILTERS, "retries": 4, "retry_intervals": [2, 4, 8, 8]})
         status, _ = board.start(project, options=options)
-        wait_for(lambda: board.status(status["id"])["retries"] >= 1, 60, "a first failed attempt",
-                 explain=pool.logs)
+        wait_for(
+            lambda: board.status(status["id"])["retries"] >= 1,
+            60,
+            "a first failed attempt",
+            explain=pool.logs,
+        )
         retrying = board.status(status["id"])
         assert retrying["state"] in ("queued", "listing") and "could not be reached" in retrying["last_error"]
         gate.open()  # Label Studio is back
@@ -346,3 +410,53 @@ def test_an_unreadable_image_fails_only_its_own_task(label_studio, workers, jobs
         else:
             check_prediction(mine[0], size)
     assert ours(label_studio.predictions(task=elsewhere), version) == []
+
+
+@pytest.mark.e2e
+def test_retrieve_predictions_small_batch_answered_now_large_batch_becomes_a_job(
+    label_studio, workers, jobs_redis, tmp_path
+):
+    """Label Studio's "Retrieve predictions" (one synchronous /predict with every selected task): up to
+    backend.jobs.SYNC_PREDICT_LIMIT tasks are answered in the call; more become a job for exactly those
+    tasks and Label Studio gets no results (so it marks nothing as predicted) until the job writes them.
+    The backend runs SegEvery's default filters here, so with random weights the predictions hold no region."""
+    from backend.jobs import SYNC_PREDICT_LIMIT
+
+    files = images(8, seed=4)
+    project, sizes = new_project(label_studio, files)
+    tasks = list(sizes)
+    basic = ("ls-backend", "retrieve-pass")
+    with serve_backend(
+        tmp_path, {**workers.env, "BASIC_AUTH_USER": basic[0], "BASIC_AUTH_PASS": basic[1]}
+    ) as url:
+        label_studio.connect_backend(project, url, interactive=False, basic_auth=basic)
+        board = JobBoard(jobs_redis)
+
+        small = tasks[:SYNC_PREDICT_LIMIT]
+        label_studio.retrieve_predictions(project, small)
+        stored = predictions_by_task(label_studio, small)
+        version = stored[small[0]][0]["model_version"]
+        assert version.startswith("litesam_tiny-")
+        assert all(len(ours(p, version)) == 1 for p in stored.values()), stored
+        assert board.recent() == []  # no job for a small batch
+
+        large = tasks[SYNC_PREDICT_LIMIT:]
+        started = time.monotonic()
+        label_studio.retrieve_predictions(project, large)
+        assert time.monotonic() - started < 20  # answered at once, nothing computed in the call
+        assert all(p == [] for p in predictions_by_task(label_studio, large).values())  # nothing marked yet
+        (job,) = board.recent()
+        assert (job["project"], job["tasks"], job["source"]) == (project, sorted(large), "predict")
+
+        workers.start("retriever")
+        status = wait_job(board, job["id"], workers)
+        assert (status["state"], status["total"], status["done"], status["failed"]) == (
+            "finished",
+            len(large),
+            len(large),
+            0,
+        )
+        for task, predictions in predictions_by_task(label_studio, tasks).items():
+            (mine,) = ours(predictions, version)
+            for region in mine["result"]:
+                assert decode_brush(region).shape == sizes[task]
