@@ -1,5 +1,6 @@
 """Image encoder shapes, the AutoPPN head, its distance-transform targets and proposal decoding."""
 
+import copy
 import math
 
 import numpy as np
@@ -36,18 +37,21 @@ def _encoder(
 
 
 @pytest.fixture(scope="module")
-def encoder_640():
-    return _encoder(640)
-
-
-def test_encoder_at_640_returns_a_40x40_embedding_and_stride_8_maps(encoder_640):
+def encoded_640():
+    """(unfused encoder, input, its outputs) at 640, computed once for the tests below."""
+    encoder = _encoder(640)
+    x = torch.randn(1, 3, 640, 640, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        out = encoder_640(torch.randn(1, 3, 640, 640))
+        return encoder, x, encoder(x)
+
+
+def test_encoder_at_640_returns_a_40x40_embedding_and_stride_8_maps(encoded_640):
+    encoder, _, out = encoded_640
     assert isinstance(out, tuple) and len(out) == 2
     embedding, ppn = out
     assert embedding.shape == (1, 256, 40, 40) and embedding.is_contiguous()
     assert isinstance(ppn, AutoPPNOutput)
-    assert encoder_640.autoppn.stride == 8
+    assert encoder.autoppn.stride == 8
     assert ppn.heat_logits.shape == (1, 1, 80, 80)
     assert ppn.box_ltrb.shape == (1, 4, 80, 80)
     assert (ppn.box_ltrb >= 0).all()
@@ -62,13 +66,10 @@ def test_fused_encoder_at_1024_returns_a_64x64_embedding_and_stride_8_maps():
     assert ppn.box_ltrb.shape == (1, 4, 128, 128)
 
 
-def test_fused_encoder_matches_the_unfused_one_at_640(encoder_640):
-    import copy
-
-    x = torch.randn(1, 3, 640, 640)
-    fused = copy.deepcopy(encoder_640).fuse_for_inference()
+def test_fused_encoder_matches_the_unfused_one_at_640(encoded_640):
+    encoder, x, (expected, expected_ppn) = encoded_640
+    fused = copy.deepcopy(encoder).fuse_for_inference()
     with torch.inference_mode():
-        expected, expected_ppn = encoder_640(x)
         embedding, ppn = fused(x)
     torch.testing.assert_close(embedding, expected, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(ppn.heat_logits, expected_ppn.heat_logits, rtol=1e-4, atol=1e-4)

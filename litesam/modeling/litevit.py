@@ -155,7 +155,7 @@ class DropPath(nn.Module):
 
 
 def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
-    """3×3 convolution (no bias, padding 1) followed by BatchNorm; ``conv``/``bn`` are its submodules."""
+    """``Sequential(3×3 convolution without bias (padding 1), BatchNorm)``."""
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
         nn.BatchNorm2d(cout),
