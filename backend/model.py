@@ -1,7 +1,8 @@
 """The Lite-SAM model of a backend process, and the thin Label Studio adapter around it.
 
 :class:`ModelService` owns the one read-only model of the process: built lazily on first use (never at
-import, never in ``/health`` or ``/setup``), under a lock, and shared by all threads. Each request makes its
+import, never in ``/health`` or ``/setup``), under a lock, with the encoder fused for inference, and shared
+by all threads. Each request makes its
 own cheap :class:`~litesam.predictor.LiteSamPredictor` around it and restores the image embedding from the
 :class:`~backend.store.EmbeddingStore`, so no predictor is ever shared between threads.
 
@@ -94,7 +95,7 @@ class ModelService:
         started = time.perf_counter()
         try:
             model = build_model(
-                self._settings.variant, checkpoint=checkpoint.path, device=self._settings.device
+                self._settings.variant, checkpoint=checkpoint.path, device=self._settings.device, fuse=True
             )
         except CheckpointError as exc:
             raise ConfigurationError(f"cannot load the checkpoint for LITESAM_VARIANT: {exc}") from None
