@@ -236,8 +236,10 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the results as JSON only")
     args = parser.parse_args()
 
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         results = [bench_variant(v, args, Path(tmp)) for v in args.variants]
+    load_after = os.getloadavg()[0]
     if args.json:
         print(json.dumps(results, indent=2))
         return
@@ -252,6 +254,10 @@ def main() -> None:
     )
     print(
         "A warm click on a Label Studio upload needs no download (the upload's embedding is found by its URL)."
+    )
+    print(
+        f"1-minute load average before / after the run: {load_before:.2f} / {load_after:.2f} "
+        "(other processes on this machine slow every figure down)"
     )
     print(f"{'variant':<15}{'click':<7}{'n':>4}{'p50 ms':>10}{'p95 ms':>10}{'mean ms':>10}")
     for result in results:
