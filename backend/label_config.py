@@ -34,7 +34,8 @@ class BrushTag:
 
 @dataclass(frozen=True)
 class ImageTag:
-    """An ``<Image name=name value="$value_key">``; ``value_key`` is the task data field with the URL."""
+    """An ``<Image name=name value="$value_key">`` (or ``valueList="$value_key"`` for several images per task);
+    ``value_key`` is the task data field with the URL (or the list of URLs)."""
 
     name: str
     value_key: str
@@ -111,7 +112,7 @@ def _parse(xml: str) -> LabelConfig:
         tag = element.tag.lower() if isinstance(element.tag, str) else ""
         name = element.get("name")
         if tag == "image" and name:
-            value = element.get("value", "")
+            value = element.get("value") or element.get("valueList") or ""
             if value.startswith("$") and len(value) > 1:
                 images.append(ImageTag(name=name, value_key=value[1:]))
         elif tag == "brushlabels" and name:

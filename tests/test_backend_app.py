@@ -272,6 +272,23 @@ def test_exif_rotated_jpeg_masks_have_the_shown_size(backend):
     assert decode_brush(regions[0]).shape == (96, 64)
 
 
+def test_multi_image_task_uses_the_item_index(backend):
+    config = (
+        '<View><Image name="image" valueList="$images"/>'
+        '<BrushLabels name="mask" toName="image"><Label value="Object"/></BrushLabels></View>'
+    )
+    region = {**keypoint(50, 20, 64, 96), "item_index": 1}
+    body = {
+        "tasks": [{"id": 1, "data": {"images": ["/data/upload/1/odd.png", "/data/upload/1/rotated.jpg"]}}],
+        "label_config": config,
+        "params": {"context": {"result": [region]}},
+    }
+    (region_out,) = regions_of(backend.client.post("/predict", json=body))
+    assert region_out["item_index"] == 1 and decode_brush(region_out).shape == (96, 64)
+    body["params"]["context"]["result"][0]["item_index"] = 2
+    assert_error(backend.client.post("/predict", json=body), 400, "item_index 2 is outside")
+
+
 def test_slightly_outside_prompts_are_clipped(backend):
     regions = regions_of(backend.predict("/data/upload/1/odd.png", [keypoint(100.8, -0.5, 333, 517)]))
     assert decode_brush(regions[0]).shape == (517, 333)

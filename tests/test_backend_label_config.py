@@ -53,6 +53,14 @@ def test_two_images_pick_the_brush_of_the_prompted_image():
         config.brush_for("middle")
 
 
+def test_multi_image_value_list():
+    config = parse_label_config(
+        '<View><Image name="pages" valueList="$images"/>'
+        '<BrushLabels name="m" toName="pages"><Label value="A"/></BrushLabels></View>'
+    )
+    assert config.image("pages").value_key == "images"
+
+
 @pytest.mark.parametrize(
     ("xml", "message"),
     [
