@@ -28,11 +28,9 @@ class PositionEmbeddingRandom(nn.Module):
     ``2·num_pos_feats``.
     """
 
-    def __init__(self, num_pos_feats: int = 64, scale: float | None = None) -> None:
+    def __init__(self, num_pos_feats: int) -> None:
         super().__init__()
-        if scale is None or scale <= 0.0:
-            scale = 1.0
-        self.register_buffer("positional_encoding_gaussian_matrix", scale * torch.randn((2, num_pos_feats)))
+        self.register_buffer("positional_encoding_gaussian_matrix", torch.randn((2, num_pos_feats)))
 
     def _encode(self, unit_coords: torch.Tensor) -> torch.Tensor:
         """``…×2`` float coordinates in ``[0, 1]`` (x, y) → ``…×(2·num_pos_feats)`` float32 features."""
@@ -89,7 +87,9 @@ class PromptEncoder(nn.Module):
 
         # 0: background point, 1: foreground point, 2: box top-left corner, 3: box bottom-right corner.
         self.num_point_embeddings = 4
-        self.point_embeddings = nn.ModuleList([nn.Embedding(1, embed_dim) for _ in range(4)])
+        self.point_embeddings = nn.ModuleList(
+            [nn.Embedding(1, embed_dim) for _ in range(self.num_point_embeddings)]
+        )
         self.not_a_point_embed = nn.Embedding(1, embed_dim)
 
         self.mask_input_size = (4 * self.image_embedding_size[0], 4 * self.image_embedding_size[1])

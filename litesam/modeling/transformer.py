@@ -294,8 +294,9 @@ class TwoWayTransformer(nn.Module):
         ``image_embedding``: ``Bi×C×h×w`` (``Bi = 1`` when shared by all prompts); ``image_pe``: ``1×C×h×w``
         (or ``Bi×C×h×w``). The result can be reused by ``forward_prepared`` for any number of prompt chunks.
         """
-        keys = image_embedding.flatten(2).transpose(1, 2)  # Bi×M×C, tokens in row-major (y, x) order
-        key_pe = image_pe.flatten(2).transpose(1, 2)
+        # Bi×M×C, tokens in row-major (y, x) order; made contiguous once, as every prompt reads them.
+        keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
+        key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
         return self.layers[0].prepare(keys, key_pe)
 
     def forward_prepared(self, image: PreparedImage, point_embedding: Tensor) -> tuple[Tensor, Tensor]:
