@@ -129,23 +129,24 @@ def test_shared_dense_embedding_forms_agree(setup):
 
 @pytest.mark.parametrize("shared_image", [True, False])
 def test_transformer_parity_with_sam(shared_image):
+    """SAM's transformer on a per-prompt image batch vs ours on one shared (1×C×h×w) or per-prompt image."""
     ref = randomize_(RefTransformer(2, 256, 8, 2048), seed=3)
     ours = TwoWayTransformer(2, 256, 8, 2048)
     ours.load_state_dict(ref.state_dict(), strict=True)
     g = torch.Generator().manual_seed(4)
-    image, pe, tokens = (
-        torch.randn(1, 256, 24, 16, generator=g),
-        torch.randn(1, 256, 24, 16, generator=g),
-        torch.randn(3, 7, 256, generator=g),
-    )
-    batch_image = image.expand(3, -1, -1, -1) + torch.randn(3, 256, 1, 1, generator=g)
+    image = torch.randn(1, 256, 24, 16, generator=g)  # a non-square grid
+    pe = torch.randn(1, 256, 24, 16, generator=g)
+    tokens = torch.randn(3, 7, 256, generator=g)
+    if not shared_image:
+        image = image + torch.randn(3, 256, 1, 1, generator=g)
     with torch.inference_mode():
-        ref_q, ref_k = ref(
-            batch_image if not shared_image else image.expand(3, -1, -1, -1), pe.expand(3, -1, -1, -1), tokens
-        )
-        q, k = ours(batch_image if not shared_image else image, pe, tokens)
+        ref_q, ref_k = ref(image.expand(3, -1, -1, -1), pe.expand(3, -1, -1, -1), tokens)
+        q, k = ours(image, pe, tokens)
+        first_q, first_k = ours.forward_prepared(ours.prepare_image(image, pe), tokens, num_outputs=2)
     assert q.shape == ref_q.shape == (3, 7, 256) and k.shape == ref_k.shape == (3, 24 * 16, 256)
     assert (q - ref_q).abs().max() <= TOLERANCE and (k - ref_k).abs().max() <= TOLERANCE
+    assert first_q.shape == (3, 2, 256) and (first_q - ref_q[:, :2]).abs().max() <= TOLERANCE
+    assert torch.equal(first_k, k)
 
 
 @pytest.mark.parametrize("size,grid", SIZES)

@@ -126,7 +126,8 @@ class MaskDecoder(nn.Module):
             part = slice(start, start + chunk)
             if not shared:
                 image = self.transformer.prepare_image(image_embeddings + dense[part], image_pe)
-            hs, keys = self.transformer.forward_prepared(image, tokens[part])
+            # Only the IoU token and the mask tokens up to the last selected one are read.
+            hs, keys = self.transformer.forward_prepared(image, tokens[part], num_outputs=1 + selected.stop)
             iou_pred[part] = self.iou_prediction_head(hs[:, 0])[:, selected]
             mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens][:, selected]
             hyper_in = torch.stack([mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(hyper_mlps)], dim=1)

@@ -299,17 +299,20 @@ class TwoWayTransformer(nn.Module):
         key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
         return self.layers[0].prepare(keys, key_pe)
 
-    def forward_prepared(self, image: PreparedImage, point_embedding: Tensor) -> tuple[Tensor, Tensor]:
+    def forward_prepared(
+        self, image: PreparedImage, point_embedding: Tensor, num_outputs: int | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Run the transformer for ``B×N×C`` prompt tokens against a prepared image.
 
-        Returns ``(queries B×N×C, keys B×M×C)``: the processed tokens and image tokens.
+        Returns ``(queries B×N'×C, keys B×M×C)``: the processed tokens and image tokens. Tokens attend
+        independently in the final tokens→image attention, so with ``num_outputs`` only the first
+        ``N' = num_outputs`` tokens (those the caller reads) go through it; by default all ``N`` do.
         """
         queries, keys = self.layers[0].forward_prepared(point_embedding, point_embedding, image)
         for layer in self.layers[1:]:
             queries, keys = layer(queries, keys, point_embedding, image.key_pe)
-        attn = self.final_attn_token_to_image.tokens_to_image(
-            queries + point_embedding, keys + image.key_pe, keys
-        )
+        queries, query_pe = queries[:, :num_outputs], point_embedding[:, :num_outputs]
+        attn = self.final_attn_token_to_image.tokens_to_image(queries + query_pe, keys + image.key_pe, keys)
         return self.norm_final_attn(queries + attn), keys
 
     def forward(
