@@ -16,7 +16,9 @@ GET /jobs/static/<file>    the page's script and style sheet
 
 The page reads the same ``GET /jobs`` answer the API gives, so both always show the same progress. The
 app's basic-auth guard (``before_request``) covers these routes like every other one; the page's requests
-carry the credentials the browser already sent for the page. Redis down: 503 with a clear message.
+carry the credentials the browser already sent for the page. ``POST /jobs`` takes only JSON (415 otherwise):
+a browser sends that cross-site only after a CORS preflight this app never allows, so a page on another
+site cannot start jobs with the credentials a browser keeps for this one. Redis down: 503 with a message.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from flask import Blueprint, current_app, jsonify, render_template, request
 
 from .app import current_services, json_body
 from .errors import BackendError, BadRequestError
-from .jobs import JobBoard, JobOptions, redis_connection
+from .jobs import JobBoard, JobOptions, QueueUnavailableError, redis_connection
 
 MAX_LIST_LIMIT = 200
 _EXTENSION = "litesam_jobs_redis"
@@ -36,10 +38,10 @@ jobs_blueprint = Blueprint(
 )
 
 
-class QueueUnavailableError(BackendError):
-    """Redis (the job queue) does not answer: jobs can be neither queued nor read."""
+class UnsupportedMediaTypeError(BackendError):
+    """``POST /jobs`` without a JSON content type (refused, so that no HTML form of another site can post it)."""
 
-    status = 503
+    status = 415
 
 
 def _board() -> JobBoard:
@@ -63,6 +65,10 @@ def _redis_down(exc: redis.RedisError):
 
 @jobs_blueprint.route("/jobs", methods=["POST"])
 def create_job():
+    if not request.is_json:
+        raise UnsupportedMediaTypeError(
+            "send the job as JSON, with the header Content-Type: application/json"
+        )
     body = json_body()
     unknown = sorted(set(body) - {"project", "overwrite", "tasks", "options"})
     if unknown:

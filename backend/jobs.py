@@ -106,6 +106,12 @@ class JobNotFoundError(BackendError):
     status = 404
 
 
+class QueueUnavailableError(BackendError):
+    """Redis (the job queue) does not answer: jobs can be neither queued nor read."""
+
+    status = 503
+
+
 class LabelStudioUnavailable(UpstreamError):
     """Label Studio could not be reached or answered with a server error: the chunk is retried later."""
 
@@ -1287,13 +1293,19 @@ def handle_batch_predict(
     options = options or JobOptions()
     if len(tasks) > sync_limit:
         project_id = _project_id(project)
-        status, created = start_job(
-            redis_connection(services.settings),
-            project_id,
-            task_ids=task_ids,
-            options=options,
-            source="predict",
-        )
+        try:
+            status, created = start_job(
+                redis_connection(services.settings),
+                project_id,
+                task_ids=task_ids,
+                options=options,
+                source="predict",
+            )
+        except redis.RedisError as exc:
+            raise QueueUnavailableError(
+                f"Redis does not answer ({type(exc).__name__}): the {len(tasks)} tasks cannot be queued for "
+                "pre-annotation; check REDIS_URL"
+            ) from None
         logger.info(
             "batch /predict of %d task(s) in project %d → job %s (%s)",
             len(tasks),

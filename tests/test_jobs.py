@@ -350,6 +350,11 @@ def test_routes_refuse_bad_requests(client, body, fragment):
     assert response.status_code == 400 and fragment in response.get_json()["error"]
 
 
+def test_post_jobs_takes_only_json(client):
+    response = client.post("/jobs", data='{"project": 12}', content_type="text/plain", headers=AUTH)
+    assert response.status_code == 415 and "Content-Type: application/json" in response.get_json()["error"]
+
+
 def test_routes_answer_404_for_unknown_jobs_and_400_for_bad_limits(client):
     assert client.get("/jobs/" + "0" * 32, headers=AUTH).status_code == 404
     assert client.get("/jobs?limit=0", headers=AUTH).status_code == 400
@@ -395,6 +400,10 @@ def test_routes_say_so_when_redis_is_down(checkpoint):
     for response in (client.post("/jobs", json={"project": 1}), client.get("/jobs")):
         assert response.status_code == 503
         assert "Redis does not answer" in response.get_json()["error"]
+    services = build_services(settings)
+    tasks = [{"id": i, "data": {"image": "/data/upload/1/x.png"}} for i in (1, 2, 3)]
+    with pytest.raises(jobs.QueueUnavailableError, match="the 3 tasks cannot be queued"):
+        handle_batch_predict(services, "1.1", tasks, CONFIG, sync_limit=2)
 
 
 # -- the preannotate command -------------------------------------------------------------------------------
