@@ -1,6 +1,8 @@
 """``litesam-backend``: the backend's command line.
 
     litesam-backend serve [--bind HOST:PORT] [--workers N] [--threads N] [--timeout S] [--pid FILE]
+    litesam-backend worker …          (RQ worker for pre-annotation jobs, backend.preannotate_cli)
+    litesam-backend preannotate …     (start a pre-annotation job, backend.preannotate_cli)
 
 Defaults come from the environment (:mod:`backend.settings`). A subcommand is a function
 ``add_<name>_command(subparsers, settings)`` that adds its parser and sets ``func`` (called with the parsed
@@ -15,6 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from .errors import BackendError
+from .preannotate_cli import add_preannotate_command, add_worker_command
 from .settings import Settings
 
 #: Seconds gunicorn lets one request run (Label Studio gives /predict 100 s).
@@ -89,7 +92,11 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 #: Every subcommand's registration function, in help order.
-COMMANDS: list[Callable[[argparse._SubParsersAction, Settings], None]] = [add_serve_command]
+COMMANDS: list[Callable[[argparse._SubParsersAction, Settings], None]] = [
+    add_serve_command,
+    add_worker_command,
+    add_preannotate_command,
+]
 
 
 def build_parser(settings: Settings) -> argparse.ArgumentParser:
