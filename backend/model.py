@@ -247,13 +247,13 @@ class LiteSamBackend(LabelStudioMLBase):
                 point_labels=prompt.point_labels,
                 box=box,
                 multimask_output=_is_ambiguous(prompt),
+                best_only=True,
             )
-            best = int(np.argmax(ious))
-            mask = candidates[best]
+            mask = candidates[0]
             if target != (height, width):
                 mask = _resize_mask(mask, target)
             masks.append(mask)
-            scores.append(float(ious[best]))
+            scores.append(float(ious[0]))
         return masks, scores
 
 

@@ -73,6 +73,7 @@ class LiteSamPredictor:
         box: np.ndarray | None = None,
         mask_input: np.ndarray | None = None,
         multimask_output: bool = True,
+        best_only: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Predict masks for one prompt set on the current image.
 
@@ -82,6 +83,8 @@ class LiteSamPredictor:
             box: XYXY box (4,) in original-image pixels, or None.
             mask_input: 1×4h×4w low-resolution logits from an earlier call (``low_res_logits[i:i+1]``).
             multimask_output: three candidate masks (for an ambiguous single point) instead of one.
+            best_only: return only the candidate with the highest predicted IoU (C = 1); the others are
+                never upscaled, which is most of a prediction's cost on large images.
         Returns:
             masks: C×H×W bool at the original size (C = 3 or 1);
             scores: C float32 predicted IoU, clipped to [0, 1];
@@ -121,6 +124,9 @@ class LiteSamPredictor:
             dense_prompt_embeddings=dense,
             multimask_output=multimask_output,
         )
+        if best_only:
+            best = iou[0].argmax()
+            low_res, iou = low_res[:, best : best + 1], iou[:, best : best + 1]
         logits = self.model.postprocess_masks(low_res, embedding.input_size, embedding.original_size)
         return (
             (logits[0] > self.model.mask_threshold).cpu().numpy(),

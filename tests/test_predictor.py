@@ -29,6 +29,16 @@ def test_single_mask_output_and_box_with_points(predictor):
     assert masks.shape == (1, 120, 160) and scores.shape == (1,)
 
 
+def test_best_only_keeps_the_highest_scoring_candidate(predictor):
+    masks, scores, logits = predictor.predict(np.array([[40.0, 50.0]]), np.array([1]))
+    best_mask, best_score, best_logits = predictor.predict(np.array([[40.0, 50.0]]), np.array([1]), best_only=True)
+    best = int(np.argmax(scores))
+    assert best_mask.shape == (1, 120, 160) and best_score.shape == (1,)
+    np.testing.assert_array_equal(best_mask[0], masks[best])
+    np.testing.assert_array_equal(best_logits[0], logits[best])
+    assert best_score[0] == scores[best]
+
+
 def test_mask_input_feeds_back(predictor):
     _, scores, logits = predictor.predict(np.array([[40.0, 50.0]]), np.array([1]))
     best = int(np.argmax(scores))
