@@ -144,7 +144,7 @@ def _build(cfg: VariantConfig) -> LiteSAM:
         iou_head_depth=3,
         iou_head_hidden_dim=cfg.iou_head_hidden_dim,
     )
-    return LiteSAM(image_encoder, prompt_encoder, mask_decoder)
+    return LiteSAM(image_encoder, prompt_encoder, mask_decoder, variant=cfg.name)
 
 
 def save_checkpoint(model: LiteSAM, path: str | Path, variant: str) -> Path:

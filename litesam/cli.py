@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     everything.add_argument("-o", "--output", type=Path, required=True, help="folder for JSON and overlays")
     everything.add_argument("--prompt-mode", choices=("autoppn", "grid"), default="autoppn")
     everything.add_argument("--points-per-side", type=int, default=32, help="grid mode: n for the n×n grid")
+    everything.add_argument(
+        "--proposal-threshold", type=float, help="AutoPPN point-confidence threshold (default: the variant's)"
+    )
+    everything.add_argument("--top-k", type=int, help="at most this many AutoPPN proposals (default: the variant's)")
     everything.add_argument("--pred-iou-thresh", type=float, default=0.88)
     everything.add_argument("--stability-score-thresh", type=float, default=0.95)
     everything.add_argument("--box-nms-thresh", type=float, default=0.7)
@@ -123,12 +128,19 @@ def _segment(args: argparse.Namespace) -> int:
 def _everything(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from .build import VARIANTS
     from .everything import SegEvery, SegEveryConfig
     from .masks import coco_rle_to_mask
 
     model = _load_model(args)
+    proposals = VARIANTS[model.variant].proposals
+    if args.proposal_threshold is not None:
+        proposals = replace(proposals, score_threshold=args.proposal_threshold)
+    if args.top_k is not None:
+        proposals = replace(proposals, top_k=args.top_k)
     config = SegEveryConfig(
         prompt_mode=args.prompt_mode,
+        proposals=proposals,
         points_per_side=args.points_per_side,
         pred_iou_thresh=args.pred_iou_thresh,
         stability_score_thresh=args.stability_score_thresh,

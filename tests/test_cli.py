@@ -54,17 +54,32 @@ def test_everything_writes_coco_json_and_overlays(files, capsys):
     out = files["root"] / "everything"
     code = main(
         ["everything", str(files["first"]), str(files["second"]), "-o", str(out),
-         "--checkpoint", str(files["checkpoint"]), "--pred-iou-thresh", "0", "--stability-score-thresh", "0"]
+         "--checkpoint", str(files["checkpoint"]), "--proposal-threshold", "0",
+         "--pred-iou-thresh", "0", "--stability-score-thresh", "0"]
     )
     assert code == 0
     for name, (h, w) in (("first", (70, 110)), ("second", (96, 64))):
         document = json.loads((out / f"{name}.json").read_text())
+        assert document["annotations"]
         assert document["images"][0]["height"] == h and document["images"][0]["width"] == w
         for annotation in document["annotations"]:
             assert annotation["segmentation"]["size"] == [h, w]
         overlay = cv2.imread(str(out / f"{name}_overlay.png"))
         assert overlay.shape == (h, w, 3)
     assert "segment everything" in capsys.readouterr().err  # the progress bar
+
+
+def test_everything_proposal_options_bound_the_masks(files):
+    out = files["root"] / "bounded"
+    code = main(
+        ["everything", str(files["first"]), "-o", str(out), "--checkpoint", str(files["checkpoint"]),
+         "--proposal-threshold", "0", "--top-k", "3", "--pred-iou-thresh", "0", "--stability-score-thresh", "0",
+         "--box-nms-thresh", "1", "--no-overlay"]
+    )
+    assert code == 0
+    document = json.loads((out / "first.json").read_text())
+    assert 1 <= len(document["annotations"]) <= 3
+    assert not (out / "first_overlay.png").exists()
 
 
 def test_unreadable_image_is_reported_and_fails_the_run(files, capsys):

@@ -37,8 +37,11 @@ class LiteSAM(nn.Module):
         mask_decoder: MaskDecoder,
         pixel_mean: tuple[float, float, float] = SAM_PIXEL_MEAN,
         pixel_std: tuple[float, float, float] = SAM_PIXEL_STD,
+        variant: str | None = None,
     ) -> None:
         super().__init__()
+        #: Registry name of the variant this model was built as (see :mod:`litesam.build`), if any.
+        self.variant = variant
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
