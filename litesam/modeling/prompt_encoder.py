@@ -1,8 +1,8 @@
 """Prompt encoder: turns points, boxes and mask inputs into the mask decoder's sparse and dense embeddings.
 
 Coordinates are ``(x, y)`` in pixels of the *input frame* (the resized image, placed at the top left of the
-padded ``S×S`` model input); boxes are ``XYXY`` in the same units. Attribute and
-buffer names are Segment Anything's, so a SAM checkpoint's ``prompt_encoder.*`` keys load with ``strict=True``.
+padded ``S×S`` model input); boxes are ``XYXY`` in the same units. Attribute and buffer names are Segment
+Anything's, so a SAM checkpoint's ``prompt_encoder.*`` keys load with ``strict=True``.
 """
 
 import math
