@@ -129,7 +129,7 @@ class JobOptions:
         label: the BrushLabels label of every region; default the first label of the first ``<BrushLabels>``.
         chunk_size: tasks per chunk job (the unit of parallelism and of retries).
         write_batch: predictions per ``import_predictions`` call (a batch is also cut at ~16 MB of RLE).
-        max_masks: most regions written per task (SegEvery ranks them best first).
+        max_masks: most regions written per image (SegEvery ranks them best first).
         pred_iou_thresh, stability_score_thresh, box_nms_thresh, points_per_batch: SegEvery's filters and
             batch size (defaults: SegEvery's own, i.e. SAM's automatic-mask-generator values).
         proposal_score_thresh: AutoPPN's minimum proposal confidence; None = the variant's default.
@@ -1050,44 +1050,49 @@ def _task_regions(
 ) -> list[dict]:
     """The brushlabels regions of one task (raises :class:`_TaskFailure` for this task's own bad input).
 
-    A failed download counts as the task's own problem only while Label Studio answers (``ls``); when it
-    does not, :class:`LabelStudioUnavailable` is raised and the whole chunk is retried.
+    A multi-image task (``<Image valueList=…>``: a list of URLs) gets the regions of every image, each with
+    its ``item_index``; ``max_masks`` applies per image. A failed download counts as the task's own problem
+    only while Label Studio answers (``ls``); when it does not, :class:`LabelStudioUnavailable` is raised and
+    the whole chunk is retried.
     """
-    uri = task.get("image")
-    if not isinstance(uri, str) or not uri.strip():
-        kind = (
-            "a list of images (multi-image tasks are not pre-annotated)"
-            if isinstance(uri, list)
-            else "missing"
-        )
+    value = task.get("image")
+    multi = isinstance(value, list)
+    uris = value if multi else [value]
+    if not uris or not all(isinstance(u, str) and u.strip() for u in uris):
+        kind = "an empty or malformed list of images" if multi else "missing or not a URL"
         raise _TaskFailure(f"the task's data field {record['image_key']!r} is {kind}")
-    try:
-        embedding = _embedding(services, uri, int(task["id"]), version)
-    except (BadRequestError, ForbiddenURLError, PayloadTooLargeError) as exc:
-        raise _TaskFailure(exc.message) from None
-    except LiteSamError as exc:
-        raise _TaskFailure(str(exc)) from None
-    except UpstreamError as exc:
-        if ls is not None and not ls.reachable():
-            raise LabelStudioUnavailable(
-                f"{exc.message} (Label Studio at {ls.url} does not answer)"
-            ) from None
-        raise _TaskFailure(exc.message) from None
     model = services.model.model()
-    on_device = ImageEmbedding(
-        embedding.features.to(model.device), embedding.input_size, embedding.original_size
-    )
-    records = segment.generate_from_embedding(on_device)[: options.max_masks]
-    return [
-        brush_region(
-            r["segmentation"],
-            from_name=record["from_name"],
-            to_name=record["to_name"],
-            label=record["label"],
-            score=r["predicted_iou"],
+    regions = []
+    for index, uri in enumerate(uris):
+        where = f"image {index + 1} of {len(uris)}: " if multi else ""
+        try:
+            embedding = _embedding(services, uri, int(task["id"]), version)
+        except (BadRequestError, ForbiddenURLError, PayloadTooLargeError) as exc:
+            raise _TaskFailure(where + exc.message) from None
+        except LiteSamError as exc:
+            raise _TaskFailure(where + str(exc)) from None
+        except UpstreamError as exc:
+            if ls is not None and not ls.reachable():
+                raise LabelStudioUnavailable(
+                    f"{exc.message} (Label Studio at {ls.url} does not answer)"
+                ) from None
+            raise _TaskFailure(where + exc.message) from None
+        on_device = ImageEmbedding(
+            embedding.features.to(model.device), embedding.input_size, embedding.original_size
         )
-        for r in records
-    ]
+        records = segment.generate_from_embedding(on_device)[: options.max_masks]
+        regions += [
+            brush_region(
+                r["segmentation"],
+                from_name=record["from_name"],
+                to_name=record["to_name"],
+                label=record["label"],
+                score=r["predicted_iou"],
+                item_index=index if multi else None,
+            )
+            for r in records
+        ]
+    return regions
 
 
 def _embedding(services: Services, uri: str, task_id: int, version: str) -> ImageEmbedding:

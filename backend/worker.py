@@ -1,7 +1,6 @@
 """The pre-annotation worker: an RQ worker that loads the model once, before its loop.
 
     litesam-backend worker [--queue NAME …] [--burst] [--max-jobs N] [--name NAME]
-    python -m backend.worker …                                   (the same command)
     rq worker -w backend.worker.PreannotateWorker --maintenance-interval 10 --worker-ttl 30 litesam-preannotate
                                                      (RQ's own CLI works too; it passes RQ's slower defaults)
 
@@ -47,7 +46,6 @@ from rq.utils import parse_composite_key
 from rq.worker import SimpleWorker
 
 from . import jobs
-from .errors import BackendError
 from .logs import configure_logging
 from .services import Services, build_services
 from .settings import Settings
@@ -271,18 +269,3 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         logging_level=settings.log_level,
     )
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m backend.worker", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args, Settings.from_env())
-    except BackendError as exc:
-        print(f"litesam-backend worker: {exc.message}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,8 +7,7 @@ AutoPPN proposals ≥ 0): every task then gets the masks that survive NMS, and t
 like real ones.
 
 What runs is the real thing: a real Label Studio 1.23.2 (the test harness's, started from its template), a
-50-task project of 1024×768 JPEG uploads, ``python -m backend.worker`` processes (the code behind
-``litesam-backend worker``), Redis. For each worker count the script uploads a fresh project, flushes its Redis
+50-task project of 1024×768 JPEG uploads, ``litesam-backend worker`` processes, Redis. For each worker count the script uploads a fresh project, flushes its Redis
 database (so every embedding is computed), starts the workers, queues the job and times it from queueing to
 its end (listing, downloads, encoder, SegEvery, RLE, writes). The machine's cores are shared out evenly
 (``LITESAM_TORCH_THREADS`` = cores ÷ workers). Usage::
@@ -90,7 +89,7 @@ def run_once(
     processes = []
     try:
         for i in range(workers):
-            argv = [sys.executable, "-m", "backend.worker", "--name", f"bench{workers}-{i}"]
+            argv = [sys.executable, "-m", "backend.cli", "worker", "--name", f"bench{workers}-{i}"]
             process = ManagedProcess(
                 f"worker {i}",
                 argv,

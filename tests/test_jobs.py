@@ -489,6 +489,20 @@ def test_a_small_batch_predict_is_answered_now_with_one_prediction_per_task(chec
                 assert set(decode_brush(region).ravel()) <= {0, 255}
         keys = jobs_redis.keys(embedding_key(services.model.model_version, "*"))
         assert len(keys) == 2  # the embeddings were stored for later clicks
+        multi_config = (
+            '<View><Image name="image" valueList="$images"/>'
+            '<BrushLabels name="mask" toName="image"><Label value="Object"/></BrushLabels></View>'
+        )
+        multi = {"id": 4, "data": {"images": ["/data/upload/2/a.png", "/data/upload/2/b.png"]}}
+        (answer,) = handle_batch_predict(
+            services, "2.1", [multi], multi_config, options=JobOptions.from_json(OPEN_FILTERS)
+        )
+        assert {r["item_index"] for r in answer["result"]} == {0, 1}
+        for region in answer["result"]:
+            assert decode_brush(region).shape == [(70, 90), (64, 50)][region["item_index"]]
+        broken = {"id": 5, "data": {"images": ["/data/upload/2/a.png", "/data/upload/2/bad.png"]}}
+        with pytest.raises(BadRequestError, match="task 5: image 2 of 2: the file is not an image"):
+            handle_batch_predict(services, "2.1", [broken], multi_config)
         with pytest.raises(BadRequestError, match="task 3: the file is not an image"):
             handle_batch_predict(
                 services, "2.1", [{"id": 3, "data": {"image": "/data/upload/2/bad.png"}}], CONFIG

@@ -1,7 +1,7 @@
 """Helpers shared by the pre-annotation job tests: Redis on its own database, worker processes, waiting.
 
-This module holds no tests. Workers are real processes (``python -m backend.worker``, the same code as
-``litesam-backend worker``) with a tiny random-weight checkpoint; their environment is built from scratch.
+This module holds no tests. Workers are real processes (``litesam-backend worker``, run as
+``python -m backend.cli worker``) with a tiny random-weight checkpoint; their environment is built from scratch.
 """
 
 from __future__ import annotations
@@ -62,8 +62,18 @@ def worker_env(home: Path, *, checkpoint: str, label_studio_url: str, api_key: s
 
 
 def start_worker(tmp_path: Path, env: dict, name: str, *args: str) -> ManagedProcess:
-    """Start ``python -m backend.worker --name NAME ARGS`` and wait until its model is loaded."""
-    argv = [sys.executable, "-m", "backend.worker", "--name", name, "--maintenance-interval", "2", *args]
+    """Start ``litesam-backend worker --name NAME ARGS`` and wait until its model is loaded."""
+    argv = [
+        sys.executable,
+        "-m",
+        "backend.cli",
+        "worker",
+        "--name",
+        name,
+        "--maintenance-interval",
+        "2",
+        *args,
+    ]
     process = ManagedProcess(f"worker {name}", argv, env=env, cwd=REPO, log_path=tmp_path / f"{name}.log")
     process.start()
     process.wait_log(r"model \S+ loaded", timeout=90)

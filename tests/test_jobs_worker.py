@@ -1,4 +1,4 @@
-"""Real worker processes (``python -m backend.worker``) on a real Redis, with Label Studio unreachable or
+"""Real worker processes (``litesam-backend worker``) on a real Redis, with Label Studio unreachable or
 hanging: retries with backoff end in a failed job with a clear reason, and the job of a worker killed with
 SIGKILL is re-queued by another worker. Whole projects against a real Label Studio are in ``tests/e2e``.
 """

@@ -1,4 +1,4 @@
-"""End to end: whole projects pre-annotated by real worker processes (``python -m backend.worker``) against a
+"""End to end: whole projects pre-annotated by real worker processes (``litesam-backend worker``) against a
 real Label Studio 1.23.2 and a real Redis, with a tiny RANDOM-weight checkpoint.
 
 Random weights: SegEvery's default filters keep no mask of an untrained model, so the jobs here open them
@@ -9,11 +9,12 @@ re-runs, overwrite, killed workers and two workers, retries while Label Studio i
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -23,14 +24,11 @@ import pytest
 from label_studio_sdk.types import PredictionRequest
 
 from backend.jobs import JobBoard, JobOptions
-from backend.preannotate_cli import add_preannotate_command
-from backend.settings import Settings
 from backend.store import ALIAS_PREFIX, embedding_key
 from tests.backend_support import decode_brush, exif_rotated_jpeg, make_tiny_checkpoint, png_bytes
 from tests.e2e.processes import ManagedProcess
 from tests.test_jobs_support import (
     OPEN_FILTERS,
-    REDIS_URL,
     flushed_redis,
     serve_backend,
     start_worker,
@@ -158,19 +156,10 @@ def foreign_prediction(width: int, height: int) -> list[dict]:
     ]
 
 
-def run_preannotate(argv: list[str], label_studio) -> int:
-    """``litesam-backend preannotate …`` in this process (the same function the command runs)."""
-    settings = Settings.from_env(
-        {
-            "LABEL_STUDIO_URL": label_studio.url,
-            "LABEL_STUDIO_API_KEY": label_studio.pat,
-            "REDIS_URL": REDIS_URL,
-        }
-    )
-    parser = argparse.ArgumentParser(prog="litesam-backend")
-    add_preannotate_command(parser.add_subparsers(dest="command", required=True), settings)
-    args = parser.parse_args(["preannotate", *argv])
-    return args.func(args, settings)
+def run_preannotate(argv: list[str], env: dict) -> subprocess.CompletedProcess:
+    """``litesam-backend preannotate …`` as a process (``python -m backend.cli``, the console script's code)."""
+    command = [sys.executable, "-m", "backend.cli", "preannotate", *argv]
+    return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
 OPEN_FLAGS = ["--pred-iou-thresh", "0", "--stability-score-thresh", "0", "--proposal-score-thresh", "0"]
@@ -178,7 +167,7 @@ OPEN_FLAGS = ["--pred-iou-thresh", "0", "--stability-score-thresh", "0", "--prop
 
 @pytest.mark.e2e
 def test_project_preannotated_once_by_two_workers_rerun_adds_nothing_overwrite_replaces_only_ours(
-    label_studio, workers, jobs_redis, capsys
+    label_studio, workers, jobs_redis
 ):
     files = images(20)
     project, sizes = new_project(label_studio, files)
@@ -200,13 +189,13 @@ def test_project_preannotated_once_by_two_workers_rerun_adds_nothing_overwrite_r
     board = JobBoard(jobs_redis)
 
     # 1. the whole project, through the command with --wait (progress bar on stderr)
-    code = run_preannotate(
-        ["--project", str(project), "--wait", "--chunk-size", "3", *OPEN_FLAGS], label_studio
+    done = run_preannotate(
+        ["--project", str(project), "--wait", "--chunk-size", "3", *OPEN_FLAGS], workers.env
     )
-    out, err = capsys.readouterr()
-    job_id = out.strip()
+    err = done.stderr
+    job_id = done.stdout.strip()
     status = board.status(job_id)
-    assert code == 0, (err, status, workers.logs())
+    assert done.returncode == 0, (err, status, workers.logs())
     assert "pre-annotating" in err and "finished: 20 pre-annotated, 0 skipped, 0 failed of 20 task(s)" in err
     assert (status["state"], status["total"], status["done"], status["skipped"], status["failed"]) == (
         "finished",
