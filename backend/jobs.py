@@ -656,27 +656,34 @@ class JobBoard:
     ) -> Iterator[_HeldLocks]:
         """Hold the write locks of ``task_ids`` (waiting for other holders up to ``wait_s`` seconds).
 
+        Locks are taken in task id order (two writers never wait for each other in a cycle). They are released
+        when the block ends normally; when it raises — say a write to Label Studio timed out, which Label Studio
+        may still carry out — they are left to expire (:data:`TASK_LOCK_TTL_S`), so that nobody checks those
+        tasks for an existing prediction before such a late write has landed.
+
         Raises:
             UpstreamError: another process kept a lock longer than ``wait_s`` (the chunk is retried later).
         """
         token = uuid.uuid4().hex
-        keys = [f"{KEY_PREFIX}task:{model_version}:{t}" for t in task_ids]
+        keys = [f"{KEY_PREFIX}task:{model_version}:{t}" for t in sorted(set(task_ids))]
         held: list[str] = []
         deadline = time.monotonic() + wait_s
-        try:
-            for key in keys:
-                while not self.connection.set(key, token, nx=True, px=int(TASK_LOCK_TTL_S * 1000)):
-                    if time.monotonic() > deadline:
-                        raise UpstreamError(
-                            f"another worker has been writing {key.rsplit(':', 1)[-1]} for over "
-                            f"{wait_s:.0f} s; the chunk will be retried"
-                        )
-                    time.sleep(0.2)
-                held.append(key)
-            yield _HeldLocks(self, held, token)
-        finally:
-            for key in held:
-                self._release(keys=[key], args=[token])
+        for key in keys:
+            while not self.connection.set(key, token, nx=True, px=int(TASK_LOCK_TTL_S * 1000)):
+                if time.monotonic() > deadline:
+                    self._release_all(held, token)
+                    raise UpstreamError(
+                        f"another worker has been writing task {key.rsplit(':', 1)[-1]} for over "
+                        f"{wait_s:.0f} s; the chunk will be retried"
+                    )
+                time.sleep(0.2)
+            held.append(key)
+        yield _HeldLocks(self, held, token)
+        self._release_all(held, token)
+
+    def _release_all(self, keys: list[str], token: str) -> None:
+        for key in keys:
+            self._release(keys=[key], args=[token])
 
     # -- reconciliation ----------------------------------------------------------------------------------
     def _reconcile(self, record: dict) -> None:
