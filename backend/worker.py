@@ -84,9 +84,8 @@ class PreannotateWorker(SimpleWorker):
     """
 
     def __init__(self, queues, *args, services: Services | None = None, **kwargs) -> None:
-        kwargs["serializer"] = (
-            JSONSerializer  # every job of backend.jobs is JSON; RQ's CLI passes its default
-        )
+        # every job of backend.jobs is JSON, whatever serializer RQ's CLI passes
+        kwargs["serializer"] = JSONSerializer
         kwargs.setdefault("maintenance_interval", MAINTENANCE_INTERVAL_S)
         kwargs.setdefault("worker_ttl", kwargs["maintenance_interval"] + _TTL_MARGIN_S)
         super().__init__(queues, *args, **kwargs)
@@ -112,6 +111,9 @@ class PreannotateWorker(SimpleWorker):
 
     def work(self, *args, **kwargs) -> bool:
         """Load the model, start the alive thread, then run RQ's loop (same arguments as ``rq.Worker.work``)."""
+        # label_studio_ml (imported by backend.model) switches multiprocessing to "spawn"; RQ starts its
+        # scheduler process with multiprocessing and expects "fork" (the scheduler never touches torch).
+        multiprocessing.set_start_method("fork", force=True)
         self.preload()
         self._start_alive_thread()
         try:
@@ -237,9 +239,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Run a worker until it is stopped (SIGTERM/SIGINT: finish the current job first); returns the exit code."""
     configure_logging(settings)
-    # label_studio_ml (imported by backend.model) switches multiprocessing to "spawn"; RQ starts its
-    # scheduler process with multiprocessing and expects "fork".
-    multiprocessing.set_start_method("fork", force=True)
     if args.maintenance_interval < 1 or (args.max_jobs is not None and args.max_jobs < 1):
         print(
             "litesam-backend worker: --maintenance-interval and --max-jobs must be at least 1",

@@ -146,7 +146,7 @@ def main() -> int:
     )
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
-        f", device cpu"
+        f", device cpu, load average {os.getloadavg()[0]:.2f} (other processes share these cores)"
     )
     images = [photo(seed) for seed in range(args.tasks)]
     results = []
@@ -168,6 +168,7 @@ def main() -> int:
                 )
         finally:
             ls.stop()
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     if args.json is not None:
         args.json.write_text(
             json.dumps({"variant": args.variant, "weights": "random", "results": results}, indent=2) + "\n"
