@@ -1,0 +1,80 @@
+"""The Docker files, checked without a Docker engine: the compose services and the image's entry commands
+run here as plain processes (``litesam-backend serve`` behind the image's own HEALTHCHECK command, with basic
+auth on), and the commands named in compose exist.
+"""
+
+import subprocess
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import yaml
+
+from tests.backend_support import REDIS_TEST_DB, make_tiny_checkpoint
+from tests.e2e.processes import ManagedProcess, base_env, free_port
+
+REPO = Path(__file__).resolve().parents[1]
+COMPOSE = yaml.safe_load((REPO / "docker" / "docker-compose.yml").read_text())
+DOCKERFILE = (REPO / "docker" / "Dockerfile").read_text()
+
+
+def healthcheck_code() -> str:
+    """The Python program of the Dockerfile's HEALTHCHECK (continuation lines joined, as Docker does)."""
+    start = DOCKERFILE.index("HEALTHCHECK")
+    command = DOCKERFILE[start : DOCKERFILE.index("\n\n", start)].replace("\\\n", "")
+    return command[command.index('python -c "') + len('python -c "') : command.rindex('"')]
+
+
+def test_compose_runs_label_studio_redis_backend_and_worker():
+    services = COMPOSE["services"]
+    assert set(services) == {"label-studio", "redis", "backend", "worker"}
+    assert services["label-studio"]["image"].endswith(":1.23.2")
+    assert services["label-studio"]["environment"]["USE_DEFAULT_BANNED_SUBNETS"] == "false"
+    assert services["backend"]["command"] == ["litesam-backend", "serve"]
+    assert services["worker"]["command"] == ["litesam-backend", "worker"]
+    for name in ("backend", "worker"):
+        env = services[name]["environment"]
+        assert env["REDIS_URL"] == "redis://redis:6379/0"
+        assert env["LABEL_STUDIO_URL"] == "http://label-studio:8080"
+
+
+def test_the_entry_commands_exist_and_answer_help():
+    scripts = {ep.name for ep in entry_points(group="console_scripts")}
+    assert {"litesam", "litesam-backend"} <= scripts
+    for command in ("serve", "worker"):
+        completed = subprocess.run(
+            [sys.executable, "-m", "backend.cli", command, "--help"], capture_output=True, text=True, timeout=120
+        )
+        assert completed.returncode == 0, completed.stderr
+        assert command in completed.stdout
+
+
+def test_dockerignore_lets_in_only_what_the_image_copies():
+    lines = (REPO / ".dockerignore").read_text().splitlines()
+    assert lines[lines.index("*") + 1 :][:5] == [
+        "!requirements.txt", "!pyproject.toml", "!README.md", "!litesam/", "!backend/"
+    ]
+    copied = {source for line in DOCKERFILE.splitlines() if line.startswith("COPY ") for source in line.split()[1:-1]}
+    assert copied == {"requirements.txt", "pyproject.toml", "README.md", "litesam", "backend"}
+
+
+def test_healthcheck_passes_against_a_served_backend_with_basic_auth(tmp_path):
+    port = free_port()
+    env = base_env(
+        tmp_path / "home",
+        LITESAM_CHECKPOINT=make_tiny_checkpoint(tmp_path / "tiny.pt"),
+        LITESAM_VARIANT="litesam_tiny",
+        REDIS_URL=f"redis://127.0.0.1:6379/{REDIS_TEST_DB}",
+        BASIC_AUTH_USER="labeler",
+        BASIC_AUTH_PASS="s3cret-pass",
+    )
+    # The image's healthcheck targets port 9090; run the same program against this test's port.
+    code = healthcheck_code().replace("127.0.0.1:9090", f"127.0.0.1:{port}")
+    argv = [sys.executable, "-m", "backend.cli", "serve", "--bind", f"127.0.0.1:{port}", "--pid", str(tmp_path / "pid")]
+    with ManagedProcess("backend", argv, env=env, cwd=REPO, log_path=tmp_path / "serve.log", pidfile=tmp_path / "pid") as served:
+        served.wait_http(f"http://127.0.0.1:{port}/health", timeout=60, ready=lambda r: r.status_code == 401)
+        healthy = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=30)
+        assert healthy.returncode == 0, healthy.stderr
+        without_credentials = {k: v for k, v in env.items() if not k.startswith("BASIC_AUTH")}
+        refused = subprocess.run([sys.executable, "-c", code], env=without_credentials, capture_output=True, timeout=30)
+        assert refused.returncode != 0 and b"401" in refused.stderr
