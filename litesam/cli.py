@@ -219,10 +219,16 @@ def write_overlay(path: Path, image: np.ndarray, masks: list[np.ndarray]) -> Non
 
 
 def _format_report(report: dict) -> str:
-    lines = [f"variant {report['variant']}"]
+    """A text table: parameters, then GMACs per resolution (ptflops default backend, aten in brackets)."""
+    sides = [str(r) for r in report["resolutions"]]
+    header = f"{'component':<24}{'params':>12}" + "".join(f"{'GMACs @' + s:>20}" for s in sides)
+    lines = [f"variant {report['variant']} (ptflops {report['ptflops_version']})", header]
     for name, part in report["components"].items():
-        macs = ", ".join(f"{r}: {m / 1e9:.3f} G" for r, m in part.get("macs", {}).items())
-        lines.append(f"  {name:<16} {part['params']:>12,} params   MACs {macs}")
+        cells = []
+        for side in sides:
+            default, aten = part.get("macs", {}).get(side), part.get("macs_aten", {}).get(side)
+            cells.append("-" if default is None else f"{default / 1e9:.3f} ({aten / 1e9:.3f})")
+        lines.append(f"{name:<24}{part['params']:>12,}" + "".join(f"{c:>20}" for c in cells))
     return "\n".join(lines)
 
 

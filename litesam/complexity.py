@@ -118,6 +118,17 @@ class OnePromptModel(nn.Module):
         return low_res_masks, iou_predictions
 
 
+def _resized(model: nn.Module, side: int) -> nn.Module:
+    """A deep copy of ``model`` whose prompt encoder works on a ``side``×``side`` input (grid side/16)."""
+    copied = copy.deepcopy(model)
+    grid = side // 16
+    prompt_encoder = copied.prompt_encoder
+    prompt_encoder.input_image_size = (side, side)
+    prompt_encoder.image_embedding_size = (grid, grid)
+    prompt_encoder.mask_input_size = (4 * grid, 4 * grid)
+    return copied
+
+
 def complexity_report(
     model: nn.Module,
     resolutions: Iterable[int] = (224, 640, 1024),
@@ -125,10 +136,10 @@ def complexity_report(
 ) -> dict[str, Any]:
     """Parameters and MACs per component of a Lite-SAM model, JSON-serialisable.
 
-    The image encoder (backbone, neck and AutoPPN; resolution-agnostic) is counted at every resolution. The
-    whole model (:class:`OnePromptModel`) can only run at the model's own ``img_size`` (the prompt encoder's
-    positional grid is fixed), so ``total`` and ``mask_decoder`` MACs are given at ``img_size`` only;
-    ``mask_decoder`` MACs are ``total − image_encoder`` and include the one-point prompt encoding.
+    Every component is counted at every resolution. The image encoder is resolution-agnostic; for the whole
+    model (:class:`OnePromptModel`) a copy is counted whose prompt encoder is set to that resolution's grid
+    (its weights do not depend on the grid). ``mask_decoder`` MACs are ``total − image_encoder`` and include
+    the one-point prompt encoding.
     ``backbone`` MACs are ``image_encoder − neck − autoppn`` (ptflops counts are sums, so this is exact).
 
     Args:
@@ -186,12 +197,12 @@ def complexity_report(
             components["image_encoder.neck"][key][str(side)] = neck
             components["image_encoder.autoppn"][key][str(side)] = autoppn
             components["image_encoder.backbone"][key][str(side)] = whole - neck - autoppn
-        encoder_at_size = components["image_encoder"][key].get(str(img_size))
-        if encoder_at_size is None:
-            encoder_at_size = count_macs(encoder, (3, img_size, img_size), backend)
-        total = count_macs(OnePromptModel(model), (3, img_size, img_size), backend)
-        components["total"][key] = {str(img_size): total}
-        components["mask_decoder"][key] = {str(img_size): total - encoder_at_size}
+        components["total"][key] = {}
+        components["mask_decoder"][key] = {}
+        for side in resolutions:
+            total = count_macs(OnePromptModel(_resized(model, side)), (3, side, side), backend)
+            components["total"][key][str(side)] = total
+            components["mask_decoder"][key][str(side)] = total - components["image_encoder"][key][str(side)]
     return {
         "ptflops_version": metadata.version("ptflops"),
         "backends": list(backends),

@@ -79,6 +79,10 @@ def test_report_is_json_and_its_parts_add_up():
             backbone + parts["image_encoder.neck"][key][side] + parts["image_encoder.autoppn"][key][side]
             == encoder[key][side]
         )
-        assert parts["mask_decoder"][key][side] > 0
-        assert parts["total"][key][side] == encoder[key][side] + parts["mask_decoder"][key][side]
+        for size in ("64", side):
+            assert parts["mask_decoder"][key][size] > 0
+            assert parts["total"][key][size] == encoder[key][size] + parts["mask_decoder"][key][size]
+        # The decoder attends over (side/16)² image tokens: fewer at the smaller size.
+        assert parts["mask_decoder"][key]["64"] < parts["mask_decoder"][key][side]
+    assert model.prompt_encoder.image_embedding_size == (model.img_size // 16,) * 2  # counted on copies
     assert model.training is False  # counting left the shared model as it was
