@@ -897,6 +897,7 @@ class LabelStudioClient:
                 query=query,
             )
             for task in pages:
+                # Label Studio joins the model versions with commas; ours never contain one.
                 versions = {
                     v.strip() for v in (task.predictions_model_versions or "").split(",") if v.strip()
                 }
@@ -911,7 +912,11 @@ class LabelStudioClient:
 
     def delete_prediction(self, prediction_id: int) -> None:
         with self.calling(f"delete prediction {prediction_id}"):
-            self.client.predictions.delete(id=prediction_id)
+            try:
+                self.client.predictions.delete(id=prediction_id)
+            except ApiError as exc:
+                if exc.status_code != 404:  # 404: already gone (an earlier attempt deleted it)
+                    raise
 
     def import_predictions(self, project: int, predictions: Sequence[tuple[int, dict]]) -> int:
         """Write (task id, prediction dict) pairs in one call; returns how many Label Studio created."""
@@ -922,7 +927,11 @@ class LabelStudioClient:
             for task_id, p in predictions
         ]
         with self.calling(f"import {len(request)} prediction(s) into project {project}"):
-            answer = self.client.projects.import_predictions(id=project, request=request)
+            # No retry inside the SDK: it re-sends a POST whose connection broke after sending, which Label
+            # Studio may have carried out. A failed write fails the chunk; its retry checks what landed.
+            answer = self.client.projects.import_predictions(
+                id=project, request=request, request_options={"max_retries": 0}
+            )
         return int(answer.created or 0)
 
 

@@ -7,6 +7,7 @@ This module holds no tests. Workers are real processes (``litesam-backend worker
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -19,8 +20,9 @@ from tests.e2e.processes import ManagedProcess, base_env, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 #: Job tests use their own Redis database (the backend tests use 11, its benchmark 12, the generic fixture 15).
-REDIS_DB = 13
-REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
+#: Two test runs on one Redis at once would share it (and flush each other's jobs): give one of them another
+#: database with LITESAM_TEST_JOBS_REDIS_URL.
+REDIS_URL = os.environ.get("LITESAM_TEST_JOBS_REDIS_URL", "redis://127.0.0.1:6379/13")
 #: SegEvery filters opened for random weights: with SAM's default thresholds (predicted IoU ≥ 0.88,
 #: stability ≥ 0.95) an untrained model keeps no mask at all. Every mask in these tests comes from RANDOM
 #: weights; the tests check plumbing (counts, sizes, idempotency), never mask quality.
@@ -30,7 +32,7 @@ FAST_RETRY = {"retries": 2, "retry_intervals": [1, 2]}
 
 
 def flushed_redis() -> Iterator[redis.Redis]:
-    """Yields ``redis.Redis`` on :data:`REDIS_DB`, flushed before and after; test modules wrap it in a
+    """Yields ``redis.Redis`` on :data:`REDIS_URL`, flushed before and after; test modules wrap it in a
     ``jobs_redis`` fixture (``yield from flushed_redis()``)."""
     client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=10)
     try:
