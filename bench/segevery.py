@@ -62,7 +62,7 @@ def timed(fn, repeats: int) -> float:
 
 def bench_litesam(variant: str, image: np.ndarray, repeats: int) -> dict[str, float]:
     torch.manual_seed(0)
-    model = build_model(variant)
+    model = build_model(variant, fuse=True)
     top_k = VARIANTS[variant].proposals.top_k
     proposals = ProposalConfig(score_threshold=0.0, top_k=top_k)
     predictor = LiteSamPredictor(model)
@@ -107,6 +107,8 @@ def _install_torchvision_stand_in() -> None:
         return image.resize((size[1], size[0]), Image.BILINEAR)
 
     def batched_nms(boxes, scores, idxs, iou_threshold):
+        if boxes.numel() == 0:
+            return torch.zeros(0, dtype=torch.int64)
         offsets = idxs.to(boxes) * (boxes.max() + 1)
         return box_nms(boxes + offsets[:, None], scores, iou_threshold)
 
