@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+from .._cli_options import add_data_options, positive_int
+
 
 def add_eval_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``eval`` to the ``litesam`` sub-commands; returns its parser."""
@@ -25,16 +27,11 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument(
         "--checkpoint", type=Path, required=True, help="a Lite-SAM checkpoint (records its variant)"
     )
-    parser.add_argument(
-        "--data", type=Path, required=True, help="COCO annotation file, SA-1B JSON file or folder"
-    )
-    parser.add_argument(
-        "--images", type=Path, help="image folder (required for COCO; SA-1B: the JSON folder)"
-    )
+    add_data_options(parser)
     parser.add_argument("--variant", help="check that the checkpoint is of this variant")
     # The kinds of segany.PROMPT_KINDS, spelled out so that building the parser does not import torch.
     parser.add_argument("--prompts", nargs="+", choices=("box", "point"), default=["box", "point"])
-    parser.add_argument("--max-images", type=_positive_int, help="evaluate only the first N images")
+    parser.add_argument("--max-images", type=positive_int, help="evaluate only the first N images")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("-o", "--output", type=Path, help="also write the JSON report to this file")
     parser.set_defaults(run=run_eval)
@@ -67,13 +64,3 @@ def run_eval(args: argparse.Namespace) -> int:
 def _report_progress(done: int, record) -> None:
     if done % 100 == 0:
         print(f"eval: {done} images done", file=sys.stderr)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value

@@ -14,6 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
+from .._cli_options import add_data_options, positive_int
 from ..errors import LiteSamError
 
 
@@ -25,24 +26,19 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
         description="Train a Lite-SAM variant (encoder, AutoPPN, prompt encoder, mask decoder) end to end. "
         "Prints a JSON summary; writes train_log.jsonl and checkpoints into the output folder.",
     )
-    parser.add_argument(
-        "--data", type=Path, required=True, help="COCO annotation file, SA-1B JSON file or folder"
-    )
-    parser.add_argument(
-        "--images", type=Path, help="image folder (required for COCO; SA-1B: the JSON folder)"
-    )
+    add_data_options(parser)
     parser.add_argument("-o", "--output", type=Path, required=True, help="folder for logs and checkpoints")
     parser.add_argument(
         "--variant", default="litesam_r640", help="litesam_r640, litesam_r1024 or litesam_tiny"
     )
-    parser.add_argument("--epochs", type=_positive_int, default=4)
-    parser.add_argument("--max-steps", type=_positive_int, help="stop after this many optimiser steps")
-    parser.add_argument("--batch-size", type=_positive_int, default=8)
+    parser.add_argument("--epochs", type=positive_int, default=4)
+    parser.add_argument("--max-steps", type=positive_int, help="stop after this many optimiser steps")
+    parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--lr", type=float, default=4e-4)
     parser.add_argument("--weight-decay", type=float, default=0.1)
     parser.add_argument("--warmup-steps", type=int, default=1000)
     parser.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm; 0 disables clipping")
-    parser.add_argument("--max-masks", type=_positive_int, default=64, help="masks with prompts per image")
+    parser.add_argument("--max-masks", type=positive_int, default=64, help="masks with prompts per image")
     parser.add_argument("--mask-scale", choices=("low_res", "input"), default="low_res")
     parser.add_argument(
         "--point-fraction", type=float, default=0.5, help="share of masks prompted by a point"
@@ -57,7 +53,7 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
     parser.add_argument("--workers", type=int, default=4, help="data loader processes")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--log-every", type=_positive_int, default=20)
+    parser.add_argument("--log-every", type=positive_int, default=20)
     parser.add_argument("--checkpoint-every", type=int, default=1000, help="steps; 0: only at epoch ends")
     start = parser.add_mutually_exclusive_group()
     start.add_argument("--init-checkpoint", type=Path, help="start from one of our checkpoints")
@@ -116,13 +112,3 @@ def run_train(args: argparse.Namespace) -> int:
         raise LiteSamError(str(error)) from None
     print(json.dumps(summary))
     return 0
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value

@@ -1,0 +1,27 @@
+"""Command-line options shared by ``litesam train`` and ``litesam eval`` (standard library only)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--data`` (required) and ``--images``: the annotations and images of a COCO-format or SA-1B set."""
+    parser.add_argument(
+        "--data", type=Path, required=True, help="COCO annotation file, SA-1B JSON file or folder"
+    )
+    parser.add_argument(
+        "--images", type=Path, help="image folder (required for COCO; SA-1B: the JSON folder)"
+    )
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type``: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
