@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -31,13 +30,17 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import numpy as np
-import redis
-import requests
-import torch
-from PIL import Image, ImageDraw
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the backend-serving helper lives in tests/
+
+import numpy as np  # noqa: E402
+import redis  # noqa: E402
+import requests  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from tests.backend_support import serve_backend  # noqa: E402
+
 WIDTH, HEIGHT = 1024, 768
 CONFIG = (REPO / "label_config.xml").read_text()
 
@@ -122,28 +125,6 @@ def timed_click(
     return elapsed * 1000
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_health(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError("the backend exited during start-up")
-        try:
-            if requests.get(f"{url}/health", timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("the backend did not answer /health in time")
-
-
 def summary(values: list[float]) -> dict:
     ordered = sorted(values)
     p95_index = min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))
@@ -164,8 +145,6 @@ def bench_variant(variant: str, args: argparse.Namespace, workdir: Path) -> dict
     images = {f"/data/upload/1/{i}.jpg": make_image(i) for i in range(args.cold + 2)}
     server = ImageServer(images)
     redis.Redis.from_url(args.redis_url).flushdb()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     env = {
         **os.environ,
         "LITESAM_CHECKPOINT": str(checkpoint),
@@ -177,43 +156,24 @@ def bench_variant(variant: str, args: argparse.Namespace, workdir: Path) -> dict
         "LOG_LEVEL": "WARNING",
         "LITESAM_CACHE_DIR": str(workdir / "cache"),
     }
-    command = [
-        sys.executable,
-        "-m",
-        "backend.cli",
-        "serve",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--workers",
-        "1",
-        "--threads",
-        str(args.threads),
-    ]
-    log = open(workdir / f"{variant}-backend.log", "wb")  # noqa: SIM115 (closed in finally)
-    process = subprocess.Popen(
-        command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
     try:
-        wait_health(url, process)
-        session = requests.Session()
-        rng = np.random.default_rng(0)
-        timed_click(session, url, "/data/upload/1/0.jpg", 50, 50)  # model load: not counted
-        sizes: list[int] = []
-        cold = [
-            timed_click(session, url, f"/data/upload/1/{i}.jpg", 40, 60, sizes)
-            for i in range(1, args.cold + 1)
-        ]
-        warm_path = f"/data/upload/1/{args.cold + 1}.jpg"
-        timed_click(session, url, warm_path, 50, 50)  # computes this image's embedding
-        warm = [timed_click(session, url, warm_path, *rng.uniform(5, 95, 2), sizes) for _ in range(args.warm)]
+        served = serve_backend(workdir, env, threads=args.threads, name=f"{variant}-backend", timeout=120)
+        with served as (url, _):
+            session = requests.Session()
+            rng = np.random.default_rng(0)
+            timed_click(session, url, "/data/upload/1/0.jpg", 50, 50)  # model load: not counted
+            sizes: list[int] = []
+            cold = [
+                timed_click(session, url, f"/data/upload/1/{i}.jpg", 40, 60, sizes)
+                for i in range(1, args.cold + 1)
+            ]
+            warm_path = f"/data/upload/1/{args.cold + 1}.jpg"
+            timed_click(session, url, warm_path, 50, 50)  # computes this image's embedding
+            warm = [
+                timed_click(session, url, warm_path, *rng.uniform(5, 95, 2), sizes) for _ in range(args.warm)
+            ]
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
         server.close()
-        log.close()
         redis.Redis.from_url(args.redis_url).flushdb()
     image_kb = statistics.fmean(len(b) for b in images.values()) / 1024
     return {

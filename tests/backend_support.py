@@ -8,16 +8,24 @@ a personal access token at ``/api/token/refresh/``, and records every request.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
 
+from tests.e2e.processes import ManagedProcess, free_port
+
+REPO = Path(__file__).resolve().parents[1]
 LEGACY_TOKEN = "legacy-0123456789abcdef0123456789abcdef"
 REDIS_TEST_DB = 11
 
@@ -220,6 +228,49 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+class ServedBackend(NamedTuple):
+    """A running ``litesam-backend serve``: its base URL and its process (log, pid)."""
+
+    url: str
+    process: ManagedProcess
+
+
+@contextlib.contextmanager
+def serve_backend(
+    tmp_path: Path,
+    env: dict,
+    *,
+    workers: int | None = 1,
+    threads: int | None = 2,
+    ready_status: int = 200,
+    name: str = "backend",
+    timeout: float = 60,
+) -> Iterator[ServedBackend]:
+    """Run ``litesam-backend serve`` (``python -m backend.cli serve``, gunicorn) on a free port with exactly
+    ``env``, wait until ``GET /health`` answers ``ready_status`` (401 when basic auth is on), yield a
+    :class:`ServedBackend`, and stop the process tree afterwards. ``workers``/``threads`` None leave the
+    option out (the settings' default); the log and pidfile are ``tmp_path/{name}.log`` and ``.pid``."""
+    port = free_port()
+    pidfile = Path(tmp_path) / f"{name}.pid"
+    argv = [sys.executable, "-m", "backend.cli", "serve", "--bind", f"127.0.0.1:{port}"]
+    if workers is not None:
+        argv += ["--workers", str(workers)]
+    if threads is not None:
+        argv += ["--threads", str(threads)]
+    argv += ["--pid", str(pidfile)]
+    log_path = Path(tmp_path) / f"{name}.log"
+    process = ManagedProcess(
+        "litesam-backend serve", argv, env=env, cwd=REPO, log_path=log_path, pidfile=pidfile
+    )
+    process.start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        process.wait_http(f"{url}/health", timeout=timeout, ready=lambda r: r.status_code == ready_status)
+        yield ServedBackend(url, process)
+    finally:
+        process.stop()
 
 
 def make_tiny_checkpoint(path) -> str:

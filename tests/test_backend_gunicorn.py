@@ -7,7 +7,6 @@ embedding must be in Redis afterwards.
 
 import hashlib
 import re
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,8 +24,9 @@ from tests.backend_support import (
     keypoint,
     make_tiny_checkpoint,
     png_bytes,
+    serve_backend,
 )
-from tests.e2e.processes import ManagedProcess, base_env, free_port
+from tests.e2e.processes import base_env
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = (REPO / "label_config.xml").read_text()
@@ -54,8 +54,6 @@ def r():
 @pytest.mark.slow
 def test_two_workers_two_threads_answer_concurrent_first_clicks(tmp_path, fake_ls, r):
     checkpoint = make_tiny_checkpoint(tmp_path / "tiny.pt")
-    port = free_port()
-    pidfile = tmp_path / "gunicorn.pid"
     env = base_env(
         tmp_path,
         LITESAM_CHECKPOINT=checkpoint,
@@ -67,25 +65,7 @@ def test_two_workers_two_threads_answer_concurrent_first_clicks(tmp_path, fake_l
         OMP_NUM_THREADS="1",
         LITESAM_TORCH_THREADS="1",
     )
-    argv = [
-        sys.executable,
-        "-m",
-        "backend.cli",
-        "serve",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--workers",
-        "2",
-        "--threads",
-        "2",
-        "--pid",
-        str(pidfile),
-    ]
-    url = f"http://127.0.0.1:{port}"
-    with ManagedProcess(
-        "litesam-backend", argv, env=env, cwd=REPO, log_path=tmp_path / "backend.log", pidfile=pidfile
-    ) as backend:
-        backend.wait_http(f"{url}/health", timeout=60)
+    with serve_backend(tmp_path, env, workers=2, threads=2) as (url, backend):
         body = {
             "tasks": [{"id": 1, "data": {"image": "/data/upload/1/odd.png"}}],
             "project": "1.1764000000",

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from tests.backend_support import REDIS_TEST_DB, make_tiny_checkpoint
-from tests.e2e.processes import ManagedProcess, base_env, free_port
+from tests.backend_support import REDIS_TEST_DB, make_tiny_checkpoint, serve_backend
+from tests.e2e.processes import base_env
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((REPO / "docker" / "docker-compose.yml").read_text())
@@ -59,7 +59,6 @@ def test_dockerignore_lets_in_only_what_the_image_copies():
 
 
 def test_healthcheck_passes_against_a_served_backend_with_basic_auth(tmp_path):
-    port = free_port()
     env = base_env(
         tmp_path / "home",
         LITESAM_CHECKPOINT=make_tiny_checkpoint(tmp_path / "tiny.pt"),
@@ -68,11 +67,10 @@ def test_healthcheck_passes_against_a_served_backend_with_basic_auth(tmp_path):
         BASIC_AUTH_USER="labeler",
         BASIC_AUTH_PASS="s3cret-pass",
     )
-    # The image's healthcheck targets port 9090; run the same program against this test's port.
-    code = healthcheck_code().replace("127.0.0.1:9090", f"127.0.0.1:{port}")
-    argv = [sys.executable, "-m", "backend.cli", "serve", "--bind", f"127.0.0.1:{port}", "--pid", str(tmp_path / "pid")]
-    with ManagedProcess("backend", argv, env=env, cwd=REPO, log_path=tmp_path / "serve.log", pidfile=tmp_path / "pid") as served:
-        served.wait_http(f"http://127.0.0.1:{port}/health", timeout=60, ready=lambda r: r.status_code == 401)
+    # workers/threads None: the image's command gives neither, so the settings' defaults apply.
+    with serve_backend(tmp_path, env, workers=None, threads=None, ready_status=401) as (url, _):
+        # The image's healthcheck targets port 9090; run the same program against this test's port.
+        code = healthcheck_code().replace("127.0.0.1:9090", url.removeprefix("http://"))
         healthy = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=30)
         assert healthy.returncode == 0, healthy.stderr
         without_credentials = {k: v for k, v in env.items() if not k.startswith("BASIC_AUTH")}

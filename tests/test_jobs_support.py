@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.e2e.processes import ManagedProcess, base_env, free_port
+from tests.backend_support import serve_backend as serve
+from tests.e2e.processes import ManagedProcess, base_env
 
 REPO = Path(__file__).resolve().parents[1]
 #: Job tests use their own Redis database (the backend tests use 11, its benchmark 12, the generic fixture 15).
@@ -85,34 +86,9 @@ def start_worker(tmp_path: Path, env: dict, name: str, *args: str) -> ManagedPro
 @contextlib.contextmanager
 def serve_backend(tmp_path: Path, env: dict, basic_auth: bool = True) -> Iterator[str]:
     """Run ``litesam-backend serve`` (gunicorn, 1 worker × 4 threads) and yield its URL; no traceback allowed."""
-    port = free_port()
-    pidfile = tmp_path / "backend.pid"
-    argv = [
-        sys.executable,
-        "-m",
-        "backend.cli",
-        "serve",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--workers",
-        "1",
-        "--threads",
-        "4",
-        "--pid",
-        str(pidfile),
-    ]
-    process = ManagedProcess(
-        "litesam-backend serve", argv, env=env, cwd=REPO, log_path=tmp_path / "backend.log", pidfile=pidfile
-    )
-    process.start()
-    try:
-        url = f"http://127.0.0.1:{port}"
-        expected = 401 if basic_auth else 200
-        process.wait_http(f"{url}/health", timeout=60, ready=lambda r: r.status_code == expected)
-        yield url
-        assert "Traceback" not in process.log_text(), process.log_tail()
-    finally:
-        process.stop()
+    with serve(tmp_path, env, threads=4, ready_status=401 if basic_auth else 200) as served:
+        yield served.url
+        assert "Traceback" not in served.process.log_text(), served.process.log_tail()
 
 
 def wait_for(

@@ -9,7 +9,6 @@ JPEG, a local file), and Label Studio must accept the results as a prediction an
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,8 +22,9 @@ from tests.backend_support import (
     make_tiny_checkpoint,
     png_bytes,
     rectangle,
+    serve_backend,
 )
-from tests.e2e.processes import ManagedProcess, base_env, free_port
+from tests.e2e.processes import base_env
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = (REPO / "label_config.xml").read_text()
@@ -39,8 +39,6 @@ def backend_url(label_studio, tmp_path):
     client = redis.Redis.from_url(REDIS_URL)
     client.flushdb()
     checkpoint = make_tiny_checkpoint(tmp_path / "tiny.pt")
-    port = free_port()
-    pidfile = tmp_path / "backend.pid"
     env = base_env(
         tmp_path,
         LABEL_STUDIO_URL=label_studio.url,
@@ -54,35 +52,13 @@ def backend_url(label_studio, tmp_path):
         LITESAM_TORCH_THREADS="1",
         LOG_LEVEL="INFO",
     )
-    argv = [
-        sys.executable,
-        "-m",
-        "backend.cli",
-        "serve",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--workers",
-        "1",
-        "--threads",
-        "2",
-        "--pid",
-        str(pidfile),
-    ]
-    process = ManagedProcess(
-        "litesam-backend", argv, env=env, cwd=REPO, log_path=tmp_path / "backend.log", pidfile=pidfile
-    )
-    process.start()
     try:
-        url = f"http://127.0.0.1:{port}"
-        process.wait_http(
-            f"{url}/health", timeout=60, ready=lambda r: r.status_code == 401
-        )  # basic auth is on
-        yield url
-        log = process.log_text()
-        assert "Traceback" not in log and "POST /webhook → 401" not in log, process.log_tail()
-        assert label_studio.pat not in log and BASIC[1] not in log
+        with serve_backend(tmp_path, env, ready_status=401) as served:  # basic auth is on
+            yield served.url
+            log = served.process.log_text()
+            assert "Traceback" not in log and "POST /webhook → 401" not in log, served.process.log_tail()
+            assert label_studio.pat not in log and BASIC[1] not in log
     finally:
-        process.stop()
         client.flushdb()
 
 
