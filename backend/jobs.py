@@ -1226,40 +1226,42 @@ class _PredictionWriter:
 def on_plan_failure(job: Job, connection: redis.Redis, exc_type, exc_value, traceback) -> None:
     """RQ failure callback of the parent: note the retry, or fail the job once the retries are spent."""
     job_id = job.args[0]
-    board = JobBoard(connection)
-    reason = describe_failure(exc_value)
-    if job.retries_left:
-        board.note_retry(job_id, f"listing tasks: {reason}; retrying")
+    spent = _note_retry_or_give_up(job, connection, job_id, exc_value, "listing tasks")
+    if spent is None:
         return
-    record = board.record_fields(job_id)
-    board.fail_job(
-        job_id,
-        int(record["project"]),
-        f"{reason} (gave up after {_attempts(record)} attempt(s))",
-        end_now=True,
-    )
+    board, project, reason, attempts = spent
+    board.fail_job(job_id, project, f"{reason} (gave up after {attempts} attempt(s))", end_now=True)
 
 
 def on_chunk_failure(job: Job, connection: redis.Redis, exc_type, exc_value, traceback) -> None:
     """RQ failure callback of a chunk: note the retry, or fail its unfinished tasks once retries are spent."""
     job_id, index, tasks = job.args
-    board = JobBoard(connection)
-    reason = describe_failure(exc_value)
-    if job.retries_left:
-        board.note_retry(job_id, f"chunk {index + 1}: {reason}; retrying")
+    spent = _note_retry_or_give_up(job, connection, job_id, exc_value, f"chunk {index + 1}")
+    if spent is None:
         return
-    record = board.record_fields(job_id)
+    board, project, reason, attempts = spent
     board.fail_tasks(
         job_id,
-        int(record["project"]),
+        project,
         [int(t["id"]) for t in tasks],
-        f"{reason} (chunk {index + 1} gave up after {_attempts(record)} attempt(s))",
+        f"{reason} (chunk {index + 1} gave up after {attempts} attempt(s))",
     )
 
 
-def _attempts(record: dict) -> int:
-    """Attempts made when the retries are spent: the first run plus every retry."""
-    return JobOptions.from_json(json.loads(record["options"])).retries + 1
+def _note_retry_or_give_up(
+    job: Job, connection: redis.Redis, job_id: str, exc_value: BaseException | None, step: str
+) -> tuple[JobBoard, int, str, int] | None:
+    """The common part of the failure callbacks. With retries left: note ``"{step}: {reason}; retrying"`` on
+    the job and return None. Once they are spent: return (board, project, reason, attempts made), where the
+    attempts are the first run plus every retry."""
+    board = JobBoard(connection)
+    reason = describe_failure(exc_value)
+    if job.retries_left:
+        board.note_retry(job_id, f"{step}: {reason}; retrying")
+        return None
+    record = board.record_fields(job_id)
+    attempts = JobOptions.from_json(json.loads(record["options"])).retries + 1
+    return board, int(record["project"]), reason, attempts
 
 
 def describe_failure(exc: BaseException | None) -> str:
