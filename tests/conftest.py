@@ -9,6 +9,14 @@ import pytest
 TEST_REDIS_URL = os.environ.get("LITESAM_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A random-weight ``litesam_tiny`` checkpoint (seeded), written once per test module; returns its path."""
+    from tests.backend_support import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("checkpoint") / "tiny.pt")
+
+
 @pytest.fixture
 def redis_client():
     """A ``redis.Redis`` on the test database (``LITESAM_TEST_REDIS_URL``, default db 15), flushed before and after.

@@ -30,7 +30,6 @@ from tests.backend_support import (
     decode_brush,
     exif_rotated_jpeg,
     keypoint,
-    make_tiny_checkpoint,
     png_bytes,
     rectangle,
 )
@@ -41,11 +40,6 @@ REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_TEST_DB}"
 ODD_PNG = png_bytes(333, 517, seed=1)
 ROTATED_JPEG = exif_rotated_jpeg(96, 64)  # stored 96×64, shown 64×96
 BASIC_PASS = "basic-pass-s3cret"
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("checkpoint") / "tiny.pt")
 
 
 @pytest.fixture

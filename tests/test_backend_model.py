@@ -11,12 +11,7 @@ from backend.checkpoint import resolve_checkpoint
 from backend.errors import ConfigurationError
 from backend.model import ModelService, model_version_string
 from backend.settings import Settings
-from tests.backend_support import FakeLabelStudio, make_tiny_checkpoint
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("checkpoint") / "tiny.pt")
+from tests.backend_support import FakeLabelStudio
 
 
 @pytest.fixture(scope="module")

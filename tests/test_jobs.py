@@ -32,7 +32,6 @@ from tests.backend_support import (
     FakeLabelStudio,
     closed_port,
     decode_brush,
-    make_tiny_checkpoint,
     png_bytes,
 )
 from tests.test_jobs_support import OPEN_FILTERS, REDIS_URL, flushed_redis
@@ -45,11 +44,6 @@ BASIC = ("admin", "jobs-basic-pass")
 @pytest.fixture
 def jobs_redis():
     yield from flushed_redis()
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("checkpoint") / "tiny.pt")
 
 
 def settings_for(checkpoint, label_studio_url="http://127.0.0.1:9", **overrides) -> Settings:

@@ -14,18 +14,13 @@ import time
 import pytest
 
 from backend.jobs import JobBoard, JobOptions
-from tests.backend_support import LEGACY_TOKEN, closed_port, make_tiny_checkpoint
+from tests.backend_support import LEGACY_TOKEN, closed_port
 from tests.test_jobs_support import FAST_RETRY, flushed_redis, start_worker, wait_for, worker_env
 
 
 @pytest.fixture
 def jobs_redis():
     yield from flushed_redis()
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("checkpoint") / "tiny.pt")
 
 
 class SilentServer:

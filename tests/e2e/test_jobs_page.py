@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from backend.jobs import JobBoard
-from tests.backend_support import make_tiny_checkpoint, png_bytes
+from tests.backend_support import png_bytes
 from tests.test_jobs_support import (
     flushed_redis,
     serve_backend,
@@ -180,11 +180,6 @@ class Browser:
 @pytest.fixture
 def jobs_redis():
     yield from flushed_redis()
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("checkpoint") / "tiny.pt")
 
 
 @pytest.fixture

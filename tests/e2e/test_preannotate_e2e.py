@@ -25,7 +25,7 @@ from label_studio_sdk.types import PredictionRequest
 
 from backend.jobs import JobBoard, JobOptions
 from backend.store import ALIAS_PREFIX, embedding_key
-from tests.backend_support import decode_brush, exif_rotated_jpeg, make_tiny_checkpoint, png_bytes
+from tests.backend_support import decode_brush, exif_rotated_jpeg, png_bytes
 from tests.e2e.processes import ManagedProcess
 from tests.test_jobs_support import (
     OPEN_FILTERS,
@@ -44,11 +44,6 @@ FOREIGN_VERSION = "someone-else-v2"
 @pytest.fixture
 def jobs_redis():
     yield from flushed_redis()
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("checkpoint") / "tiny.pt")
 
 
 class Workers:
