@@ -273,6 +273,25 @@ def serve_backend(
         process.stop()
 
 
+def flushed_redis_at(url: str, socket_timeout: float):
+    """Yields a ``redis.Redis`` on ``url``, flushed before and after (the body of the test fixtures that hand
+    out a Redis database); fails the test with a clear message when no Redis answers."""
+    import pytest
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=socket_timeout)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis at {url} does not answer ({exc}); start one or run .ci/run", pytrace=False)
+    client.flushdb()
+    try:
+        yield client
+    finally:
+        client.flushdb()
+        client.close()
+
+
 def make_tiny_checkpoint(path) -> str:
     """Write a random-weight ``litesam_tiny`` checkpoint to ``path`` (seeded) and return its path."""
     import torch

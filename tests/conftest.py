@@ -23,18 +23,6 @@ def redis_client():
 
     Fails with a clear message when no Redis answers (``.ci/run`` starts one on 127.0.0.1:6379).
     """
-    import redis
+    from tests.backend_support import flushed_redis_at
 
-    client = redis.Redis.from_url(TEST_REDIS_URL, socket_connect_timeout=2, socket_timeout=5)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        pytest.fail(
-            f"Redis at {TEST_REDIS_URL} does not answer ({exc}); start one or run .ci/run", pytrace=False
-        )
-    client.flushdb()
-    try:
-        yield client
-    finally:
-        client.flushdb()
-        client.close()
+    yield from flushed_redis_at(TEST_REDIS_URL, socket_timeout=5)

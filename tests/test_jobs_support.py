@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.backend_support import serve_backend as serve
+from tests.backend_support import flushed_redis_at, serve_backend as serve
 from tests.e2e.processes import ManagedProcess, base_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,17 +35,7 @@ FAST_RETRY = {"retries": 2, "retry_intervals": [1, 2]}
 def flushed_redis() -> Iterator[redis.Redis]:
     """Yields ``redis.Redis`` on :data:`REDIS_URL`, flushed before and after; test modules wrap it in a
     ``jobs_redis`` fixture (``yield from flushed_redis()``)."""
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=10)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        pytest.fail(f"Redis at {REDIS_URL} does not answer ({exc}); start one or run .ci/run", pytrace=False)
-    client.flushdb()
-    try:
-        yield client
-    finally:
-        client.flushdb()
-        client.close()
+    yield from flushed_redis_at(REDIS_URL, socket_timeout=10)
 
 
 def worker_env(home: Path, *, checkpoint: str, label_studio_url: str, api_key: str, **extra: str) -> dict:
