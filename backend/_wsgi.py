@@ -7,10 +7,11 @@ prediction, after the fork, so workers never share torch state.
 
 from .app import create_app
 from .job_routes import jobs_blueprint
-from .jobs import handle_batch_predict
+from .jobs import JobOptions, handle_batch_predict
 from .logs import configure_logging
 from .settings import Settings
 
 settings = Settings.from_env()
 configure_logging(settings)
+JobOptions.from_json(None, settings.job_defaults)  # refuse to start on unknown LITESAM_JOB_DEFAULTS options
 app = create_app(settings, blueprints=[jobs_blueprint], batch_predict=handle_batch_predict)

@@ -78,7 +78,7 @@ def create_job():
     overwrite = body.get("overwrite", False)
     if not isinstance(overwrite, bool):
         raise BadRequestError("'overwrite' must be true or false")
-    options = JobOptions.from_json(body.get("options"))
+    options = JobOptions.from_json(body.get("options"), current_services().settings.job_defaults)
     status, created = _board().start(
         body.get("project"), overwrite=overwrite, task_ids=body.get("tasks"), options=options, source="api"
     )

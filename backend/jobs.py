@@ -94,8 +94,6 @@ RECORD_TTL_S = 30 * 24 * 3600
 TASK_LOCK_TTL_S = 60.0
 #: Timeout of one Label Studio API call made by a job.
 LABEL_STUDIO_TIMEOUT_S = 30.0
-#: Batches from Label Studio's "Retrieve predictions" up to this many tasks are answered synchronously.
-SYNC_PREDICT_LIMIT = 2
 #: Per-task failure reasons listed by :func:`job_status` (the counters always count all of them).
 FAILURES_SHOWN = 200
 
@@ -157,12 +155,14 @@ class JobOptions:
     queue: str = QUEUE_NAME
 
     @classmethod
-    def from_json(cls, raw: object) -> JobOptions:
-        """Options from a JSON object; unknown keys and bad values raise :class:`BadRequestError`."""
+    def from_json(cls, raw: object, defaults: str = "{}") -> JobOptions:
+        """Options from a JSON object on top of ``defaults`` (a JSON object's text, e.g.
+        ``Settings.job_defaults``); unknown keys and bad values raise :class:`BadRequestError`."""
         if raw is None:
-            return cls()
+            raw = {}
         if not isinstance(raw, dict):
             raise BadRequestError(f"'options' must be a JSON object, got {type(raw).__name__}")
+        raw = {**json.loads(defaults), **raw}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:
@@ -1295,7 +1295,7 @@ def handle_batch_predict(
     tasks: list,
     label_config: object,
     *,
-    sync_limit: int = SYNC_PREDICT_LIMIT,
+    sync_limit: int | None = None,
     options: JobOptions | None = None,
 ) -> list[dict]:
     """Answer a batch ``/predict`` (Label Studio's "Retrieve predictions", no context).
@@ -1313,7 +1313,10 @@ def handle_batch_predict(
     task_ids = [t.get("id") for t in tasks if isinstance(t, dict)] if isinstance(tasks, list) else []
     if not task_ids or len(task_ids) != len(tasks) or not all(_is_int(t) for t in task_ids):
         raise BadRequestError("a batch /predict needs task objects with integer ids")
-    options = options or JobOptions()
+    settings = services.settings
+    options = options or JobOptions.from_json(None, settings.job_defaults)
+    if sync_limit is None:
+        sync_limit = settings.sync_predict_limit
     if len(tasks) > sync_limit:
         project_id = _project_id(project)
         try:

@@ -132,7 +132,8 @@ def run_preannotate(args: argparse.Namespace, settings: Settings) -> int:
         "queue",
     )
     try:
-        options = JobOptions.from_json({n: getattr(args, n) for n in names if getattr(args, n) is not None})
+        chosen = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+        options = JobOptions.from_json(chosen, settings.job_defaults)
     except BadRequestError as exc:
         print(f"litesam-backend preannotate: {exc.message}", file=sys.stderr)
         return 2

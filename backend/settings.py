@@ -31,6 +31,12 @@ LITESAM_FETCH_TIMEOUT          30                           seconds to connect t
 LITESAM_BIND                   0.0.0.0:9090                 gunicorn bind address (``litesam-backend serve``)
 LITESAM_WORKERS                1                            gunicorn worker processes
 LITESAM_THREADS                4                            threads per gunicorn worker
+LITESAM_JOB_DEFAULTS           {}                           JSON object of default pre-annotation job options
+                                                            (``backend.jobs.JobOptions``: label, SegEvery
+                                                            filters, chunk size …), for every job and for
+                                                            Label Studio's "Retrieve predictions"
+LITESAM_SYNC_PREDICT_LIMIT     2                            "Retrieve predictions" on up to this many tasks is
+                                                            answered at once; more tasks become a job
 LOG_LEVEL                      INFO                         DEBUG, INFO, WARNING, ERROR
 =============================  ===========================  ==========================================
 
@@ -40,6 +46,7 @@ objects whose ``repr``/``str`` never show the value.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import urllib.parse
@@ -100,6 +107,8 @@ class Settings:
     bind: str = "0.0.0.0:9090"
     workers: int = 1
     threads: int = 4
+    job_defaults: str = "{}"
+    sync_predict_limit: int = 2
     log_level: str = "INFO"
 
     @classmethod
@@ -149,6 +158,8 @@ class Settings:
             bind=env.str("LITESAM_BIND") or defaults.bind,
             workers=env.int("LITESAM_WORKERS", defaults.workers, minimum=1),
             threads=env.int("LITESAM_THREADS", defaults.threads, minimum=1),
+            job_defaults=_json_object(env.str("LITESAM_JOB_DEFAULTS") or "{}", "LITESAM_JOB_DEFAULTS"),
+            sync_predict_limit=env.int("LITESAM_SYNC_PREDICT_LIMIT", defaults.sync_predict_limit, minimum=0),
             log_level=log_level,
         )
 
@@ -209,3 +220,14 @@ def _label_studio_url(raw: str | None) -> str | None:
             f"LABEL_STUDIO_URL must be an absolute http(s) URL such as http://label-studio:8080, got {raw!r}"
         )
     return raw.rstrip("/")
+
+
+def _json_object(text: str, name: str) -> str:
+    """``text`` if it is a JSON object; otherwise a :class:`ConfigurationError` naming the variable."""
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise ConfigurationError(f"{name} must be a JSON object: {error}") from None
+    if not isinstance(value, dict):
+        raise ConfigurationError(f"{name} must be a JSON object, got {type(value).__name__}")
+    return text

@@ -89,11 +89,30 @@ def test_secrets_do_not_show_in_repr_or_str():
         ({"LABEL_STUDIO_URL": "label-studio:8080"}, "LABEL_STUDIO_URL"),
         ({"LOG_LEVEL": "chatty"}, "LOG_LEVEL"),
         ({"BASIC_AUTH_USER": "only-user"}, "BASIC_AUTH_PASS"),
+        ({"LITESAM_JOB_DEFAULTS": "{not json"}, "LITESAM_JOB_DEFAULTS"),
+        ({"LITESAM_JOB_DEFAULTS": "[1, 2]"}, "LITESAM_JOB_DEFAULTS"),
+        ({"LITESAM_SYNC_PREDICT_LIMIT": "-1"}, "LITESAM_SYNC_PREDICT_LIMIT"),
     ],
 )
 def test_malformed_values_name_the_variable(env, names):
     with pytest.raises(ConfigurationError, match=names):
         Settings.from_env(env)
+
+
+def test_job_defaults_underlie_every_job_and_a_job_can_override_them():
+    from backend.errors import BadRequestError
+    from backend.jobs import JobOptions
+
+    settings = Settings.from_env(
+        {"LITESAM_JOB_DEFAULTS": '{"pred_iou_thresh": 0.5, "chunk_size": 3}', "LITESAM_SYNC_PREDICT_LIMIT": "7"}
+    )
+    assert settings.sync_predict_limit == 7
+    options = JobOptions.from_json({"chunk_size": 4}, settings.job_defaults)
+    assert (options.pred_iou_thresh, options.chunk_size) == (0.5, 4)
+    assert JobOptions.from_json(None, settings.job_defaults).chunk_size == 3
+    unknown = Settings.from_env({"LITESAM_JOB_DEFAULTS": '{"speed": "max"}'})
+    with pytest.raises(BadRequestError, match="speed"):
+        JobOptions.from_json(None, unknown.job_defaults)
 
 
 def test_basic_auth_password_is_not_in_the_error():

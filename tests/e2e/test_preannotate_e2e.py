@@ -10,6 +10,7 @@ re-runs, overwrite, killed workers and two workers, retries while Label Studio i
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -401,30 +402,37 @@ def test_retrieve_predictions_small_batch_answered_now_large_batch_becomes_a_job
     label_studio, workers, jobs_redis, tmp_path
 ):
     """Label Studio's "Retrieve predictions" (one synchronous /predict with every selected task): up to
-    backend.jobs.SYNC_PREDICT_LIMIT tasks are answered in the call; more become a job for exactly those
-    tasks and Label Studio gets no results (so it marks nothing as predicted) until the job writes them.
-    The backend runs SegEvery's default filters here, so with random weights the predictions hold no region."""
-    from backend.jobs import SYNC_PREDICT_LIMIT
-
+    LITESAM_SYNC_PREDICT_LIMIT tasks are answered in the call; more become a job for exactly those tasks and
+    Label Studio gets no results (so it marks nothing as predicted) until the job writes them. Both paths
+    use the job defaults of LITESAM_JOB_DEFAULTS, which open SegEvery's filters for the random weights."""
+    limit = 3
+    settings_env = {
+        "LITESAM_SYNC_PREDICT_LIMIT": str(limit),
+        "LITESAM_JOB_DEFAULTS": json.dumps(
+            {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "proposal_score_thresh": 0.0}
+        ),
+    }
     files = images(8, seed=4)
     project, sizes = new_project(label_studio, files)
     tasks = list(sizes)
     basic = ("ls-backend", "retrieve-pass")
     with serve_backend(
-        tmp_path, {**workers.env, "BASIC_AUTH_USER": basic[0], "BASIC_AUTH_PASS": basic[1]}
+        tmp_path, {**workers.env, **settings_env, "BASIC_AUTH_USER": basic[0], "BASIC_AUTH_PASS": basic[1]}
     ) as url:
         label_studio.connect_backend(project, url, interactive=False, basic_auth=basic)
         board = JobBoard(jobs_redis)
 
-        small = tasks[:SYNC_PREDICT_LIMIT]
+        small = tasks[:limit]
         label_studio.retrieve_predictions(project, small)
         stored = predictions_by_task(label_studio, small)
         version = stored[small[0]][0]["model_version"]
         assert version.startswith("litesam_tiny-")
-        assert all(len(ours(p, version)) == 1 for p in stored.values()), stored
+        for task, predictions in stored.items():
+            (mine,) = ours(predictions, version)
+            check_prediction(mine, sizes[task])  # regions: the job defaults opened the filters
         assert board.recent() == []  # no job for a small batch
 
-        large = tasks[SYNC_PREDICT_LIMIT:]
+        large = tasks[limit:]
         started = time.monotonic()
         label_studio.retrieve_predictions(project, large)
         assert time.monotonic() - started < 20  # answered at once, nothing computed in the call
@@ -442,5 +450,4 @@ def test_retrieve_predictions_small_batch_answered_now_large_batch_becomes_a_job
         )
         for task, predictions in predictions_by_task(label_studio, tasks).items():
             (mine,) = ours(predictions, version)
-            for region in mine["result"]:
-                assert decode_brush(region).shape == sizes[task]
+            check_prediction(mine, sizes[task])
