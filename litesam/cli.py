@@ -116,8 +116,8 @@ def _segment(args: argparse.Namespace) -> int:
     if args.point:
         coords = np.array([p[:2] for p in args.point], dtype=np.float32)
         labels = np.array([p[2] for p in args.point], dtype=np.int64)
-    masks, scores, _ = predictor.predict(coords, labels, args.box, multimask_output=not args.single)
-    best = int(np.argmax(scores))
+    masks, scores, _ = predictor.predict(coords, labels, args.box, multimask_output=not args.single, best_only=True)
+    best = 0
     args.output.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(args.output), masks[best].astype(np.uint8) * 255):
         raise LiteSamError(f"cannot write {args.output}")
@@ -133,20 +133,23 @@ def _everything(args: argparse.Namespace) -> int:
     from .masks import coco_rle_to_mask
 
     model = _load_model(args)
-    proposals = VARIANTS[model.variant].proposals
-    if args.proposal_threshold is not None:
-        proposals = replace(proposals, score_threshold=args.proposal_threshold)
-    if args.top_k is not None:
-        proposals = replace(proposals, top_k=args.top_k)
-    config = SegEveryConfig(
-        prompt_mode=args.prompt_mode,
-        proposals=proposals,
-        points_per_side=args.points_per_side,
-        pred_iou_thresh=args.pred_iou_thresh,
-        stability_score_thresh=args.stability_score_thresh,
-        box_nms_thresh=args.box_nms_thresh,
-        output_mode="coco_rle",
-    )
+    try:
+        proposals = VARIANTS[model.variant].proposals
+        if args.proposal_threshold is not None:
+            proposals = replace(proposals, score_threshold=args.proposal_threshold)
+        if args.top_k is not None:
+            proposals = replace(proposals, top_k=args.top_k)
+        config = SegEveryConfig(
+            prompt_mode=args.prompt_mode,
+            proposals=proposals,
+            points_per_side=args.points_per_side,
+            pred_iou_thresh=args.pred_iou_thresh,
+            stability_score_thresh=args.stability_score_thresh,
+            box_nms_thresh=args.box_nms_thresh,
+            output_mode="coco_rle",
+        )
+    except ValueError as error:  # the settings dataclasses check their ranges
+        raise LiteSamError(str(error)) from None
     generator = SegEvery(model, config)
     args.output.mkdir(parents=True, exist_ok=True)
     failures = 0

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from .build import get_variant
 from .masks import (
     batched_mask_to_box,
     box_nms,
@@ -98,6 +99,8 @@ class SegEvery:
     """Segment everything in an image with a shared, read-only :class:`LiteSAM`."""
 
     def __init__(self, model: LiteSAM, config: SegEveryConfig | None = None, **overrides: Any) -> None:
+        if config is None and "proposals" not in overrides and model.variant is not None:
+            overrides["proposals"] = get_variant(model.variant).proposals  # e.g. top-200 at 1024
         base = config or SegEveryConfig()
         self.config = SegEveryConfig(**{**base.__dict__, **overrides})
         self.model = model
@@ -137,7 +140,11 @@ class SegEvery:
             points = torch.as_tensor(points, dtype=torch.float32, device=self.model.device)
             return _Prompts(points, None, torch.ones(len(points), device=self.model.device))
         proposals = propose(self.model, embedding, self.config.proposals)
-        return _Prompts(proposals.points, proposals.boxes, proposals.scores)
+        # AutoPPN works in continuous coordinates (a box's far edge lies one pixel past the mask, a point is a
+        # cell centre); prompts are pixel indices as in SAM and in training (far corner = last mask pixel).
+        corner_shift = proposals.boxes.new_tensor([0.0, 0.0, 1.0, 1.0])
+        boxes = torch.maximum(proposals.boxes - corner_shift, proposals.boxes[:, [0, 1, 0, 1]])
+        return _Prompts((proposals.points - 0.5).clamp(min=0.0), boxes, proposals.scores)
 
     def _decode_and_filter(self, embedding: ImageEmbedding, prompts: _Prompts) -> _Candidates:
         cfg = self.config
@@ -185,6 +192,7 @@ class SegEvery:
         valid_w = -(-embedding.input_size[1] // 4)
         binary = candidates.low_res[:, :valid_h, :valid_w] > self.model.mask_threshold
         boxes = batched_mask_to_box(binary).float()
+        boxes[:, 2:] += 1  # last-pixel indices → far edges, so a one-cell mask has a non-zero area
         nonempty = binary.flatten(1).any(dim=1)
         ranking = candidates.iou * prompts.scores[candidates.prompt_index]
         keep = box_nms(boxes[nonempty], ranking[nonempty], self.config.box_nms_thresh)

@@ -62,6 +62,15 @@ class LiteSamPredictor:
             raise InvalidPromptError(
                 f"embedding of shape {shape} does not fit this model (expects 1×C×{expected}×{expected})"
             )
+        original = tuple(int(v) for v in embedding.original_size)
+        if len(original) != 2 or min(original) < 1:
+            raise InvalidPromptError(f"embedding original_size must be (H, W) > 0, got {embedding.original_size}")
+        expected_input = self.transform.get_preprocess_shape(*original, self.model.img_size)
+        if tuple(embedding.input_size) != expected_input:
+            raise InvalidPromptError(
+                f"embedding input_size {tuple(embedding.input_size)} does not match its original_size "
+                f"{original} (expected {expected_input} at input size {self.model.img_size})"
+            )
         features = embedding.features.to(device=self.model.device, dtype=torch.float32)
         self._embedding = ImageEmbedding(features, tuple(embedding.input_size), tuple(embedding.original_size))
 
@@ -104,13 +113,14 @@ class LiteSamPredictor:
             coords, labels = check_points(point_coords, point_labels, embedding.original_size)
             coords = self.transform.apply_coords(coords, embedding.original_size)
             points = (
-                torch.as_tensor(coords, device=device)[None],
+                torch.as_tensor(coords, dtype=torch.float32, device=device)[None],
                 torch.as_tensor(labels, device=device)[None],
             )
         boxes = None
         if box is not None:
             checked = check_box(box, embedding.original_size)
-            boxes = torch.as_tensor(self.transform.apply_boxes(checked, embedding.original_size), device=device)
+            boxes = self.transform.apply_boxes(checked, embedding.original_size)
+            boxes = torch.as_tensor(boxes, dtype=torch.float32, device=device)
             boxes = boxes.reshape(1, 4)
         masks = None
         if mask_input is not None:

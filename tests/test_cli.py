@@ -103,3 +103,10 @@ def test_info_json_is_machine_readable():
     report = json.loads(completed.stdout)
     assert report["variant"] == "litesam_tiny"
     assert report["components"]
+
+
+@pytest.mark.parametrize("option", [["--top-k", "-1"], ["--points-per-side", "0", "--prompt-mode", "grid"], ["--proposal-threshold", "2"]])
+def test_out_of_range_settings_are_clear_errors(files, capsys, option):
+    code = main(["everything", str(files["first"]), "-o", str(files["root"] / "bad"), "--checkpoint", str(files["checkpoint"]), *option])
+    assert code == 2
+    assert "litesam: error:" in capsys.readouterr().err

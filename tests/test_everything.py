@@ -89,3 +89,25 @@ def test_bad_config_and_image_are_clear_errors():
         SegEveryConfig(prompt_mode="random")
     with pytest.raises(InvalidImageError):
         SegEvery(tiny_model()).generate(np.zeros((20, 20), np.uint8))
+
+
+def test_autoppn_boxes_become_pixel_index_prompts(image):
+    """AutoPPN boxes are continuous (far edge one past the mask); prompts use the last pixel, as in training."""
+    model = tiny_model()
+    embedding = encode_image(model, image)
+    generator = SegEvery(model, **OPEN)
+    prompts = generator._prompts(embedding)
+    from litesam.predictor import propose
+
+    proposals = propose(model, embedding, generator.config.proposals)
+    torch_boxes = proposals.boxes
+    expected = torch_boxes - torch_boxes.new_tensor([0.0, 0.0, 1.0, 1.0])
+    expected = expected.maximum(torch_boxes[:, [0, 1, 0, 1]])
+    assert (prompts.boxes == expected).all()
+    assert ((proposals.points - 0.5).clamp(min=0) == prompts.points).all()
+
+
+def test_default_proposals_follow_the_variant():
+    from litesam.build import VARIANTS
+
+    assert SegEvery(tiny_model()).config.proposals == VARIANTS["litesam_tiny"].proposals

@@ -126,3 +126,18 @@ def test_proposals_are_in_the_valid_input_region(predictor):
     if len(proposals.scores):
         assert (proposals.boxes[:, 2] <= w).all() and (proposals.boxes[:, 3] <= h).all()
         assert (proposals.scores[:-1] >= proposals.scores[1:]).all()
+
+
+def test_embedding_with_inconsistent_sizes_is_refused(predictor):
+    embedding = predictor.get_embedding()
+    h, w = embedding.input_size
+    with pytest.raises(InvalidPromptError, match="does not match"):
+        LiteSamPredictor(tiny_model()).set_embedding(ImageEmbedding(embedding.features, (w, h), embedding.original_size))
+    with pytest.raises(InvalidPromptError, match="original_size"):
+        LiteSamPredictor(tiny_model()).set_embedding(ImageEmbedding(embedding.features, (0, 0), (0, 0)))
+
+
+def test_preprocess_refuses_an_input_larger_than_the_model():
+    model = tiny_model()
+    with pytest.raises(InvalidImageError, match="at most"):
+        model.preprocess(torch.zeros(1, 3, model.img_size + 1, 10))

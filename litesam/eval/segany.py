@@ -108,10 +108,10 @@ def evaluate_segany(
                 scores["box"].add(mask_iou(pred[0], gt), area)
             if "point" in scores:
                 point = np.array([center_point(gt)], dtype=np.float32)
-                pred, predicted_iou, _ = predictor.predict(
-                    point, np.ones(1, dtype=np.int64), multimask_output=True
+                pred, _, _ = predictor.predict(
+                    point, np.ones(1, dtype=np.int64), multimask_output=True, best_only=True
                 )
-                scores["point"].add(mask_iou(pred[int(np.argmax(predicted_iou))], gt), area)
+                scores["point"].add(mask_iou(pred[0], gt), area)
         images += 1
         if progress is not None:
             progress(images, record)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InvalidImageError
 from .image_encoder import ImageEncoder
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
@@ -65,8 +66,10 @@ class LiteSAM(nn.Module):
         Returns:
             B×3×S×S float, normalised with the pixel mean/std and padded at the bottom and right.
         """
-        x = (x - self.pixel_mean) / self.pixel_std
         h, w = x.shape[-2:]
+        if max(h, w) > self.img_size:
+            raise InvalidImageError(f"resized image is {w}×{h}; its longest side must be at most {self.img_size}")
+        x = (x - self.pixel_mean) / self.pixel_std
         return F.pad(x, (0, self.img_size - w, 0, self.img_size - h))
 
     def postprocess_masks(
