@@ -11,7 +11,11 @@ LABEL_STUDIO_URL               (none)                       Label Studio base UR
 LABEL_STUDIO_API_KEY           (none)                       personal access token (a JWT refresh token,
                                                             exchanged for short-lived access tokens) or a
                                                             legacy token (sent as ``Token <key>``)
-REDIS_URL                      redis://127.0.0.1:6379/0     embedding cache (and the job queue)
+REDIS_URL                      redis://127.0.0.1:6379/0     job queue, job records (and the embedding cache
+                                                            unless LITESAM_CACHE_REDIS_URL is set)
+LITESAM_CACHE_REDIS_URL        REDIS_URL                    embedding cache; give it its own Redis with
+                                                            ``maxmemory-policy allkeys-lru`` so evicting
+                                                            embeddings never touches the job queue
 LITESAM_CHECKPOINT             (none)                       checkpoint path, or http(s) URL downloaded once
                                                             into LITESAM_CACHE_DIR
 LITESAM_CHECKPOINT_SHA256      (none)                       expected sha256 of the checkpoint file (checked)
@@ -90,6 +94,7 @@ class Settings:
     label_studio_url: str | None = None
     label_studio_api_key: Secret | None = None
     redis_url: Secret = field(default_factory=lambda: Secret("redis://127.0.0.1:6379/0"))
+    cache_redis_url: Secret = field(default_factory=lambda: Secret("redis://127.0.0.1:6379/0"))
     checkpoint: str | None = None
     checkpoint_sha256: str | None = None
     cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "litesam")
@@ -124,6 +129,7 @@ class Settings:
         if (user is None) != (password is None):
             raise ConfigurationError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
         api_key = env.str("LABEL_STUDIO_API_KEY")
+        redis_url = env.str("REDIS_URL") or cls().redis_url.reveal()
         sha = env.str("LITESAM_CHECKPOINT_SHA256")
         if sha is not None:
             sha = sha.lower()
@@ -140,7 +146,8 @@ class Settings:
         return cls(
             label_studio_url=_label_studio_url(env.str("LABEL_STUDIO_URL")),
             label_studio_api_key=Secret(api_key) if api_key else None,
-            redis_url=Secret(env.str("REDIS_URL") or defaults.redis_url.reveal()),
+            redis_url=Secret(redis_url),
+            cache_redis_url=Secret(env.str("LITESAM_CACHE_REDIS_URL") or redis_url),
             checkpoint=env.str("LITESAM_CHECKPOINT"),
             checkpoint_sha256=sha,
             cache_dir=Path(cache_dir).expanduser() if cache_dir else defaults.cache_dir,
@@ -170,10 +177,9 @@ class Settings:
     def secret_values(self) -> list[str]:
         """The secret strings, for log redaction (empty ones left out)."""
         values = [s.reveal() for s in (self.label_studio_api_key, self.basic_auth_pass) if s is not None]
-        redis_password = urllib.parse.urlsplit(self.redis_url.reveal()).password
-        if redis_password:
-            values.append(redis_password)
-        return [v for v in values if v]
+        for url in (self.redis_url, self.cache_redis_url):
+            values.append(urllib.parse.urlsplit(url.reveal()).password)
+        return sorted({v for v in values if v})
 
 
 class _Env:

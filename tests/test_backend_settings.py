@@ -31,6 +31,7 @@ def test_every_variable_is_read():
         "LABEL_STUDIO_URL": "http://label-studio:8080/",
         "LABEL_STUDIO_API_KEY": "key-123",
         "REDIS_URL": "redis://:redispw@redis:6379/2",
+        "LITESAM_CACHE_REDIS_URL": "redis://:cachepw@redis-cache:6379/0",
         "LITESAM_CHECKPOINT": "/models/r1024.pt",
         "LITESAM_CHECKPOINT_SHA256": "AB" * 32,
         "LITESAM_CACHE_DIR": "/tmp/cache",
@@ -61,7 +62,8 @@ def test_every_variable_is_read():
     assert s.allowed_hosts == ("cdn.example.org", "*.images.example.com")
     assert s.fetch_timeout == 2.5
     assert (s.bind, s.workers, s.threads, s.log_level) == ("127.0.0.1:9999", 3, 8, "DEBUG")
-    assert sorted(s.secret_values()) == ["key-123", "pw", "redispw"]
+    assert s.cache_redis_url.reveal() == "redis://:cachepw@redis-cache:6379/0"
+    assert sorted(s.secret_values()) == ["cachepw", "key-123", "pw", "redispw"]
 
 
 def test_secrets_do_not_show_in_repr_or_str():
@@ -97,6 +99,11 @@ def test_secrets_do_not_show_in_repr_or_str():
 def test_malformed_values_name_the_variable(env, names):
     with pytest.raises(ConfigurationError, match=names):
         Settings.from_env(env)
+
+
+def test_the_cache_uses_the_job_redis_unless_told_otherwise():
+    s = Settings.from_env({"REDIS_URL": "redis://queue:6379/1"})
+    assert s.cache_redis_url.reveal() == "redis://queue:6379/1"
 
 
 def test_job_defaults_underlie_every_job_and_a_job_can_override_them():

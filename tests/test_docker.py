@@ -27,7 +27,11 @@ def healthcheck_code() -> str:
 
 def test_compose_runs_label_studio_redis_backend_and_worker():
     services = COMPOSE["services"]
-    assert set(services) == {"label-studio", "redis", "backend", "worker"}
+    assert set(services) == {"label-studio", "redis", "redis-cache", "backend", "worker"}
+    assert "noeviction" in services["redis"]["command"]  # the job queue is never evicted
+    assert "allkeys-lru" in services["redis-cache"]["command"]  # embeddings are
+    named = {source.split(":")[0] for s in services.values() for source in s.get("volumes", [])}
+    assert {n for n in named if not n.startswith(("$", "."))} <= set(COMPOSE["volumes"])
     assert services["label-studio"]["image"].endswith(":1.23.2")
     assert services["label-studio"]["environment"]["USE_DEFAULT_BANNED_SUBNETS"] == "false"
     assert services["backend"]["command"] == ["litesam-backend", "serve"]
@@ -35,6 +39,7 @@ def test_compose_runs_label_studio_redis_backend_and_worker():
     for name in ("backend", "worker"):
         env = services[name]["environment"]
         assert env["REDIS_URL"] == "redis://redis:6379/0"
+        assert env["LITESAM_CACHE_REDIS_URL"] == "redis://redis-cache:6379/0"
         assert env["LABEL_STUDIO_URL"] == "http://label-studio:8080"
 
 
