@@ -195,6 +195,7 @@ class JobOptions:
             stability_score_thresh=self.stability_score_thresh,
             box_nms_thresh=self.box_nms_thresh,
             proposals=proposals,
+            max_masks=self.max_masks,
         )
 
 

@@ -34,7 +34,7 @@ def build_services(settings: Settings) -> Services:
         settings=settings,
         model=ModelService(settings),
         store=EmbeddingStore(
-            settings.cache_redis_url.reveal(), ttl=settings.embedding_ttl, lru_size=settings.embedding_lru
+            settings.embedding_redis_url.reveal(), ttl=settings.embedding_ttl, lru_size=settings.embedding_lru
         ),
         auth=auth,
         fetcher=ImageFetcher(settings, auth),

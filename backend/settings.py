@@ -94,7 +94,7 @@ class Settings:
     label_studio_url: str | None = None
     label_studio_api_key: Secret | None = None
     redis_url: Secret = field(default_factory=lambda: Secret("redis://127.0.0.1:6379/0"))
-    cache_redis_url: Secret = field(default_factory=lambda: Secret("redis://127.0.0.1:6379/0"))
+    cache_redis_url: Secret | None = None
     checkpoint: str | None = None
     checkpoint_sha256: str | None = None
     cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "litesam")
@@ -147,7 +147,7 @@ class Settings:
             label_studio_url=_label_studio_url(env.str("LABEL_STUDIO_URL")),
             label_studio_api_key=Secret(api_key) if api_key else None,
             redis_url=Secret(redis_url),
-            cache_redis_url=Secret(env.str("LITESAM_CACHE_REDIS_URL") or redis_url),
+            cache_redis_url=Secret(cache_url) if (cache_url := env.str("LITESAM_CACHE_REDIS_URL")) else None,
             checkpoint=env.str("LITESAM_CHECKPOINT"),
             checkpoint_sha256=sha,
             cache_dir=Path(cache_dir).expanduser() if cache_dir else defaults.cache_dir,
@@ -171,13 +171,18 @@ class Settings:
         )
 
     @property
+    def embedding_redis_url(self) -> Secret:
+        """Where the embedding cache lives: ``cache_redis_url``, else the job Redis."""
+        return self.cache_redis_url or self.redis_url
+
+    @property
     def basic_auth_enabled(self) -> bool:
         return self.basic_auth_user is not None and self.basic_auth_pass is not None
 
     def secret_values(self) -> list[str]:
         """The secret strings, for log redaction (empty ones left out)."""
         values = [s.reveal() for s in (self.label_studio_api_key, self.basic_auth_pass) if s is not None]
-        for url in (self.redis_url, self.cache_redis_url):
+        for url in (self.redis_url, self.embedding_redis_url):
             values.append(urllib.parse.urlsplit(url.reveal()).password)
         return sorted({v for v in values if v})
 

@@ -38,6 +38,10 @@ from .predictor import ImageEmbedding, encode_image, propose
 from .transforms import ResizeLongestSide
 
 
+#: Original-size logit pixels upscaled at once (64 M pixels = 256 MiB of float32).
+UPSCALE_CHUNK_PIXELS = 64 * 1024 * 1024
+
+
 @dataclass
 class SegEveryConfig:
     """Settings of :class:`SegEvery`. The filter defaults are SAM's automatic-mask-generator defaults.
@@ -53,6 +57,8 @@ class SegEveryConfig:
         stability_score_offset: logit offset used by the stability score.
         box_nms_thresh: IoU above which the lower-ranked of two overlapping masks' boxes is dropped.
         proposals: AutoPPN decoding settings (threshold, top-K, proposal NMS).
+        max_masks: keep at most this many masks (the best ranked after NMS); None keeps all. Only kept masks
+            are upscaled, so this also bounds time and memory on large images.
         output_mode: "binary_mask" (H×W bool arrays) or "coco_rle" (pycocotools RLE dicts).
     """
 
@@ -65,6 +71,7 @@ class SegEveryConfig:
     stability_score_offset: float = 1.0
     box_nms_thresh: float = 0.7
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
+    max_masks: int | None = None
     output_mode: Literal["binary_mask", "coco_rle"] = "binary_mask"
 
     def __post_init__(self) -> None:
@@ -74,6 +81,8 @@ class SegEveryConfig:
             raise ValueError(f"output_mode must be 'binary_mask' or 'coco_rle', got {self.output_mode!r}")
         if self.points_per_batch < 1 or self.points_per_side < 1:
             raise ValueError("points_per_batch and points_per_side must be positive")
+        if self.max_masks is not None and self.max_masks < 0:
+            raise ValueError(f"max_masks must be >= 0 or None, got {self.max_masks}")
 
 
 @dataclass
@@ -126,7 +135,7 @@ class SegEvery:
         candidates = self._decode_and_filter(embedding, prompts)
         if candidates.iou.numel() == 0:
             return []
-        keep = self._nms(embedding, prompts, candidates)
+        keep = self._nms(embedding, prompts, candidates)[: self.config.max_masks]
         return self._records(embedding, prompts, candidates, keep)
 
     def _prompts(self, embedding: ImageEmbedding) -> _Prompts:
@@ -205,8 +214,10 @@ class SegEvery:
         height, width = embedding.original_size
         to_original = torch.tensor([width / w_in, height / h_in], device=prompts.points.device)
         records: list[dict[str, Any]] = []
-        for start in range(0, len(keep), self.config.points_per_batch):
-            chunk = keep[start : start + self.config.points_per_batch]
+        # Upscale a few masks at a time: float32 logits at the original size cost 4·H·W bytes each.
+        per_chunk = max(1, min(self.config.points_per_batch, UPSCALE_CHUNK_PIXELS // (height * width)))
+        for start in range(0, len(keep), per_chunk):
+            chunk = keep[start : start + per_chunk]
             logits = self.model.postprocess_masks(
                 candidates.low_res[chunk][:, None], embedding.input_size, embedding.original_size
             )[:, 0]

@@ -62,7 +62,7 @@ def test_every_variable_is_read():
     assert s.allowed_hosts == ("cdn.example.org", "*.images.example.com")
     assert s.fetch_timeout == 2.5
     assert (s.bind, s.workers, s.threads, s.log_level) == ("127.0.0.1:9999", 3, 8, "DEBUG")
-    assert s.cache_redis_url.reveal() == "redis://:cachepw@redis-cache:6379/0"
+    assert s.embedding_redis_url.reveal() == "redis://:cachepw@redis-cache:6379/0"
     assert sorted(s.secret_values()) == ["cachepw", "key-123", "pw", "redispw"]
 
 
@@ -103,7 +103,7 @@ def test_malformed_values_name_the_variable(env, names):
 
 def test_the_cache_uses_the_job_redis_unless_told_otherwise():
     s = Settings.from_env({"REDIS_URL": "redis://queue:6379/1"})
-    assert s.cache_redis_url.reveal() == "redis://queue:6379/1"
+    assert s.embedding_redis_url.reveal() == "redis://queue:6379/1"
 
 
 def test_job_defaults_underlie_every_job_and_a_job_can_override_them():

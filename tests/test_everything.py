@@ -111,3 +111,10 @@ def test_default_proposals_follow_the_variant():
     from litesam.build import VARIANTS
 
     assert SegEvery(tiny_model()).config.proposals == VARIANTS["litesam_tiny"].proposals
+
+
+def test_max_masks_keeps_the_best_ranked(image):
+    everything = SegEvery(tiny_model(), **{**OPEN, "box_nms_thresh": 1.0}).generate(image)
+    two = SegEvery(tiny_model(), max_masks=2, **{**OPEN, "box_nms_thresh": 1.0}).generate(image)
+    assert len(everything) > 2 and len(two) == 2
+    assert [r["bbox"] for r in two] == [r["bbox"] for r in everything[:2]]
