@@ -110,6 +110,12 @@ class QueueUnavailableError(BackendError):
     status = 503
 
 
+class JobBusyError(BackendError):
+    """The project's running job does not cover the tasks asked for; they can be queued once it ends."""
+
+    status = 409
+
+
 class LabelStudioUnavailable(UpstreamError):
     """Label Studio could not be reached or answered with a server error: the chunk is retried later."""
 
@@ -1333,6 +1339,12 @@ def handle_batch_predict(
                 f"Redis does not answer ({type(exc).__name__}): the {len(tasks)} tasks cannot be queued for "
                 "pre-annotation; check REDIS_URL"
             ) from None
+        running_tasks = status["tasks"]
+        if not created and running_tasks is not None and not set(task_ids) <= set(running_tasks):
+            raise JobBusyError(
+                f"pre-annotation job {status['id']} of project {project_id} is running on other tasks "
+                f"({status['done']}/{status['total']} done); retrieve predictions again when it has finished"
+            )
         logger.info(
             "batch /predict of %d task(s) in project %d → job %s (%s)",
             len(tasks),

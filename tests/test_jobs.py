@@ -22,7 +22,7 @@ from backend import jobs
 from backend.app import create_app
 from backend.errors import BadRequestError, UpstreamError
 from backend.job_routes import jobs_blueprint
-from backend.jobs import JobBoard, JobNotFoundError, JobOptions, handle_batch_predict
+from backend.jobs import JobBoard, JobBusyError, JobNotFoundError, JobOptions, handle_batch_predict
 from backend.preannotate_cli import add_preannotate_command
 from backend.services import build_services
 from backend.settings import Secret, Settings
@@ -462,6 +462,9 @@ def test_a_large_batch_predict_becomes_a_job_and_answers_no_results(checkpoint, 
     assert (status["project"], status["tasks"], status["source"]) == (2, [41, 42, 43], "predict")
     assert handle_batch_predict(services, "2.1764000000", tasks, CONFIG, sync_limit=2) == []
     assert len(JobBoard(jobs_redis).recent()) == 1  # the running job is reused
+    others = [{"id": i, "data": {"image": f"/data/upload/2/{i}.png"}} for i in (44, 45, 46)]
+    with pytest.raises(JobBusyError, match="running on other tasks"):  # never dropped in silence
+        handle_batch_predict(services, "2.1764000000", others, CONFIG, sync_limit=2)
     assert not services.model.loaded  # nothing was computed in the web process
     with pytest.raises(BadRequestError, match="does not start with a project id"):
         handle_batch_predict(services, "x.1", tasks, CONFIG, sync_limit=2)
