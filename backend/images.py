@@ -9,7 +9,9 @@ Where an image comes from (the raw URI in ``task["data"][<image key>]``, labelst
   proxies the bytes (so the task id is needed);
 * ``http(s)://…``: fetched directly, with the key only when the host is Label Studio's.
 
-SSRF guard: an absolute URL is fetched only from the Label Studio host or a host of ``LITESAM_ALLOWED_HOSTS``;
+SSRF guard: every decision (host, port, whether the key is sent) is taken on the URL as requests sends it and
+urllib3 connects to it; a host part with a backslash, whitespace or user info (``@``), which parsers read
+differently, is refused. An absolute URL is fetched only from the Label Studio host or a host of ``LITESAM_ALLOWED_HOSTS``;
 a redirect answered by Label Studio (presigned cloud URLs) may lead to any public host. Every host other than
 Label Studio's must resolve to public addresses only: all its addresses are checked before the request, and
 the address actually connected to is checked again (no DNS-rebinding window). Redirects are followed by hand
@@ -27,6 +29,7 @@ import hashlib
 import io
 import ipaddress
 import logging
+import re
 import socket
 import urllib.parse
 from collections.abc import Callable
@@ -38,6 +41,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.util import Url, parse_url
 
 from .errors import (
     BadRequestError,
@@ -55,6 +59,7 @@ CLOUD_SCHEMES = ("s3", "gs", "azure-blob", "azure-spi")
 MAX_REDIRECTS = 5
 _CHUNK = 64 * 1024
 _CONNECT_TIMEOUT_S = 5.0
+_RAW_AUTHORITY = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://([^/?#]*)")
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,13 @@ class HostPolicy:
         self._allowed = tuple(h.lower() for h in allowed_hosts)
 
     def is_label_studio(self, url: str) -> bool:
-        return self._label_studio is not None and _origin(url) == self._label_studio
+        """Whether ``url``, as requests sends it, goes to Label Studio's scheme, host and port."""
+        if self._label_studio is None:
+            return False
+        try:
+            return _origin(url) == self._label_studio
+        except ForbiddenURLError:
+            return False
 
     def is_label_studio_host(self, host: str, port: int) -> bool:
         return self._label_studio is not None and (host.lower().strip("[]"), port) == self._label_studio[1:]
@@ -87,18 +98,24 @@ class HostPolicy:
                 return True
         return False
 
-    def check_url(self, url: str, redirected_by_label_studio: bool) -> None:
+    def check_url(self, url: str, redirected_by_label_studio: bool) -> str:
         """Refuse ``url`` unless Label Studio's, allowed, or a redirect target given by Label Studio.
 
+        Every decision is taken on the URL as requests sends it (and urllib3 connects to it), never on
+        another parser's reading of the raw string.
+
+        Returns:
+            The URL as requests sends it; fetch exactly this one.
+
         Raises:
-            ForbiddenURLError: the host is not allowed or resolves to a non-public address.
+            ForbiddenURLError: not an http(s) URL, a host part with a backslash, whitespace or user info,
+                a host that is not allowed, or one that resolves to a non-public address.
         """
-        parts = urllib.parse.urlsplit(url)
-        host = parts.hostname
-        if parts.scheme not in ("http", "https") or not host:
-            raise ForbiddenURLError(f"refusing to fetch {_display(url)}: only http(s) URLs are fetched")
-        if self.is_label_studio(url):
-            return
+        target = _request_url(url)
+        parts = parse_url(target)
+        host = (parts.host or "").strip("[]")
+        if self.is_label_studio(target):
+            return target
         if not (redirected_by_label_studio or self.is_allowed_host(host)):
             raise ForbiddenURLError(
                 f"refusing to fetch an image from {host}: it is neither Label Studio's host (LABEL_STUDIO_URL) "
@@ -111,6 +128,7 @@ class HostPolicy:
             raise UpstreamError(f"cannot resolve the image host {host}") from None
         for info in infos:
             self.check_address(host, port, info[4][0])
+        return target
 
     def check_address(self, host: str, port: int, ip: str) -> None:
         """Refuse a connection to ``host:port`` at a private, loopback, link-local or otherwise non-public ``ip``
@@ -187,15 +205,17 @@ class ImageFetcher:
         retried_auth = False
         hops = 0
         while True:
-            self.policy.check_url(url, redirected_by_label_studio)
+            url = self.policy.check_url(url, redirected_by_label_studio)
             to_label_studio = self.policy.is_label_studio(url)
             headers = (
                 {"Authorization": self._auth.header()} if to_label_studio and self._auth.configured else {}
             )
+            request = self._session.prepare_request(requests.Request("GET", url, headers=headers))
+            if request.url != url:  # requests must send the very URL the policy checked
+                raise ForbiddenURLError(f"refusing to fetch {_display(url)}: its URL is not stable")
             try:
-                response = self._session.get(
-                    url,
-                    headers=headers,
+                response = self._session.send(
+                    request,
                     stream=True,
                     allow_redirects=False,
                     timeout=(
@@ -293,10 +313,36 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8).copy()
 
 
+def _request_url(url: str) -> str:
+    """``url`` as requests sends it (what urllib3 then connects to).
+
+    Parsers disagree on odd host parts (``http://evil.com\\@label-studio/`` is Label Studio's for
+    ``urllib.parse`` and evil.com's for urllib3), so a host part with a backslash, whitespace, a control
+    character or user info (``@``) is refused outright.
+
+    Raises:
+        ForbiddenURLError: such a host part, or not an absolute http(s) URL.
+    """
+    raw = _RAW_AUTHORITY.match(url)
+    if raw and any(c in "\\@" or c.isspace() or not c.isprintable() for c in raw.group(1)):
+        raise ForbiddenURLError(
+            "refusing to fetch an image URL whose host part contains a backslash, whitespace or user info (@)"
+        )
+    try:
+        target = requests.Request("GET", url).prepare().url
+        parts = parse_url(target)
+    except (requests.RequestException, ValueError, UnicodeError):
+        raise ForbiddenURLError(f"refusing to fetch {_display(url)}: it is not a valid http(s) URL") from None
+    if parts.scheme not in ("http", "https") or not parts.host or parts.auth:
+        raise ForbiddenURLError(f"refusing to fetch {_display(url)}: only http(s) URLs are fetched")
+    return target
+
+
 def _origin(url: str) -> tuple[str, str, int]:
-    parts = urllib.parse.urlsplit(url)
-    scheme = parts.scheme.lower()
-    return scheme, (parts.hostname or "").lower(), parts.port or (443 if scheme == "https" else 80)
+    """Scheme, host and port that requests connects to for ``url`` (raises ForbiddenURLError)."""
+    parts: Url = parse_url(_request_url(url))
+    scheme = parts.scheme or ""
+    return scheme, (parts.host or "").lower().strip("[]"), parts.port or (443 if scheme == "https" else 80)
 
 
 def _display(url: str) -> str:

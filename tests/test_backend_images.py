@@ -330,3 +330,80 @@ def test_pixel_limit_is_checked_before_decoding():
 def test_corrupt_images_are_400(data):
     with pytest.raises(BadRequestError):
         decode_image(data, 10**8)
+
+
+# -- review regressions: the SSRF guard and the key follow the URL requests actually sends ------------------
+
+
+@pytest.fixture
+def evil():
+    """A second server that must never see a request (let alone Label Studio's key)."""
+    server = FakeLabelStudio()
+    server.add("/data/upload/1/a.png", PNG, auth=False)
+    yield server
+    server.close()
+
+
+def _route_to_evil(monkeypatch, evil_server):
+    """evil.example.org resolves to the second server, and is treated as public (see the rebinding tests)."""
+    port = int(evil_server.url.rsplit(":", 1)[1])
+    real = socket.getaddrinfo
+
+    def resolve(host, *args, **kwargs):
+        if host == "evil.example.org":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    monkeypatch.setattr(HostPolicy, "check_address", lambda self, host, port, ip: None)
+    return port
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "http://evil.example.org:{evil}\\@{ls}/data/upload/1/a.png",  # urllib.parse: Label Studio; urllib3: evil
+        "http://evil.example.org:{evil}\\\\@{ls}/data/upload/1/a.png",
+        "http://evil.example.org:{evil};@{ls}/data/upload/1/a.png",
+        "http://evil.example.org:{evil}\t@{ls}/data/upload/1/a.png",
+        "http://evil.example.org:{evil} @{ls}/data/upload/1/a.png",
+        "http://user:secret@{ls}/data/upload/1/a.png",
+        "http://{ls}@evil.example.org:{evil}/data/upload/1/a.png",
+    ],
+)
+def test_odd_host_parts_are_refused_and_the_key_stays_home(ls, evil, monkeypatch, template):
+    evil_port = _route_to_evil(monkeypatch, evil)
+    ls.add("/data/upload/1/a.png", PNG)
+    url = template.format(evil=evil_port, ls=ls.url.split("://", 1)[1])
+    with pytest.raises(ForbiddenURLError, match="backslash, whitespace or user info") as info:
+        make_fetcher(ls.url, allowed_hosts=("*",)).fetch(url)
+    assert "secret" not in str(info.value)
+    assert evil.requests == [] and ls.requests == []
+
+
+def test_a_redirect_to_an_odd_host_part_is_refused(ls, evil, monkeypatch):
+    evil_port = _route_to_evil(monkeypatch, evil)
+    host = ls.url.split("://", 1)[1]
+    ls.add("/data/upload/1/r.png", status=302, Location=f"http://evil.example.org:{evil_port}\\@{host}/x.png")
+    with pytest.raises(ForbiddenURLError, match="backslash"):
+        make_fetcher(ls.url).fetch("/data/upload/1/r.png")
+    assert evil.requests == []
+    assert [r[2] for r in ls.requests] == [f"Token {LEGACY_TOKEN}"]
+
+
+def test_the_key_goes_only_where_requests_connects(ls, evil, monkeypatch):
+    """An allowed host that looks like Label Studio to urllib.parse gets no key (decided on the sent URL)."""
+    evil_port = _route_to_evil(monkeypatch, evil)
+    evil.add("/data/upload/1/b.png", PNG, auth=False)
+    fetcher = make_fetcher(ls.url, allowed_hosts=("evil.example.org",))
+    assert fetcher.fetch(f"http://evil.example.org:{evil_port}/data/upload/1/b.png").data == PNG
+    assert evil.requests == [("GET", "/data/upload/1/b.png", None)]
+
+
+def test_the_policy_reads_hosts_as_urllib3_does():
+    policy = HostPolicy("http://label-studio:8080", ())
+    assert not policy.is_label_studio("http://evil.com\\@label-studio:8080/x.jpg")
+    for url in ("http://evil.com\\@label-studio:8080/x.jpg", "http://a;@label-studio:8080/x", "http://u@label-studio:8080/"):
+        with pytest.raises(ForbiddenURLError, match="backslash, whitespace or user info"):
+            policy.check_url(url, redirected_by_label_studio=False)
+    assert policy.check_url("http://LABEL-studio:8080/a/../x.jpg", False) == "http://label-studio:8080/x.jpg"
