@@ -10,7 +10,8 @@ POST /setup                ``{"model_version"}``; checks the config's BrushLabel
 POST /predict              interactive: ``{"results": [prediction], "model_version"}``; batch (no
                            context): ``{"results": []}``
 GET|POST /versions         ``{"versions": [model_version], "model_version"}``
-POST /webhook              ``{"status": "ok"}`` at once; Lite-SAM does not train from annotations
+POST /webhook              ``{"status": "ok"}`` at once, the body unparsed (at most :data:`WEBHOOK_READ_BYTES`
+                           read and dropped); Lite-SAM does not train from annotations
 =========================  ==========================================================================
 
 Every route answers JSON. Errors are ``{"error": message}`` with the status of the
@@ -39,7 +40,7 @@ from werkzeug.exceptions import HTTPException
 from litesam.errors import InvalidImageError, InvalidPromptError, LiteSamError
 
 from .context import parse_context
-from .errors import BackendError, BadRequestError, UnauthorizedError
+from .errors import BackendError, BadRequestError, PayloadTooLargeError, UnauthorizedError
 from .label_config import parse_label_config
 from .model import LiteSamBackend
 from .services import Services, build_services
@@ -47,8 +48,12 @@ from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
-#: Largest request body accepted; interactive calls carry every draft's RLE (often ~1 MB).
+#: Largest request body accepted (the app's ``MAX_CONTENT_LENGTH``); interactive calls carry every draft's
+#: RLE (often ~1 MB). :func:`json_body` enforces it for Content-Length and chunked bodies alike.
 MAX_REQUEST_BYTES = 100 * 1024 * 1024
+#: Most of a ``/webhook`` body that is read (and dropped); the route never parses it.
+WEBHOOK_READ_BYTES = 1024 * 1024
+_READ_CHUNK = 64 * 1024
 _EXTENSION = "litesam"
 _BATCH = "litesam_batch_predict"
 
@@ -86,12 +91,26 @@ def current_services() -> Services:
 
 
 def json_body() -> dict:
-    """The request body as a JSON object.
+    """The request body as a JSON object, at most the app's ``MAX_CONTENT_LENGTH`` bytes.
+
+    Flask 1.1 / Werkzeug 2.0 do not apply ``MAX_CONTENT_LENGTH`` to ``request.get_data()``, and a chunked
+    body has no Content-Length: a declared length over the limit is refused before reading, and otherwise
+    at most limit + 1 bytes are read from the stream.
 
     Raises:
+        PayloadTooLargeError: the body is larger than the limit.
         BadRequestError: empty, malformed or not an object.
     """
-    raw = request.get_data(cache=True)
+    limit = current_app.config.get("MAX_CONTENT_LENGTH") or MAX_REQUEST_BYTES
+    too_large = (
+        f"the request body is larger than the backend's limit of {limit} bytes; "
+        "send fewer or smaller drafts and tasks per request"
+    )
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLargeError(too_large)
+    raw = _read_stream(limit + 1)
+    if len(raw) > limit:
+        raise PayloadTooLargeError(too_large)
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -99,6 +118,19 @@ def json_body() -> dict:
     if not isinstance(body, dict):
         raise BadRequestError(f"the request body must be a JSON object, got {type(body).__name__}")
     return body
+
+
+def _read_stream(most: int) -> bytes:
+    """Up to ``most`` bytes of the request body (fewer at its end); a read may return less than asked."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < most:
+        chunk = request.stream.read(min(_READ_CHUNK, most - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 _routes = Blueprint("ml_backend", __name__)
@@ -169,10 +201,12 @@ def versions():
 
 @_routes.route("/webhook", methods=["POST"])
 def webhook():
-    body = json_body()
-    logger.debug(
-        "webhook %s ignored: Lite-SAM does not train from Label Studio annotations", body.get("action")
-    )
+    """Acknowledge a Label Studio event. The route has no basic auth (see the module docstring), so it never
+    parses the body: at most :data:`WEBHOOK_READ_BYTES` are read, so that a client sending a small body
+    sees the answer, and dropped."""
+    if request.content_length is None or request.content_length <= WEBHOOK_READ_BYTES:
+        _read_stream(WEBHOOK_READ_BYTES)
+    logger.debug("webhook ignored: Lite-SAM does not train from Label Studio annotations")
     return jsonify({"status": "ok", "message": "Lite-SAM does not train from Label Studio annotations"})
 
 

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import logging
+import socket
 import threading
 import time
 from pathlib import Path
@@ -171,6 +172,90 @@ def test_webhook_answers_at_once_without_training(backend):
     response = backend.client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1}})
     assert response.status_code == 200 and response.get_json()["status"] == "ok"
     assert time.perf_counter() - started < 0.5 and not backend.services.model.loaded
+
+
+class EndlessBody(io.RawIOBase):
+    """A request body that never ends (a chunked upload that goes on forever), counting the bytes read."""
+
+    def __init__(self, byte=b" "):
+        self.byte = byte
+        self.read_bytes = 0
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        buffer[:] = self.byte * len(buffer)
+        self.read_bytes += len(buffer)
+        return len(buffer)
+
+
+def post_chunked(client, path, stream):
+    """POST a chunked body (no Content-Length) as a server that dechunks (gunicorn, werkzeug) hands it on."""
+    from werkzeug.test import Client, EnvironBuilder
+    from werkzeug.wrappers import Request
+
+    environ = EnvironBuilder(
+        path=path, method="POST", content_type="application/json", headers={"Transfer-Encoding": "chunked"}
+    ).get_environ()
+    environ.pop("CONTENT_LENGTH", None)
+    environ.update({"wsgi.input": stream, "wsgi.input_terminated": True})
+    return Client(client.application, client.application.response_class).open(Request(environ))
+
+
+def test_oversized_bodies_are_413_before_parsing(backend):
+    backend.app.config["MAX_CONTENT_LENGTH"] = 1000
+    big = json.dumps({"tasks": [], "padding": "x" * 2000})
+    assert_error(
+        backend.client.post("/predict", data=big, content_type="application/json"), 413, "limit of 1000 bytes"
+    )
+    endless = EndlessBody()
+    assert_error(post_chunked(backend.client, "/predict", endless), 413, "larger than the backend's limit")
+    assert endless.read_bytes <= 1001
+    small = io.BytesIO(json.dumps({"tasks": []}).encode())
+    response = post_chunked(backend.client, "/predict", small)
+    assert response.status_code == 200 and response.get_json() == {"results": []}
+
+
+def test_oversized_chunked_body_over_a_real_socket_is_413(backend):
+    from werkzeug.serving import make_server
+
+    backend.app.config["MAX_CONTENT_LENGTH"] = 2000
+    server = make_server("127.0.0.1", 0, backend.app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        chunk = b"x" * 1000
+        request = (
+            b"POST /predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            + b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(5))
+            + b"0\r\n\r\n"
+        )
+        with socket.create_connection(("127.0.0.1", server.server_port), timeout=10) as sock:
+            sock.sendall(request)
+            answer = b""
+            while data := sock.recv(65536):
+                answer += data
+    finally:
+        server.shutdown()
+        thread.join(5)
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == b"413", answer[:200]
+    assert "limit of 2000 bytes" in json.loads(payload)["error"]
+
+
+def test_webhook_never_parses_or_reads_a_big_body(backend):
+    import backend.app as app_module
+
+    endless = EndlessBody(b"{")
+    response = post_chunked(backend.client, "/webhook", endless)
+    assert response.status_code == 200 and response.get_json()["status"] == "ok"
+    assert endless.read_bytes <= app_module.WEBHOOK_READ_BYTES
+    declared = backend.client.post(
+        "/webhook", data=b"{" * (app_module.WEBHOOK_READ_BYTES + 1), content_type="application/json"
+    )
+    assert declared.status_code == 200 and declared.get_json()["status"] == "ok"
 
 
 def test_unknown_route_and_method_are_json(backend):
