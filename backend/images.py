@@ -2,8 +2,10 @@
 
 Where an image comes from (the raw URI in ``task["data"][<image key>]``, labelstudio-protocol.md §4.4):
 
-* ``/data/upload/…`` and ``/data/local-files/?d=…`` (and any other path starting with ``/``): relative to
-  Label Studio, fetched from ``LABEL_STUDIO_URL`` with the configured key;
+* ``/data/upload/…``, ``/data/local-files/?d=…`` and ``/storage-data/…``: relative to Label Studio, fetched
+  from ``LABEL_STUDIO_URL`` with the configured key. Only these paths and the presign endpoint are fetched
+  with the key (also as absolute URLs); any other Label Studio path (``/api/…``) is refused (403), unless
+  Label Studio itself redirected there;
 * ``s3://``, ``gs://``, ``azure-blob://``, ``azure-spi://``: through Label Studio's presign endpoint
   ``/tasks/<task id>/presign/?fileuri=<urlsafe base64 of the URI>``, which redirects to a signed URL or
   proxies the bytes (so the task id is needed);
@@ -11,7 +13,8 @@ Where an image comes from (the raw URI in ``task["data"][<image key>]``, labelst
 
 SSRF guard: every decision (host, port, whether the key is sent) is taken on the URL as requests sends it and
 urllib3 connects to it; a host part with a backslash, whitespace or user info (``@``), which parsers read
-differently, is refused. An absolute URL is fetched only from the Label Studio host or a host of ``LITESAM_ALLOWED_HOSTS``;
+differently, is refused. An absolute URL is fetched only from the Label Studio host or a host of
+``LITESAM_ALLOWED_HOSTS``;
 a redirect answered by Label Studio (presigned cloud URLs) may lead to any public host. Every host other than
 Label Studio's must resolve to public addresses only: all its addresses are checked before the request, and
 the address actually connected to is checked again (no DNS-rebinding window). Redirects are followed by hand
@@ -59,6 +62,9 @@ CLOUD_SCHEMES = ("s3", "gs", "azure-blob", "azure-spi")
 MAX_REDIRECTS = 5
 _CHUNK = 64 * 1024
 _CONNECT_TIMEOUT_S = 5.0
+_LABEL_STUDIO_IMAGE_PATH = re.compile(
+    r"/(?:data/upload/|data/local-files/|storage-data/|tasks/\d+/presign/\Z)"
+)
 _RAW_AUTHORITY = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://([^/?#]*)")
 
 
@@ -207,6 +213,8 @@ class ImageFetcher:
         while True:
             url = self.policy.check_url(url, redirected_by_label_studio)
             to_label_studio = self.policy.is_label_studio(url)
+            if to_label_studio and not redirected_by_label_studio:
+                self._check_label_studio_path(url)
             headers = (
                 {"Authorization": self._auth.header()} if to_label_studio and self._auth.configured else {}
             )
@@ -267,6 +275,26 @@ class ImageFetcher:
         except requests.RequestException as exc:
             raise UpstreamError(f"the download of {_display(url)} broke off: {type(exc).__name__}") from None
         return bytes(buffer)
+
+    def _check_label_studio_path(self, url: str) -> None:
+        """Refuse a Label Studio URL (fetched with the key) outside the paths images live under.
+
+        Raises:
+            ForbiddenURLError: not under /data/upload/, /data/local-files/, /storage-data/ or
+                /tasks/<id>/presign/ (after percent-decoding), or with a ``..`` segment or a backslash.
+        """
+        base = (parse_url(self._settings.label_studio_url or "").path or "").rstrip("/")
+        path = urllib.parse.unquote(parse_url(url).path or "/")
+        relative = path[len(base) :] if path.startswith(base + "/") else ""
+        if (
+            not _LABEL_STUDIO_IMAGE_PATH.match(relative)
+            or ".." in relative.split("/")
+            or "\\" in relative
+        ):
+            raise ForbiddenURLError(
+                f"refusing to fetch {_display(url)} with the Label Studio key: images are read only from "
+                "/data/upload/…, /data/local-files/?d=…, /storage-data/… and /tasks/<id>/presign/"
+            )
 
     def _label_studio_url(self, uri: str) -> str:
         if self._settings.label_studio_url is None:

@@ -120,9 +120,9 @@ def test_cloud_uri_goes_through_presign_and_its_redirect(ls):
 
 
 def test_redirects_are_limited(ls):
-    ls.add("/loop", status=302, Location="/loop")
+    ls.add("/data/upload/1/loop.png", status=302, Location="/data/upload/1/loop.png")
     with pytest.raises(UpstreamError, match="too many redirects"):
-        make_fetcher(ls.url).fetch("/loop")
+        make_fetcher(ls.url).fetch("/data/upload/1/loop.png")
 
 
 def test_absolute_url_on_the_label_studio_host_gets_the_key(ls):
@@ -148,17 +148,17 @@ def test_allowed_hosts_that_resolve_to_private_addresses_are_refused(ls):
 
 def test_a_redirect_to_another_port_of_the_label_studio_host_is_refused(ls):
     other = closed_port()
-    ls.add("/hop", status=302, Location=f"http://127.0.0.1:{other}/admin")
+    ls.add("/data/upload/1/hop.png", status=302, Location=f"http://127.0.0.1:{other}/admin")
     with pytest.raises(ForbiddenURLError, match="non-public address 127.0.0.1"):
-        make_fetcher(ls.url).fetch("/hop")
+        make_fetcher(ls.url).fetch("/data/upload/1/hop.png")
 
 
 def test_presigned_redirect_to_a_private_host_is_refused(ls):
     port = ls.url.rsplit(":", 1)[1]
-    ls.add("/redirect", status=302, Location=f"http://localhost:{port}/internal")
+    ls.add("/data/upload/1/redirect.png", status=302, Location=f"http://localhost:{port}/internal")
     ls.add("/internal", PNG, auth=False)
     with pytest.raises(ForbiddenURLError, match="non-public address"):
-        make_fetcher(ls.url).fetch("/redirect")
+        make_fetcher(ls.url).fetch("/data/upload/1/redirect.png")
     assert not [r for r in ls.requests if r[1] == "/internal"]
 
 
@@ -263,9 +263,9 @@ def test_upstream_errors_are_502_with_hints(ls):
     assert "wrong-key" not in str(info.value)
     with pytest.raises(UpstreamError, match="answered 404 .* file exists"):
         make_fetcher(ls.url).fetch("/data/upload/1/missing.png")
-    ls.add("/boom", status=500)
+    ls.add("/data/upload/1/boom.png", status=500)
     with pytest.raises(UpstreamError, match="answered 500"):
-        make_fetcher(ls.url).fetch("/boom")
+        make_fetcher(ls.url).fetch("/data/upload/1/boom.png")
 
 
 def test_unreachable_label_studio_is_502():
@@ -275,14 +275,14 @@ def test_unreachable_label_studio_is_502():
 
 
 def test_byte_limit_from_the_header_and_while_streaming(ls):
-    ls.add("/declared.png", PNG)
-    ls.add("/streamed.png", PNG, declare_length=False)
+    ls.add("/data/upload/1/declared.png", PNG)
+    ls.add("/data/upload/1/streamed.png", PNG, declare_length=False)
     fetcher = make_fetcher(ls.url, max_image_bytes=1000)
     with pytest.raises(PayloadTooLargeError, match="limit is 1000"):
-        fetcher.fetch("/declared.png")
+        fetcher.fetch("/data/upload/1/declared.png")
     with pytest.raises(PayloadTooLargeError, match="larger than 1000 bytes"):
-        fetcher.fetch("/streamed.png")
-    assert make_fetcher(ls.url).fetch("/streamed.png").data == PNG
+        fetcher.fetch("/data/upload/1/streamed.png")
+    assert make_fetcher(ls.url).fetch("/data/upload/1/streamed.png").data == PNG
 
 
 # -- decoding ----------------------------------------------------------------------------------------------
@@ -362,7 +362,8 @@ def _route_to_evil(monkeypatch, evil_server):
 @pytest.mark.parametrize(
     "template",
     [
-        "http://evil.example.org:{evil}\\@{ls}/data/upload/1/a.png",  # urllib.parse: Label Studio; urllib3: evil
+        # urllib.parse reads Label Studio's host, urllib3 connects to evil.example.org
+        "http://evil.example.org:{evil}\\@{ls}/data/upload/1/a.png",
         "http://evil.example.org:{evil}\\\\@{ls}/data/upload/1/a.png",
         "http://evil.example.org:{evil};@{ls}/data/upload/1/a.png",
         "http://evil.example.org:{evil}\t@{ls}/data/upload/1/a.png",
@@ -403,7 +404,60 @@ def test_the_key_goes_only_where_requests_connects(ls, evil, monkeypatch):
 def test_the_policy_reads_hosts_as_urllib3_does():
     policy = HostPolicy("http://label-studio:8080", ())
     assert not policy.is_label_studio("http://evil.com\\@label-studio:8080/x.jpg")
-    for url in ("http://evil.com\\@label-studio:8080/x.jpg", "http://a;@label-studio:8080/x", "http://u@label-studio:8080/"):
+    for url in (
+        "http://evil.com\\@label-studio:8080/x.jpg",
+        "http://a;@label-studio:8080/x",
+        "http://u@label-studio:8080/",
+    ):
         with pytest.raises(ForbiddenURLError, match="backslash, whitespace or user info"):
             policy.check_url(url, redirected_by_label_studio=False)
     assert policy.check_url("http://LABEL-studio:8080/a/../x.jpg", False) == "http://label-studio:8080/x.jpg"
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "/api/projects/",
+        "/api/current-user/token",
+        "/data/upload/../../api/projects/",
+        "/data/upload/%2e%2e/%2e%2e/api/projects/",
+        "/data/upload%2F..%2F..%2Fapi/projects/",
+        "/tasks/1/presign/../../api/projects/",
+        "/tasks/x/presign/",
+        "/user/login/",
+        "{ls}/api/projects/",
+    ],
+)
+def test_only_label_studio_image_paths_are_fetched_with_the_key(ls, uri):
+    ls.add("/api/projects/", b"{}")
+    with pytest.raises(ForbiddenURLError, match="images are read only from /data/upload/") as info:
+        make_fetcher(ls.url).fetch(uri.format(ls=ls.url))
+    assert info.value.status == 403
+    assert ls.requests == []
+
+
+def test_label_studio_image_paths_are_fetched(ls):
+    fetcher = make_fetcher(ls.url)
+    paths = ("/data/upload/2/x-a.png", "/data/local-files/?d=dir/a.png", "/storage-data/up/?filepath=a.png")
+    for path in paths:
+        ls.add(path, PNG)
+        assert fetcher.fetch(path).data == PNG
+
+
+def test_image_paths_under_a_label_studio_base_path(ls):
+    ls.add("/ls/data/upload/1/a.png", PNG)
+    ls.add("/api/x", PNG)
+    fetcher = make_fetcher(ls.url + "/ls")
+    assert fetcher.fetch("/data/upload/1/a.png").data == PNG
+    with pytest.raises(ForbiddenURLError, match="images are read only"):
+        fetcher.fetch(f"{ls.url}/api/x")
+
+
+def test_an_allowed_host_cannot_redirect_to_a_label_studio_api_path(ls, evil, monkeypatch):
+    evil_port = _route_to_evil(monkeypatch, evil)
+    evil.add("/a.png", status=302, auth=False, Location=f"{ls.url}/api/projects/")
+    ls.add("/api/projects/", b"{}")
+    fetcher = make_fetcher(ls.url, allowed_hosts=("evil.example.org",))
+    with pytest.raises(ForbiddenURLError, match="images are read only"):
+        fetcher.fetch(f"http://evil.example.org:{evil_port}/a.png")
+    assert ls.requests == []
