@@ -20,7 +20,10 @@ Concurrent requests for one new image compute its embedding once: a lock per key
 (threads) and a Redis lock with a timeout across processes and machines; whoever gets the lock second finds
 the embedding stored. When Redis cannot be reached, requests still work: embeddings are computed (and kept
 in the process LRU), a warning is logged once per outage, Redis is retried after :data:`RETRY_AFTER_S`
-seconds, and :meth:`EmbeddingStore.ping` reports it to ``/health``.
+seconds, and :meth:`EmbeddingStore.ping` reports it to ``/health``. Any other Redis error (a command refused:
+out of memory, read-only replica, missing ACL permission, …) also never fails a request: that command is
+skipped as if the cache missed, a warning naming the error type is logged once per type, and Redis stays in
+use (it answers, so ``/health`` still says ``ok``).
 """
 
 from __future__ import annotations
@@ -121,6 +124,7 @@ class EmbeddingStore:
         self._key_locks_guard = threading.Lock()
         self._down_until = 0.0
         self._state_lock = threading.Lock()
+        self._warned_errors: set[str] = set()
 
     # -- public API --------------------------------------------------------------------------------------
 
@@ -228,7 +232,7 @@ class EmbeddingStore:
                 self._aliases.popitem(last=False)
 
     def _redis_call(self, call: Callable[[redis.Redis], object]) -> object:
-        """Run one Redis command; on a connection problem mark Redis down and return None."""
+        """Run one Redis command; None when it fails (a connection problem also marks Redis down)."""
         if not self.redis_available:
             return None
         try:
@@ -236,8 +240,20 @@ class EmbeddingStore:
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             self._mark_down(exc)
             return None
+        except redis.RedisError as exc:
+            self._command_failed(exc)
+            return None
         self._mark_up()
         return result
+
+    def _command_failed(self, exc: redis.RedisError) -> None:
+        """A Redis that answers refused a command (e.g. OutOfMemoryError): warn once per error type."""
+        name = type(exc).__name__
+        with self._state_lock:
+            first = name not in self._warned_errors
+            self._warned_errors.add(name)
+        log = logger.warning if first else logger.debug
+        log("Redis refused a command (%s: %s); going on without the shared cache for it", name, exc)
 
     def _mark_down(self, exc: Exception) -> None:
         with self._state_lock:
@@ -293,6 +309,8 @@ class EmbeddingStore:
                     )
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 self._mark_down(exc)
+            except redis.RedisError as exc:
+                self._command_failed(exc)
         try:
             yield
         finally:

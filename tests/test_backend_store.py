@@ -163,3 +163,64 @@ def test_redis_coming_back_is_used_again(r, monkeypatch):
     store._mark_down(redis.ConnectionError("test"))
     store.put("v", SHA, embedding(1, channels=8, side=4))
     assert r.exists(embedding_key("v", SHA)) and store.redis_available
+
+
+class RefusingRedis(redis.Redis):
+    """A real Redis client whose chosen commands (all when ``commands`` is None) are refused with ``error``,
+    as a Redis out of memory (noeviction), a read-only replica or a user without ACL permission answers."""
+
+    error: redis.RedisError
+    commands: set[str] | None = None
+
+    def execute_command(self, *args, **options):
+        if self.commands is None or str(args[0]).upper() in self.commands:
+            raise self.error
+        return super().execute_command(*args, **options)
+
+
+def refusing_store(error, commands=None, lru_size=2):
+    store = EmbeddingStore(URL, ttl=100, lru_size=lru_size)
+    store._redis = RefusingRedis.from_url(URL)
+    store._redis.error, store._redis.commands = error, commands
+    return store
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'."),
+        redis.exceptions.ReadOnlyError("You can't write against a read only replica."),
+        redis.exceptions.NoPermissionError("this user has no permissions to run the 'set' command"),
+        redis.ResponseError("some other refusal"),
+    ],
+)
+def test_refused_redis_commands_still_give_the_computed_embedding(r, caplog, error):
+    store = refusing_store(error)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return embedding(5, channels=8, side=4)
+
+    with caplog.at_level(logging.DEBUG, logger="backend.store"):
+        got, source = store.get_or_compute("v", SHA, compute)
+        store.get_or_compute("v", "cd" * 32, compute)
+        store.remember_image("http://ls:8080/data/upload/1/a.png", SHA)
+        assert store.image_sha256("http://ls:8080/data/upload/2/b.png") is None
+    assert source == "computed" and len(calls) == 2
+    torch.testing.assert_close(got.features, embedding(5, channels=8, side=4).features.half().float())
+    warnings = [rec for rec in caplog.records if rec.levelno == logging.WARNING]
+    assert len(warnings) == 1 and type(error).__name__ in warnings[0].getMessage()
+    assert store.redis_available and store.ping()  # Redis answers: not marked down, /health says ok
+    assert "Redis is unreachable" not in caplog.text
+
+
+def test_a_redis_refusing_writes_is_still_read_and_the_lock_is_skipped(r):
+    writer = EmbeddingStore(URL, ttl=100, lru_size=0)
+    writer.put("v", SHA, embedding(2, channels=8, side=4))
+    oom = redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'.")
+    store = refusing_store(oom, commands={"SET", "EVALSHA", "EVAL"}, lru_size=0)
+    assert store.get_or_compute("v", SHA, lambda: pytest.fail("must not compute"))[1] == "redis"
+    _, source = store.get_or_compute("v", "cd" * 32, lambda: embedding(3, channels=8, side=4))
+    assert source == "computed" and not r.exists(embedding_key("v", "cd" * 32))
+    assert not r.keys("*:lock")
