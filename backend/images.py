@@ -65,6 +65,7 @@ _CONNECT_TIMEOUT_S = 5.0
 _LABEL_STUDIO_IMAGE_PATH = re.compile(
     r"/(?:data/upload/|data/local-files/|storage-data/|tasks/\d+/presign/\Z)"
 )
+_IMMUTABLE_UPLOAD = re.compile(r"/data/upload/\d+/[^/?#\\\s]+")
 _RAW_AUTHORITY = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://([^/?#]*)")
 
 
@@ -194,10 +195,18 @@ class ImageFetcher:
 
         Label Studio uploads (``/data/upload/<project>/<random prefix>-<name>``) are never rewritten, so a
         cache may map them to the sha256 of their bytes and skip the download. Local files, cloud objects and
-        plain URLs can change in place and are always downloaded.
+        plain URLs can change in place and are always downloaded. Only the exact form
+        ``/data/upload/<digits>/<name>`` counts (no query string, no ``..`` or ``%2e``): anything else could
+        name another file under the same alias.
         """
-        if isinstance(uri, str) and uri.startswith("/data/upload/") and self._settings.label_studio_url:
-            return self._settings.label_studio_url + uri.split("?", 1)[0]
+        if (
+            isinstance(uri, str)
+            and _IMMUTABLE_UPLOAD.fullmatch(uri)
+            and ".." not in uri
+            and "%2e" not in uri.lower()
+            and self._settings.label_studio_url
+        ):
+            return self._settings.label_studio_url + uri
         return None
 
     def fetch(self, uri: object, task_id: object = None) -> FetchedImage:

@@ -461,3 +461,30 @@ def test_an_allowed_host_cannot_redirect_to_a_label_studio_api_path(ls, evil, mo
     with pytest.raises(ForbiddenURLError, match="images are read only"):
         fetcher.fetch(f"http://evil.example.org:{evil_port}/a.png")
     assert ls.requests == []
+
+
+def test_only_plain_uploads_are_immutable():
+    fetcher = make_fetcher("http://label-studio:8080")
+    plain = "/data/upload/3/abc-photo.png"
+    assert fetcher.immutable_source(plain) == "http://label-studio:8080" + plain
+    a = fetcher.immutable_source("/data/upload/../local-files/?d=a.jpg")
+    b = fetcher.immutable_source("/data/upload/../local-files/?d=b.jpg")
+    assert a is None and b is None  # never one alias for two different files
+    for uri in (
+        "/data/upload/3/a.png?x=1",
+        "/data/upload/3/a.png#f",
+        "/data/upload/3/..",
+        "/data/upload/3/%2e%2e",
+        "/data/upload/3/%2E%2E",
+        "/data/upload/3/a..png/../b.png",
+        "/data/upload/x/a.png",
+        "/data/upload/3/sub/a.png",
+        "/data/upload/3/a\\..\\b.png",
+        "/data/upload/3/a.png\n",
+        " /data/upload/3/a.png",
+        "/data/upload/3/",
+        "/data/local-files/?d=a.jpg",
+        "http://label-studio:8080/data/upload/3/a.png",
+    ):
+        assert fetcher.immutable_source(uri) is None, uri
+    assert make_fetcher(None).immutable_source("/data/upload/3/a.png") is None
