@@ -14,7 +14,8 @@ image's natural (EXIF-transposed) size ``original_width × original_height``.
 
 Rules:
     * the label is the one of the last region (the one just drawn); regions of other labels or other
-      images are ignored (API callers may send them; the Label Studio frontend never does);
+      images are ignored (API callers may send them; the Label Studio frontend never does): another
+      ``to_name``, or, in a multi-image (``valueList``) task, another ``item_index``;
     * every keypoint of that label is a prompt point, positive unless ``is_positive`` is false;
     * every rectangle is one box and gives one mask; keypoints sent with rectangles go with every box;
     * a rotated rectangle (rotated about its top-left corner, clockwise degrees) becomes its bounding box;
@@ -98,8 +99,11 @@ def parse_context(context: object) -> PromptSet | None:
     last = regions[-1]
     label = _label(last, len(regions) - 1)
     to_name = last.get("to_name")
+    item_index = last.get("item_index")
     selected = [
-        (i, r) for i, r in enumerate(regions) if _label(r, i) == label and r.get("to_name") == to_name
+        (i, r)
+        for i, r in enumerate(regions)
+        if _label(r, i) == label and r.get("to_name") == to_name and r.get("item_index") == item_index
     ]
 
     width, height = _size(selected)
@@ -129,7 +133,6 @@ def parse_context(context: object) -> PromptSet | None:
     else:
         prompts = (Prompt(coords, labels, None),)
     rotation = last.get("image_rotation", 0)
-    item_index = last.get("item_index")
     return PromptSet(
         label=label,
         to_name=to_name if isinstance(to_name, str) else None,

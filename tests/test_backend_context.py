@@ -81,6 +81,25 @@ def test_only_regions_of_the_last_label_and_image_are_used():
     np.testing.assert_allclose(ps.prompts[0].point_coords[:, 0], [0.2 * W, 0.3 * W], rtol=1e-6)
 
 
+def test_only_regions_on_the_last_image_of_a_multi_image_task_are_used():
+    def on(item_index, region):
+        return {**region, "item_index": item_index}
+
+    ps = parse_context(
+        ctx(
+            on(0, keypoint(10, 10, 640, 480)),  # another image of the valueList, another size
+            on(1, keypoint(20, 20, W, H)),
+            on(0, rectangle(5, 5, 50, 50, 640, 480)),
+            keypoint(25, 25, W, H),  # no item_index: not the same image either
+            on(1, keypoint(30, 30, W, H, positive=False)),
+        )
+    )
+    assert ps.item_index == 1 and (ps.original_width, ps.original_height) == (W, H)
+    assert len(ps.prompts) == 1 and ps.prompts[0].box is None
+    np.testing.assert_allclose(ps.prompts[0].point_coords[:, 0], [0.2 * W, 0.3 * W], rtol=1e-6)
+    assert ps.prompts[0].point_labels.tolist() == [1, 0]
+
+
 def test_one_rectangle_is_one_box():
     ps = parse_context(ctx(rectangle(10, 20, 30, 40, W, H)))
     assert len(ps.prompts) == 1
