@@ -66,6 +66,9 @@ _LABEL_STUDIO_IMAGE_PATH = re.compile(
     r"/(?:data/upload/|data/local-files/|storage-data/|tasks/\d+/presign/\Z)"
 )
 _IMMUTABLE_UPLOAD = re.compile(r"/data/upload/\d+/[^/?#\\\s]+")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")  # local-use NAT64 (RFC 8215): never public
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
 _RAW_AUTHORITY = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://([^/?#]*)")
 
 
@@ -145,10 +148,26 @@ class HostPolicy:
         address = ipaddress.ip_address(ip.split("%", 1)[0])
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
-        if not address.is_global or address.is_multicast:
-            raise ForbiddenURLError(
-                f"refusing to fetch an image from {host}: it resolves to the non-public address {address}"
-            )
+        for candidate in (address, *_embedded_ipv4(address)):
+            if not candidate.is_global or candidate.is_multicast or candidate in _NAT64_LOCAL:
+                shown = address if candidate == address else f"{address} ({candidate})"
+                raise ForbiddenURLError(
+                    f"refusing to fetch an image from {host}: it resolves to the non-public address {shown}"
+                )
+
+
+def _embedded_ipv4(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address reaches through translation or tunnelling.
+
+    Python 3.11 counts 64:ff9b::7f00:1 (NAT64), 2002:7f00:1:: (6to4) and ::7f00:1 (IPv4-compatible) as
+    global, although each leads to 127.0.0.1.
+    """
+    if not isinstance(address, ipaddress.IPv6Address):
+        return []
+    embedded = [v4 for v4 in (address.ipv4_mapped, address.sixtofour) if v4 is not None]
+    if address in _NAT64 or address in _IPV4_COMPATIBLE:
+        embedded.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return embedded
 
 
 class ImageFetcher:

@@ -488,3 +488,28 @@ def test_only_plain_uploads_are_immutable():
     ):
         assert fetcher.immutable_source(uri) is None, uri
     assert make_fetcher(None).immutable_source("/data/upload/3/a.png") is None
+
+
+@pytest.mark.parametrize(
+    "ip",
+    [
+        "64:ff9b::7f00:1",  # NAT64 of 127.0.0.1
+        "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254
+        "64:ff9b:1::a00:1",  # local-use NAT64
+        "2002:7f00:1::",  # 6to4 of 127.0.0.1
+        "2002:a00:1::1",  # 6to4 of 10.0.0.1
+        "::7f00:1",  # IPv4-compatible 127.0.0.1
+        "::a9fe:a9fe",
+        "::ffff:10.0.0.1",
+    ],
+)
+def test_ipv6_addresses_embedding_a_private_ipv4_are_refused(ip):
+    policy = HostPolicy("http://label-studio:8080", ("*",))
+    with pytest.raises(ForbiddenURLError, match="non-public address"):
+        policy.check_address("images.example.org", 80, ip)
+
+
+def test_ipv6_addresses_embedding_a_public_ipv4_pass():
+    policy = HostPolicy("http://label-studio:8080", ("*",))
+    for ip in ("64:ff9b::5db8:d822", "2002:5db8:d822::1", "2606:2800:220:1::1"):
+        policy.check_address("images.example.org", 80, ip)
