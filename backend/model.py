@@ -154,11 +154,20 @@ class LiteSamBackend(LabelStudioMLBase):
         predictions: an empty prediction per task would mark the tasks as predicted for this model version.
 
         Raises:
-            BadRequestError and the other :mod:`backend.errors` on bad input (see the modules involved).
+            BadRequestError: the prompts' ``original_width × original_height`` is over ``max_image_pixels``
+                (their masks are made at that size), and the other :mod:`backend.errors` on bad input (see
+                the modules involved).
         """
         prompt_set = parse_context(context)
         if prompt_set is None:
             return []
+        pixels = prompt_set.original_width * prompt_set.original_height
+        if pixels > self._max_image_pixels:
+            raise BadRequestError(
+                f"the prompt regions' original_width × original_height is {prompt_set.original_width}×"
+                f"{prompt_set.original_height} = {pixels} pixels, more than the backend's limit of "
+                f"{self._max_image_pixels} (LITESAM_MAX_IMAGE_PIXELS); send the image's natural size"
+            )
         config = parse_label_config(self.label_config)
         if not isinstance(tasks, list) or len(tasks) != 1 or not isinstance(tasks[0], dict):
             raise BadRequestError("an interactive call (with context) must carry exactly one task object")

@@ -567,7 +567,8 @@ def test_huge_images_are_413(ls, checkpoint, r):
     ls.add("/data/upload/1/big.png", big.getvalue())
     pixels_limited = Backend(make_settings(ls, checkpoint, max_image_pixels=1_000_000))
     assert_error(
-        pixels_limited.predict("/data/upload/1/big.png", [keypoint(50, 50, 3000, 2000)]),
+        # prompts within the limit (a too-large prompt size is a 400 of its own), the image over it
+        pixels_limited.predict("/data/upload/1/big.png", [keypoint(50, 50, 1200, 800)]),
         413,
         "LITESAM_MAX_IMAGE_PIXELS",
     )
@@ -577,6 +578,15 @@ def test_huge_images_are_413(ls, checkpoint, r):
         413,
         "LITESAM_MAX_IMAGE_BYTES",
     )
+
+
+def test_a_prompt_size_over_the_pixel_limit_is_400_without_downloading(ls, checkpoint, r):
+    limited = Backend(make_settings(ls, checkpoint, max_image_pixels=1_000_000))
+    response = limited.predict("/data/upload/1/odd.png", [keypoint(50, 50, 30000, 30000)])
+    assert_error(response, 400, "original_width × original_height is 30000×30000")
+    assert downloads(ls, "/data/upload/1/odd.png") == 0 and limited.encodings == 0
+    regions = regions_of(limited.predict("/data/upload/1/odd.png", [keypoint(50, 50, 1000, 1000)]))
+    assert decode_brush(regions[0]).shape == (1000, 1000)  # up to the limit, masks are still scaled
 
 
 def test_unexpected_errors_are_500_without_details(backend, caplog):

@@ -8,10 +8,10 @@ import pytest
 
 import backend.model as model_module
 from backend.checkpoint import resolve_checkpoint
-from backend.errors import ConfigurationError
-from backend.model import ModelService, model_version_string
+from backend.errors import BadRequestError, ConfigurationError
+from backend.model import LiteSamBackend, ModelService, model_version_string
 from backend.settings import Settings
-from tests.backend_support import FakeLabelStudio
+from tests.backend_support import FakeLabelStudio, keypoint
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +102,21 @@ def test_a_checkpoint_of_another_variant_is_a_clear_error(checkpoint):
     service = ModelService(Settings(checkpoint=checkpoint, variant="litesam_r640"))
     with pytest.raises(ConfigurationError, match="cannot load the checkpoint"):
         service.model()
+
+
+def test_a_prompt_image_size_over_the_pixel_limit_is_400_before_any_work():
+    """original_width/original_height come from the request and size the mask: 30000×30000 would be GBs."""
+    config = (
+        '<View><Image name="image" value="$image"/>'
+        '<BrushLabels name="mask" toName="image"><Label value="Object"/></BrushLabels></View>'
+    )
+    model = ModelService(
+        Settings(checkpoint="/nowhere.pt", checkpoint_sha256="ab" * 32, variant="litesam_tiny")
+    )
+    backend = LiteSamBackend(model, store=None, fetcher=None, max_image_pixels=1_000_000, label_config=config)
+    tasks = [{"id": 1, "data": {"image": "/data/upload/1/a.png"}}]
+    with pytest.raises(BadRequestError, match=r"30000×30000 = 900000000 pixels.*limit of 1000000"):
+        backend.predict(tasks, context={"result": [keypoint(50, 50, 30000, 30000)]})
+    with pytest.raises(BadRequestError, match="LITESAM_MAX_IMAGE_PIXELS"):
+        backend.predict(tasks, context={"result": [keypoint(50, 50, 1001, 1000)]})
+    assert not model.loaded
