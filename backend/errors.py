@@ -36,7 +36,7 @@ class ForbiddenURLError(BackendError):
 
 
 class PayloadTooLargeError(BackendError):
-    """The image is larger than the configured byte or pixel limit."""
+    """The request body or the image is larger than the configured byte or pixel limit."""
 
     status = 413
 
