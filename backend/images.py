@@ -20,8 +20,9 @@ Label Studio's must resolve to public addresses only: all its addresses are chec
 the address actually connected to is checked again (no DNS-rebinding window). Redirects are followed by hand
 (at most :data:`MAX_REDIRECTS`), each hop checked, and the key is never sent to another host.
 
-Limits: the body is streamed and refused past ``max_image_bytes`` (413); the pixel count is read from the
-header and refused past ``max_image_pixels`` before any pixel is decoded (413, decompression bombs).
+Limits: a whole download (redirects included) must end within twice ``fetch_timeout`` (502), whatever the
+pace of the host; the body is streamed and refused past ``max_image_bytes`` (413); the pixel count is read
+from the header and refused past ``max_image_pixels`` before any pixel is decoded (413, decompression bombs).
 Decoding applies the EXIF orientation, as browsers do, so masks have the size Label Studio draws.
 """
 
@@ -34,6 +35,7 @@ import ipaddress
 import logging
 import re
 import socket
+import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +46,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import HTTPError as Urllib3HTTPError
 from urllib3.util import Url, parse_url
 
 from .errors import (
@@ -62,6 +65,7 @@ CLOUD_SCHEMES = ("s3", "gs", "azure-blob", "azure-spi")
 MAX_REDIRECTS = 5
 _CHUNK = 64 * 1024
 _CONNECT_TIMEOUT_S = 5.0
+_DEADLINE_FACTOR = 2  # a whole download may take this many times the fetch timeout
 _LABEL_STUDIO_IMAGE_PATH = re.compile(
     r"/(?:data/upload/|data/local-files/|storage-data/|tasks/\d+/presign/\Z)"
 )
@@ -235,6 +239,7 @@ class ImageFetcher:
             BadRequestError, ForbiddenURLError, PayloadTooLargeError, UpstreamError, ConfigurationError.
         """
         url = self.source_url(uri, task_id)
+        deadline = time.monotonic() + _DEADLINE_FACTOR * self._settings.fetch_timeout
         redirected_by_label_studio = False
         retried_auth = False
         hops = 0
@@ -249,14 +254,15 @@ class ImageFetcher:
             request = self._session.prepare_request(requests.Request("GET", url, headers=headers))
             if request.url != url:  # requests must send the very URL the policy checked
                 raise ForbiddenURLError(f"refusing to fetch {_display(url)}: its URL is not stable")
+            remaining = self._remaining(deadline, url)
             try:
                 response = self._session.send(
                     request,
                     stream=True,
                     allow_redirects=False,
                     timeout=(
-                        min(_CONNECT_TIMEOUT_S, self._settings.fetch_timeout),
-                        self._settings.fetch_timeout,
+                        min(_CONNECT_TIMEOUT_S, self._settings.fetch_timeout, remaining),
+                        min(self._settings.fetch_timeout, remaining),
                     ),
                 )
             except requests.RequestException as exc:
@@ -282,10 +288,25 @@ class ImageFetcher:
                     continue
                 if response.status_code != 200:
                     raise UpstreamError(_status_message(response.status_code, url, to_label_studio))
-                data = self._read_limited(response, url)
+                data = self._read_limited(response, url, deadline)
             return FetchedImage(data=data, sha256=hashlib.sha256(data).hexdigest())
 
-    def _read_limited(self, response: requests.Response, url: str) -> bytes:
+    def _remaining(self, deadline: float, url: str) -> float:
+        """Seconds left before ``deadline``.
+
+        Raises:
+            UpstreamError: none left (per-read timeouts alone let a host that trickles bytes hold a thread).
+        """
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            total = _DEADLINE_FACTOR * self._settings.fetch_timeout
+            raise UpstreamError(
+                f"the download of {_display(url)} took longer than {total:g} s "
+                "(twice LITESAM_FETCH_TIMEOUT); the image host is too slow"
+            )
+        return remaining
+
+    def _read_limited(self, response: requests.Response, url: str, deadline: float) -> bytes:
         limit = self._settings.max_image_bytes
         declared = response.headers.get("Content-Length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -294,13 +315,18 @@ class ImageFetcher:
             )
         buffer = bytearray()
         try:
-            for chunk in response.iter_content(_CHUNK):
+            while True:
+                self._remaining(deadline, url)
+                # read1 returns what has arrived (a full-size read would wait for a whole chunk)
+                chunk = response.raw.read1(_CHUNK, decode_content=True)
+                if not chunk:
+                    break
                 buffer.extend(chunk)
                 if len(buffer) > limit:
                     raise PayloadTooLargeError(
                         f"the image {_display(url)} is larger than {limit} bytes (LITESAM_MAX_IMAGE_BYTES)"
                     )
-        except requests.RequestException as exc:
+        except (requests.RequestException, Urllib3HTTPError, OSError) as exc:
             raise UpstreamError(f"the download of {_display(url)} broke off: {type(exc).__name__}") from None
         return bytes(buffer)
 

@@ -2,9 +2,12 @@
 pixel limit, corrupt files), against a real HTTP server on 127.0.0.1 that plays Label Studio."""
 
 import base64
+import gzip
 import hashlib
 import io
 import socket
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -513,3 +516,50 @@ def test_ipv6_addresses_embedding_a_public_ipv4_pass():
     policy = HostPolicy("http://label-studio:8080", ("*",))
     for ip in ("64:ff9b::5db8:d822", "2002:5db8:d822::1", "2606:2800:220:1::1"):
         policy.check_address("images.example.org", 80, ip)
+
+
+@pytest.fixture
+def trickling_server():
+    """Answers 200 with a 100 kB Content-Length, then sends one byte every 50 ms (for 5 s at most)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+                end = time.monotonic() + 5
+                try:
+                    while time.monotonic() < end and not stop.is_set():
+                        conn.sendall(b"x")
+                        time.sleep(0.05)
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    thread.join(6)
+    listener.close()
+
+
+def test_a_trickling_host_hits_the_overall_deadline(trickling_server):
+    fetcher = make_fetcher(trickling_server, fetch_timeout=0.5)  # each read gets a byte well within 0.5 s
+    started = time.monotonic()
+    with pytest.raises(UpstreamError, match=r"took longer than 1 s \(twice LITESAM_FETCH_TIMEOUT\)"):
+        fetcher.fetch("/data/upload/1/slow.png")
+    assert 0.9 < time.monotonic() - started < 3
+
+
+def test_a_gzip_encoded_body_is_decoded_while_streaming(ls):
+    ls.add("/data/upload/1/z.png", gzip.compress(PNG), **{"Content-Encoding": "gzip"})
+    assert make_fetcher(ls.url).fetch("/data/upload/1/z.png").data == PNG
