@@ -8,6 +8,10 @@ POST /jobs                 body ``{"project": N, "overwrite": false, "tasks": [t
                            ``{"job": status, "created": true}``; when the project already has a running
                            job: 200 ``{"job": that job's status, "created": false}``
 GET /jobs/<id>             the job's status (backend.jobs.job_status), 404 for an unknown id
+DELETE /jobs/<id>          cancel the job (backend.jobs.JobBoard.cancel) → 200 ``{"job": status,
+                           "cancelled": true}``; a job that had already ended (finished, failed or
+                           cancelled before) is left as it was: 200 ``{"job": its unchanged status,
+                           "cancelled": false}`` (repeating a DELETE is harmless); 404 for an unknown id
 GET /jobs                  ``{"jobs": [status, …]}``, newest first, without per-task failures;
                            ``?limit=N`` (default 50, at most 200)
 GET /jobs/ui               the jobs page: live progress bars and a "pre-annotate project N" form
@@ -18,7 +22,7 @@ The page reads the same ``GET /jobs`` answer the API gives, so both always show 
 app's basic-auth guard (``before_request``) covers these routes like every other one; the page's requests
 carry the credentials the browser already sent for the page. ``POST /jobs`` takes only JSON (415 otherwise):
 a browser sends that cross-site only after a CORS preflight this app never allows, so a page on another
-site cannot start jobs with the credentials a browser keeps for this one. Redis down: 503 with a message.
+site cannot start jobs with the credentials a browser keeps for this one; the same holds for ``DELETE``. Redis down: 503 with a message.
 """
 
 from __future__ import annotations
@@ -98,6 +102,12 @@ def list_jobs():
 @jobs_blueprint.route("/jobs/<job_id>", methods=["GET"])
 def get_job(job_id: str):
     return jsonify(_board().status(job_id))
+
+
+@jobs_blueprint.route("/jobs/<job_id>", methods=["DELETE"])
+def cancel_job(job_id: str):
+    status, cancelled = _board().cancel(job_id)
+    return jsonify({"job": status, "cancelled": cancelled})
 
 
 @jobs_blueprint.route("/jobs/ui", methods=["GET"])

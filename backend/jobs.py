@@ -32,6 +32,15 @@ and does not repeat it. Chunks partition the tasks, and a chunk runs on one work
 only that task, with the reason recorded. Anything else fails the chunk (or the parent): Label Studio
 unreachable or answering 5xx, a timeout, a lost worker. RQ retries it with backoff (``Retry``); when the
 retries are spent, the chunk's unfinished tasks are failed with the reason and the job ends ``failed``.
+
+**Cancelling** (:meth:`JobBoard.cancel`: ``DELETE /jobs/<id>``, ``preannotate --cancel``) ends a job that has
+not ended: its record turns ``cancelled`` with the reason and the project's active key is released in one Lua
+script (a new job for the project can start at once), then its parent and chunk RQ jobs that wait (queued,
+scheduled for a retry, deferred) are cancelled in RQ. A chunk already running checks the record's state before
+each task and before each Label Studio write (the parent before each deletion of ``overwrite``), and stops
+there: nothing is written after the cancellation (except a write already under way), and the tasks it did not
+do stay without an outcome, counted neither done nor failed. A ``done`` that lands after the cancellation is
+still counted (the prediction is in Label Studio); a ``failed`` is not.
 """
 
 from __future__ import annotations
@@ -85,9 +94,12 @@ logger = logging.getLogger(__name__)
 QUEUE_NAME = "litesam-preannotate"
 #: Prefix of every Redis key of this module; bump the version when the record layout changes.
 KEY_PREFIX = "litesam:jobs:v1:"
-#: Job states. ``queued`` → ``listing`` (parent running) → ``running`` (chunks) → ``finished`` | ``failed``.
-STATES = ("queued", "listing", "running", "finished", "failed")
-TERMINAL_STATES = ("finished", "failed")
+#: Job states. ``queued`` → ``listing`` (parent running) → ``running`` (chunks) → ``finished`` | ``failed``;
+#: any state before the end → ``cancelled`` (:meth:`JobBoard.cancel`).
+STATES = ("queued", "listing", "running", "finished", "failed", "cancelled")
+TERMINAL_STATES = ("finished", "failed", "cancelled")
+#: RQ states of a job that has not started yet: these are cancelled in RQ when the pre-annotation job is.
+_WAITING_RQ_STATES = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED)
 #: Seconds a job record stays in Redis after it was created (it is also what ``GET /jobs`` can list).
 RECORD_TTL_S = 30 * 24 * 3600
 #: Lifetime of a per-task write lock; renewed before every Label Studio call, so only a dead holder's expires.
@@ -329,11 +341,14 @@ end
 _FINISH = _FINISH_IF_COMPLETE + "return finish_if_complete(KEYS[1], KEYS[2], ARGV[1], ARGV[2])"
 
 # Records one task's outcome. KEYS: record, tasks, active; ARGV: task id, status, outcome JSON, regions, job id,
-# now. A task's first outcome counts; a later 'done' may replace a 'failed', nothing replaces a 'done'.
+# now. A task's first outcome counts; a later 'done' may replace a 'failed', nothing replaces a 'done'. Once
+# the job is cancelled only a 'done' counts (that prediction was written); other tasks get no outcome.
 _RECORD_OUTCOME = (
     _FINISH_IF_COMPLETE
     + """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return -1 end
+if state == 'cancelled' and ARGV[2] ~= 'done' then return 0 end
 local old = redis.call('HGET', KEYS[2], ARGV[1])
 if old then
   local old_status = cjson.decode(old)['status']
@@ -356,7 +371,7 @@ _FAIL_JOB = (
     + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return -1 end
-if state == 'finished' or state == 'failed' then return 0 end
+if state == 'finished' or state == 'failed' or state == 'cancelled' then return 0 end
 local err = redis.call('HGET', KEYS[1], 'error')
 if not err or err == '' then redis.call('HSET', KEYS[1], 'error', ARGV[1]) end
 if ARGV[4] == '1' or state ~= 'running' then
@@ -368,6 +383,26 @@ finish_if_complete(KEYS[1], KEYS[2], ARGV[2], ARGV[3])
 return 1
 """
 )
+
+# Cancels a job that has not ended. KEYS: record, active; ARGV: job id, now, reason. Returns -1: no such job,
+# 0: it had already ended (nothing changes), 1: cancelled now.
+_CANCEL_JOB = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return -1 end
+if state == 'finished' or state == 'failed' or state == 'cancelled' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished_at', ARGV[2], 'cancel_reason', ARGV[3])
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+return 1
+"""
+
+# The parent starts listing, unless the job was cancelled (or has ended) meanwhile. KEYS: record; ARGV: now.
+_BEGIN_LISTING = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'queued' and state ~= 'listing' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'listing')
+if not redis.call('HGET', KEYS[1], 'started_at') then redis.call('HSET', KEYS[1], 'started_at', ARGV[1]) end
+return 1
+"""
 
 # Releases or renews a lock only while it still holds our token. KEYS: lock; ARGV: token, ttl ms (renew only).
 _RELEASE_LOCK = """
@@ -390,6 +425,8 @@ class JobBoard:
         self._release = connection.register_script(_RELEASE_LOCK)
         self._renew = connection.register_script(_RENEW_LOCK)
         self._finish = connection.register_script(_FINISH)
+        self._cancel = connection.register_script(_CANCEL_JOB)
+        self._begin_listing = connection.register_script(_BEGIN_LISTING)
 
     # -- starting ----------------------------------------------------------------------------------------
     def start(
@@ -475,6 +512,51 @@ class JobBoard:
             )
             return self.status(job_id), True
 
+    # -- cancelling --------------------------------------------------------------------------------------
+    def cancel(self, job_id: str, reason: str = "cancelled by request") -> tuple[dict, bool]:
+        """Cancel the job unless it has ended (see the module docstring); safe to repeat.
+
+        The record turns ``cancelled`` and the project's active key is released atomically; then the parent
+        and chunk RQ jobs still waiting are cancelled in RQ. That second step runs again for a job that is
+        already ``cancelled``, so a cancellation cut short (Redis lost in between) is completed by a repeat.
+
+        Returns:
+            (status of the job, cancelled now): ``False`` when it had already ended (finished, failed or
+            cancelled before); its status is then unchanged.
+        Raises:
+            JobNotFoundError: no such job.
+        """
+        record = self.record_fields(job_id) if isinstance(job_id, str) and 0 < len(job_id) <= 64 else None
+        if record is None:
+            raise JobNotFoundError(f"no pre-annotation job {job_id!r} (unknown, or its record expired)")
+        changed = self._cancel(
+            keys=[_record_key(job_id), _active_key(int(record["project"]))], args=[job_id, _now(), reason]
+        )
+        if changed == -1:  # expired in between
+            raise JobNotFoundError(f"no pre-annotation job {job_id!r} (unknown, or its record expired)")
+        record = self.record_fields(job_id)  # its chunks: no plan is committed after the cancellation
+        if record["state"] == "cancelled":
+            self._cancel_rq_jobs(job_id, record)
+        if changed == 1:
+            logger.info("job %s: cancelled (%s)", job_id, reason)
+            self._mirror_progress(job_id)
+        return self.status(job_id), changed == 1
+
+    def _cancel_rq_jobs(self, job_id: str, record: dict) -> None:
+        """Cancel the parent and chunk RQ jobs that have not started (running ones stop by themselves)."""
+        chunks = len(json.loads(record.get("chunks") or "[]"))
+        for rq_id in [job_id] + [_chunk_job_id(job_id, i) for i in range(chunks)]:
+            try:
+                rq_job = Job.fetch(rq_id, connection=self.connection, serializer=JSONSerializer)
+            except NoSuchJobError:
+                continue
+            if rq_job.get_status(refresh=False) in _WAITING_RQ_STATES:
+                rq_job.cancel()
+
+    def is_cancelled(self, job_id: str) -> bool:
+        """Whether the job was cancelled (job functions ask before each task and each write)."""
+        return self.connection.hget(_record_key(job_id), "state") == b"cancelled"
+
     # -- reading -----------------------------------------------------------------------------------------
     def status(self, job_id: str, failures_shown: int = FAILURES_SHOWN) -> dict:
         """The job as ``GET /jobs/<id>`` shows it (see :func:`job_status`).
@@ -543,6 +625,10 @@ class JobBoard:
     # -- progress (called by job functions) --------------------------------------------------------------
     def set_fields(self, job_id: str, **values: object) -> None:
         self.connection.hset(_record_key(job_id), mapping={k: _field(v) for k, v in values.items()})
+
+    def begin_listing(self, job_id: str) -> bool:
+        """Move the job to ``listing`` (the parent runs); False if it was cancelled or ended meanwhile."""
+        return self._begin_listing(keys=[_record_key(job_id)], args=[_now()]) == 1
 
     def count_attempt(self, job_id: str, task_id: int) -> None:
         with self.connection.pipeline() as pipe:
@@ -809,6 +895,7 @@ def _status_view(record: dict, failures: list[dict]) -> dict:
         "started_at": record.get("started_at") or None,
         "finished_at": record.get("finished_at") or None,
         "error": record.get("error") or None,
+        "cancel_reason": record.get("cancel_reason") or None,
         "retries": int(record.get("retries") or 0),
         "last_error": None,
         "failures": failures,
@@ -821,7 +908,8 @@ def _status_view(record: dict, failures: list[dict]) -> dict:
 def job_status(connection: redis.Redis, job_id: str) -> dict:
     """One job's state and progress: ``id, project, state, overwrite, source, tasks, total, done, failed,
     skipped, pending, percent, regions, model_version, label, created_at, started_at, finished_at, error,
-    retries, last_error, failures`` (``[{"task", "reason"}]``). ``total`` is None until the tasks are listed.
+    cancel_reason, retries, last_error, failures`` (``[{"task", "reason"}]``). ``total`` is None until the
+    tasks are listed.
 
     Raises:
         JobNotFoundError: no such job.
@@ -832,6 +920,13 @@ def job_status(connection: redis.Redis, job_id: str) -> dict:
 def start_job(connection: redis.Redis, project: int, **kwargs: Any) -> tuple[dict, bool]:
     """Shortcut for :meth:`JobBoard.start`."""
     return JobBoard(connection).start(project, **kwargs)
+
+
+def cancel_job(
+    connection: redis.Redis, job_id: str, reason: str = "cancelled by request"
+) -> tuple[dict, bool]:
+    """Shortcut for :meth:`JobBoard.cancel`."""
+    return JobBoard(connection).cancel(job_id, reason)
 
 
 # ------------------------------------------------------------------------------------------ Label Studio
@@ -954,7 +1049,8 @@ def plan_project(job_id: str) -> dict:
     options = JobOptions.from_json(json.loads(record["options"]))
     overwrite = record.get("overwrite") == "1"
     task_ids = json.loads(record["task_ids"]) if record.get("task_ids") else None
-    board.set_fields(job_id, state="listing", started_at=record.get("started_at") or _now())
+    if not board.begin_listing(job_id):  # cancelled since it was read
+        return {"job": job_id, "planned": False, "state": board.record_fields(job_id)["state"]}
 
     services = _current_services()
     version = services.model.model_version
@@ -981,6 +1077,9 @@ def plan_project(job_id: str) -> dict:
     if overwrite:
         removed = 0
         for task_id, _, _ in ours:
+            if board.is_cancelled(job_id):
+                logger.info("job %s: cancelled while removing earlier predictions", job_id)
+                return {"job": job_id, "planned": False, "state": "cancelled"}
             for prediction_id, _ in ls.our_predictions(task_id, version):
                 ls.delete_prediction(prediction_id)
                 removed += 1
@@ -1035,6 +1134,10 @@ def run_chunk(job_id: str, index: int, tasks: list[dict]) -> dict:
     meta = rq_job.meta
     for task in tasks:
         task_id = int(task["id"])
+        if board.is_cancelled(job_id):
+            logger.info("job %s: cancelled; chunk %d stops before task %d", job_id, index + 1, task_id)
+            meta["cancelled"] = True
+            break
         if board.outcome(job_id, task_id) is not None:
             continue  # settled by an earlier attempt of this chunk
         meta["current_task"] = task_id
@@ -1178,6 +1281,8 @@ class _PredictionWriter:
             return 0
         pending, self._pending, self._values = self._pending, [], 0
         done = 0
+        if self._board.is_cancelled(self._job_id):
+            return self._drop(pending)
         with self._board.task_locks(self._version, [t for t, _ in pending]) as locks:
             to_write = []
             for task_id, task_prediction in pending:
@@ -1189,6 +1294,8 @@ class _PredictionWriter:
                     )
                 else:
                     to_write.append((task_id, task_prediction))
+            if to_write and self._board.is_cancelled(self._job_id):
+                return done + self._drop(to_write)
             if to_write:
                 locks.renew()
                 created = self._ls.import_predictions(self._project, to_write)
@@ -1198,6 +1305,11 @@ class _PredictionWriter:
                 else:
                     done += self._settle_partial(to_write, created, locks)
         return done
+
+    def _drop(self, predictions: list[tuple[int, dict]]) -> int:
+        """The job was cancelled: these predictions are not written (their tasks stay without an outcome)."""
+        logger.info("job %s: cancelled; %d prediction(s) not written", self._job_id, len(predictions))
+        return 0
 
     def _settle_partial(self, written: list[tuple[int, dict]], created: int, locks: _HeldLocks) -> int:
         """Label Studio dropped some predictions (it validates and drops silently): find out which."""

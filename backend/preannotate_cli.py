@@ -2,11 +2,15 @@
 
     litesam-backend worker [--queue NAME …] [--burst] [--max-jobs N] [--maintenance-interval S]
     litesam-backend preannotate --project N [--overwrite] [--tasks 1,2,3] [--label L] [--wait] [filters]
+    litesam-backend preannotate --cancel JOB_ID
 
 ``preannotate`` queues the same job as ``POST /jobs`` (straight into Redis, so the backend's web process need
 not run) and, with ``--wait``, follows it with a progress bar. Exit codes with ``--wait``: 0 every task
-pre-annotated or skipped, 3 finished with failed tasks (their reasons are printed), 1 the job failed, 2 bad
-arguments or configuration. Without ``--wait``: 0 once the job is queued (or found running).
+pre-annotated or skipped, 3 finished with failed tasks (their reasons are printed), 1 the job failed or was
+cancelled, 2 bad arguments or configuration. Without ``--wait``: 0 once the job is queued (or found running).
+
+``--cancel JOB_ID`` cancels a job (as ``DELETE /jobs/<id>``): 0 the job is cancelled (now, or it was before),
+1 it had already finished or failed (left as it was), 2 no such job or Redis does not answer.
 
 Both follow :mod:`backend.cli`'s convention: ``add_<name>_command(subparsers, settings)`` adds the parser and
 sets ``func(args, settings) -> exit code``.
@@ -23,7 +27,15 @@ from tqdm import tqdm
 
 from . import worker
 from .errors import BadRequestError
-from .jobs import TERMINAL_STATES, JobOptions, job_status, redis_connection, start_job
+from .jobs import (
+    TERMINAL_STATES,
+    JobNotFoundError,
+    JobOptions,
+    cancel_job,
+    job_status,
+    redis_connection,
+    start_job,
+)
 from .settings import Settings
 
 #: Seconds between two looks at the job with ``--wait``.
@@ -55,7 +67,13 @@ def add_preannotate_command(subparsers: argparse._SubParsersAction, settings: Se
         "to Label Studio as predictions of this model version. Tasks that already hold one are skipped "
         "(--overwrite replaces them). Workers (litesam-backend worker) do the work.",
     )
-    parser.add_argument("--project", type=int, required=True, help="Label Studio project id")
+    parser.add_argument("--project", type=int, default=None, help="Label Studio project id")
+    parser.add_argument(
+        "--cancel",
+        default=None,
+        metavar="JOB_ID",
+        help="cancel this job instead of starting one (its project is free for a new job at once)",
+    )
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -121,6 +139,11 @@ def _task_list(text: str) -> list[int]:
 
 
 def run_preannotate(args: argparse.Namespace, settings: Settings) -> int:
+    if (args.project is None) == (args.cancel is None):
+        print("litesam-backend preannotate: give either --project N or --cancel JOB_ID", file=sys.stderr)
+        return 2
+    if args.cancel is not None:
+        return _cancel(redis_connection(settings), args.cancel)
     names = (
         "label",
         "chunk_size",
@@ -167,6 +190,27 @@ def run_preannotate(args: argparse.Namespace, settings: Settings) -> int:
     return _follow(connection, status["id"])
 
 
+def _cancel(connection: redis.Redis, job_id: str) -> int:
+    """Cancel ``job_id``; return the exit code of the module docstring."""
+    try:
+        status, cancelled = cancel_job(connection, job_id, "cancelled from the command line")
+    except JobNotFoundError as exc:
+        print(f"litesam-backend preannotate: {exc.message}", file=sys.stderr)
+        return 2
+    except redis.RedisError as exc:
+        print(
+            f"litesam-backend preannotate: Redis does not answer ({type(exc).__name__}); check REDIS_URL",
+            file=sys.stderr,
+        )
+        return 2
+    if cancelled:
+        print(f"job {job_id}: cancelled; project {status['project']} is free for a new job", file=sys.stderr)
+    else:
+        print(f"job {job_id} had already ended ({status['state']}); nothing changed", file=sys.stderr)
+    print(status["state"])
+    return 0 if status["state"] == "cancelled" else 1
+
+
 def _follow(connection: redis.Redis, job_id: str) -> int:
     """Show the job's progress until it ends; return the exit code of the module docstring."""
     started = time.monotonic()
@@ -192,6 +236,9 @@ def _follow(connection: redis.Redis, job_id: str) -> int:
     )
     for failure in status["failures"][:FAILURES_PRINTED]:
         print(f"  task {failure['task']}: {failure['reason']}", file=sys.stderr)
+    if status["state"] == "cancelled":
+        print(f"cancelled: {status['cancel_reason']}", file=sys.stderr)
+        return 1
     if status["error"]:
         print(f"error: {status['error']}", file=sys.stderr)
         return 1

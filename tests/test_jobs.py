@@ -261,6 +261,149 @@ def test_unknown_job_is_not_found(jobs_redis):
         JobBoard(jobs_redis).status("x" * 500)
 
 
+# -- cancelling --------------------------------------------------------------------------------------------
+
+
+def rq_status(connection, rq_id: str) -> JobStatus:
+    return Job.fetch(rq_id, connection=connection, serializer=JSONSerializer).get_status()
+
+
+def test_cancel_a_queued_job_cancels_its_rq_job_and_frees_the_project(jobs_redis):
+    board = JobBoard(jobs_redis)
+    status, _ = board.start(14, options=JobOptions(queue="nobody-serves-this"))
+    cancelled, now = board.cancel(status["id"], "the queue has no worker")
+    assert now and cancelled["state"] == "cancelled"
+    assert cancelled["cancel_reason"] == "the queue has no worker"
+    assert cancelled["finished_at"] and cancelled["error"] is None and cancelled["failed"] == 0
+    assert rq_status(jobs_redis, status["id"]) == JobStatus.CANCELED
+    assert jobs.queue(jobs_redis, "nobody-serves-this").job_ids == []
+    assert jobs_redis.get(jobs._active_key(14)) is None
+    after, created = board.start(14)
+    assert created and after["id"] != status["id"]
+    # a parent that a worker takes anyway (e.g. it was already dequeued) plans nothing
+    assert not board.begin_listing(status["id"])
+    assert not board.commit_plan(status["id"], {"project": 14, "total": 1}, [[{"id": 1}]], {}, JobOptions())
+
+
+def test_cancel_a_running_job_cancels_its_waiting_chunks_and_only_a_done_counts_after(jobs_redis):
+    board = JobBoard(jobs_redis)
+    job_id = planned_job(board, 15, [1, 2, 3, 4, 5])
+    board.record_outcome(job_id, 15, 1, "done", regions=2)
+    started = Job.fetch(f"{job_id}.1", connection=jobs_redis, serializer=JSONSerializer)
+    with jobs_redis.pipeline() as pipe:  # as a worker does when it takes chunk 2
+        jobs.queue(jobs_redis).remove(started.id, pipeline=pipe)
+        started.set_status(JobStatus.STARTED, pipeline=pipe)
+        pipe.execute()
+    status, now = board.cancel(job_id)
+    counts = (status["state"], status["done"], status["failed"], status["pending"])
+    assert now and counts == ("cancelled", 1, 0, 4)
+    assert status["cancel_reason"] == "cancelled by request"
+    assert rq_status(jobs_redis, f"{job_id}.0") == JobStatus.CANCELED
+    assert rq_status(jobs_redis, f"{job_id}.2") == JobStatus.CANCELED
+    assert rq_status(jobs_redis, f"{job_id}.1") == JobStatus.STARTED  # stops by itself at its next task
+    assert jobs.queue(jobs_redis).job_ids == []
+    assert board.is_cancelled(job_id)
+    board.record_outcome(job_id, 15, 3, "done", regions=1)  # a write already under way landed
+    board.record_outcome(job_id, 15, 4, "failed", reason="late")  # not counted: the task was not done
+    board.fail_tasks(job_id, 15, [5], "chunk gave up")
+    status = board.status(job_id)
+    assert (status["state"], status["done"], status["failed"], status["error"]) == ("cancelled", 2, 0, None)
+
+
+def test_cancel_twice_and_cancel_an_ended_job_change_nothing(jobs_redis):
+    board = JobBoard(jobs_redis)
+    status, _ = board.start(16)
+    first, now = board.cancel(status["id"], "first")
+    again, now_again = board.cancel(status["id"], "second")
+    assert now and not now_again and again == first and again["cancel_reason"] == "first"
+    failed, _ = board.start(16)
+    board.fail_job(failed["id"], 16, "broken", end_now=True)
+    before = board.status(failed["id"])
+    after, now = board.cancel(failed["id"])
+    assert not now and after == before and after["state"] == "failed"
+    with pytest.raises(JobNotFoundError):
+        board.cancel("0" * 32)
+    with pytest.raises(JobNotFoundError):
+        board.cancel("x" * 500)
+
+
+def test_a_chunk_running_when_its_job_is_cancelled_writes_nothing_more(checkpoint, jobs_redis, monkeypatch):
+    server = FakeLabelStudio()
+    try:
+        for task in (1, 2, 3):
+            server.add(f"/api/predictions/?task={task}", b"[]")
+        server.add("/api/projects/17/import/predictions", b'{"created": 1}')
+        services = build_services(settings_for(checkpoint, label_studio_url=server.url))
+        monkeypatch.setattr(jobs, "_services", services)
+        board = JobBoard(jobs_redis)
+        status, _ = board.start(17, options=JobOptions(chunk_size=3, write_batch=1))
+        tasks = [{"id": t, "image": f"/data/upload/17/{t}.png"} for t in (1, 2, 3)]
+        plan = {
+            "project": 17,
+            "total": 3,
+            "skipped": 0,
+            "model_version": services.model.model_version,
+            "from_name": "mask",
+            "to_name": "image",
+            "image_key": "image",
+            "label": "Object",
+        }
+        assert board.commit_plan(status["id"], plan, [tasks], {}, JobOptions(chunk_size=3, write_batch=1))
+        computed = []
+
+        def regions(services_, segment, ls, task, record, options, version):
+            computed.append(task["id"])
+            if task["id"] == 2:  # cancelled while task 2 is computed, before its write
+                board.cancel(status["id"])
+            return []
+
+        monkeypatch.setattr(jobs, "_task_regions", regions)
+        chunk = Job.fetch(f"{status['id']}.0", connection=jobs_redis, serializer=JSONSerializer)
+        monkeypatch.setattr(jobs, "get_current_job", lambda: chunk)
+        jobs.run_chunk(status["id"], 0, tasks)
+
+        assert computed == [1, 2]  # task 3 was not started
+        writes = [r for r in server.requests if r[0] == "POST" and "import/predictions" in r[1]]
+        assert len(writes) == 1  # task 1's; none after the cancellation
+        status = board.status(status["id"])
+        counts = (status["state"], status["done"], status["failed"], status["pending"])
+        assert counts == ("cancelled", 1, 0, 2)
+        assert board.outcome(status["id"], 2) is None and board.outcome(status["id"], 3) is None
+        assert chunk.meta["cancelled"] is True
+    finally:
+        server.close()
+
+
+def test_delete_route_cancels_and_answers_404_for_unknown_jobs(client, jobs_redis):
+    job_id = client.post("/jobs", json={"project": 18}, headers=AUTH).get_json()["job"]["id"]
+    response = client.delete(f"/jobs/{job_id}", headers=AUTH)
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert body["cancelled"] is True and body["job"]["state"] == "cancelled"
+    again = client.delete(f"/jobs/{job_id}", headers=AUTH)
+    assert again.status_code == 200 and again.get_json() == {"cancelled": False, "job": body["job"]}
+    assert client.post("/jobs", json={"project": 18}, headers=AUTH).status_code == 202  # the project is free
+    missing = client.delete("/jobs/" + "0" * 32, headers=AUTH)
+    assert missing.status_code == 404 and "no pre-annotation job" in missing.get_json()["error"]
+    assert client.delete(f"/jobs/{job_id}").status_code == 401
+
+
+def test_preannotate_cancel_command(checkpoint, jobs_redis, capsys):
+    settings = settings_for(checkpoint)
+    board = JobBoard(jobs_redis)
+    status, _ = board.start(19)
+    assert run_command(["preannotate", "--cancel", status["id"]], settings) == 0
+    out = capsys.readouterr()
+    assert out.out.strip() == "cancelled" and "project 19 is free" in out.err
+    assert board.status(status["id"])["cancel_reason"] == "cancelled from the command line"
+    assert run_command(["preannotate", "--cancel", status["id"]], settings) == 0  # still cancelled
+    assert "already ended (cancelled)" in capsys.readouterr().err
+    assert run_command(["preannotate", "--cancel", "0" * 32], settings) == 2
+    assert "no pre-annotation job" in capsys.readouterr().err
+    assert run_command(["preannotate"], settings) == 2
+    assert run_command(["preannotate", "--project", "19", "--cancel", status["id"]], settings) == 2
+
+
 # -- per-task write locks ----------------------------------------------------------------------------------
 
 
@@ -370,6 +513,7 @@ def test_basic_auth_covers_every_jobs_route(client):
         ("post", "/jobs"),
         ("get", "/jobs/ui"),
         ("get", "/jobs/abc"),
+        ("delete", "/jobs/abc"),
         ("get", "/jobs/static/jobs.js"),
     ]:
         response = getattr(client, method)(path)
@@ -386,6 +530,7 @@ def test_jobs_page_and_its_static_files(client):
         'id="start-form"',
         'id="project"',
         'id="start"',
+        'class="cancel"',
         'data-jobs-url="/jobs"',
         'src="/jobs/static/jobs.js"',
         'href="/jobs/static/jobs.css"',
@@ -394,6 +539,7 @@ def test_jobs_page_and_its_static_files(client):
     assert "http://" not in html and "https://" not in html  # no external files
     script = client.get("/jobs/static/jobs.js", headers=AUTH)
     assert script.status_code == 200 and b"fetch(jobsUrl" in script.get_data()
+    assert b'method: "DELETE"' in script.get_data()
     assert client.get("/jobs/static/jobs.css", headers=AUTH).status_code == 200
 
 

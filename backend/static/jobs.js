@@ -1,4 +1,5 @@
-// The jobs page: polls GET /jobs every second and draws one progress bar per job; the form POSTs /jobs.
+// The jobs page: polls GET /jobs every second and draws one progress bar per job; the form POSTs /jobs,
+// a job's "cancel" button sends DELETE /jobs/<id>.
 // Plain browser JavaScript, no build step and no external files. Every text goes in through textContent.
 "use strict";
 
@@ -16,10 +17,11 @@
   const overwriteInput = document.getElementById("overwrite");
   const startButton = document.getElementById("start");
   const message = document.getElementById("message");
+  const ENDED = ["finished", "failed", "cancelled"];
 
   function countsText(job) {
     if (job.total === null) {
-      return job.state === "failed" ? "no tasks listed" : "listing the project's tasks…";
+      return ENDED.includes(job.state) ? "no tasks listed" : "listing the project's tasks…";
     }
     const settled = job.done + job.skipped + job.failed;
     return `${settled} of ${job.total} tasks · ${job.done} pre-annotated · ${job.skipped} skipped ` +
@@ -51,7 +53,9 @@
     item.querySelector(".version").textContent =
       job.model_version ? `${job.model_version} · label ${job.label}` : "";
     const failedNote = job.failed ? `${job.failed} task(s) failed; the reasons are in GET ${jobsUrl}/${job.id}` : "";
-    item.querySelector(".error").textContent = job.error || failedNote;
+    const cancelNote = job.state === "cancelled" ? `cancelled: ${job.cancel_reason || "by request"}` : "";
+    item.querySelector(".error").textContent = cancelNote || job.error || failedNote;
+    item.querySelector(".cancel").hidden = ENDED.includes(job.state);
     item.querySelector(".retry").textContent =
       job.last_error ? `retry ${job.retries}: ${job.last_error}` : "";
   }
@@ -126,6 +130,35 @@
       say(`Could not start the job: ${error.message}`, true);
     } finally {
       startButton.disabled = false;
+    }
+  });
+
+  list.addEventListener("click", async (event) => {
+    const button = event.target.closest("button.cancel");
+    if (!button) return;
+    const item = button.closest("li.job");
+    const id = item.dataset.jobId;
+    const question = `Cancel job ${id.slice(0, 8)}? Tasks not pre-annotated yet stay without a prediction.`;
+    if (!window.confirm(question)) return;
+    button.disabled = true;
+    try {
+      const response = await fetch(`${jobsUrl}/${encodeURIComponent(id)}`, {
+        method: "DELETE",
+        headers: { Accept: "application/json" },
+      });
+      const answer = await response.json();
+      if (!response.ok) {
+        say(answer.error || `The backend answered HTTP ${response.status}.`, true);
+      } else if (answer.cancelled) {
+        say(`Cancelled job ${id.slice(0, 8)}; project ${answer.job.project} is free for a new job.`, false);
+      } else {
+        say(`Job ${id.slice(0, 8)} had already ended (${answer.job.state}).`, false);
+      }
+      await refresh();
+    } catch (error) {
+      say(`Could not cancel the job: ${error.message}`, true);
+    } finally {
+      button.disabled = false;
     }
   });
 
