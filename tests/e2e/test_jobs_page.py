@@ -310,3 +310,29 @@ def test_jobs_page_starts_a_job_with_a_click_and_shows_the_same_progress_as_the_
     assert view["width"] == "100%"
     time.sleep(1.5)  # one more poll: the page keeps showing the final state
     same_progress(browser.evaluate(PAGE_VIEW), status)
+
+
+@pytest.mark.e2e
+def test_the_cancel_button_cancels_a_waiting_job_and_frees_its_project(
+    label_studio, backend_url, browser, jobs_redis
+):
+    project = label_studio.create_project(CONFIG, title="litesam jobs page cancel")
+    label_studio.upload_images(project, [("c0.png", png_bytes(40, 32, seed=1))])
+    auth = "Basic " + base64.b64encode(f"{BASIC[0]}:{BASIC[1]}".encode()).decode()
+    api = httpx.Client(base_url=backend_url, headers={"Authorization": auth}, timeout=10, trust_env=False)
+    job = api.post("/jobs", json={"project": project}).json()["job"]  # no worker runs: it waits
+
+    browser.page("Network.enable")
+    browser.page("Network.setExtraHTTPHeaders", headers={"Authorization": auth})
+    browser.page("Page.navigate", url=f"{backend_url}/jobs/ui")
+    browser.wait(f"{ROW} && {ROW}.dataset.jobId === {json.dumps(job['id'])}", 30, "the job's row")
+    browser.evaluate("window.confirm = () => true")  # answer the page's "Cancel job …?" question
+    browser.click("li.job button.cancel")
+    browser.wait(
+        "document.getElementById('message').textContent.startsWith('Cancelled job')", 30, "the cancel message"
+    )
+    assert api.get(f"/jobs/{job['id']}").json()["state"] == "cancelled"
+    browser.wait(f"{ROW}.dataset.state === 'cancelled' && {ROW}.querySelector('.cancel').hidden", 30, "the row")
+    again = api.post("/jobs", json={"project": project})
+    assert again.status_code == 202 and again.json()["job"]["id"] != job["id"]  # the project is free
+    JobBoard(jobs_redis).cancel(again.json()["job"]["id"])
