@@ -171,11 +171,7 @@ def run_preannotate(args: argparse.Namespace, settings: Settings) -> int:
             source="cli",
         )
     except redis.RedisError as exc:
-        print(
-            f"litesam-backend preannotate: Redis does not answer ({type(exc).__name__}); check REDIS_URL",
-            file=sys.stderr,
-        )
-        return 2
+        return _redis_down(exc)
     if created:
         print(f"job {status['id']}: pre-annotating project {args.project}", file=sys.stderr)
     else:
@@ -190,6 +186,15 @@ def run_preannotate(args: argparse.Namespace, settings: Settings) -> int:
     return _follow(connection, status["id"])
 
 
+def _redis_down(exc: redis.RedisError) -> int:
+    """Say that Redis does not answer; returns exit code 2."""
+    print(
+        f"litesam-backend preannotate: Redis does not answer ({type(exc).__name__}); check REDIS_URL",
+        file=sys.stderr,
+    )
+    return 2
+
+
 def _cancel(connection: redis.Redis, job_id: str) -> int:
     """Cancel ``job_id``; return the exit code of the module docstring."""
     try:
@@ -198,11 +203,7 @@ def _cancel(connection: redis.Redis, job_id: str) -> int:
         print(f"litesam-backend preannotate: {exc.message}", file=sys.stderr)
         return 2
     except redis.RedisError as exc:
-        print(
-            f"litesam-backend preannotate: Redis does not answer ({type(exc).__name__}); check REDIS_URL",
-            file=sys.stderr,
-        )
-        return 2
+        return _redis_down(exc)
     if cancelled:
         print(f"job {job_id}: cancelled; project {status['project']} is free for a new job", file=sys.stderr)
     else:

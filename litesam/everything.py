@@ -159,9 +159,7 @@ class SegEvery:
         cfg = self.config
         model = self.model
         image_pe = model.prompt_encoder.get_dense_pe()
-        # The low-resolution map covers the padded S×S input at 1/4 scale; statistics use the valid part.
-        valid_h = -(-embedding.input_size[0] // 4)
-        valid_w = -(-embedding.input_size[1] // 4)
+        valid_h, valid_w = _valid_low_res(embedding)
         kept: list[_Candidates] = []
         for start in range(0, len(prompts.points), cfg.points_per_batch):
             index = torch.arange(start, min(start + cfg.points_per_batch, len(prompts.points)))
@@ -197,8 +195,7 @@ class SegEvery:
         )
 
     def _nms(self, embedding: ImageEmbedding, prompts: _Prompts, candidates: _Candidates) -> torch.Tensor:
-        valid_h = -(-embedding.input_size[0] // 4)
-        valid_w = -(-embedding.input_size[1] // 4)
+        valid_h, valid_w = _valid_low_res(embedding)
         binary = candidates.low_res[:, :valid_h, :valid_w] > self.model.mask_threshold
         boxes = batched_mask_to_box(binary).float()
         boxes[:, 2:] += 1  # last-pixel indices → far edges, so a one-cell mask has a non-zero area
@@ -245,3 +242,9 @@ class SegEvery:
                     }
                 )
         return records
+
+
+def _valid_low_res(embedding: ImageEmbedding) -> tuple[int, int]:
+    """(rows, cols) of the low-resolution mask map that cover the image: the map spans the padded S×S
+    input at 1/4 scale, and statistics (stability, boxes) must ignore the padding."""
+    return -(-embedding.input_size[0] // 4), -(-embedding.input_size[1] // 4)

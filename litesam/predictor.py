@@ -181,5 +181,4 @@ def propose(model: LiteSAM, embedding: ImageEmbedding, config=None) -> Proposals
     autoppn = model.image_encoder.autoppn
     with torch.inference_mode():
         output = autoppn(embedding.features)
-    kwargs = {} if config is None else {"cfg": config}
-    return decode_proposals(output, embedding.input_size, autoppn.stride, **kwargs)[0]
+    return decode_proposals(output, embedding.input_size, autoppn.stride, config)[0]
