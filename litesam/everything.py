@@ -37,7 +37,6 @@ from .modeling.lite_sam import LiteSAM
 from .predictor import ImageEmbedding, encode_image, propose
 from .transforms import ResizeLongestSide
 
-
 #: Original-size logit pixels upscaled at once (64 M pixels = 256 MiB of float32).
 UPSCALE_CHUNK_PIXELS = 64 * 1024 * 1024
 
@@ -129,6 +128,8 @@ class SegEvery:
             ``point_coords`` ([[x, y]], original pixels), ``box`` (XYXY original pixels, or None in grid
             mode) and ``proposal_score`` (AutoPPN confidence, or None in grid mode).
         """
+        features = embedding.features.to(self.model.device, torch.float32)  # e.g. a cached CPU embedding
+        embedding = ImageEmbedding(features, embedding.input_size, embedding.original_size)
         prompts = self._prompts(embedding)
         if len(prompts.points) == 0:
             return []

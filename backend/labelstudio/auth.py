@@ -21,8 +21,8 @@ import time
 
 import requests
 
-from .errors import ConfigurationError, UpstreamError
-from .settings import Secret
+from ..errors import ConfigurationError, UpstreamError
+from ..settings import Secret
 
 #: Fetch a new access token when the current one has fewer seconds than this left.
 REFRESH_MARGIN_S = 30.0
