@@ -18,7 +18,7 @@ worker refreshes a short-lived *alive* key in Redis from a thread (every :data:`
 expiring after :data:`ALIVE_TTL_S`). At its maintenance (every ``--maintenance-interval`` seconds, also
 while idle) a worker re-queues the started jobs of workers whose alive key is gone, which uses up one of the
 job's retries; once none are left, the job is handed to RQ's abandoned-job handling, which fails it (and the
-job's failure callback records why). Re-running a chunk is safe: see :mod:`backend.jobs` on duplicates.
+job's failure callback records why). Re-running a chunk is safe: see :mod:`backend.jobs.locks` on duplicates.
 
 Retries with backoff wait in RQ's scheduled-job registry; RQ's scheduler, which one worker at a time runs
 (``--without-scheduler`` opts out), moves them back to the queue. If the worker holding the scheduler lock
