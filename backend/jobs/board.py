@@ -22,7 +22,7 @@ from typing import Any
 
 import redis
 from rq.exceptions import NoSuchJobError
-from rq.job import Callback, Job, JobStatus
+from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from ..errors import BadRequestError, JobNotFoundError
@@ -37,8 +37,8 @@ from .layout import (
     active_key,
     attempts_key,
     chunk_job_id,
+    enqueue,
     now,
-    queue,
     record_key,
     tasks_key,
 )
@@ -94,7 +94,6 @@ class JobBoard:
         options = options or JobOptions()
         job_id = uuid.uuid4().hex
         active = active_key(project)
-        jobs_queue = queue(self.connection, options.queue)
         while True:
             with self.connection.pipeline() as pipe:
                 try:
@@ -123,18 +122,15 @@ class JobBoard:
                     pipe.expire(record_key(job_id), RECORD_TTL_S)
                     pipe.zadd(JOBS_KEY, {job_id: time.time()})
                     pipe.zremrangebyscore(JOBS_KEY, 0, time.time() - RECORD_TTL_S)  # ids of expired records
-                    jobs_queue.enqueue_call(
-                        "backend.jobs.tasks.plan_project",
-                        args=(job_id,),
+                    enqueue(
+                        self.connection,
+                        pipe,
+                        options,
+                        "plan_project",
+                        (job_id,),
                         job_id=job_id,
-                        timeout=options.job_timeout,
-                        result_ttl=options.result_ttl,
-                        failure_ttl=options.failure_ttl,
-                        retry=options.retry(),
-                        on_failure=Callback("backend.jobs.failures.on_plan_failure"),
                         description=f"pre-annotate project {project} (plan)",
                         meta={"litesam_job": job_id, "project": project},
-                        pipeline=pipe,
                     )
                     pipe.execute()
                 except redis.WatchError:
@@ -332,7 +328,6 @@ class JobBoard:
         task ids that are not in the project to their failure reason. With nothing to do the job ends here.
         """
         key = record_key(job_id)
-        chunk_queue = queue(self.connection, options.queue)
         project = int(plan["project"])
         with self.connection.pipeline() as pipe:
             while True:
@@ -351,15 +346,13 @@ class JobBoard:
                         pipe.hset(tasks_key(job_id), str(task_id), json.dumps(outcome))
                     pipe.expire(tasks_key(job_id), RECORD_TTL_S)
                     for index, tasks in enumerate(chunks):
-                        chunk_queue.enqueue_call(
-                            "backend.jobs.tasks.run_chunk",
-                            args=(job_id, index, tasks),
+                        enqueue(
+                            self.connection,
+                            pipe,
+                            options,
+                            "run_chunk",
+                            (job_id, index, tasks),
                             job_id=chunk_job_id(job_id, index),
-                            timeout=options.job_timeout,
-                            result_ttl=options.result_ttl,
-                            failure_ttl=options.failure_ttl,
-                            retry=options.retry(),
-                            on_failure=Callback("backend.jobs.failures.on_chunk_failure"),
                             description=f"pre-annotate project {project} (chunk {index + 1}/{len(chunks)})",
                             meta={
                                 "litesam_job": job_id,
@@ -368,7 +361,6 @@ class JobBoard:
                                 "done": 0,
                                 "failed": 0,
                             },
-                            pipeline=pipe,
                         )
                     pipe.execute()
                     break

@@ -11,13 +11,15 @@ running job; ``task:<model version>:<task id>`` is a task's write lock (:mod:`ba
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Any
 
 import redis
 from rq import Queue
+from rq.job import Callback
 from rq.serializers import JSONSerializer
 
 from ..settings import Settings
-from .options import QUEUE_NAME
+from .options import QUEUE_NAME, JobOptions
 
 #: Prefix of every Redis key of pre-annotation jobs; bump the version when the record layout changes.
 KEY_PREFIX = "litesam:jobs:v1:"
@@ -34,6 +36,34 @@ def redis_connection(settings: Settings) -> redis.Redis:
 def queue(connection: redis.Redis, name: str = QUEUE_NAME) -> Queue:
     """The RQ queue ``name`` with the JSON serializer every pre-annotation job uses."""
     return Queue(name, connection=connection, serializer=JSONSerializer)
+
+
+#: The RQ failure callback of each job function (:mod:`backend.jobs.failures`).
+_FAILURE_CALLBACKS = {"plan_project": "on_plan_failure", "run_chunk": "on_chunk_failure"}
+
+
+def enqueue(
+    connection: redis.Redis,
+    pipe: redis.client.Pipeline,
+    options: JobOptions,
+    function: str,
+    args: tuple,
+    **job: Any,
+) -> None:
+    """Queue the job function ``function`` of :mod:`backend.jobs.tasks` on ``options.queue`` inside the
+    transaction ``pipe``, with the options' timeout, TTLs and retries and its failure callback. Functions are
+    named by their dotted paths, so this module imports neither the job functions nor the failure handling."""
+    queue(connection, options.queue).enqueue_call(
+        f"backend.jobs.tasks.{function}",
+        args=args,
+        timeout=options.job_timeout,
+        result_ttl=options.result_ttl,
+        failure_ttl=options.failure_ttl,
+        retry=options.retry(),
+        on_failure=Callback(f"backend.jobs.failures.{_FAILURE_CALLBACKS[function]}"),
+        pipeline=pipe,
+        **job,
+    )
 
 
 def now() -> str:
