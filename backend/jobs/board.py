@@ -354,13 +354,7 @@ class JobBoard:
                             (job_id, index, tasks),
                             job_id=chunk_job_id(job_id, index),
                             description=f"pre-annotate project {project} (chunk {index + 1}/{len(chunks)})",
-                            meta={
-                                "litesam_job": job_id,
-                                "chunk": index,
-                                "tasks": len(tasks),
-                                "done": 0,
-                                "failed": 0,
-                            },
+                            meta={"litesam_job": job_id, "chunk": index, "tasks": len(tasks)},
                         )
                     pipe.execute()
                     break

@@ -164,7 +164,6 @@ def run_chunk(job_id: str, index: int, tasks: list[dict]) -> dict:
         except TaskInputError as exc:
             board.record_outcome(job_id, record.project, task_id, "failed", reason=exc.message, worker=worker)
             logger.warning("job %s: task %d failed: %s", job_id, task_id, exc.message)
-            meta["failed"] = meta.get("failed", 0) + 1
             continue
         logger.info(
             "job %s: task %d: %d region(s) in %.2f s",
@@ -173,8 +172,8 @@ def run_chunk(job_id: str, index: int, tasks: list[dict]) -> dict:
             len(regions),
             time.perf_counter() - started,
         )
-        meta["done"] = meta.get("done", 0) + writer.add(task_id, prediction(regions, version))
-    meta["done"] = meta.get("done", 0) + writer.flush()
+        writer.add(task_id, prediction(regions, version))
+    writer.flush()
     meta["current_task"] = None
     rq_job.save_meta()
     return {"job": job_id, "chunk": index, "tasks": len(tasks)}

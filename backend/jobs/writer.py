@@ -35,60 +35,55 @@ class PredictionWriter:
         self._pending: list[tuple[int, dict]] = []
         self._values = 0
 
-    def add(self, task_id: int, task_prediction: dict) -> int:
-        """Queue one task's prediction; returns the tasks written now (a full batch is flushed)."""
+    def add(self, task_id: int, task_prediction: dict) -> None:
+        """Queue one task's prediction; a full batch is written now."""
         self._pending.append((task_id, task_prediction))
         self._values += sum(len(r["value"]["rle"]) for r in task_prediction["result"])
         if len(self._pending) >= self._batch or self._values >= self.MAX_BATCH_VALUES:
-            return self.flush()
-        return 0
+            self.flush()
 
-    def flush(self) -> int:
-        """Write the queued predictions; returns how many tasks ended ``done``."""
-        if not self._pending:
-            return 0
+    def flush(self) -> None:
+        """Write the queued predictions and record their tasks ``done`` (unless the job was cancelled)."""
         pending, self._pending, self._values = self._pending, [], 0
-        done = 0
+        if not pending:
+            return
         if self._board.is_cancelled(self._job_id):
-            return self._drop(pending)
+            self._drop(pending)
+            return
         with self._locks.hold(self._version, [t for t, _ in pending]) as locks:
             to_write = []
             for task_id, task_prediction in pending:
                 locks.renew()
                 existing = self._ls.our_predictions(task_id, self._version)
                 if existing:  # written by an earlier attempt that died before its bookkeeping
-                    done += self._done(
-                        task_id, existing[0][1], note="already held a prediction of this version"
-                    )
+                    self._done(task_id, existing[0][1], note="already held a prediction of this version")
                 else:
                     to_write.append((task_id, task_prediction))
             if to_write and self._board.is_cancelled(self._job_id):
-                return done + self._drop(to_write)
+                self._drop(to_write)
+                return
             if to_write:
                 locks.renew()
                 created = self._ls.import_predictions(self._project, to_write)
                 if created == len(to_write):
                     for task_id, task_prediction in to_write:
-                        done += self._done(task_id, len(task_prediction["result"]))
+                        self._done(task_id, len(task_prediction["result"]))
                 else:
-                    done += self._settle_partial(to_write, created, locks)
-        return done
+                    self._settle_partial(to_write, created, locks)
 
-    def _drop(self, predictions: list[tuple[int, dict]]) -> int:
+    def _drop(self, predictions: list[tuple[int, dict]]) -> None:
         """The job was cancelled: these predictions are not written (their tasks stay without an outcome)."""
         logger.info("job %s: cancelled; %d prediction(s) not written", self._job_id, len(predictions))
-        return 0
 
-    def _settle_partial(self, written: list[tuple[int, dict]], created: int, locks: HeldLocks) -> int:
+    def _settle_partial(self, written: list[tuple[int, dict]], created: int, locks: HeldLocks) -> None:
         """Label Studio dropped some predictions (it validates and drops silently): find out which."""
         logger.warning(
             "job %s: Label Studio created %d of %d predictions", self._job_id, created, len(written)
         )
-        done = 0
         for task_id, task_prediction in written:
             locks.renew()
             if self._ls.our_predictions(task_id, self._version):
-                done += self._done(task_id, len(task_prediction["result"]))
+                self._done(task_id, len(task_prediction["result"]))
             else:
                 self._board.record_outcome(
                     self._job_id,
@@ -99,11 +94,8 @@ class PredictionWriter:
                     "project's labeling config)",
                     worker=self._worker,
                 )
-        return done
 
-    def _done(self, task_id: int, regions: int, note: str = "") -> int:
-        return int(
-            self._board.record_outcome(
-                self._job_id, self._project, task_id, "done", regions=regions, note=note, worker=self._worker
-            )
+    def _done(self, task_id: int, regions: int, note: str = "") -> None:
+        self._board.record_outcome(
+            self._job_id, self._project, task_id, "done", regions=regions, note=note, worker=self._worker
         )
