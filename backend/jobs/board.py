@@ -192,7 +192,8 @@ class JobBoard:
 
     # -- reading -----------------------------------------------------------------------------------------
     def status(self, job_id: str, failures_shown: int = FAILURES_SHOWN) -> dict:
-        """The job as ``GET /jobs/<id>`` shows it (see :func:`job_status`).
+        """The job as ``GET /jobs/<id>`` shows it (:func:`backend.jobs.record.status_view`; ``total`` is None
+        until the tasks are listed).
 
         Raises:
             JobNotFoundError: no such job.
