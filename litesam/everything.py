@@ -37,6 +37,7 @@ from .modeling.lite_sam import LiteSAM
 from .predictor import ImageEmbedding, encode_image, propose
 from .transforms import ResizeLongestSide
 
+
 #: Original-size logit pixels upscaled at once (64 M pixels = 256 MiB of float32).
 UPSCALE_CHUNK_PIXELS = 64 * 1024 * 1024
 
