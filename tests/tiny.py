@@ -10,7 +10,7 @@ import torch
 from litesam.build import build_model
 
 
-@functools.cache
+@functools.lru_cache(maxsize=None)
 def tiny_model():
     """The ``litesam_tiny`` variant with seeded random weights, in eval mode (shared, read-only)."""
     torch.manual_seed(0)
