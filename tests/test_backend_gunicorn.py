@@ -48,7 +48,7 @@ def test_two_workers_two_threads_answer_concurrent_first_clicks(tmp_path, fake_l
         tmp_path,
         LITESAM_CHECKPOINT=checkpoint,
         LITESAM_VARIANT="litesam_tiny",
-        TEST_REDIS_URL=TEST_REDIS_URL,
+        REDIS_URL=TEST_REDIS_URL,
         LABEL_STUDIO_URL=fake_ls.url,
         LABEL_STUDIO_API_KEY=LEGACY_TOKEN,
         LOG_LEVEL="INFO",

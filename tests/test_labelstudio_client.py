@@ -71,5 +71,7 @@ def test_errors_become_backend_errors():
     with pytest.raises(LabelStudioUnavailable, match="could not be reached"):
         down.our_predictions(1, "v1")
     assert not down.reachable()
+    with pytest.raises(LabelStudioUnavailable, match="could not be reached to exchange the access token"):
+        client_for(down.url, PAT).our_predictions(1, "v1")  # a job retries: Label Studio may come back
     with pytest.raises(ConfigurationError, match="LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY"):
         client_for(server.url, None).our_predictions(1, "v1")

@@ -42,7 +42,7 @@ def backend_url(label_studio, tmp_path):
         tmp_path,
         LABEL_STUDIO_URL=label_studio.url,
         LABEL_STUDIO_API_KEY=label_studio.pat,
-        TEST_REDIS_URL=TEST_REDIS_URL,
+        REDIS_URL=TEST_REDIS_URL,
         LITESAM_CHECKPOINT=checkpoint,
         LITESAM_VARIANT="litesam_tiny",
         BASIC_AUTH_USER=BASIC[0],
