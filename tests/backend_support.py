@@ -24,6 +24,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
+from backend.settings import Secret, Settings
 from tests.e2e.processes import ManagedProcess, free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -276,6 +277,19 @@ def serve_backend(
         assert "Traceback" not in process.log_text(), process.log_tail()
     finally:
         process.stop()
+
+
+def settings_for(checkpoint, label_studio_url="http://127.0.0.1:9", **overrides) -> Settings:
+    """Settings of an in-process backend for tests: the test Redis, a tiny checkpoint, a legacy token."""
+    values = dict(
+        label_studio_url=label_studio_url,
+        label_studio_api_key=Secret(LEGACY_TOKEN),
+        redis_url=Secret(TEST_REDIS_URL),
+        checkpoint=checkpoint,
+        variant="litesam_tiny",
+    )
+    values.update(overrides)
+    return Settings(**values)
 
 
 def flushed_redis_at(url: str, socket_timeout: float):

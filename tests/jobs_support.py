@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.settings import Secret, Settings
-from tests.backend_support import LEGACY_TOKEN, TEST_REDIS_URL
+from tests.backend_support import TEST_REDIS_URL
 from tests.e2e.processes import ManagedProcess, base_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,19 +23,6 @@ REPO = Path(__file__).resolve().parents[1]
 OPEN_FILTERS = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "proposal_score_thresh": 0.0}
 #: Short backoff so retry tests take seconds.
 FAST_RETRY = {"retries": 2, "retry_intervals": [1, 2]}
-
-
-def settings_for(checkpoint, label_studio_url="http://127.0.0.1:9", **overrides) -> Settings:
-    """Settings of an in-process backend for job tests: the test Redis, a tiny checkpoint, a legacy token."""
-    values = dict(
-        label_studio_url=label_studio_url,
-        label_studio_api_key=Secret(LEGACY_TOKEN),
-        redis_url=Secret(TEST_REDIS_URL),
-        checkpoint=checkpoint,
-        variant="litesam_tiny",
-    )
-    values.update(overrides)
-    return Settings(**values)
 
 
 def worker_env(home: Path, *, checkpoint: str, label_studio_url: str, api_key: str, **extra: str) -> dict:

@@ -23,8 +23,6 @@ from backend.settings import Secret, Settings
 from backend.store import embedding_key
 from litesam.predictor import LiteSamPredictor
 from tests.backend_support import (
-    LEGACY_TOKEN,
-    TEST_REDIS_URL,
     FakeLabelStudio,
     closed_port,
     decode_brush,
@@ -32,6 +30,7 @@ from tests.backend_support import (
     keypoint,
     png_bytes,
     rectangle,
+    settings_for,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,15 +52,7 @@ def ls():
 
 
 def make_settings(ls, checkpoint, **overrides):
-    values = dict(
-        label_studio_url=ls.url,
-        label_studio_api_key=Secret(LEGACY_TOKEN),
-        redis_url=Secret(TEST_REDIS_URL),
-        checkpoint=checkpoint,
-        variant="litesam_tiny",
-    )
-    values.update(overrides)
-    return Settings(**values)
+    return settings_for(checkpoint, ls.url, **overrides)
 
 
 class Backend:

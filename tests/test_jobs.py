@@ -33,8 +33,9 @@ from backend.jobs.options import QUEUE_NAME, JobOptions
 from backend.services import build_services
 from tests.backend_support import (
     FakeLabelStudio,
+    settings_for,
 )
-from tests.jobs_support import OPEN_FILTERS, settings_for
+from tests.jobs_support import OPEN_FILTERS
 
 
 def planned_job(board: JobBoard, project: int, task_ids: list[int]) -> str:

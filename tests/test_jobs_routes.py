@@ -28,8 +28,9 @@ from tests.backend_support import (
     closed_port,
     decode_brush,
     png_bytes,
+    settings_for,
 )
-from tests.jobs_support import OPEN_FILTERS, settings_for
+from tests.jobs_support import OPEN_FILTERS
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = (REPO / "label_config.xml").read_text()
