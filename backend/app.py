@@ -15,7 +15,8 @@ POST /webhook              ``{"status": "ok"}`` at once, the body unparsed (at m
 =========================  ==========================================================================
 
 Every route answers JSON. Errors are ``{"error": message}`` with the status of the
-:mod:`backend.errors` class (400 bad input, 401, 403 refused URL, 413 too large, 502 Label Studio or image
+:mod:`backend.errors` class (400 bad input — JSON nested too deeply and bodies the server cannot read, such as
+a malformed or cut-short chunked body, included —, 401, 403 refused URL, 413 too large, 502 Label Studio or image
 host failed, 500 misconfiguration); an unexpected exception is logged with its traceback and answered 500
 without it. With BASIC_AUTH_USER/BASIC_AUTH_PASS set every route requires them except ``/webhook``: Label
 Studio sends its event webhooks (ANNOTATION_CREATED, …) without the ML connection's basic-auth credentials
@@ -123,17 +124,33 @@ def json_body() -> dict:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequestError(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequestError("the request body is JSON nested too deeply to be read") from None
     if not isinstance(body, dict):
         raise BadRequestError(f"the request body must be a JSON object, got {type(body).__name__}")
     return body
 
 
 def _read_stream(most: int) -> bytes:
-    """Up to ``most`` bytes of the request body (fewer at its end); a read may return less than asked."""
+    """Up to ``most`` bytes of the request body (fewer at its end); a read may return less than asked.
+
+    Raises:
+        BadRequestError: the body cannot be read: the server's reader failed on a malformed chunked body
+            (gunicorn's InvalidChunkSize, ChunkMissingTerminator, …) or on a body cut short (NoMoreData).
+            The server closes such a connection after the answer.
+    """
     chunks: list[bytes] = []
     size = 0
     while size < most:
-        chunk = request.stream.read(min(_READ_CHUNK, most - size))
+        try:
+            chunk = request.stream.read(min(_READ_CHUNK, most - size))
+        except HTTPException:
+            raise
+        except Exception as exc:  # the WSGI server's own body errors; their classes are its own
+            raise BadRequestError(
+                f"the request body could not be read ({type(exc).__name__}): a malformed or incomplete "
+                "chunked body, or a body shorter than its Content-Length"
+            ) from None
         if not chunk:
             break
         chunks.append(chunk)
