@@ -17,8 +17,10 @@ sha256 of the image bytes, with the same TTL: a later click on such an image fin
 downloading the image again.
 
 Concurrent requests for one new image compute its embedding once: a lock per key inside the process
-(threads) and a Redis lock with a timeout across processes and machines; whoever gets the lock second finds
-the embedding stored. When Redis cannot be reached, requests still work: embeddings are computed (and kept
+(threads) and a Redis lock across processes and machines; whoever gets the lock second finds the embedding
+stored. The Redis lock is a short lease (:data:`LOCK_LEASE_S`) that a thread of its owner renews every third
+of it while the embedding is computed: a live owner keeps it however long the encoder takes, and the lock of
+an owner that died (killed mid-encode) runs out within one lease, so the others wait seconds, not minutes. When Redis cannot be reached, requests still work: embeddings are computed (and kept
 in the process LRU), a warning is logged once per outage, Redis is retried after :data:`RETRY_AFTER_S`
 seconds, and :meth:`EmbeddingStore.ping` reports it to ``/health``. Any other Redis error (a command refused:
 out of memory, read-only replica, missing ACL permission, …) also never fails a request: that command is
@@ -53,8 +55,10 @@ ALIAS_LRU_SIZE = 4096
 FORMAT = "litesam-embedding/1"
 #: Seconds Redis is left alone after a failure before the next attempt.
 RETRY_AFTER_S = 5.0
-#: Longest a process waits for another one computing the same embedding, and the Redis lock's lifetime.
-LOCK_TIMEOUT_S = 60.0
+#: Seconds the Redis lock on an embedding being computed lives unless its owner renews it (every third of it).
+LOCK_LEASE_S = 5.0
+#: Longest a process waits for a live owner computing the same embedding (a stuck one) before computing itself.
+LOCK_WAIT_S = 120.0
 _LOCK_POLL_S = 0.02
 
 
@@ -108,15 +112,23 @@ class EmbeddingStore:
         redis_url: where Redis is (``redis://host:port/db``).
         ttl: seconds an embedding stays in Redis after its last use.
         lru_size: embeddings kept in this process (0 = none).
-        lock_timeout: see :data:`LOCK_TIMEOUT_S`.
+        lock_lease, lock_wait: see :data:`LOCK_LEASE_S` and :data:`LOCK_WAIT_S` (seconds).
     """
 
-    def __init__(self, redis_url: str, ttl: int, lru_size: int, lock_timeout: float = LOCK_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        ttl: int,
+        lru_size: int,
+        lock_lease: float = LOCK_LEASE_S,
+        lock_wait: float = LOCK_WAIT_S,
+    ) -> None:
         self._redis = redis.Redis.from_url(redis_url, socket_connect_timeout=0.5, socket_timeout=5.0)
         self._probe = redis.Redis.from_url(redis_url, socket_connect_timeout=0.3, socket_timeout=0.3)
         self._ttl = ttl
         self._lru_size = lru_size
-        self._lock_timeout = lock_timeout
+        self._lock_lease = lock_lease
+        self._lock_wait = lock_wait
         self._lru: OrderedDict[str, ImageEmbedding] = OrderedDict()
         self._aliases: OrderedDict[str, str] = OrderedDict()
         self._lru_lock = threading.Lock()
@@ -288,14 +300,15 @@ class EmbeddingStore:
 
     @contextmanager
     def _process_lock(self, key: str) -> Iterator[None]:
-        """A Redis lock on ``key``; without Redis (or after waiting too long) go on without it."""
+        """Hold the Redis lease on ``key``, renewed while the block runs; without Redis (or after waiting
+        :data:`LOCK_WAIT_S` for a live owner) go on without it."""
         lock = None
         if self.redis_available:
             candidate = self._redis.lock(
                 f"{key}:lock",
-                timeout=self._lock_timeout,
+                timeout=self._lock_lease,
                 sleep=_LOCK_POLL_S,
-                blocking_timeout=self._lock_timeout,
+                blocking_timeout=self._lock_wait,
                 thread_local=False,
             )
             try:
@@ -303,19 +316,37 @@ class EmbeddingStore:
                     lock = candidate
                 else:
                     logger.warning(
-                        "waited %.0f s for another process to compute %s; computing here",
-                        self._lock_timeout,
-                        key,
+                        "waited %.0f s for another process to compute %s; computing here", self._lock_wait, key
                     )
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 self._mark_down(exc)
             except redis.RedisError as exc:
                 self._command_failed(exc)
+        if lock is None:
+            yield
+            return
+        done = threading.Event()
+        renewer = threading.Thread(
+            target=self._renew_lease, args=(lock, key, done), name=f"lease {key[-12:]}", daemon=True
+        )
+        renewer.start()
         try:
             yield
         finally:
-            if lock is not None:
-                try:
-                    lock.release()
-                except redis.RedisError:
-                    pass  # expired (computed for longer than the timeout) or Redis went away: nothing held
+            done.set()
+            renewer.join()
+            try:
+                lock.release()
+            except redis.RedisError:
+                pass  # the lease ran out (a renewal failed) or Redis went away: nothing held
+
+    def _renew_lease(self, lock: redis.lock.Lock, key: str, done: threading.Event) -> None:
+        """Reset the lease to its full length every third of it until ``done``; stop when it is lost."""
+        while not done.wait(self._lock_lease / 3):
+            try:
+                lock.reacquire()
+            except redis.exceptions.LockNotOwnedError:
+                logger.warning("the lock on %s ran out while computing it; another process may compute it", key)
+                return
+            except redis.RedisError:
+                return  # Redis went away: the lease runs out by itself
