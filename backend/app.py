@@ -10,6 +10,8 @@ POST /setup                ``{"model_version"}``; checks the config's BrushLabel
 POST /predict              interactive: ``{"results": [prediction], "model_version"}``; batch (no
                            context): ``{"results": []}``
 GET|POST /versions         ``{"versions": [model_version], "model_version"}``
+GET /metrics               Prometheus text format (:mod:`backend.metrics`): requests, caches, encoder and
+                           decoder time, embedding bytes, job tasks and queue depth
 POST /webhook              ``{"status": "ok"}`` at once, the body unparsed (at most :data:`WEBHOOK_READ_BYTES`
                            read and dropped); Lite-SAM does not train from annotations
 =========================  ==========================================================================
@@ -33,14 +35,16 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable
 
 import redis
-from flask import Blueprint, Flask, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from litesam.errors import InvalidImageError, InvalidPromptError, LiteSamError
 
+from . import metrics
 from .errors import (
     BackendError,
     BadRequestError,
@@ -63,6 +67,7 @@ MAX_REQUEST_BYTES = 100 * 1024 * 1024
 WEBHOOK_READ_BYTES = 1024 * 1024
 _READ_CHUNK = 64 * 1024
 _EXTENSION = "litesam"
+_METRICS_REDIS = "litesam_metrics_redis"
 _BATCH = "litesam_batch_predict"
 
 #: ``batch_predict(services, project, tasks, label_config) -> list of predictions`` (one per task, or none).
@@ -82,7 +87,9 @@ def create_app(
     app.config["JSON_SORT_KEYS"] = False
     app.extensions[_EXTENSION] = services or build_services(settings)
     app.extensions[_BATCH] = batch_predict
+    app.before_request(_start_clock)
     app.before_request(_check_basic_auth)
+    app.after_request(_count_request)
     app.register_error_handler(BackendError, _backend_error)
     app.register_error_handler(LiteSamError, _litesam_error)
     app.register_error_handler(redis.RedisError, _redis_error)
@@ -218,6 +225,16 @@ def versions():
     return jsonify({"versions": [version], "model_version": version})
 
 
+@_routes.route("/metrics", methods=["GET"])
+def prometheus_metrics():
+    connection = current_app.extensions.get(_METRICS_REDIS)
+    if connection is None:
+        url = current_services().settings.redis_url.reveal()
+        connection = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=2.0)
+        current_app.extensions[_METRICS_REDIS] = connection
+    return Response(metrics.exposition(connection), mimetype=None, content_type=metrics.CONTENT_TYPE)
+
+
 @_routes.route("/webhook", methods=["POST"])
 def webhook():
     """Acknowledge a Label Studio event. The route has no basic auth (see the module docstring), so it never
@@ -227,6 +244,20 @@ def webhook():
         _read_stream(WEBHOOK_READ_BYTES)
     logger.debug("webhook ignored: Lite-SAM does not train from Label Studio annotations")
     return jsonify({"status": "ok", "message": "Lite-SAM does not train from Label Studio annotations"})
+
+
+def _start_clock():
+    g.litesam_started = time.perf_counter()
+
+
+def _count_request(response):
+    """Count the answered request and its latency under its URL rule (``unmatched`` for unknown paths)."""
+    route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    metrics.REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+    started = g.get("litesam_started")
+    if started is not None:
+        metrics.REQUEST_SECONDS.labels(route, request.method).observe(time.perf_counter() - started)
+    return response
 
 
 def _check_basic_auth():

@@ -18,6 +18,7 @@ from label_studio_ml.model import LabelStudioMLBase
 
 from litesam.predictor import ImageEmbedding
 
+from . import metrics
 from .errors import BadRequestError
 from .labelstudio.label_config import parse_label_config
 from .labelstudio.prompts import (
@@ -90,7 +91,8 @@ class LiteSamBackend(LabelStudioMLBase):
             uri = uri[index]
 
         embedding, source = self._services.embeddings.embedding_for(uri, task.get("id"))
-        masks, scores = self._masks(embedding, prompt_set)
+        with metrics.DECODER_SECONDS.time():
+            masks, scores = self._masks(embedding, prompt_set)
         regions = [
             brush_region(
                 mask,

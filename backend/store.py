@@ -46,6 +46,8 @@ import torch
 
 from litesam.predictor import ImageEmbedding
 
+from . import metrics
+
 logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "litesam:emb:v1:"
@@ -100,6 +102,11 @@ def decode_embedding(blob: bytes) -> ImageEmbedding:
     return ImageEmbedding(features, tuple(header["input_size"]), tuple(header["original_size"]))
 
 
+def _nbytes(embedding: ImageEmbedding) -> int:
+    """Bytes of an embedding's feature tensor."""
+    return embedding.features.element_size() * embedding.features.nelement()
+
+
 def embedding_key(model_version: str, image_sha256: str) -> str:
     """The Redis key of an image's embedding for one model version."""
     return f"{KEY_PREFIX}{model_version}:{image_sha256}"
@@ -151,7 +158,8 @@ class EmbeddingStore:
         blob = encode_embedding(embedding)
         stored = decode_embedding(blob)
         self._remember(key, stored)
-        self._redis_call(lambda r: r.set(key, blob, ex=self._ttl))
+        if self._redis_call(lambda r: r.set(key, blob, ex=self._ttl)):
+            metrics.EMBEDDING_STORED_BYTES.inc(len(blob))
         return stored
 
     def get_or_compute(
@@ -231,10 +239,12 @@ class EmbeddingStore:
         if self._lru_size <= 0:
             return
         with self._lru_lock:
+            old = self._lru.pop(key, None)
             self._lru[key] = embedding
-            self._lru.move_to_end(key)
+            change = _nbytes(embedding) - (_nbytes(old) if old is not None else 0)
             while len(self._lru) > self._lru_size:
-                self._lru.popitem(last=False)
+                change -= _nbytes(self._lru.popitem(last=False)[1])
+        metrics.EMBEDDING_MEMORY_BYTES.inc(change)
 
     def _remember_alias(self, key: str, image_sha256: str) -> None:
         with self._lru_lock:
