@@ -73,6 +73,7 @@ class Route:
     headers: dict[str, str] = field(default_factory=dict)
     auth: bool = True
     declare_length: bool = True
+    hold: threading.Event | None = None
 
 
 class FakeLabelStudio:
@@ -116,9 +117,11 @@ class FakeLabelStudio:
         status: int = 200,
         auth: bool = True,
         declare_length: bool = True,
+        hold: threading.Event | None = None,
         **headers: str,
     ) -> str:
-        self.routes[path] = Route(status, body, dict(headers), auth, declare_length)
+        """Serve ``body`` at ``path``; with ``hold``, each answer waits until the event is set (at most 60 s)."""
+        self.routes[path] = Route(status, body, dict(headers), auth, declare_length, hold)
         return path
 
     def _authorized(self, header: str | None) -> bool:
@@ -151,6 +154,8 @@ class FakeLabelStudio:
             return self._send(handler, 404, b"not found")
         if route.auth and not self._authorized(auth):
             return self._send(handler, 401, b'{"detail": "Authentication credentials were not provided."}')
+        if route.hold is not None:
+            route.hold.wait(60)
         self._send(handler, route.status, route.body, route.headers, route.declare_length)
 
     @staticmethod
