@@ -16,10 +16,10 @@ POST /webhook              ``{"status": "ok"}`` at once, the body unparsed (at m
                            read and dropped); Lite-SAM does not train from annotations
 =========================  ==========================================================================
 
-Every route answers JSON. Errors are ``{"error": message}`` with the status of the
-:mod:`backend.errors` class (400 bad input — JSON nested too deeply and bodies the server cannot read, such as
-a malformed or cut-short chunked body, included —, 401, 403 refused URL, 413 too large, 502 Label Studio or image
-host failed, 500 misconfiguration); an unexpected exception is logged with its traceback and answered 500
+Every route answers JSON. Errors are ``{"error": message}`` with the status of the :mod:`backend.errors` class
+(400 bad input — JSON nested too deeply and bodies the server cannot read, such as a malformed or cut-short
+chunked body, included —, 401, 403 refused URL, 413 too large, 502 Label Studio or image host failed, 500
+misconfiguration); an unexpected exception is logged with its traceback and answered 500
 without it. With BASIC_AUTH_USER/BASIC_AUTH_PASS set every route requires them except ``/webhook``: Label
 Studio sends its event webhooks (ANNOTATION_CREATED, …) without the ML connection's basic-auth credentials
 (seen in the end-to-end test), and the route changes nothing.

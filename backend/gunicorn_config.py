@@ -1,13 +1,13 @@
 """How gunicorn runs the backend (``litesam-backend serve`` passes ``-c python:backend.gunicorn_config``): the
 worker class that keeps ``/health`` off the request threads, and the server hooks of multiprocess metrics.
 
-**Health lane.** gunicorn's gthread worker hands every request to one pool of ``--threads`` threads, first come
-first served: during a burst of clicks a ``GET /health`` waits behind all of them (1–2 s for 50 clicks, and
-Label Studio gives it 1 s). :class:`HealthLaneWorker` waits for a connection's first bytes on its poller
+**Health lane.** gunicorn's gthread worker hands every request to one pool of ``--threads`` threads, first
+come first served: during a burst of clicks a ``GET /health`` waits behind all of them (1–2 s for 50 clicks,
+and Label Studio gives it 1 s). :class:`HealthLaneWorker` waits for a connection's first bytes on its poller
 instead of on a pool thread, peeks at the request line, and hands ``GET /health`` and ``GET /`` to a pool of
 :data:`HEALTH_THREADS` threads of their own; everything else goes to the request threads as before. Requests
-on kept-alive connections are routed the same way. With TLS (not used by ``serve``) the request line cannot
-be peeked at and every request takes the request threads. The worker uses gthread's internals of the pinned
+on kept-alive connections are routed the same way. With TLS (not used by ``serve``) the request line cannot be
+peeked at and every request takes the request threads. The worker uses gthread's internals of the pinned
 gunicorn release (``tests/test_backend_health_lane.py`` checks it behaviourally).
 
 **Metrics.** ``serve`` points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory before gunicorn starts (see
@@ -58,7 +58,8 @@ class HealthLaneWorker(ThreadWorker):
         # As long as gthread lets a new connection send its request: a pool thread's wait, then the poller's.
         conn.timeout = time.monotonic() + DEFAULT_WORKER_DATA_TIMEOUT + self.cfg.keepalive
         self.pending_conns.append(conn)
-        self.poller.register(client_sock, selectors.EVENT_READ, partial(self.on_pending_socket_readable, conn))
+        readable = partial(self.on_pending_socket_readable, conn)
+        self.poller.register(client_sock, selectors.EVENT_READ, readable)
 
     def enqueue_req(self, conn: TConn) -> None:
         if not self._asks_for_health(conn):

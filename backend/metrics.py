@@ -56,12 +56,17 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 
 REQUESTS = Counter("litesam_http_requests", "HTTP requests answered", ["route", "method", "status"])
 REQUEST_SECONDS = Histogram(
-    "litesam_http_request_duration_seconds", "HTTP request latency", ["route", "method"], buckets=_LATENCY_BUCKETS
+    "litesam_http_request_duration_seconds",
+    "HTTP request latency",
+    ["route", "method"],
+    buckets=_LATENCY_BUCKETS,
 )
 CACHE_HITS = Counter("litesam_embedding_cache_hits", "image embeddings found in a cache", ["tier"])
 CACHE_MISSES = Counter("litesam_embedding_cache_misses", "image embeddings that had to be computed")
 ENCODER_SECONDS = Histogram("litesam_encoder_seconds", "image encoder time", buckets=_LATENCY_BUCKETS)
-DECODER_SECONDS = Histogram("litesam_decoder_seconds", "mask decoding time of a click", buckets=_LATENCY_BUCKETS)
+DECODER_SECONDS = Histogram(
+    "litesam_decoder_seconds", "mask decoding time of a click", buckets=_LATENCY_BUCKETS
+)
 EMBEDDING_STORED_BYTES = Counter("litesam_embedding_stored_bytes", "bytes of embeddings written to Redis")
 EMBEDDING_MEMORY_BYTES = Gauge(
     "litesam_embedding_memory_bytes", "bytes of embeddings in process LRUs", multiprocess_mode="livesum"

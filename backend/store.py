@@ -16,16 +16,16 @@ Immutable image sources (Label Studio uploads) also get an alias, ``litesam:img:
 sha256 of the image bytes, with the same TTL: a later click on such an image finds its embedding without
 downloading the image again.
 
-Concurrent requests for one new image compute its embedding once: a lock per key inside the process
-(threads) and a Redis lock across processes and machines; whoever gets the lock second finds the embedding
-stored. The Redis lock is a short lease (:data:`LOCK_LEASE_S`) that a thread of its owner renews every third
-of it while the embedding is computed: a live owner keeps it however long the encoder takes, and the lock of
-an owner that died (killed mid-encode) runs out within one lease, so the others wait seconds, not minutes. When Redis cannot be reached, requests still work: embeddings are computed (and kept
-in the process LRU), a warning is logged once per outage, Redis is retried after :data:`RETRY_AFTER_S`
-seconds, and :meth:`EmbeddingStore.ping` reports it to ``/health``. Any other Redis error (a command refused:
-out of memory, read-only replica, missing ACL permission, …) also never fails a request: that command is
-skipped as if the cache missed, a warning naming the error type is logged once per type, and Redis stays in
-use (it answers, so ``/health`` still says ``ok``).
+Concurrent requests for one new image compute its embedding once: a lock per key inside the process (threads)
+and a Redis lock across processes and machines; whoever gets the lock second finds the embedding stored. The
+Redis lock is a short lease (:data:`LOCK_LEASE_S`) that a thread of its owner renews every third of it while
+the embedding is computed: a live owner keeps it however long the encoder takes, and the lock of an owner that
+died (killed mid-encode) runs out within one lease, so the others wait seconds, not minutes. When Redis cannot
+be reached, requests still work: embeddings are computed (and kept in the process LRU), a warning is logged
+once per outage, Redis is retried after :data:`RETRY_AFTER_S` seconds, and :meth:`EmbeddingStore.ping` reports
+it to ``/health``. Any other Redis error (a command refused: out of memory, read-only replica, missing ACL
+permission, …) also never fails a request: that command is skipped as if the cache missed, a warning naming
+the error type is logged once per type, and Redis stays in use (it answers, so ``/health`` still says ``ok``).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ FORMAT = "litesam-embedding/1"
 RETRY_AFTER_S = 5.0
 #: Seconds the Redis lock on an embedding being computed lives unless its owner renews it (every third of it).
 LOCK_LEASE_S = 5.0
-#: Longest a process waits for a live owner computing the same embedding (a stuck one) before computing itself.
+#: Longest a process waits for a live owner computing the same embedding (stuck?) before computing itself.
 LOCK_WAIT_S = 120.0
 _LOCK_POLL_S = 0.02
 
@@ -326,7 +326,9 @@ class EmbeddingStore:
                     lock = candidate
                 else:
                     logger.warning(
-                        "waited %.0f s for another process to compute %s; computing here", self._lock_wait, key
+                        "waited %.0f s for another process to compute %s; computing here",
+                        self._lock_wait,
+                        key,
                     )
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 self._mark_down(exc)
@@ -356,7 +358,7 @@ class EmbeddingStore:
             try:
                 lock.reacquire()
             except redis.exceptions.LockNotOwnedError:
-                logger.warning("the lock on %s ran out while computing it; another process may compute it", key)
+                logger.warning("the lock on %s ran out while computing it; another may compute it too", key)
                 return
             except redis.RedisError:
                 return  # Redis went away: the lease runs out by itself

@@ -55,7 +55,8 @@ def burst(url: str, clicks: int, probe_interval: float) -> tuple[list[float], fl
             time.sleep(probe_interval)
 
     def click(i: int) -> None:
-        answer = requests.post(f"{url}/predict", json=click_body(IMAGE, 10 + i % 80, 20 + i % 70), timeout=300)
+        body = click_body(IMAGE, 10 + i % 80, 20 + i % 70)
+        answer = requests.post(f"{url}/predict", json=body, timeout=300)
         if answer.status_code != 200:
             raise RuntimeError(f"/predict answered {answer.status_code}: {answer.text[:200]}")
 
@@ -90,14 +91,15 @@ def main() -> None:
     print(f"load average before: {os.getloadavg()}")
     redis.Redis.from_url(args.redis_url).flushdb()
     server = ImageServer({IMAGE: make_image(0)})
-    results: dict[str, dict] = {"candidate": {"health": [], "bursts": []}, "reference": {"health": [], "bursts": []}}
+    results = {name: {"health": [], "bursts": []} for name in ("candidate", "reference")}
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         workdir = Path(tmp)
         torch.manual_seed(0)
         checkpoint = workdir / "litesam_r640-random.pt"
         save_checkpoint(build_model("litesam_r640"), checkpoint, "litesam_r640")
         urls = {}
-        for name, extra in (("candidate", {}), ("reference", {"GUNICORN_CMD_ARGS": "--worker-class gthread"})):
+        plain_gthread = {"GUNICORN_CMD_ARGS": "--worker-class gthread"}
+        for name, extra in (("candidate", {}), ("reference", plain_gthread)):
             env = {
                 **os.environ,
                 **extra,
@@ -127,9 +129,11 @@ def main() -> None:
     labels = {"candidate": "health lane (serve's worker)", "reference": "plain gthread"}
     for name in ("candidate", "reference"):
         health = results[name]["health"]
+        burst_s = statistics.median(results[name]["bursts"])
         print(f"{labels[name]:<34} {len(health):>6} {statistics.median(health):>8.1f} "
-              f"{percentile(health, 0.99):>8.1f} {max(health):>8.1f} {statistics.median(results[name]['bursts']):>8.2f}")
-    ratio = percentile(results["reference"]["health"], 0.99) / percentile(results["candidate"]["health"], 0.99)
+              f"{percentile(health, 0.99):>8.1f} {max(health):>8.1f} {burst_s:>8.2f}")
+    p99 = {name: percentile(results[name]["health"], 0.99) for name in results}
+    ratio = p99["reference"] / p99["candidate"]
     print(f"p99 ratio reference / candidate: {ratio:.1f}x")
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from backend.settings import Secret, Settings
-from tests.e2e.processes import ManagedProcess, free_port
+from tests.e2e.processes import ManagedProcess, base_env, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 LEGACY_TOKEN = "legacy-0123456789abcdef0123456789abcdef"
@@ -120,7 +120,7 @@ class FakeLabelStudio:
         hold: threading.Event | None = None,
         **headers: str,
     ) -> str:
-        """Serve ``body`` at ``path``; with ``hold``, each answer waits until the event is set (at most 60 s)."""
+        """Serve ``body`` at ``path``; with ``hold``, each answer first waits for the event (at most 60 s)."""
         self.routes[path] = Route(status, body, dict(headers), auth, declare_length, hold)
         return path
 
@@ -282,6 +282,21 @@ def serve_backend(
         assert "Traceback" not in process.log_text(), process.log_tail()
     finally:
         process.stop()
+
+
+def backend_env(home: Path, label_studio_url: str = "http://127.0.0.1:9", **extra: str) -> dict:
+    """The environment of a served test backend (``serve_backend``): the test Redis, a tiny checkpoint written
+    to ``home/tiny.pt``, a legacy token, one torch thread, and ``extra``."""
+    return base_env(
+        home,
+        LITESAM_CHECKPOINT=make_tiny_checkpoint(Path(home) / "tiny.pt"),
+        LITESAM_VARIANT="litesam_tiny",
+        REDIS_URL=TEST_REDIS_URL,
+        LABEL_STUDIO_URL=label_studio_url,
+        LABEL_STUDIO_API_KEY=LEGACY_TOKEN,
+        LITESAM_TORCH_THREADS="1",
+        **extra,
+    )
 
 
 def settings_for(checkpoint, label_studio_url="http://127.0.0.1:9", **overrides) -> Settings:

@@ -1,6 +1,6 @@
 """``GET /health`` is answered while every request thread of a real ``litesam-backend serve`` is busy
 (backend/gunicorn_config.py's health lane): clicks whose image download hangs take both threads, more clicks
-and a ``GET /versions`` wait for one, and ``/health`` — on new and on kept-alive connections — still answers."""
+and a ``GET /versions`` wait for one, and ``/health`` — on new and kept-alive connections — still answers."""
 
 from __future__ import annotations
 
@@ -10,16 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from tests.backend_support import (
-    LEGACY_TOKEN,
-    TEST_REDIS_URL,
-    FakeLabelStudio,
-    keypoint,
-    make_tiny_checkpoint,
-    png_bytes,
-    serve_backend,
-)
-from tests.e2e.processes import base_env
+from tests.backend_support import FakeLabelStudio, backend_env, keypoint, png_bytes, serve_backend
 from tests.test_backend_gunicorn import CONFIG
 
 THREADS = 2
@@ -34,22 +25,15 @@ def test_health_answers_while_every_request_thread_is_busy(tmp_path, redis_db):
     release = threading.Event()
     ls = FakeLabelStudio()
     ls.add(IMAGE, png_bytes(64, 48, seed=3), hold=release)
-    env = base_env(
-        tmp_path,
-        LITESAM_CHECKPOINT=make_tiny_checkpoint(tmp_path / "tiny.pt"),
-        LITESAM_VARIANT="litesam_tiny",
-        REDIS_URL=TEST_REDIS_URL,
-        LABEL_STUDIO_URL=ls.url,
-        LABEL_STUDIO_API_KEY=LEGACY_TOKEN,
-        LITESAM_TORCH_THREADS="1",
-    )
+    env = backend_env(tmp_path, ls.url)
     body = {
         "tasks": [{"id": 1, "data": {"image": IMAGE}}],
         "label_config": CONFIG,
         "params": {"context": {"result": [keypoint(50, 50, 64, 48)]}},
     }
     try:
-        with serve_backend(tmp_path, env, workers=1, threads=THREADS) as (url, _), ThreadPoolExecutor(8) as pool:
+        served = serve_backend(tmp_path, env, workers=1, threads=THREADS)
+        with served as (url, _), ThreadPoolExecutor(8) as pool:
             clicks = [pool.submit(requests.post, f"{url}/predict", json=body, timeout=90) for _ in range(5)]
             deadline = time.monotonic() + 30
             while downloads(ls) < THREADS:  # both request threads now wait for the held download

@@ -10,16 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.backend_support import (
-    LEGACY_TOKEN,
-    TEST_REDIS_URL,
-    FakeLabelStudio,
-    keypoint,
-    make_tiny_checkpoint,
-    png_bytes,
-    serve_backend,
-)
-from tests.e2e.processes import base_env
+from tests.backend_support import FakeLabelStudio, backend_env, keypoint, png_bytes, serve_backend
 from tests.test_backend_gunicorn import CONFIG
 
 IMAGES = 500
@@ -43,19 +34,15 @@ def test_rss_stays_bounded_over_500_clicks_on_500_distinct_images(tmp_path, redi
     ls = FakeLabelStudio()
     for i in range(IMAGES):
         ls.add(f"/data/upload/1/{i}.png", png_bytes(48 + i % 7, 40 + i % 5, seed=i))
-    env = base_env(
+    env = backend_env(
         tmp_path,
-        LITESAM_CHECKPOINT=make_tiny_checkpoint(tmp_path / "tiny.pt"),
-        LITESAM_VARIANT="litesam_tiny",
-        REDIS_URL=TEST_REDIS_URL,
-        LABEL_STUDIO_URL=ls.url,
-        LABEL_STUDIO_API_KEY=LEGACY_TOKEN,
-        LITESAM_TORCH_THREADS="1",
+        ls.url,
         LITESAM_EMBEDDING_LRU="16",
         LOG_LEVEL="WARNING",
     )
     try:
-        with serve_backend(tmp_path, env, workers=1, threads=2) as (url, backend), requests.Session() as session:
+        served = serve_backend(tmp_path, env, workers=1, threads=2)
+        with served as (url, backend), requests.Session() as session:
             rss = {}
             for i in range(IMAGES):
                 width, height = 48 + i % 7, 40 + i % 5

@@ -10,16 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from backend.jobs.board import JobBoard
 from backend.jobs.options import QUEUE_NAME
-from tests.backend_support import (
-    LEGACY_TOKEN,
-    TEST_REDIS_URL,
-    FakeLabelStudio,
-    keypoint,
-    make_tiny_checkpoint,
-    png_bytes,
-    serve_backend,
-)
-from tests.e2e.processes import base_env
+from tests.backend_support import FakeLabelStudio, backend_env, keypoint, png_bytes, serve_backend
 from tests.test_backend_gunicorn import CONFIG
 
 AUTH = ("scraper", "metrics-pass-1234")
@@ -47,14 +38,9 @@ def test_metrics_count_every_worker_and_read_jobs_from_redis(tmp_path, redis_db)
     ls = FakeLabelStudio()
     ls.add("/data/upload/1/a.png", png_bytes(96, 64, seed=1))
     ls.add("/data/upload/1/b.png", png_bytes(80, 72, seed=2))
-    env = base_env(
+    env = backend_env(
         tmp_path,
-        LITESAM_CHECKPOINT=make_tiny_checkpoint(tmp_path / "tiny.pt"),
-        LITESAM_VARIANT="litesam_tiny",
-        REDIS_URL=TEST_REDIS_URL,
-        LABEL_STUDIO_URL=ls.url,
-        LABEL_STUDIO_API_KEY=LEGACY_TOKEN,
-        LITESAM_TORCH_THREADS="1",
+        ls.url,
         BASIC_AUTH_USER=AUTH[0],
         BASIC_AUTH_PASS=AUTH[1],
     )

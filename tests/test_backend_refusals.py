@@ -10,8 +10,7 @@ import socket
 import pytest
 import requests
 
-from tests.backend_support import LEGACY_TOKEN, TEST_REDIS_URL, make_tiny_checkpoint, serve_backend
-from tests.e2e.processes import base_env
+from tests.backend_support import backend_env, serve_backend
 
 DEPTH = 100_000
 
@@ -19,15 +18,7 @@ DEPTH = 100_000
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("refusals")
-    env = base_env(
-        tmp_path,
-        LITESAM_CHECKPOINT=make_tiny_checkpoint(tmp_path / "tiny.pt"),
-        LITESAM_VARIANT="litesam_tiny",
-        REDIS_URL=TEST_REDIS_URL,
-        LABEL_STUDIO_URL="http://127.0.0.1:9",
-        LABEL_STUDIO_API_KEY=LEGACY_TOKEN,
-        LITESAM_TORCH_THREADS="1",
-    )
+    env = backend_env(tmp_path)
     with serve_backend(tmp_path, env, workers=1, threads=2) as backend:
         yield backend
 

@@ -122,9 +122,10 @@ end
 # Ends the job if every task is settled. KEYS: record, active; ARGV: job id, now.
 FINISH_LUA = FINISH_IF_COMPLETE_LUA + "return finish_if_complete(KEYS[1], KEYS[2], ARGV[1], ARGV[2])"
 
-# Records one task's outcome. KEYS: record, tasks, active, stats; ARGV: task id, status, outcome JSON, regions, job id,
-# now. A task's first outcome counts; a later 'done' may replace a 'failed', nothing replaces a 'done'. Once
-# the job is cancelled only a 'done' counts (that prediction was written); other tasks get no outcome.
+# Records one task's outcome. KEYS: record, tasks, active, stats; ARGV: task id, status, outcome JSON,
+# regions, job id, now. A task's first outcome counts; a later 'done' may replace a 'failed', nothing replaces
+# a 'done'. Once the job is cancelled only a 'done' counts (that prediction was written); other tasks get no
+# outcome.
 RECORD_OUTCOME_LUA = (
     FINISH_IF_COMPLETE_LUA
     + """
