@@ -2,8 +2,8 @@
 worker class that keeps ``/health`` off the request threads, and the server hooks of multiprocess metrics.
 
 **Health lane.** gunicorn's gthread worker hands every request to one pool of ``--threads`` threads, first
-come first served: during a burst of clicks a ``GET /health`` waits behind all of them (1–2 s for 50 clicks,
-and Label Studio gives it 1 s). :class:`HealthLaneWorker` waits for a connection's first bytes on its poller
+come first served: during a burst of clicks a ``GET /health`` waits behind all of them (seconds for 50 clicks,
+while Label Studio gives it 1 s). :class:`HealthLaneWorker` waits for a connection's first bytes on its poller
 instead of on a pool thread, peeks at the request line, and hands ``GET /health`` and ``GET /`` to a pool of
 :data:`HEALTH_THREADS` threads of their own; everything else goes to the request threads as before. Requests
 on kept-alive connections are routed the same way. With TLS (not used by ``serve``) the request line cannot be
@@ -12,8 +12,7 @@ gunicorn release (``tests/test_backend_health_lane.py`` checks it behaviourally)
 
 **Metrics.** ``serve`` points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory before gunicorn starts (see
 :mod:`backend.metrics`); :func:`child_exit` drops a dead worker's live gauges and :func:`on_exit` removes a
-directory ``serve`` made. prometheus-client is imported only inside the hooks, so the master never fixes its
-value class before the variable is set.
+directory ``serve`` made. prometheus-client is imported only inside the hooks: the master records no metrics.
 """
 
 from __future__ import annotations
