@@ -33,6 +33,8 @@ from tests.e2e.processes import ManagedProcess
 CACHE = Path(os.environ.get("LITESAM_DOCKER_CACHE", Path.home() / ".cache" / "litesam-docker-test"))
 BASE_IMAGE = "litesam-test-base:bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
+#: The wheelhouse's port when free: its URL is a build argument, so the same URL lets the build reuse its layers.
+WHEELHOUSE_PORT = 38917
 #: Where Debian keeps a machine's own CA certificates (a TLS-inspecting proxy's): handed to the build.
 LOCAL_CA_DIR = Path("/usr/local/share/ca-certificates")
 
@@ -177,12 +179,16 @@ def ensure_base_image(engine: DockerEngine, work: Path) -> bool:
 @contextlib.contextmanager
 def served_wheelhouse(directory: Path) -> Iterator[str]:
     """``directory`` holding torch 2.13.0 (taken by this machine's pip from wherever its configuration finds
-    it, ``pip download``), served as a directory listing on 127.0.0.1; yields its URL."""
+    it, ``pip download``), served as a directory listing on 127.0.0.1 (port :data:`WHEELHOUSE_PORT` when
+    free); yields its URL."""
     directory.mkdir(parents=True, exist_ok=True)
     _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "torch==2.13.0", "-d", str(directory)],
          timeout=600)
     handler = functools.partial(_QuietFileHandler, directory=str(directory))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    try:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", WHEELHOUSE_PORT), handler)
+    except OSError:  # taken: any port serves, only the build's layer cache misses
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     thread.start()
     try:
