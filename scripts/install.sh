@@ -7,8 +7,8 @@
 #   pip install -e .                             (the repo, editable; `litesam`, `litesam-backend`)
 #   pip install --no-deps -r requirements-no-deps.txt
 # The last step installs label-studio-ml 1.0.9 without its 2021 pins of Flask, Werkzeug, Jinja2 and
-# itsdangerous; requirements.txt lists what it needs at run time. `pip check` therefore names exactly those
-# four pins, and nothing else (tests/test_web_stack.py).
+# itsdangerous; requirements.txt lists what it needs at run time. `pip check` therefore names those four
+# pins (tests/test_web_stack.py), and without --dev the `attr` package label-studio-ml names but never imports.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

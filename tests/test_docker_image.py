@@ -5,7 +5,7 @@ wheel served as a wheelhouse (PyTorch's index is unreachable here; the rest come
 and this machine's own CA certificates as ``EXTRA_CA_CERTS``. The image's default command
 (``litesam-backend serve``) then runs with a random-weight tiny checkpoint mounted at /data/models, its
 HEALTHCHECK must report healthy, a click is answered through its port, and the worker entry point must start
-and register in Redis.
+and register with RQ in Redis.
 
 When no engine can start here (not root, no ``dockerd``, no overlay filesystem) the test fails with the
 reason: it never skips.
@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import redis
 import requests
+from rq import Worker
 
-from backend.jobs import KEY_PREFIX
 from tests.backend_support import LEGACY_TOKEN, FakeLabelStudio, decode_brush, keypoint, make_tiny_checkpoint, png_bytes
 from tests.conftest import TEST_REDIS_URL
 from tests.docker_engine import (
@@ -147,12 +147,13 @@ def test_image_serves_a_click_behind_its_healthcheck_and_runs_the_worker(engine,
             engine, image, f"litesam-worker-{suffix}", env, "litesam-backend", "worker", "--name", worker,
             volumes=volumes,
         ))
+        # The worker registers with RQ once it has loaded the model, before its loop.
         deadline = time.monotonic() + 120
-        while not queue.exists(f"{KEY_PREFIX}worker:{worker}:alive") and time.monotonic() < deadline:
+        while worker not in {w.name for w in Worker.all(connection=queue)} and time.monotonic() < deadline:
             status = engine.docker("inspect", "--format", "{{.State.Status}}", containers[1]).stdout.strip()
             assert status == "running", engine.docker("logs", containers[1], check=False).stderr[-3000:]
             time.sleep(1)
-        assert queue.exists(f"{KEY_PREFIX}worker:{worker}:alive"), engine.docker("logs", containers[1]).stderr
+        assert worker in {w.name for w in Worker.all(connection=queue)}, engine.docker("logs", containers[1]).stderr
         logs = engine.docker("logs", containers[0]).stderr
         assert "Traceback" not in logs and LEGACY_TOKEN not in logs
     finally:
