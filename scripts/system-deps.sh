@@ -45,7 +45,7 @@ if [[ " ${missing[*]} " == *" compose "* ]]; then
     if [ "${compose_major:-1}" -ge 2 ]; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null
     else
-        private=$(mktemp -d)
+        private=$(mktemp -d) && chmod 755 "$private"  # readable by apt's _apt user
         trap 'rm -rf "$private"' EXIT
         mkdir -p "$private/lists/partial" "$private/cache/archives/partial" "$private/deb"
         echo "deb http://deb.debian.org/debian trixie main" >"$private/sources.list"
