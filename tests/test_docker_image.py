@@ -24,8 +24,15 @@ import redis
 import requests
 from rq import Worker
 
-from tests.backend_support import LEGACY_TOKEN, FakeLabelStudio, decode_brush, keypoint, make_tiny_checkpoint, png_bytes
-from tests.conftest import TEST_REDIS_URL
+from tests.backend_support import (
+    LEGACY_TOKEN,
+    TEST_REDIS_URL,
+    FakeLabelStudio,
+    decode_brush,
+    keypoint,
+    make_tiny_checkpoint,
+    png_bytes,
+)
 from tests.docker_engine import (
     BASE_IMAGE,
     CACHE,

@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from tests.backend_support import REDIS_TEST_DB, serve_backend
+from tests.backend_support import TEST_REDIS_URL, serve_backend
 from tests.e2e.processes import base_env
 
 
@@ -36,7 +36,7 @@ LONG_FIELD = get_health(headers=b"X-Long: " + b"a" * 9000 + b"\r\n")
 @pytest.mark.slow
 def test_gunicorn_refuses_long_request_lines_and_large_headers_itself(tmp_path, checkpoint):
     env = base_env(tmp_path, LITESAM_CHECKPOINT=checkpoint, LITESAM_VARIANT="litesam_tiny",
-                   REDIS_URL=f"redis://127.0.0.1:6379/{REDIS_TEST_DB}")
+                   REDIS_URL=TEST_REDIS_URL)
     with serve_backend(tmp_path, env) as (url, _):
         for request, status in ((LONG_LINE, "414 URI Too Long"), (MANY_FIELDS, "431 Request Header Fields Too Large"),
                                 (LONG_FIELD, "431 Request Header Fields Too Large")):
@@ -49,7 +49,7 @@ def test_gunicorn_refuses_long_request_lines_and_large_headers_itself(tmp_path, 
 @pytest.mark.slow
 def test_gunicorn_cmd_args_raise_the_limits(tmp_path, checkpoint):
     env = base_env(tmp_path, LITESAM_CHECKPOINT=checkpoint, LITESAM_VARIANT="litesam_tiny",
-                   REDIS_URL=f"redis://127.0.0.1:6379/{REDIS_TEST_DB}",
+                   REDIS_URL=TEST_REDIS_URL,
                    GUNICORN_CMD_ARGS="--limit-request-line 8190 --limit-request-fields 200 "
                                      "--limit-request-field_size 16380")
     with serve_backend(tmp_path, env) as (url, _):
