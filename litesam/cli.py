@@ -55,7 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     everything = commands.add_parser("everything", help="masks for everything in one or more images")
     everything.add_argument("images", type=Path, nargs="+")
     everything.add_argument("-o", "--output", type=Path, required=True, help="folder for JSON and overlays")
-    everything.add_argument("--prompt-mode", choices=("autoppn", "grid"), default="autoppn")
+    everything.add_argument(
+        "--prompt-mode",
+        choices=("auto", "autoppn", "grid"),
+        default="auto",
+        help="auto: AutoPPN when the model has a head, else SAM's point grid (official SAM-family checkpoints)",
+    )
     everything.add_argument("--points-per-side", type=int, default=32, help="grid mode: n for the n×n grid")
     everything.add_argument(
         "--proposal-threshold", type=float, help="AutoPPN point-confidence threshold (default: the variant's)"
@@ -80,8 +85,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", type=Path, help="a Lite-SAM checkpoint (records its variant)")
-    parser.add_argument("--variant", help="litesam_r640, litesam_r1024 or litesam_tiny")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="a Lite-SAM checkpoint (records its variant) or an official SAM-family file "
+        "(sam_vit_b_01ec64.pth, mobile_sam.pt, …: the engine is recognised)",
+    )
+    parser.add_argument("--variant", help="litesam_r640, litesam_r1024, litesam_tiny, sam_vit_b, …, mobile_sam")
     parser.add_argument("--random-weights", action="store_true", help="untrained weights, for testing only")
     parser.add_argument("--device", default="cpu")
 
@@ -99,7 +109,9 @@ def _load_model(args: argparse.Namespace):
     if args.random_weights:
         print(RANDOM_WEIGHTS_NOTICE, file=sys.stderr)
         return build_model(args.variant or "litesam_r640", device=args.device)
-    return build_model(args.variant, checkpoint=args.checkpoint, device=args.device)
+    model = build_model(args.variant, checkpoint=args.checkpoint, device=args.device)
+    print(f"litesam: {args.checkpoint}: variant {model.variant}", file=sys.stderr)
+    return model
 
 
 def _segment(args: argparse.Namespace) -> int:

@@ -29,6 +29,9 @@ if [ "$needs_install" = 1 ]; then
     echo "[test.sh] installing requirements-dev.txt and the repo into $VENV"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
     "$VENV/bin/python" -m pip install --quiet -r requirements-dev.txt
+    # timm (a test-only reference dependency of MobileSAM's code) pulls torchvision from PyPI, which does not
+    # import beside this torch build and so breaks ptflops' import; the tests use a stand-in (tests/sam_reference.py).
+    "$VENV/bin/python" -m pip uninstall --quiet --yes torchvision
     "$VENV/bin/python" -m pip install --quiet -e .
     touch "$STAMP"
     echo "[test.sh] installed in $((SECONDS - started)) s"
