@@ -75,7 +75,9 @@ def _parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="parameters and MACs per component")
     info.add_argument("--variant", default="litesam_r640")
-    info.add_argument("--resolutions", type=int, nargs="+", default=[224, 640, 1024])
+    info.add_argument(
+        "--resolutions", type=int, nargs="+", help="input sides (default 224 640 1024; engines: their input size)"
+    )
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(run=_info)
 
@@ -182,11 +184,11 @@ def _everything(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .build import build_model
+    from .build import build_model, get_variant
     from .complexity import complexity_report
 
-    report = complexity_report(build_model(args.variant), resolutions=tuple(args.resolutions))
-    report = {"variant": args.variant, **report}
+    report = complexity_report(build_model(args.variant), resolutions=args.resolutions)
+    report = {"variant": args.variant, "title": get_variant(args.variant).title, **report}
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -237,7 +239,7 @@ def _format_report(report: dict) -> str:
     """A text table: parameters, then GMACs per resolution (ptflops default backend, aten in brackets)."""
     sides = [str(r) for r in report["resolutions"]]
     header = f"{'component':<24}{'params':>12}" + "".join(f"{'GMACs @' + s:>20}" for s in sides)
-    lines = [f"variant {report['variant']} (ptflops {report['ptflops_version']})", header]
+    lines = [f"variant {report['variant']}: {report['title']} (ptflops {report['ptflops_version']})", header]
     for name, part in report["components"].items():
         cells = []
         for side in sides:

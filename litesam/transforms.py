@@ -94,7 +94,7 @@ class ResizeLongestSide:
         new_h, new_w = self.get_preprocess_shape(h, w, self.target_length)
         if self.filter == "pil_bilinear":
             resized = Image.fromarray(np.ascontiguousarray(image)).resize((new_w, new_h), Image.Resampling.BILINEAR)
-            return np.asarray(resized)
+            return np.array(resized)  # PIL gives a read-only view; torch wants a writable array
         interpolation = cv2.INTER_AREA if new_h * new_w < h * w else cv2.INTER_LINEAR
         return cv2.resize(np.ascontiguousarray(image), (new_w, new_h), interpolation=interpolation)
 
