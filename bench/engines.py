@@ -6,9 +6,10 @@ interleaved rounds (variant A, B, C, A, B, C, …) so that a change of machine l
 
 * encoder: image → embedding (resize, normalise, encoder) on a 1024×768 image, at the variant's input size;
 * click: one point on the cached embedding → best mask at 1024×768 (prompt encoder, decoder, upscale);
-* SegEvery from the cached embedding: engines use SAM's 32×32 grid with the automatic mask generator's
-  defaults (three masks per point, filtered at low resolution); r640 its AutoPPN top-100 (threshold 0, as
-  random weights propose nothing above it) and, for comparison, the same grid;
+* SegEvery from the cached embedding, once per input size (its cost depends on the embedding's grid, not on
+  the encoder): engines use SAM's 32×32 grid with the automatic mask generator's defaults (three masks per
+  point, filtered at low resolution); r640 its AutoPPN top-100 (threshold 0, as random weights propose
+  nothing above it) and, for comparison, the same grid;
 * Redis bytes per embedding (the backend's float16 format), parameters and fp32 weight memory, and the growth
   of the process's peak RSS during the variant's first encoder pass (variants run smallest first).
 
@@ -90,10 +91,11 @@ def embedding_bytes(embedding) -> int | None:
     return len(encode_embedding(embedding))
 
 
-def bench_variants(names: list[str], rounds: int) -> None:
+def bench_variants(names: list[str], rounds: int) -> dict:
+    """Encoder and click times in interleaved rounds; returns the cached embeddings and models for SegEvery."""
     image = synthetic_photo(768, 1024)
     models = {name: build_model(name, fuse=True) for name in names}
-    timings = {name: {"encoder": [], "click": [], "segevery": []} for name in names}
+    timings = {name: {"encoder": [], "click": []} for name in names}
     facts = {}
     point = (np.array([[400.0, 300.0]]), np.array([1]))
     for round_index in range(rounds):
@@ -101,42 +103,55 @@ def bench_variants(names: list[str], rounds: int) -> None:
             rss_before = peak_rss_mib()
             predictor = LiteSamPredictor(model)
             timings[name]["encoder"].append(seconds(lambda: predictor.set_image(image)))
-            embedding = predictor.get_embedding()
             predictor.predict(*point, best_only=True)  # warm the decoder once
             timings[name]["click"].append(
                 statistics.median(seconds(lambda: predictor.predict(*point, best_only=True)) for _ in range(5))
             )
-            if get_variant(name).is_engine:
-                generator = SegEvery(model)  # grid, SAM's defaults
-            else:
-                generator = SegEvery(model, proposals=ProposalConfig(score_threshold=0.0, top_k=100))
-            timings[name]["segevery"].append(seconds(lambda: generator.generate_from_embedding(embedding)))
             if round_index == 0:
+                embedding = predictor.get_embedding()
                 facts[name] = {
                     "params": sum(p.numel() for p in model.parameters()),
                     "rss_growth": peak_rss_mib() - rss_before,
                     "redis": embedding_bytes(embedding),
-                    "grid_s": None
-                    if get_variant(name).is_engine
-                    else seconds(lambda: SegEvery(model, prompt_mode="grid").generate_from_embedding(embedding)),
+                    "embedding": embedding,
                 }
         print(f"round {round_index + 1}/{rounds} done, load average {os.getloadavg()}", flush=True)
     base = "litesam_r640" if "litesam_r640" in names else names[0]
     median = {name: {k: statistics.median(v) for k, v in t.items()} for name, t in timings.items()}
     print(f"\n{'variant':<13}{'input':>6}{'params':>13}{'weights':>9}{'RSS+':>8}{'encoder':>10}{'×r640':>7}"
-          f"{'click':>9}{'SegEvery':>10}{'×r640':>7}{'Redis B':>10}")
+          f"{'click':>9}{'×r640':>7}{'Redis B':>10}")
     for name in names:
         m, f = median[name], facts[name]
         print(
             f"{name:<13}{get_variant(name).image_size:>6}{f['params']:>13,}{f['params'] * 4 / 2**20:>7.0f}Mi"
             f"{f['rss_growth']:>6.0f}Mi{m['encoder'] * 1e3:>8.0f}ms{m['encoder'] / median[base]['encoder']:>7.1f}"
-            f"{m['click'] * 1e3:>7.1f}ms{m['segevery']:>9.2f}s{m['segevery'] / median[base]['segevery']:>7.1f}"
+            f"{m['click'] * 1e3:>7.1f}ms{m['click'] / median[base]['click']:>7.1f}"
             f"{f['redis'] if f['redis'] is not None else '-':>10}"
         )
-    for name in names:
-        if facts[name]["grid_s"] is not None:
-            print(f"{name}: SegEvery with SAM's 32×32 grid instead of AutoPPN: {facts[name]['grid_s']:.2f} s")
-    print("SegEvery: engines = SAM grid 32×32 ×3 masks, AMG thresholds; r640 = AutoPPN top-100, same thresholds")
+    return {name: (models[name], facts[name]["embedding"]) for name in names}
+
+
+def bench_segevery(cached: dict, points_per_side: int) -> None:
+    """SegEvery from a cached embedding, once per input size: the decoder work depends only on the embedding's
+    grid (all 1024-input engines share it), not on the encoder that made it."""
+    done = set()
+    for name, (model, embedding) in cached.items():
+        cfg = get_variant(name)
+        if cfg.image_size in done and cfg.is_engine:
+            continue
+        done.add(cfg.image_size)
+        if cfg.is_engine:
+            grid = SegEvery(model, points_per_side=points_per_side)  # SAM's grid and AMG thresholds
+            seconds_grid = seconds(lambda: grid.generate_from_embedding(embedding))
+            print(f"SegEvery {name} (and every engine at {cfg.image_size}): SAM grid {points_per_side}² ×3 masks, "
+                  f"AMG thresholds: {seconds_grid:.1f} s  (load {os.getloadavg()[0]:.1f})")
+        else:
+            autoppn = SegEvery(model, proposals=ProposalConfig(score_threshold=0.0, top_k=cfg.proposals.top_k))
+            grid = SegEvery(model, prompt_mode="grid", points_per_side=points_per_side)
+            seconds_autoppn = seconds(lambda: autoppn.generate_from_embedding(embedding))
+            seconds_grid = seconds(lambda: grid.generate_from_embedding(embedding))
+            print(f"SegEvery {name}: AutoPPN top-{cfg.proposals.top_k} {seconds_autoppn:.2f} s; SAM grid "
+                  f"{points_per_side}² ×3 masks {seconds_grid:.1f} s  (load {os.getloadavg()[0]:.1f})")
 
 
 def bench_preprocessing(repeats: int = 10) -> None:
@@ -211,12 +226,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-references", action="store_true")
+    parser.add_argument("--points-per-side", type=int, default=32, help="SegEvery grid side (SAM's default 32)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print("RANDOM WEIGHTS (cost only).", machine())
     print("Other processes share this machine: compare ratios, not absolute times.")
     with torch.inference_mode():
-        bench_variants(args.variants, args.rounds)
+        cached = bench_variants(args.variants, args.rounds)
+        bench_segevery(cached, args.points_per_side)
     bench_preprocessing()
     if not args.skip_references:
         bench_references(args.rounds)
