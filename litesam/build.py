@@ -331,6 +331,10 @@ def _read(path: str | Path) -> object:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {path} does not exist")
+    try:  # memory-mapped: a 2.4 GiB ViT-H file is not copied into memory before its weights are loaded
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # files in torch's legacy (non-zip) format cannot be mapped: read them whole
+        pass
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for corrupt or foreign files
