@@ -176,3 +176,17 @@ def test_full_vit_b_state_dict_from_metas_registry_serves_the_same_masks(tmp_pat
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in reference.parameters())
     image = synthetic_image(480, 640, seed=6)  # 768×1024 inside the 1024² input
     assert_predictors_agree(ref.SamPredictor(reference), model, image, parity_prompts(480, 640)[:2])
+
+
+def test_complexity_report_of_an_engine_counts_at_its_input_size():
+    from litesam.complexity import complexity_report
+    from litesam.errors import LiteSamError
+
+    model = build_model("sam_vit_tiny")
+    report = complexity_report(model, backends=("pytorch",))
+    parts = report["components"]
+    assert report["resolutions"] == [256] and "image_encoder.autoppn" not in parts
+    assert parts["image_encoder.backbone"]["params"] + parts["image_encoder.neck"]["params"] == parts["image_encoder"]["params"]
+    assert parts["image_encoder"]["macs"]["256"] > parts["image_encoder.neck"]["macs"]["256"] > 0
+    with pytest.raises(LiteSamError, match="input size only"):
+        complexity_report(model, resolutions=(224,), backends=("pytorch",))
