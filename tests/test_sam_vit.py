@@ -80,16 +80,18 @@ def test_global_attention_in_head_chunks_equals_one_pass(monkeypatch):
     x = torch.randn(1, 3, 256, 256)
     with torch.inference_mode():
         whole, _ = encoder(x)
-        monkeypatch.setattr(sam_vit, "ATTENTION_CHUNK_BYTES", 4 * 256 * 256)  # one head's 256×256 mask
+        monkeypatch.setattr(sam_vit, "ATTENTION_CHUNK_BYTES", 4 * 256 * 256)  # one head's 256×256 logits
         chunked, _ = encoder(x)
     torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-6)
 
 
-def test_relative_position_bias_equals_metas_decomposition():
+def test_relative_position_terms_equal_metas_decomposition():
     from segment_anything.modeling.image_encoder import add_decomposed_rel_pos
 
     torch.manual_seed(0)
     q = torch.randn(3, 5 * 7, 8)
     rel_h, rel_w = torch.randn(9, 8), torch.randn(13, 8)
     expected = add_decomposed_rel_pos(torch.zeros(3, 35, 35), q, rel_h, rel_w, (5, 7), (5, 7))
-    torch.testing.assert_close(sam_vit.relative_position_bias(q, rel_h, rel_w, (5, 7)), expected)
+    along_h, along_w = sam_vit.relative_position_terms(q, rel_h, rel_w, (5, 7))
+    summed = (along_h[..., :, None] + along_w[..., None, :]).reshape(3, 35, 35)
+    torch.testing.assert_close(summed, expected)
