@@ -15,8 +15,9 @@ Every conv+BN pair is a ``Conv2dBN`` with children ``c`` and ``bn`` (MobileSAM's
 checkpoints also hold TinyViT's ImageNet classifier (``norm_head``, ``head``), which the SAM encoder never
 calls: this module has no such layers and the loader drops those keys (:data:`UNUSED_KEYS`).
 
-Inference path (:meth:`TinyViT.fuse_for_inference`): each BN is folded into its convolution, and attention
-goes through ``scaled_dot_product_attention`` with the offset biases as an additive mask.
+Inference path (:meth:`TinyViT.fuse_for_inference`): each BN is folded into its convolution. Attention is
+computed directly (logits, bias and scale in one ``baddbmm``): for 7×7 windows this is about twice as fast
+on this project's CPUs as ``scaled_dot_product_attention`` with the biases as a mask.
 """
 
 from __future__ import annotations
@@ -150,8 +151,14 @@ class Attention(nn.Module):
         b, n, _ = x.shape
         qkv = self.qkv(self.norm(x)).view(b, n, self.num_heads, 3 * self.head_dim).transpose(1, 2)
         q, k, v = qkv.split(self.head_dim, dim=3)  # each B×heads×N×d
-        bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)  # heads×N×N
+        logits = torch.baddbmm(
+            bias.expand(b, -1, -1, -1).flatten(0, 1),
+            q.flatten(0, 1),
+            k.flatten(0, 1).transpose(1, 2),
+            alpha=self.head_dim**-0.5,
+        )
+        out = torch.bmm(logits.softmax(dim=-1), v.flatten(0, 1)).view(b, self.num_heads, n, -1)
         return self.proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
