@@ -18,11 +18,13 @@ time of each on a 1920×1080 image and how far their pixels are apart; and the f
 encoder (attention through ``scaled_dot_product_attention``) against Meta's ``ImageEncoderViT``, our
 TinyViT fused (BatchNorm folded) and plain against MobileSAM's, same weights, interleaved.
 
-    OMP_NUM_THREADS=2 .venv/bin/python bench/engines.py [--variants litesam_r640 mobile_sam sam_vit_b]
-        [--rounds 3] [--threads 2] [--skip-references]
+    OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/engines.py
+        [--variants litesam_r640 mobile_sam sam_vit_b] [--rounds 3] [--threads 2] [--points-per-side 32]
+        [--skip-references]
 
 The load average and CPU are printed: other processes on this machine (other helpers' test runs) share the
-cores, so absolute times are noisy; the ratios within one round are the robust figure.
+cores, so wall times are noisy; the process CPU time of each step is printed beside it (it counts the work
+done, not the waiting; ``OMP_WAIT_POLICY=PASSIVE`` keeps OpenMP's spin-waiting out of it).
 """
 
 from __future__ import annotations
@@ -62,15 +64,28 @@ def synthetic_photo(height: int, width: int, seed: int = 0) -> np.ndarray:
     return image.clip(0, 255).astype(np.uint8)
 
 
+#: CPU seconds (this process, all threads) of every call timed by :func:`seconds`, in call order.
+CPU_SECONDS: list[float] = []
+
+
 def seconds(fn) -> float:
-    start = time.perf_counter()
+    """Wall-clock seconds of ``fn()``; its process CPU time is appended to :data:`CPU_SECONDS`."""
+    start, cpu = time.perf_counter(), time.process_time()
     fn()
+    CPU_SECONDS.append(time.process_time() - cpu)
     return time.perf_counter() - start
+
+
+def cpu_seconds(fn) -> float:
+    """Process CPU seconds of ``fn()`` (robust to other processes taking the cores; spin-waits included)."""
+    seconds(fn)
+    return CPU_SECONDS[-1]
 
 
 def machine() -> str:
     model_name = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in line),
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if "model name" in line),
         platform.processor(),
     )
     return (
@@ -95,7 +110,7 @@ def bench_variants(names: list[str], rounds: int) -> dict:
     """Encoder and click times in interleaved rounds; returns the cached embeddings and models for SegEvery."""
     image = synthetic_photo(768, 1024)
     models = {name: build_model(name, fuse=True) for name in names}
-    timings = {name: {"encoder": [], "click": []} for name in names}
+    timings = {name: {"encoder": [], "encoder_cpu": [], "click": [], "click_cpu": []} for name in names}
     facts = {}
     point = (np.array([[400.0, 300.0]]), np.array([1]))
     for round_index in range(rounds):
@@ -103,10 +118,11 @@ def bench_variants(names: list[str], rounds: int) -> dict:
             rss_before = peak_rss_mib()
             predictor = LiteSamPredictor(model)
             timings[name]["encoder"].append(seconds(lambda: predictor.set_image(image)))
+            timings[name]["encoder_cpu"].append(CPU_SECONDS[-1])
             predictor.predict(*point, best_only=True)  # warm the decoder once
-            timings[name]["click"].append(
-                statistics.median(seconds(lambda: predictor.predict(*point, best_only=True)) for _ in range(5))
-            )
+            clicks = [seconds(lambda: predictor.predict(*point, best_only=True)) for _ in range(5)]
+            timings[name]["click"].append(statistics.median(clicks))
+            timings[name]["click_cpu"].append(statistics.median(CPU_SECONDS[-5:]))
             if round_index == 0:
                 embedding = predictor.get_embedding()
                 facts[name] = {
@@ -118,15 +134,16 @@ def bench_variants(names: list[str], rounds: int) -> dict:
         print(f"round {round_index + 1}/{rounds} done, load average {os.getloadavg()}", flush=True)
     base = "litesam_r640" if "litesam_r640" in names else names[0]
     median = {name: {k: statistics.median(v) for k, v in t.items()} for name, t in timings.items()}
-    print(f"\n{'variant':<13}{'input':>6}{'params':>13}{'weights':>9}{'RSS+':>8}{'encoder':>10}{'×r640':>7}"
-          f"{'click':>9}{'×r640':>7}{'Redis B':>10}")
+    print(f"\n(wall ms, and process CPU ms in brackets; parameters after fusing; ratios of wall times to {base})")
+    print(f"{'variant':<13}{'input':>6}{'params':>13}{'weights':>9}{'RSS+':>8}{'encoder':>18}{'ratio':>7}"
+          f"{'click':>16}{'ratio':>7}{'Redis B':>10}")
     for name in names:
         m, f = median[name], facts[name]
         print(
             f"{name:<13}{get_variant(name).image_size:>6}{f['params']:>13,}{f['params'] * 4 / 2**20:>7.0f}Mi"
-            f"{f['rss_growth']:>6.0f}Mi{m['encoder'] * 1e3:>8.0f}ms{m['encoder'] / median[base]['encoder']:>7.1f}"
-            f"{m['click'] * 1e3:>7.1f}ms{m['click'] / median[base]['click']:>7.1f}"
-            f"{f['redis'] if f['redis'] is not None else '-':>10}"
+            f"{f['rss_growth']:>6.0f}Mi{m['encoder'] * 1e3:>9.0f} ({m['encoder_cpu'] * 1e3:>6.0f})"
+            f"{m['encoder'] / median[base]['encoder']:>7.1f}{m['click'] * 1e3:>8.1f} ({m['click_cpu'] * 1e3:>5.1f})"
+            f"{m['click'] / median[base]['click']:>7.1f}{f['redis'] if f['redis'] is not None else '-':>10}"
         )
     return {name: (models[name], facts[name]["embedding"]) for name in names}
 
@@ -144,14 +161,16 @@ def bench_segevery(cached: dict, points_per_side: int) -> None:
             grid = SegEvery(model, points_per_side=points_per_side)  # SAM's grid and AMG thresholds
             seconds_grid = seconds(lambda: grid.generate_from_embedding(embedding))
             print(f"SegEvery {name} (and every engine at {cfg.image_size}): SAM grid {points_per_side}² ×3 masks, "
-                  f"AMG thresholds: {seconds_grid:.1f} s  (load {os.getloadavg()[0]:.1f})")
+                  f"AMG thresholds: {seconds_grid:.1f} s, {CPU_SECONDS[-1]:.1f} CPU s  (load {os.getloadavg()[0]:.1f})")
         else:
             autoppn = SegEvery(model, proposals=ProposalConfig(score_threshold=0.0, top_k=cfg.proposals.top_k))
             grid = SegEvery(model, prompt_mode="grid", points_per_side=points_per_side)
             seconds_autoppn = seconds(lambda: autoppn.generate_from_embedding(embedding))
+            cpu_autoppn = CPU_SECONDS[-1]
             seconds_grid = seconds(lambda: grid.generate_from_embedding(embedding))
-            print(f"SegEvery {name}: AutoPPN top-{cfg.proposals.top_k} {seconds_autoppn:.2f} s; SAM grid "
-                  f"{points_per_side}² ×3 masks {seconds_grid:.1f} s  (load {os.getloadavg()[0]:.1f})")
+            print(f"SegEvery {name}: AutoPPN top-{cfg.proposals.top_k} {seconds_autoppn:.2f} s ({cpu_autoppn:.2f} "
+                  f"CPU s); SAM grid {points_per_side}² ×3 masks {seconds_grid:.1f} s ({CPU_SECONDS[-1]:.1f} CPU s)"
+                  f"  (load {os.getloadavg()[0]:.1f})")
 
 
 def bench_preprocessing(repeats: int = 10) -> None:
@@ -205,15 +224,18 @@ def bench_references(rounds: int) -> None:
         "ours mobile_sam fused": lambda: fused_t(x),
     }
     times = {name: [] for name in contenders}
+    cpu = {name: [] for name in contenders}
     with torch.inference_mode():
         for fn in contenders.values():
             fn()  # warm-up
         for _ in range(rounds):
             for name, fn in contenders.items():
                 times[name].append(seconds(fn))
+                cpu[name].append(CPU_SECONDS[-1])
     print(f"\nencoders at 1024, same weights, median of {rounds} interleaved rounds (load {os.getloadavg()}):")
     for name, values in times.items():
-        print(f"  {name:<24}{statistics.median(values) * 1e3:8.0f} ms")
+        wall, work = statistics.median(values), statistics.median(cpu[name])
+        print(f"  {name:<24}{wall * 1e3:8.0f} ms  ({work * 1e3:.0f} CPU ms)")
     vit = statistics.median(times["Meta ImageEncoderViT-B"]) / statistics.median(times["ours sam_vit_b"])
     tiny = statistics.median(times["MobileSAM TinyViT"]) / statistics.median(times["ours mobile_sam fused"])
     plain = statistics.median(times["MobileSAM TinyViT"]) / statistics.median(times["ours mobile_sam plain"])

@@ -53,7 +53,8 @@ class _StandInModule(types.ModuleType):
 
 
 def _to_pil_image(pic, mode=None):
-    if mode is not None or not isinstance(pic, np.ndarray) or pic.dtype != np.uint8 or pic.ndim != 3 or pic.shape[2] != 3:
+    rgb = isinstance(pic, np.ndarray) and pic.dtype == np.uint8 and pic.ndim == 3 and pic.shape[2] == 3
+    if mode is not None or not rgb:
         raise RuntimeError("torchvision stand-in: to_pil_image supports only H×W×3 uint8 arrays")
     return Image.fromarray(pic, mode="RGB")
 

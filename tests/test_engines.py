@@ -116,7 +116,8 @@ def test_another_architecture_is_a_clear_error(tmp_path):
     path = tmp_path / "resnet.pth"
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8))
     torch.save(net.state_dict(), path)
-    with pytest.raises(CheckpointError, match="not a SAM-family checkpoint: it has no image_encoder / prompt_encoder / mask_decoder"):
+    message = "not a SAM-family checkpoint: it has no image_encoder / prompt_encoder / mask_decoder"
+    with pytest.raises(CheckpointError, match=message):
         build_model(checkpoint=path)
     path.write_bytes(b"")
     torch.save({"epoch": 3, "note": "no tensors"}, path)
@@ -186,7 +187,8 @@ def test_complexity_report_of_an_engine_counts_at_its_input_size():
     report = complexity_report(model, backends=("pytorch",))
     parts = report["components"]
     assert report["resolutions"] == [256] and "image_encoder.autoppn" not in parts
-    assert parts["image_encoder.backbone"]["params"] + parts["image_encoder.neck"]["params"] == parts["image_encoder"]["params"]
+    backbone, neck = parts["image_encoder.backbone"]["params"], parts["image_encoder.neck"]["params"]
+    assert backbone + neck == parts["image_encoder"]["params"]
     assert parts["image_encoder"]["macs"]["256"] > parts["image_encoder.neck"]["macs"]["256"] > 0
     with pytest.raises(LiteSamError, match="input size only"):
         complexity_report(model, resolutions=(224,), backends=("pytorch",))

@@ -216,7 +216,8 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, embed_dim: int) -> None:
         super().__init__()
-        self.seq = nn.Sequential(Conv2dBN(3, embed_dim // 2, 3, 2), nn.GELU(), Conv2dBN(embed_dim // 2, embed_dim, 3, 2))
+        half = embed_dim // 2
+        self.seq = nn.Sequential(Conv2dBN(3, half, 3, 2), nn.GELU(), Conv2dBN(half, embed_dim, 3, 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.seq(x)
