@@ -270,6 +270,15 @@ def load_checkpoint(path: str | Path, variant: str | None = None) -> tuple[str, 
     return stored, state
 
 
+def checkpoint_variant(path: str | Path) -> str:
+    """The variant a checkpoint holds (recorded in ours, recognised in an official file), without building it.
+
+    Raises:
+        CheckpointError: as :func:`load_checkpoint`.
+    """
+    return load_checkpoint(path)[0]
+
+
 def _recognise(state: dict[str, torch.Tensor], source: str, wanted: str | None) -> str:
     """The engine whose keys and shapes ``state`` has exactly (only ``wanted``, when given)."""
     with_autoppn = _carries_autoppn(state)
