@@ -3,8 +3,9 @@
 =========================  ==========================================================================
 route                      behaviour
 =========================  ==========================================================================
-GET /health, GET /         ``{"status": "UP", "model_loaded", "model_version", "redis"}``; fast, never
-                           loads or runs the model (Label Studio waits 1 s)
+GET /health, GET /         ``{"status": "UP", "model_loaded", "model_version", "variant", "engine", "redis"}``;
+                           fast, never loads or runs the model (Label Studio waits 1 s); the checkpoint
+                           is hashed and, without LITESAM_VARIANT, identified once per process
 POST /setup                ``{"model_version"}``; checks the config's BrushLabels when a schema is sent;
                            fast, never loads the model (Label Studio waits 3 s)
 POST /predict              interactive: ``{"results": [prediction], "model_version"}``; batch (no
@@ -162,6 +163,8 @@ def health():
     }
     try:
         answer["model_version"] = services.model.model_version
+        answer["variant"] = services.model.variant
+        answer["engine"] = services.model.title
     except BackendError as exc:
         answer["model_error"] = exc.message
     return jsonify(answer)

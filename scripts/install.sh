@@ -32,6 +32,11 @@ echo "[install] installing $requirements, the repo (editable) and requirements-n
 pip=("$VENV/bin/python" -m pip install --quiet)
 "${pip[@]}" --upgrade pip
 "${pip[@]}" -r "$requirements"
+if [ "$requirements" = requirements-dev.txt ]; then
+    # timm (a test-only dependency of MobileSAM's reference code) pulls torchvision from PyPI, which does not
+    # import beside this torch build and breaks ptflops' import; the tests register a stand-in (tests/sam_reference.py).
+    "$VENV/bin/python" -m pip uninstall --quiet --yes torchvision
+fi
 "${pip[@]}" -e .
 "${pip[@]}" --no-deps -r requirements-no-deps.txt
 echo "$wanted" >"$stamp"
