@@ -72,7 +72,7 @@ def main(out: Path) -> None:
                     "--disable-gpu",
                     "--hide-scrollbars",
                     f"--user-data-dir={work / 'profile'}",
-                    "--window-size=1000,640",
+                    "--window-size=1000,700",
                     "--virtual-time-budget=4000",
                     f"--screenshot={out.resolve()}",
                     f"{served.url}/jobs/ui",
