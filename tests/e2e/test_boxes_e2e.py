@@ -1,5 +1,6 @@
-"""End to end: rectangles → masks for whole projects (``mode: boxes``, backend.jobs.prompted) by real worker
-processes against a real Label Studio 1.23.2 and a real Redis, with the tiny RANDOM-weight checkpoint.
+"""End to end: rectangles (and keypoints) → masks for whole projects (``mode: boxes`` / ``points``,
+backend.jobs.prompted) by real worker processes against a real Label Studio 1.23.2 and a real Redis, with the
+tiny RANDOM-weight checkpoint.
 
 Random weights: the masks are meaningless; what is checked is the plumbing: one prediction per task with one
 mask per rectangle, each labelled as its rectangle, at the image's natural size; re-runs add nothing; a killed
@@ -16,7 +17,7 @@ import pytest
 
 from backend.jobs.board import JobBoard
 from backend.jobs.options import JobOptions
-from tests.backend_support import decode_brush, png_bytes, rectangle
+from tests.backend_support import decode_brush, keypoint, png_bytes, rectangle
 from tests.e2e.test_preannotate_e2e import ours, predictions_by_task, run_preannotate, wait_job, workers  # noqa: F401
 from tests.jobs_support import wait_for
 
@@ -152,3 +153,43 @@ def test_bad_rectangles_fail_alone_and_an_unknown_label_fails_its_task(label_stu
     assert ours(label_studio.predictions(task=empty), version) == []
     (good_prediction,) = ours(label_studio.predictions(task=good), version)
     assert len(good_prediction["result"]) == 1
+
+
+POINTS_CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <PolygonLabels name="outline" toName="image"><Label value="Person"/><Label value="Vehicle"/></PolygonLabels>
+  <KeyPointLabels name="point" toName="image"><Label value="Person"/><Label value="Vehicle"/></KeyPointLabels>
+</View>"""
+
+
+@pytest.mark.e2e
+def test_keypoint_groups_become_one_polygon_mask_per_label(label_studio, workers, redis_db):  # noqa: F811
+    """``points`` mode with PolygonLabels output: one mask per label group of an annotation's keypoints, as
+    polygon regions of that label (640×480 images: random-weight masks there have parts large enough to
+    keep, see tests/test_polygons.py)."""
+    project = label_studio.create_project(POINTS_CONFIG, title="litesam points e2e")
+    tasks = label_studio.upload_images(project, [(f"k{i}.png", png_bytes(640, 480, seed=60 + i)) for i in range(2)])
+    ls = label_studio.client()
+    for task in tasks:
+        points = [
+            keypoint(20, 30, 640, 480, label="Person", from_name="point", positive=None),
+            keypoint(25, 35, 640, 480, label="Person", from_name="point", positive=None),
+            keypoint(70, 60, 640, 480, label="Vehicle", from_name="point", positive=None),
+        ]
+        for k, point in enumerate(points):
+            point["id"] = f"p{task}-{k}"
+            del point["value"]["labels"]
+        ls.annotations.create(id=task, result=points)
+    workers.start("pointer")
+    board = JobBoard(redis_db)
+    status, _ = board.start(project, mode="points", options=JobOptions(max_masks=10))
+    status = wait_job(board, status["id"], workers)
+    assert (status["state"], status["done"], status["failed"], status["output"]) == ("finished", 2, 0, "polygon")
+    assert status["model_version"].endswith("-points")
+    for task in tasks:
+        (mine,) = ours(label_studio.predictions(task=task), status["model_version"])
+        labels = [r["value"]["polygonlabels"][0] for r in mine["result"]]
+        assert set(labels) == {"Person", "Vehicle"}
+        assert labels == sorted(labels, key=["Person", "Vehicle"].index)  # the Person group's parts first
+        assert all(r["type"] == "polygonlabels" and r["value"]["closed"] for r in mine["result"])
+        assert len({r["score"] for r in mine["result"]}) == 2  # one score per mask, shared by its parts
