@@ -20,7 +20,8 @@ LITESAM_CHECKPOINT             (none)                       checkpoint path, or 
                                                             into LITESAM_CACHE_DIR
 LITESAM_CHECKPOINT_SHA256      (none)                       expected sha256 of the checkpoint file (checked)
 LITESAM_CACHE_DIR              ~/.cache/litesam             where downloaded checkpoints are kept
-LITESAM_VARIANT                litesam_r640                 model variant (litesam_r640, litesam_r1024, …)
+LITESAM_VARIANT                (from the checkpoint)        model variant (litesam_r640, sam_vit_b, mobile_sam, …);
+                                                            when set, the checkpoint must hold it
 LITESAM_DEVICE                 cpu                          torch device (cpu, cuda, cuda:1, …)
 LITESAM_TORCH_THREADS          (torch's default)            intra-op threads per process, set at model load
 BASIC_AUTH_USER                (none)                       basic auth required on every route when both
@@ -41,6 +42,9 @@ LITESAM_JOB_DEFAULTS           {}                           JSON object of defau
                                                             Label Studio's "Retrieve predictions"
 LITESAM_SYNC_PREDICT_LIMIT     2                            "Retrieve predictions" on up to this many tasks is
                                                             answered at once; more tasks become a job
+LITESAM_OUTPUT                 auto                         masks as ``brush`` or ``polygon`` regions; ``auto``:
+                                                            polygons when the image has a <PolygonLabels>
+LITESAM_POLYGON_TOLERANCE      1.0                          polygon simplification tolerance in pixels
 LOG_LEVEL                      INFO                         DEBUG, INFO, WARNING, ERROR
 =============================  ===========================  ==========================================
 
@@ -59,6 +63,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigurationError
+from .labelstudio.label_config import OUTPUTS
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -98,7 +103,7 @@ class Settings:
     checkpoint: str | None = None
     checkpoint_sha256: str | None = None
     cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "litesam")
-    variant: str = "litesam_r640"
+    variant: str | None = None
     device: str = "cpu"
     torch_threads: int | None = None
     basic_auth_user: str | None = None
@@ -114,6 +119,8 @@ class Settings:
     threads: int = 4
     job_defaults: str = "{}"
     sync_predict_limit: int = 2
+    output: str = "auto"
+    polygon_tolerance: float = 1.0
     log_level: str = "INFO"
 
     @classmethod
@@ -167,6 +174,8 @@ class Settings:
             threads=env.int("LITESAM_THREADS", defaults.threads, minimum=1),
             job_defaults=_json_object(env.str("LITESAM_JOB_DEFAULTS") or "{}", "LITESAM_JOB_DEFAULTS"),
             sync_predict_limit=env.int("LITESAM_SYNC_PREDICT_LIMIT", defaults.sync_predict_limit, minimum=0),
+            output=_choice(env.str("LITESAM_OUTPUT") or defaults.output, "LITESAM_OUTPUT", OUTPUTS),
+            polygon_tolerance=env.float("LITESAM_POLYGON_TOLERANCE", defaults.polygon_tolerance),
             log_level=log_level,
         )
 
@@ -185,6 +194,12 @@ class Settings:
         for url in (self.redis_url, self.embedding_redis_url):
             values.append(urllib.parse.urlsplit(url.reveal()).password)
         return sorted({v for v in values if v})
+
+
+def _choice(value: str, name: str, choices: tuple[str, ...]) -> str:
+    if value.lower() not in choices:
+        raise ConfigurationError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value.lower()
 
 
 class _Env:
