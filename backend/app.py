@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable
 
 import redis
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from litesam.errors import InvalidImageError, InvalidPromptError, LiteSamError
 
@@ -67,6 +67,10 @@ MAX_REQUEST_BYTES = 100 * 1024 * 1024
 #: Most of a ``/webhook`` body that is read (and dropped); the route never parses it.
 WEBHOOK_READ_BYTES = 1024 * 1024
 _READ_CHUNK = 64 * 1024
+_UNREADABLE = (
+    "the request body could not be read ({}): a malformed or incomplete chunked body, or a body shorter "
+    "than its Content-Length"
+)
 _EXTENSION = "litesam"
 _METRICS_REDIS = "litesam_metrics_redis"
 _BATCH = "litesam_batch_predict"
@@ -149,7 +153,8 @@ def _read_stream(most: int) -> bytes:
 
     Raises:
         BadRequestError: the body cannot be read: the server's reader failed on a malformed chunked body
-            (gunicorn's InvalidChunkSize, ChunkMissingTerminator, …) or on a body cut short (NoMoreData).
+            (gunicorn's InvalidChunkSize, ChunkMissingTerminator, …) or on a body cut short (gunicorn's
+            NoMoreData, Werkzeug's ClientDisconnected).
             The server closes such a connection after the answer.
     """
     chunks: list[bytes] = []
@@ -157,13 +162,12 @@ def _read_stream(most: int) -> bytes:
     while size < most:
         try:
             chunk = request.stream.read(min(_READ_CHUNK, most - size))
-        except HTTPException:
-            raise
+        except HTTPException as exc:
+            if not isinstance(exc, ClientDisconnected):  # Werkzeug's own: the body ended early
+                raise
+            raise BadRequestError(_UNREADABLE.format(type(exc).__name__)) from None
         except Exception as exc:  # the WSGI server's own body errors; their classes are its own
-            raise BadRequestError(
-                f"the request body could not be read ({type(exc).__name__}): a malformed or incomplete "
-                "chunked body, or a body shorter than its Content-Length"
-            ) from None
+            raise BadRequestError(_UNREADABLE.format(type(exc).__name__)) from None
         if not chunk:
             break
         chunks.append(chunk)

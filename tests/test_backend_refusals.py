@@ -88,8 +88,9 @@ def test_a_body_shorter_than_its_content_length_is_400_json(served):
         b"Content-Length: 1000\r\n\r\n" + b'{"tasks": []'
     )
     status, _, body = raw_exchange(served.url, request)
-    assert status == 400, body
-    assert "error" in json.loads(body)
+    assert status == 400, body  # the server hands over the bytes it got, or fails the read
+    message = json.loads(body)["error"]
+    assert "could not be read" in message or "not valid JSON" in message
 
 
 def test_the_jobs_route_refuses_a_broken_chunked_body_too(served):
