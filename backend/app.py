@@ -11,13 +11,16 @@ POST /setup                ``{"model_version"}``; checks the config's BrushLabel
 POST /predict              interactive: ``{"results": [prediction], "model_version"}``; batch (no
                            context): ``{"results": []}``
 GET|POST /versions         ``{"versions": [model_version], "model_version"}``
+GET /metrics               Prometheus text format (:mod:`backend.metrics`): requests, caches, encoder and
+                           decoder time, embedding bytes, job tasks and queue depth
 POST /webhook              ``{"status": "ok"}`` at once, the body unparsed (at most :data:`WEBHOOK_READ_BYTES`
                            read and dropped); Lite-SAM does not train from annotations
 =========================  ==========================================================================
 
-Every route answers JSON. Errors are ``{"error": message}`` with the status of the
-:mod:`backend.errors` class (400 bad input, 401, 403 refused URL, 413 too large, 502 Label Studio or image
-host failed, 500 misconfiguration); an unexpected exception is logged with its traceback and answered 500
+Every route answers JSON. Errors are ``{"error": message}`` with the status of the :mod:`backend.errors` class
+(400 bad input — JSON nested too deeply and bodies the server cannot read, such as a malformed or cut-short
+chunked body, included —, 401, 403 refused URL, 413 too large, 502 Label Studio or image host failed, 500
+misconfiguration); an unexpected exception is logged with its traceback and answered 500
 without it. With BASIC_AUTH_USER/BASIC_AUTH_PASS set every route requires them except ``/webhook``: Label
 Studio sends its event webhooks (ANNOTATION_CREATED, …) without the ML connection's basic-auth credentials
 (seen in the end-to-end test), and the route changes nothing.
@@ -33,14 +36,16 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable
 
 import redis
-from flask import Blueprint, Flask, current_app, jsonify, request
-from werkzeug.exceptions import HTTPException
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from litesam.errors import InvalidImageError, InvalidPromptError, LiteSamError
 
+from . import metrics
 from .errors import (
     BackendError,
     BadRequestError,
@@ -62,7 +67,12 @@ MAX_REQUEST_BYTES = 100 * 1024 * 1024
 #: Most of a ``/webhook`` body that is read (and dropped); the route never parses it.
 WEBHOOK_READ_BYTES = 1024 * 1024
 _READ_CHUNK = 64 * 1024
+_UNREADABLE = (
+    "the request body could not be read ({}): a malformed or incomplete chunked body, or a body shorter "
+    "than its Content-Length"
+)
 _EXTENSION = "litesam"
+_METRICS_REDIS = "litesam_metrics_redis"
 _BATCH = "litesam_batch_predict"
 
 #: ``batch_predict(services, project, tasks, label_config) -> list of predictions`` (one per task, or none).
@@ -82,7 +92,9 @@ def create_app(
     app.config["JSON_SORT_KEYS"] = False
     app.extensions[_EXTENSION] = services or build_services(settings)
     app.extensions[_BATCH] = batch_predict
+    app.before_request(_start_clock)
     app.before_request(_check_basic_auth)
+    app.after_request(_count_request)
     app.register_error_handler(BackendError, _backend_error)
     app.register_error_handler(LiteSamError, _litesam_error)
     app.register_error_handler(redis.RedisError, _redis_error)
@@ -129,17 +141,33 @@ def json_body() -> dict:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequestError(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequestError("the request body is JSON nested too deeply to be read") from None
     if not isinstance(body, dict):
         raise BadRequestError(f"the request body must be a JSON object, got {type(body).__name__}")
     return body
 
 
 def _read_stream(most: int) -> bytes:
-    """Up to ``most`` bytes of the request body (fewer at its end); a read may return less than asked."""
+    """Up to ``most`` bytes of the request body (fewer at its end); a read may return less than asked.
+
+    Raises:
+        BadRequestError: the body cannot be read: the server's reader failed on a malformed chunked body
+            (gunicorn's InvalidChunkSize, ChunkMissingTerminator, …) or on a body cut short (gunicorn's
+            NoMoreData, Werkzeug's ClientDisconnected).
+            The server closes such a connection after the answer.
+    """
     chunks: list[bytes] = []
     size = 0
     while size < most:
-        chunk = request.stream.read(min(_READ_CHUNK, most - size))
+        try:
+            chunk = request.stream.read(min(_READ_CHUNK, most - size))
+        except HTTPException as exc:
+            if not isinstance(exc, ClientDisconnected):  # Werkzeug's own: the body ended early
+                raise
+            raise BadRequestError(_UNREADABLE.format(type(exc).__name__)) from None
+        except Exception as exc:  # the WSGI server's own body errors; their classes are its own
+            raise BadRequestError(_UNREADABLE.format(type(exc).__name__)) from None
         if not chunk:
             break
         chunks.append(chunk)
@@ -209,6 +237,16 @@ def versions():
     return jsonify({"versions": [version], "model_version": version})
 
 
+@_routes.route("/metrics", methods=["GET"])
+def prometheus_metrics():
+    connection = current_app.extensions.get(_METRICS_REDIS)
+    if connection is None:
+        url = current_services().settings.redis_url.reveal()
+        connection = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=2.0)
+        current_app.extensions[_METRICS_REDIS] = connection
+    return Response(metrics.exposition(connection), mimetype=None, content_type=metrics.CONTENT_TYPE)
+
+
 @_routes.route("/webhook", methods=["POST"])
 def webhook():
     """Acknowledge a Label Studio event. The route has no basic auth (see the module docstring), so it never
@@ -218,6 +256,20 @@ def webhook():
         _read_stream(WEBHOOK_READ_BYTES)
     logger.debug("webhook ignored: Lite-SAM does not train from Label Studio annotations")
     return jsonify({"status": "ok", "message": "Lite-SAM does not train from Label Studio annotations"})
+
+
+def _start_clock():
+    g.litesam_started = time.perf_counter()
+
+
+def _count_request(response):
+    """Count the answered request and its latency under its URL rule (``unmatched`` for unknown paths)."""
+    route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    metrics.REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+    started = g.get("litesam_started")
+    if started is not None:
+        metrics.REQUEST_SECONDS.labels(route, request.method).observe(time.perf_counter() - started)
+    return response
 
 
 def _check_basic_auth():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 
 from .errors import BackendError
@@ -28,8 +29,9 @@ def add_serve_command(subparsers: argparse._SubParsersAction, settings: Settings
     parser = subparsers.add_parser(
         "serve",
         help="serve the ML backend API with gunicorn",
-        description="Serve the Label Studio ML backend (gunicorn, gthread workers). The checkpoint is "
-        "resolved (downloaded once if it is a URL) and hashed before the workers start.",
+        description="Serve the Label Studio ML backend (gunicorn, gthread workers with a health lane: "
+        "backend/gunicorn_config.py). The checkpoint is resolved (downloaded once if it is a URL) and hashed "
+        "before the workers start.",
     )
     parser.add_argument(
         "--bind", default=settings.bind, help=f"HOST:PORT (LITESAM_BIND, default {settings.bind})"
@@ -57,6 +59,7 @@ def add_serve_command(subparsers: argparse._SubParsersAction, settings: Settings
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from .gunicorn_config import OWNED_METRICS_DIR_ENV
     from .model_service import ModelService
 
     if args.workers < 1 or args.threads < 1:
@@ -75,8 +78,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         str(args.workers),
         "--threads",
         str(args.threads),
-        "--worker-class",
-        "gthread",
+        "--config",
+        "python:backend.gunicorn_config",
         "--timeout",
         str(args.timeout),
         "--graceful-timeout",
@@ -86,9 +89,13 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     ]
     if args.pid:
         command += ["--pid", args.pid]
+    environ = dict(os.environ)
+    if not environ.get("PROMETHEUS_MULTIPROC_DIR"):  # every worker's metrics in one scrape (backend.metrics)
+        directory = tempfile.mkdtemp(prefix="litesam-metrics-")
+        environ["PROMETHEUS_MULTIPROC_DIR"] = environ[OWNED_METRICS_DIR_ENV] = directory
     command.append("backend._wsgi:app")
-    os.execv(sys.executable, command)
-    return 0  # not reached: execv replaces this process
+    os.execve(sys.executable, command, environ)
+    return 0  # not reached: execve replaces this process
 
 
 #: Every subcommand's registration function, in help order.

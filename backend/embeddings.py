@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from litesam.predictor import ImageEmbedding
 
+from . import metrics
 from .images import ImageFetcher, decode_image
 from .labelstudio.client import LabelStudioClient
 from .model_service import ModelService
@@ -50,12 +51,20 @@ class ImageEmbeddings:
             sha = self._store.image_sha256(immutable)
             cached = self._store.get(version, sha) if sha is not None else None
             if cached is not None:
+                metrics.CACHE_HITS.labels("alias").inc()
                 return cached, "cache without download"
         fetched = self._fetcher.fetch(uri, task_id)
         if immutable is not None:
             self._store.remember_image(immutable, fetched.sha256)
-        return self._store.get_or_compute(
-            version,
-            fetched.sha256,
-            lambda: self._model.encode(decode_image(fetched.data, self._max_image_pixels)),
+        embedding, source = self._store.get_or_compute(
+            version, fetched.sha256, lambda: self._encode(decode_image(fetched.data, self._max_image_pixels))
         )
+        if source == "computed":
+            metrics.CACHE_MISSES.inc()
+        else:
+            metrics.CACHE_HITS.labels(source).inc()
+        return embedding, source
+
+    def _encode(self, image) -> ImageEmbedding:
+        with metrics.ENCODER_SECONDS.time():
+            return self._model.encode(image)

@@ -16,6 +16,7 @@ import logging
 
 from label_studio_ml.model import LabelStudioMLBase
 
+from . import metrics
 from .errors import BadRequestError
 from .labelstudio.label_config import parse_label_config
 from .labelstudio.prompts import PromptSet, parse_context, resolve_label
@@ -84,7 +85,8 @@ class LiteSamBackend(LabelStudioMLBase):
             uri = uri[index]
 
         embedding, source = self._services.embeddings.embedding_for(uri, task.get("id"))
-        masks, scores = masks_for_prompts(self._services.model, embedding, prompt_set)
+        with metrics.DECODER_SECONDS.time():
+            masks, scores = masks_for_prompts(self._services.model, embedding, prompt_set)
         regions = [
             region
             for mask, score in zip(masks, scores, strict=True)

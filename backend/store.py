@@ -16,14 +16,16 @@ Immutable image sources (Label Studio uploads) also get an alias, ``litesam:img:
 sha256 of the image bytes, with the same TTL: a later click on such an image finds its embedding without
 downloading the image again.
 
-Concurrent requests for one new image compute its embedding once: a lock per key inside the process
-(threads) and a Redis lock with a timeout across processes and machines; whoever gets the lock second finds
-the embedding stored. When Redis cannot be reached, requests still work: embeddings are computed (and kept
-in the process LRU), a warning is logged once per outage, Redis is retried after :data:`RETRY_AFTER_S`
-seconds, and :meth:`EmbeddingStore.ping` reports it to ``/health``. Any other Redis error (a command refused:
-out of memory, read-only replica, missing ACL permission, …) also never fails a request: that command is
-skipped as if the cache missed, a warning naming the error type is logged once per type, and Redis stays in
-use (it answers, so ``/health`` still says ``ok``).
+Concurrent requests for one new image compute its embedding once: a lock per key inside the process (threads)
+and a Redis lock across processes and machines; whoever gets the lock second finds the embedding stored. The
+Redis lock is a short lease (:data:`LOCK_LEASE_S`) that a thread of its owner renews every third of it while
+the embedding is computed: a live owner keeps it however long the encoder takes, and the lock of an owner that
+died (killed mid-encode) runs out within one lease, so the others wait seconds, not minutes. When Redis cannot
+be reached, requests still work: embeddings are computed (and kept in the process LRU), a warning is logged
+once per outage, Redis is retried after :data:`RETRY_AFTER_S` seconds, and :meth:`EmbeddingStore.ping` reports
+it to ``/health``. Any other Redis error (a command refused: out of memory, read-only replica, missing ACL
+permission, …) also never fails a request: that command is skipped as if the cache missed, a warning naming
+the error type is logged once per type, and Redis stays in use (it answers, so ``/health`` still says ``ok``).
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ import torch
 
 from litesam.predictor import ImageEmbedding
 
+from . import metrics
+
 logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "litesam:emb:v1:"
@@ -53,8 +57,10 @@ ALIAS_LRU_SIZE = 4096
 FORMAT = "litesam-embedding/1"
 #: Seconds Redis is left alone after a failure before the next attempt.
 RETRY_AFTER_S = 5.0
-#: Longest a process waits for another one computing the same embedding, and the Redis lock's lifetime.
-LOCK_TIMEOUT_S = 60.0
+#: Seconds the Redis lock on an embedding being computed lives unless its owner renews it (every third of it).
+LOCK_LEASE_S = 5.0
+#: Longest a process waits for a live owner computing the same embedding (stuck?) before computing itself.
+LOCK_WAIT_S = 120.0
 _LOCK_POLL_S = 0.02
 
 
@@ -96,6 +102,11 @@ def decode_embedding(blob: bytes) -> ImageEmbedding:
     return ImageEmbedding(features, tuple(header["input_size"]), tuple(header["original_size"]))
 
 
+def _nbytes(embedding: ImageEmbedding) -> int:
+    """Bytes of an embedding's feature tensor."""
+    return embedding.features.element_size() * embedding.features.nelement()
+
+
 def embedding_key(model_version: str, image_sha256: str) -> str:
     """The Redis key of an image's embedding for one model version."""
     return f"{KEY_PREFIX}{model_version}:{image_sha256}"
@@ -108,15 +119,23 @@ class EmbeddingStore:
         redis_url: where Redis is (``redis://host:port/db``).
         ttl: seconds an embedding stays in Redis after its last use.
         lru_size: embeddings kept in this process (0 = none).
-        lock_timeout: see :data:`LOCK_TIMEOUT_S`.
+        lock_lease, lock_wait: see :data:`LOCK_LEASE_S` and :data:`LOCK_WAIT_S` (seconds).
     """
 
-    def __init__(self, redis_url: str, ttl: int, lru_size: int, lock_timeout: float = LOCK_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        ttl: int,
+        lru_size: int,
+        lock_lease: float = LOCK_LEASE_S,
+        lock_wait: float = LOCK_WAIT_S,
+    ) -> None:
         self._redis = redis.Redis.from_url(redis_url, socket_connect_timeout=0.5, socket_timeout=5.0)
         self._probe = redis.Redis.from_url(redis_url, socket_connect_timeout=0.3, socket_timeout=0.3)
         self._ttl = ttl
         self._lru_size = lru_size
-        self._lock_timeout = lock_timeout
+        self._lock_lease = lock_lease
+        self._lock_wait = lock_wait
         self._lru: OrderedDict[str, ImageEmbedding] = OrderedDict()
         self._aliases: OrderedDict[str, str] = OrderedDict()
         self._lru_lock = threading.Lock()
@@ -139,7 +158,8 @@ class EmbeddingStore:
         blob = encode_embedding(embedding)
         stored = decode_embedding(blob)
         self._remember(key, stored)
-        self._redis_call(lambda r: r.set(key, blob, ex=self._ttl))
+        if self._redis_call(lambda r: r.set(key, blob, ex=self._ttl)):
+            metrics.EMBEDDING_STORED_BYTES.inc(len(blob))
         return stored
 
     def get_or_compute(
@@ -219,10 +239,12 @@ class EmbeddingStore:
         if self._lru_size <= 0:
             return
         with self._lru_lock:
+            old = self._lru.pop(key, None)
             self._lru[key] = embedding
-            self._lru.move_to_end(key)
+            change = _nbytes(embedding) - (_nbytes(old) if old is not None else 0)
             while len(self._lru) > self._lru_size:
-                self._lru.popitem(last=False)
+                change -= _nbytes(self._lru.popitem(last=False)[1])
+        metrics.EMBEDDING_MEMORY_BYTES.inc(change)
 
     def _remember_alias(self, key: str, image_sha256: str) -> None:
         with self._lru_lock:
@@ -288,14 +310,15 @@ class EmbeddingStore:
 
     @contextmanager
     def _process_lock(self, key: str) -> Iterator[None]:
-        """A Redis lock on ``key``; without Redis (or after waiting too long) go on without it."""
+        """Hold the Redis lease on ``key``, renewed while the block runs; without Redis (or after waiting
+        :data:`LOCK_WAIT_S` for a live owner) go on without it."""
         lock = None
         if self.redis_available:
             candidate = self._redis.lock(
                 f"{key}:lock",
-                timeout=self._lock_timeout,
+                timeout=self._lock_lease,
                 sleep=_LOCK_POLL_S,
-                blocking_timeout=self._lock_timeout,
+                blocking_timeout=self._lock_wait,
                 thread_local=False,
             )
             try:
@@ -304,18 +327,38 @@ class EmbeddingStore:
                 else:
                     logger.warning(
                         "waited %.0f s for another process to compute %s; computing here",
-                        self._lock_timeout,
+                        self._lock_wait,
                         key,
                     )
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 self._mark_down(exc)
             except redis.RedisError as exc:
                 self._command_failed(exc)
+        if lock is None:
+            yield
+            return
+        done = threading.Event()
+        renewer = threading.Thread(
+            target=self._renew_lease, args=(lock, key, done), name=f"lease {key[-12:]}", daemon=True
+        )
+        renewer.start()
         try:
             yield
         finally:
-            if lock is not None:
-                try:
-                    lock.release()
-                except redis.RedisError:
-                    pass  # expired (computed for longer than the timeout) or Redis went away: nothing held
+            done.set()
+            renewer.join()
+            try:
+                lock.release()
+            except redis.RedisError:
+                pass  # the lease ran out (a renewal failed) or Redis went away: nothing held
+
+    def _renew_lease(self, lock: redis.lock.Lock, key: str, done: threading.Event) -> None:
+        """Reset the lease to its full length every third of it until ``done``; stop when it is lost."""
+        while not done.wait(self._lock_lease / 3):
+            try:
+                lock.reacquire()
+            except redis.exceptions.LockNotOwnedError:
+                logger.warning("the lock on %s ran out while computing it; another may compute it too", key)
+                return
+            except redis.RedisError:
+                return  # Redis went away: the lease runs out by itself

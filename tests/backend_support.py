@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from backend.settings import Secret, Settings
-from tests.e2e.processes import ManagedProcess, free_port
+from tests.e2e.processes import ManagedProcess, base_env, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 LEGACY_TOKEN = "legacy-0123456789abcdef0123456789abcdef"
@@ -73,6 +73,7 @@ class Route:
     headers: dict[str, str] = field(default_factory=dict)
     auth: bool = True
     declare_length: bool = True
+    hold: threading.Event | None = None
 
 
 class FakeLabelStudio:
@@ -116,9 +117,11 @@ class FakeLabelStudio:
         status: int = 200,
         auth: bool = True,
         declare_length: bool = True,
+        hold: threading.Event | None = None,
         **headers: str,
     ) -> str:
-        self.routes[path] = Route(status, body, dict(headers), auth, declare_length)
+        """Serve ``body`` at ``path``; with ``hold``, each answer first waits for the event (at most 60 s)."""
+        self.routes[path] = Route(status, body, dict(headers), auth, declare_length, hold)
         return path
 
     def _authorized(self, header: str | None) -> bool:
@@ -151,6 +154,8 @@ class FakeLabelStudio:
             return self._send(handler, 404, b"not found")
         if route.auth and not self._authorized(auth):
             return self._send(handler, 401, b'{"detail": "Authentication credentials were not provided."}')
+        if route.hold is not None:
+            route.hold.wait(60)
         self._send(handler, route.status, route.body, route.headers, route.declare_length)
 
     @staticmethod
@@ -277,6 +282,21 @@ def serve_backend(
         assert "Traceback" not in process.log_text(), process.log_tail()
     finally:
         process.stop()
+
+
+def backend_env(home: Path, label_studio_url: str = "http://127.0.0.1:9", **extra: str) -> dict:
+    """The environment of a served test backend (``serve_backend``): the test Redis, a tiny checkpoint written
+    to ``home/tiny.pt``, a legacy token, one torch thread, and ``extra``."""
+    return base_env(
+        home,
+        LITESAM_CHECKPOINT=make_tiny_checkpoint(Path(home) / "tiny.pt"),
+        LITESAM_VARIANT="litesam_tiny",
+        REDIS_URL=TEST_REDIS_URL,
+        LABEL_STUDIO_URL=label_studio_url,
+        LABEL_STUDIO_API_KEY=LEGACY_TOKEN,
+        LITESAM_TORCH_THREADS="1",
+        **extra,
+    )
 
 
 def settings_for(checkpoint, label_studio_url="http://127.0.0.1:9", **overrides) -> Settings:

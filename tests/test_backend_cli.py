@@ -1,6 +1,7 @@
 """``litesam-backend``: subcommand parsing, defaults from the environment, the gunicorn command ``serve`` runs."""
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -36,16 +37,20 @@ def test_serve_execs_gunicorn_with_env_defaults_and_flags(env, tmp_path):
     env.setenv("LITESAM_WORKERS", "3")
     env.setenv("LITESAM_BIND", "127.0.0.1:9191")
     calls = []
-    env.setattr(cli.os, "execv", lambda path, argv: calls.append((path, argv)))
+    env.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    env.setattr(cli.os, "execve", lambda path, argv, environ: calls.append((path, argv, environ)))
     assert cli.main(["serve", "--threads", "5", "--pid", str(tmp_path / "g.pid")]) == 0
-    ((path, argv),) = calls
+    ((path, argv, environ),) = calls
+    metrics_dir = Path(environ["PROMETHEUS_MULTIPROC_DIR"])  # a fresh one, removed by gunicorn's on_exit hook
+    assert metrics_dir.is_dir() and not any(metrics_dir.iterdir())
+    metrics_dir.rmdir()
     assert path == sys.executable and argv[1:3] == ["-m", "gunicorn"]
     joined = " ".join(argv)
     for part in (
         "--bind 127.0.0.1:9191",
         "--workers 3",
         "--threads 5",
-        "--worker-class gthread",
+        "--config python:backend.gunicorn_config",
         f"--pid {tmp_path / 'g.pid'}",
         "--log-level info",
     ):
@@ -54,7 +59,7 @@ def test_serve_execs_gunicorn_with_env_defaults_and_flags(env, tmp_path):
 
 
 def test_serve_refuses_to_start_without_a_checkpoint(env, capsys):
-    env.setattr(cli.os, "execv", lambda *a: pytest.fail("must not start gunicorn"))
+    env.setattr(cli.os, "execve", lambda *a: pytest.fail("must not start gunicorn"))
     assert cli.main(["serve"]) == 2
     assert "LITESAM_CHECKPOINT is not set" in capsys.readouterr().err
 

@@ -34,6 +34,7 @@ from .layout import (
     JOBS_KEY,
     RECORD_OUTCOME_LUA,
     RECORD_TTL_S,
+    STATS_KEY,
     active_key,
     attempts_key,
     chunk_job_id,
@@ -308,7 +309,7 @@ class JobBoard:
         if note:
             outcome["note"] = note
         changed = self._record_outcome(
-            keys=[record_key(job_id), tasks_key(job_id), active_key(project)],
+            keys=[record_key(job_id), tasks_key(job_id), active_key(project), STATS_KEY],
             args=[str(task_id), status, json.dumps(outcome), regions, job_id, now()],
         )
         self._mirror_progress(job_id)

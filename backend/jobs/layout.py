@@ -5,7 +5,9 @@ Keys (all under :data:`KEY_PREFIX`): ``job:<id>`` is a hash with the request, th
 ``total``/``skipped``/``done``/``failed``/``regions``; ``job:<id>:tasks`` holds each finished task's outcome
 (JSON: ``done`` with its region count, or ``failed`` with the reason); ``job:<id>:attempts`` counts how often
 each task was computed; ``jobs`` orders the ids by creation time; ``project:<n>:active`` is the project's
-running job; ``task:<model version>:<task id>`` is a task's write lock (:mod:`backend.jobs.locks`).
+running job; ``task:<model version>:<task id>`` is a task's write lock (:mod:`backend.jobs.locks`);
+``stats`` counts the task outcomes of every job ever (``done``, ``failed``; never decremented, for
+``/metrics``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ KEY_PREFIX = "litesam:jobs:v1:"
 #: Seconds a job record stays in Redis after it was created (it is also what ``GET /jobs`` can list).
 RECORD_TTL_S = 30 * 24 * 3600
 JOBS_KEY = f"{KEY_PREFIX}jobs"
+#: Hash of task outcomes counted over all jobs (``done``, ``failed``), outliving the job records.
+STATS_KEY = f"{KEY_PREFIX}stats"
 
 
 def redis_connection(settings: Settings) -> redis.Redis:
@@ -118,9 +122,10 @@ end
 # Ends the job if every task is settled. KEYS: record, active; ARGV: job id, now.
 FINISH_LUA = FINISH_IF_COMPLETE_LUA + "return finish_if_complete(KEYS[1], KEYS[2], ARGV[1], ARGV[2])"
 
-# Records one task's outcome. KEYS: record, tasks, active; ARGV: task id, status, outcome JSON, regions, job id,
-# now. A task's first outcome counts; a later 'done' may replace a 'failed', nothing replaces a 'done'. Once
-# the job is cancelled only a 'done' counts (that prediction was written); other tasks get no outcome.
+# Records one task's outcome. KEYS: record, tasks, active, stats; ARGV: task id, status, outcome JSON,
+# regions, job id, now. A task's first outcome counts; a later 'done' may replace a 'failed', nothing replaces
+# a 'done'. Once the job is cancelled only a 'done' counts (that prediction was written); other tasks get no
+# outcome.
 RECORD_OUTCOME_LUA = (
     FINISH_IF_COMPLETE_LUA
     + """
@@ -135,6 +140,7 @@ if old then
 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
+redis.call('HINCRBY', KEYS[4], ARGV[2], 1)
 if ARGV[2] == 'done' then redis.call('HINCRBY', KEYS[1], 'regions', tonumber(ARGV[4])) end
 redis.call('EXPIRE', KEYS[2], redis.call('TTL', KEYS[1]))
 finish_if_complete(KEYS[1], KEYS[3], ARGV[5], ARGV[6])

@@ -1,0 +1,63 @@
+"""A backend process's memory stays bounded: a real ``litesam-backend serve`` worker answers 500 clicks on 500
+distinct images (tiny variant, small images), and its resident set grows by less than :data:`GROWTH_BOUND`
+between click 100 (allocator and caches warmed up, the embedding LRU full) and click 500 — the in-process
+embedding LRU (``LITESAM_EMBEDDING_LRU``), the image-alias LRU and the per-key lock table are bounded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.backend_support import FakeLabelStudio, backend_env, keypoint, png_bytes, serve_backend
+from tests.test_backend_gunicorn import CONFIG
+
+IMAGES = 500
+WARM_UP = 100
+#: Most the worker's RSS may grow from click WARM_UP to click IMAGES (measured +0.8 MiB). Keeping every tiny
+#: embedding (32×16×16 float32 = 32 KiB) instead of the LRU's 16 would add 400 × 32 KiB = 12.5 MiB.
+GROWTH_BOUND = 8 * 1024 * 1024
+
+
+def worker_rss(master_pid: int) -> int:
+    """Resident bytes of the one gunicorn worker of ``master_pid``."""
+    (child,) = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
+    for line in Path(f"/proc/{child}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS line")
+
+
+@pytest.mark.slow
+def test_rss_stays_bounded_over_500_clicks_on_500_distinct_images(tmp_path, redis_db):
+    ls = FakeLabelStudio()
+    for i in range(IMAGES):
+        ls.add(f"/data/upload/1/{i}.png", png_bytes(48 + i % 7, 40 + i % 5, seed=i))
+    env = backend_env(
+        tmp_path,
+        ls.url,
+        LITESAM_EMBEDDING_LRU="16",
+        LOG_LEVEL="WARNING",
+    )
+    try:
+        served = serve_backend(tmp_path, env, workers=1, threads=2)
+        with served as (url, backend), requests.Session() as session:
+            rss = {}
+            for i in range(IMAGES):
+                width, height = 48 + i % 7, 40 + i % 5
+                body = {
+                    "tasks": [{"id": i, "data": {"image": f"/data/upload/1/{i}.png"}}],
+                    "label_config": CONFIG,
+                    "params": {"context": {"result": [keypoint(50, 50, width, height)]}},
+                }
+                assert session.post(f"{url}/predict", json=body, timeout=60).status_code == 200
+                if i + 1 in (WARM_UP, IMAGES):
+                    rss[i + 1] = worker_rss(backend.pid)
+            growth = rss[IMAGES] - rss[WARM_UP]
+            print(f"worker RSS after {WARM_UP} clicks {rss[WARM_UP] / 2**20:.1f} MiB, after {IMAGES} "
+                  f"{rss[IMAGES] / 2**20:.1f} MiB (growth {growth / 2**20:+.1f} MiB)")
+            assert growth < GROWTH_BOUND
+            assert redis_db.dbsize() >= 2 * IMAGES  # every embedding and alias went to Redis, not memory
+    finally:
+        ls.close()
