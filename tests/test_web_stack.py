@@ -86,7 +86,11 @@ def test_pip_check_finds_only_label_studio_mls_web_stack_pins_unmet():
         [sys.executable, "-m", "pip", "check"], capture_output=True, text=True, timeout=120
     )
     unmet = re.compile(r"label-studio-ml 1\.0\.9 has requirement (\S+)==(\S+), but you have (\S+) (\S+)\.")
-    problems = [unmet.fullmatch(line) for line in completed.stdout.strip().splitlines()]
+    # The test-only reference packages (MobileSAM's timm, SAM-HQ) name torchvision, which scripts/install.sh
+    # removes on purpose: PyPI's build does not import beside this torch, and the tests register a stand-in.
+    reference_only = re.compile(r"(timm|segment-anything-hq) \S+ requires torchvision, which is not installed\.")
+    lines = completed.stdout.strip().splitlines()
+    problems = [unmet.fullmatch(line) for line in lines if not reference_only.fullmatch(line)]
     assert all(problems), completed.stdout
     assert {m.group(1).lower(): m.group(2) for m in problems} == OLD_PINS
     assert all(m.group(4) == version(m.group(3)) for m in problems)
