@@ -9,8 +9,9 @@ meaningless and the test checks the plumbing only. The worker recognises the eng
 ``LITESAM_VARIANT``); the engines carry no AutoPPN head, so SegEvery prompts them with SAM's point grid, here
 4×4 (the ``points_per_side`` job option; SAM's default 32×32 would only make the test slower).
 
-Random weights: SAM's two mask filters (predicted IoU ≥ 0.88, stability score ≥ 0.95) keep no mask of an
-untrained model, so the job sets both to 0; nothing else is opened (the grid has no proposal threshold).
+Random weights: SAM's two mask filters (predicted IoU ≥ 0.88, stability score ≥ 0.95) keep no mask of these
+models, and either one alone still drops every mask (checked on both files), so the job sets both to 0;
+nothing else is opened (the grid has no proposal threshold).
 """
 
 from __future__ import annotations
