@@ -133,6 +133,12 @@ def add_preannotate_command(subparsers: argparse._SubParsersAction, settings: Se
         help=f"SegEvery: box NMS IoU ({defaults.box_nms_thresh})",
     )
     parser.add_argument(
+        "--points-per-side",
+        type=int,
+        default=None,
+        help=f"SegEvery: n of the n×n point grid of engines without AutoPPN ({defaults.points_per_side})",
+    )
+    parser.add_argument(
         "--proposal-score-thresh",
         type=float,
         default=None,
@@ -168,6 +174,7 @@ def run_preannotate(args: argparse.Namespace, settings: Settings) -> int:
         "pred_iou_thresh",
         "stability_score_thresh",
         "box_nms_thresh",
+        "points_per_side",
         "proposal_score_thresh",
         "queue",
     )

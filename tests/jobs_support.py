@@ -25,18 +25,31 @@ OPEN_FILTERS = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "proposal
 FAST_RETRY = {"retries": 2, "retry_intervals": [1, 2]}
 
 
-def worker_env(home: Path, *, checkpoint: str, label_studio_url: str, api_key: str, **extra: str) -> dict:
-    """The environment of a backend process for these tests (one torch thread: the CI machine has 2 cores)."""
+def worker_env(
+    home: Path,
+    *,
+    checkpoint: str,
+    label_studio_url: str,
+    api_key: str,
+    variant: str | None = "litesam_tiny",
+    **extra: str,
+) -> dict:
+    """The environment of a backend process for these tests (one torch thread: the CI machine has 2 cores).
+
+    ``variant`` is ``LITESAM_VARIANT``; None leaves it unset, so the process finds the variant in the
+    checkpoint (an official SAM-family file: ``LITESAM_CHECKPOINT`` alone).
+    """
+    chosen = {} if variant is None else {"LITESAM_VARIANT": variant}
     return base_env(
         home,
         LABEL_STUDIO_URL=label_studio_url,
         LABEL_STUDIO_API_KEY=api_key,
         REDIS_URL=TEST_REDIS_URL,
-        LITESAM_CHECKPOINT=checkpoint,
-        LITESAM_VARIANT="litesam_tiny",
+        LITESAM_CHECKPOINT=str(checkpoint),
         LITESAM_TORCH_THREADS="1",
         OMP_NUM_THREADS="1",
         LOG_LEVEL="INFO",
+        **chosen,
         **extra,
     )
 

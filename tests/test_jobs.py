@@ -31,6 +31,8 @@ from backend.jobs.layout import KEY_PREFIX, active_key, queue
 from backend.jobs.locks import TASK_LOCK_TTL_S, TaskLocks
 from backend.jobs.options import QUEUE_NAME, JobOptions
 from backend.services import build_services
+from litesam.build import build_model
+from litesam.everything import SegEvery
 from tests.backend_support import (
     FakeLabelStudio,
     settings_for,
@@ -94,6 +96,18 @@ def test_segevery_config_opens_filters_on_top_of_the_variant_proposals():
     assert config.proposals.score_threshold == 0.0
     default = JobOptions().segevery_config("litesam_tiny")
     assert default.pred_iou_thresh == 0.88 and default.proposals.score_threshold > 0
+
+
+def test_points_per_side_sets_the_grid_of_engines_and_autoppn_variants_ignore_it():
+    options = JobOptions.from_json({"points_per_side": 4})
+    assert JobOptions().points_per_side == 32  # SAM's automatic-mask-generator default
+    engine = SegEvery(build_model("sam_vit_tiny"), options.segevery_config("sam_vit_tiny"))
+    assert (engine.config.prompt_mode, engine.config.points_per_side) == ("grid", 4)
+    lite = SegEvery(build_model("litesam_tiny"), options.segevery_config("litesam_tiny"))
+    assert lite.config.prompt_mode == "autoppn"
+    for bad in (0, 2.5, "4"):
+        with pytest.raises(BadRequestError, match="'points_per_side' must be a positive integer"):
+            JobOptions.from_json({"points_per_side": bad})
 
 
 # -- starting jobs -----------------------------------------------------------------------------------------

@@ -215,6 +215,8 @@ def test_preannotate_command_queues_a_job(checkpoint, redis_db, capsys):
             "Person",
             "--chunk-size",
             "1",
+            "--points-per-side",
+            "4",
         ],
         settings,
     )
@@ -224,6 +226,7 @@ def test_preannotate_command_queues_a_job(checkpoint, redis_db, capsys):
     assert (status["project"], status["tasks"], status["source"]) == (31, [4, 5], "cli")
     options = json.loads(JobBoard(redis_db).record_fields(job_id)["options"])
     assert (options["pred_iou_thresh"], options["label"], options["chunk_size"]) == (0.0, "Person", 1)
+    assert options["points_per_side"] == 4
 
     assert run_command(["preannotate", "--project", "31"], settings) == 0  # the running job
     assert capsys.readouterr().out.strip() == job_id

@@ -40,6 +40,8 @@ class JobOptions:
         max_masks: most regions written per image (SegEvery ranks them best first).
         pred_iou_thresh, stability_score_thresh, box_nms_thresh, points_per_batch: SegEvery's filters and
             batch size (defaults: SegEvery's own, i.e. SAM's automatic-mask-generator values).
+        points_per_side: n of SegEvery's n×n point grid, the prompts of engines without an AutoPPN head
+            (official SAM-family checkpoints; SAM's default 32 → 1,024 prompts); AutoPPN variants ignore it.
         proposal_score_thresh: AutoPPN's minimum proposal confidence; None = the variant's default.
         job_timeout: seconds a chunk job may run (the parent gets the same) before RQ stops it.
         result_ttl, failure_ttl: seconds RQ keeps finished / failed job data.
@@ -59,6 +61,7 @@ class JobOptions:
     stability_score_thresh: float = SegEveryConfig.stability_score_thresh
     box_nms_thresh: float = SegEveryConfig.box_nms_thresh
     points_per_batch: int = SegEveryConfig.points_per_batch
+    points_per_side: int = SegEveryConfig.points_per_side
     proposal_score_thresh: float | None = None
     job_timeout: int = 1800
     result_ttl: int = 7 * 24 * 3600
@@ -96,7 +99,8 @@ class JobOptions:
         return Retry(max=self.retries, interval=list(self.retry_intervals))
 
     def segevery_config(self, variant: str) -> SegEveryConfig:
-        """SegEvery settings: our filters on top of the variant's AutoPPN proposal defaults."""
+        """SegEvery settings: our filters and grid on top of the variant's AutoPPN proposal defaults; the
+        prompt mode stays "auto" (AutoPPN when the model has a head, else the grid)."""
         proposals = get_variant(variant).proposals
         if self.proposal_score_thresh is not None:
             proposals = type(proposals)(
@@ -104,6 +108,7 @@ class JobOptions:
             )
         return SegEveryConfig(
             points_per_batch=self.points_per_batch,
+            points_per_side=self.points_per_side,
             pred_iou_thresh=self.pred_iou_thresh,
             stability_score_thresh=self.stability_score_thresh,
             box_nms_thresh=self.box_nms_thresh,
@@ -124,6 +129,7 @@ _POSITIVE_INTS = (
     "write_batch",
     "max_masks",
     "points_per_batch",
+    "points_per_side",
     "job_timeout",
     "result_ttl",
     "failure_ttl",

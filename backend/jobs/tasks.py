@@ -183,6 +183,11 @@ def run_chunk(job_id: str, index: int, tasks: list[dict]) -> dict:
     segment = None
     if record.mode == "segevery":
         segment = SegEvery(services.model.model(), options.segevery_config(services.model.variant))
+        side = segment.config.points_per_side
+        prompts = f"a {side}×{side} point grid" if segment.config.prompt_mode == "grid" else "AutoPPN proposals"
+        logger.info(
+            "job %s: chunk %d: %d task(s), SegEvery prompted by %s", job_id, index + 1, len(tasks), prompts
+        )
     worker = rq_job.worker_name or ""
     writer = PredictionWriter(
         board, services.label_studio, job_id, record.project, version, options.write_batch, worker

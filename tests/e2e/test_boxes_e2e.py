@@ -18,7 +18,8 @@ import pytest
 from backend.jobs.board import JobBoard
 from backend.jobs.options import JobOptions
 from tests.backend_support import decode_brush, keypoint, png_bytes, rectangle
-from tests.e2e.test_preannotate_e2e import ours, predictions_by_task, run_preannotate, wait_job, workers  # noqa: F401
+from tests.e2e.preannotate_support import ours, predictions_by_task, wait_job
+from tests.e2e.test_preannotate_e2e import run_preannotate, workers  # noqa: F401 (a fixture)
 from tests.jobs_support import wait_for
 
 CONFIG = """<View>

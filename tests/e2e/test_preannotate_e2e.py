@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,38 +26,21 @@ from label_studio_sdk.types import PredictionRequest
 from backend.jobs.board import JobBoard
 from backend.jobs.options import JobOptions
 from backend.store import ALIAS_PREFIX, embedding_key
-from tests.backend_support import decode_brush, exif_rotated_jpeg, png_bytes, serve_backend
-from tests.e2e.processes import ManagedProcess
-from tests.jobs_support import (
-    OPEN_FILTERS,
-    start_worker,
-    wait_for,
-    worker_env,
+from tests.backend_support import serve_backend
+from tests.e2e.preannotate_support import (
+    CONFIG,
+    REPO,
+    Workers,
+    check_prediction,
+    images,
+    new_project,
+    ours,
+    predictions_by_task,
+    wait_job,
 )
+from tests.jobs_support import OPEN_FILTERS, wait_for, worker_env
 
-REPO = Path(__file__).resolve().parents[2]
-CONFIG = (REPO / "label_config.xml").read_text()
 FOREIGN_VERSION = "someone-else-v2"
-
-
-class Workers:
-    """Worker processes started by a test, all stopped at its end."""
-
-    def __init__(self, tmp_path: Path, env: dict) -> None:
-        self.tmp_path, self.env = tmp_path, env
-        self.started: list[ManagedProcess] = []
-
-    def start(self, name: str, *args: str) -> ManagedProcess:
-        process = start_worker(self.tmp_path, self.env, name, *args)
-        self.started.append(process)
-        return process
-
-    def logs(self) -> str:
-        return "\n".join(p.log_tail(40) for p in self.started)
-
-    def stop(self) -> None:
-        for process in self.started:
-            process.stop()
 
 
 @pytest.fixture
@@ -73,60 +55,6 @@ def workers(label_studio, tmp_path, checkpoint, redis_db):
         pool.stop()
     for process in pool.started:
         assert label_studio.pat not in process.log_text()
-
-
-def images(count: int, seed: int = 0) -> list[tuple[str, bytes, tuple[int, int]]]:
-    """(file name, bytes, natural (height, width)) of ``count`` images of different sizes; one EXIF-rotated."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(count):
-        if i == 3:
-            out.append(
-                (f"img{i:02d}.jpg", exif_rotated_jpeg(120, 80), (120, 80))
-            )  # stored 120×80, shown 80×120
-            continue
-        width, height = int(rng.integers(40, 160)), int(rng.integers(30, 120))
-        out.append((f"img{i:02d}.png", png_bytes(width, height, seed=seed * 100 + i), (height, width)))
-    return out
-
-
-def new_project(label_studio, files) -> tuple[int, dict[int, tuple[int, int]]]:
-    project = label_studio.create_project(CONFIG, title="litesam pre-annotation e2e")
-    task_ids = label_studio.upload_images(project, [(name, data) for name, data, _ in files])
-    return project, {task: size for task, (_, _, size) in zip(task_ids, files, strict=True)}
-
-
-def wait_job(board: JobBoard, job_id: str, workers: Workers, timeout: float = 120) -> dict:
-    return wait_for(
-        lambda: (s := board.status(job_id))["state"] in ("finished", "failed") and s,
-        timeout,
-        f"job {job_id} to end",
-        interval=0.25,
-        explain=lambda: f"{board.status(job_id)}\n{workers.logs()}",
-    )
-
-
-def predictions_by_task(label_studio, task_ids) -> dict[int, list[dict]]:
-    return {task: label_studio.predictions(task=task) for task in task_ids}
-
-
-def ours(predictions: list[dict], version: str) -> list[dict]:
-    return [p for p in predictions if p["model_version"] == version]
-
-
-def check_prediction(prediction: dict, size: tuple[int, int], label: str = "Object") -> None:
-    assert prediction["result"], "random weights with open filters keep at least one mask"
-    scores = []
-    for region in prediction["result"]:
-        assert (
-            region["type"] == "brushlabels" and region["from_name"] == "mask" and region["to_name"] == "image"
-        )
-        assert region["value"]["brushlabels"] == [label]
-        mask = decode_brush(region)  # exactly H·W·4 values
-        assert mask.shape == size and set(np.unique(mask)) <= {0, 255}
-        assert 0.0 <= region["score"] <= 1.0
-        scores.append(region["score"])
-    assert prediction["score"] == pytest.approx(float(np.mean(scores)))
 
 
 def foreign_prediction(width: int, height: int) -> list[dict]:
