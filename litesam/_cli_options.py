@@ -9,7 +9,10 @@ from pathlib import Path
 def add_data_options(parser: argparse.ArgumentParser) -> None:
     """Add ``--data`` (required) and ``--images``: the annotations and images of a COCO-format or SA-1B set."""
     parser.add_argument(
-        "--data", type=Path, required=True, help="COCO annotation file, SA-1B JSON file or folder"
+        "--data",
+        type=Path,
+        required=True,
+        help="COCO annotation file, SA-1B JSON file or folder, or \"synthetic\" (generated scenes)",
     )
     parser.add_argument(
         "--images", type=Path, help="image folder (required for COCO; SA-1B: the JSON folder)"

@@ -17,10 +17,10 @@ from litesam.build import build_model, load_checkpoint
 from litesam.errors import LiteSamError
 from litesam.train.annotations import DatasetError, decode_mask, load_records, read_image
 from litesam.train.cli import add_train_command
+from litesam.train.config import LossWeights, PromptConfig, TrainConfig, default_workers
 from litesam.train.data import SegmentationDataset, collate_samples
-from litesam.train.loop import TrainConfig, build_optimizer, train, training_losses, warmup_cosine
+from litesam.train.loop import train
 from litesam.train.losses import (
-    LossWeights,
     box_losses,
     dice_loss,
     generalized_box_iou,
@@ -28,7 +28,9 @@ from litesam.train.losses import (
     mask_losses,
     sigmoid_focal_loss,
 )
-from litesam.train.prompts import PromptConfig, jitter_boxes, match_proposals, sample_points
+from litesam.train.objective import training_losses
+from litesam.train.optim import build_optimizer, warmup_cosine
+from litesam.train.prompts import jitter_boxes, match_proposals, sample_points
 
 # --- a tiny synthetic COCO dataset ------------------------------------------------------------------------
 
@@ -333,7 +335,7 @@ def test_mask_losses_perfect_wrong_and_weighting():
     assert float(good["mask"]) < 1e-5 and float(good["iou"]) == 0.0
     bad = mask_losses(wrong[:, None], iou_perfect, target)  # true IoU 0, predicted 1
     assert float(bad["iou"]) == pytest.approx(1.0)
-    expected = 20 * bad["focal"] + bad["dice"] + bad["iou"]
+    expected = LossWeights().focal * bad["focal"] + bad["dice"] + bad["iou"]
     assert float(bad["mask"]) == pytest.approx(float(expected))
     heavy = mask_losses(wrong[:, None], iou_perfect, target, LossWeights(focal=40.0))
     assert float(heavy["mask"]) == pytest.approx(float(40 * bad["focal"] + bad["dice"] + bad["iou"]))
@@ -456,49 +458,68 @@ def test_autoppn_proposals_matched_to_ground_truth_are_trained(coco):
     assert model.mask_decoder.iou_token.weight.grad.abs().sum() > 0
 
 
-def test_train_writes_loadable_checkpoints_and_resumes(coco, tmp_path):
+def test_train_writes_loadable_checkpoints_and_resumes_to_the_same_weights(coco, tmp_path):
     annotation_file, image_dir, _ = coco
     common = dict(
         data=annotation_file,
         images=image_dir,
         variant="litesam_tiny",
         batch_size=2,
-        warmup_steps=1,
+        warmup_steps=2,
         lr=1e-3,
         device="cpu",
         log_every=1,
         checkpoint_every=0,
-        epochs=2,
+        max_steps=5,  # 2 steps per epoch (3 images, batch 2): the run crosses two epoch ends
     )
     out = tmp_path / "run"
-    summary = train(TrainConfig(output_dir=out, max_steps=3, **common))
-    assert summary["step"] == 3 and summary["epoch"] == 1  # 2 steps per epoch (3 images, batch 2)
-    assert (
-        (out / "last.pt").is_file()
-        and (out / "step_0000002.pt").is_file()
-        and (out / "step_0000003.pt").is_file()
-    )
+    summary = train(TrainConfig(output_dir=out, stop_after=3, **common))  # interrupted after step 3
+    assert summary["step"] == 3 and summary["total_steps"] == 5 and summary["epoch"] == 1
+    # checkpoint_every 0: one checkpoint at the end of the invocation, none at the epoch end (step 2)
+    assert sorted(p.name for p in out.glob("*.pt")) == ["last.pt", "last.state.pt", "step_0000003.pt"]
     assert load_checkpoint(out / "last.pt")[0] == "litesam_tiny"
     model = build_model(checkpoint=out / "last.pt")
     assert model.img_size == 256
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in log] == [1, 2, 3]
-    assert log[0]["lr"] > log[-1]["lr"] > 0 and all(math.isfinite(entry["loss"]) for entry in log)
+    assert log[0]["lr"] < log[1]["lr"] == 1e-3  # the LR each step used: a 2-step warm-up
 
-    resumed = train(TrainConfig(output_dir=out, resume=True, **common))  # the rest of the 2 epochs
-    assert resumed["step"] == 4
+    resumed = train(TrainConfig(output_dir=out, resume=True, **common))
+    assert resumed["step"] == 5
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    assert [entry["step"] for entry in log] == [1, 2, 3, 4]
+    assert [entry["step"] for entry in log] == [1, 2, 3, 4, 5]
+    assert log[2]["lr"] > log[3]["lr"] > log[4]["lr"] > 0  # the cosine spans the 5 steps the run makes
 
-    # The resumed run ends with exactly the weights of an uninterrupted 4-step run.
+    # The resumed run ends with exactly the weights of an uninterrupted 5-step run (same seed, CPU).
     straight = tmp_path / "straight"
     train(TrainConfig(output_dir=straight, **common))
     a, b = load_checkpoint(out / "last.pt")[1], load_checkpoint(straight / "last.pt")[1]
+    assert a.keys() == b.keys()
     for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    straight_log = [json.loads(line) for line in (straight / "train_log.jsonl").read_text().splitlines()]
+    assert [e["lr"] for e in straight_log] == [e["lr"] for e in log]
 
     with pytest.raises(LiteSamError, match="cannot resume"):
         train(TrainConfig(output_dir=tmp_path / "empty", resume=True, **common))
+
+
+def test_max_steps_sets_the_run_and_the_schedule_and_short_warmups_warn(coco, tmp_path, caplog):
+    annotation_file, image_dir, _ = coco
+    common = dict(data=annotation_file, images=image_dir, variant="litesam_tiny", batch_size=3, device="cpu")
+    # 1 step per epoch: max_steps is not capped by epochs (the old trainer stopped at 4 here).
+    summary = train(TrainConfig(output_dir=tmp_path / "a", epochs=4, max_steps=6, log_every=1, **common))
+    assert summary["step"] == 6 and summary["total_steps"] == 6 and summary["epoch"] == 5
+    log = [json.loads(line) for line in (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()]
+    assert log[0]["lr"] == 2e-3  # litesam_tiny's default peak LR; 5 % of 6 steps: no warm-up
+    assert log[-1]["lr"] < 0.1 * 2e-3  # the cosine reaches its end with the run, not a high LR
+    assert not [r for r in caplog.records if "warm-up" in r.getMessage()]  # automatic warm-up: 5 %
+    with caplog.at_level("WARNING"):
+        train(TrainConfig(output_dir=tmp_path / "b", max_steps=2, warmup_steps=1000, **common))
+    assert any("warm-up (1000 steps)" in r.getMessage() for r in caplog.records)
+    config = TrainConfig(output_dir=tmp_path / "c", **common)
+    assert config.resolved_warmup(100) == 5 and config.resolved_warmup(10**6) == 1000
+    assert config.total_steps(7) == 28 and config.workers() == default_workers() >= 0
 
 
 def test_init_from_our_checkpoint_or_from_sam_weights(coco, tmp_path):
