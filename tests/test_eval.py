@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from litesam.build import build_model, save_checkpoint
+from litesam.cli import DEMO_CHECKPOINT
 from litesam.eval.cli import add_eval_command
 from litesam.eval.metrics import MeanIoU, batched_mask_iou, mask_iou, size_bucket
 from litesam.eval.coco_ap import MaskAP
@@ -17,7 +18,7 @@ from litesam.eval.recall import segevery_recall
 from litesam.eval.segany import box_fill, center_point, evaluate_dataset, evaluate_segany, mask_box
 from litesam.train.synthetic import synthetic_records
 from litesam.train.annotations import DatasetError
-from tests.test_train import disc, rectangle, write_synthetic_coco
+from tests.coco_support import disc, rectangle, write_synthetic_coco
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +188,13 @@ def test_segevery_recall_counts_recovered_instances(model):
     result = segevery_recall(model, records)
     assert result["images"] == 2 and result["instances"] == opened["masks"]
     assert 0 <= result["recovered"] <= result["instances"] and result["recall"] == result["recovered"] / result["instances"]
+
+
+def test_the_demo_checkpoint_beats_the_box_fill_floor_on_held_out_scenes():
+    model = build_model(checkpoint=DEMO_CHECKPOINT)
+    records = synthetic_records(6, seed=1)  # the held-out seed: never trained on
+    report = evaluate_segany(model, records)
+    assert report["box"]["miou"] >= report["box_fill"]["miou"] + 0.1
+    assert report["box"]["ap"] > report["box_fill"]["ap"]
+    assert report["point"]["miou"] >= 0.5
+    assert segevery_recall(model, records)["recall"] >= 0.6

@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from .._cli_options import add_data_options, positive_int
+from .._cli_options import DefaultsHelpFormatter, add_data_options, positive_int
 
 #: The held-out seed of litesam.train.synthetic (spelled out so that building the parser does not import it).
 _HELD_OUT_SEED = 1
@@ -28,7 +28,7 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         description="Evaluate Lite-SAM with the SegAny protocol: every non-crowd ground-truth mask is prompted "
         "once with its tight box and once with its innermost point. Reports mIoU, the 1-box prompt mask AP "
         "(COCOeval) and the box-fill baseline (the box itself as the mask). Prints a JSON report.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     weights = parser.add_mutually_exclusive_group(required=True)
     weights.add_argument("--checkpoint", type=Path, help="a Lite-SAM checkpoint (records its variant)")
@@ -44,7 +44,9 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         "--synthetic-seed", type=int, default=_HELD_OUT_SEED, help="seed of the synthetic set (train uses 0)"
     )
     # The kinds of segany.PROMPT_KINDS, spelled out so that building the parser does not import torch.
-    parser.add_argument("--prompts", nargs="+", choices=("box", "point"), default=["box", "point"])
+    parser.add_argument(
+        "--prompts", nargs="+", choices=("box", "point"), default=["box", "point"], help="prompt kinds to score"
+    )
     parser.add_argument(
         "--segevery", action="store_true", help="also measure SegEvery's instance recall at mask IoU 0.5"
     )

@@ -54,15 +54,21 @@ class MaskAP:
             return {"ap": None, "ap50": None, "ap75": None}
         gt = COCO()
         gt.dataset = {"images": self.images, "annotations": self.ground_truth, "categories": [{"id": 1}]}
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and table
+        per_image = max(sum(1 for g in self.ground_truth if g["image_id"] == i["id"]) for i in self.images)
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
             gt.createIndex()
             evaluation = COCOeval(gt, gt.loadRes(self.detections), "segm")
-            evaluation.params.maxDets = [1, 10, max(100, len(self.detections))]
+            evaluation.params.maxDets = [1, 10, max(100, per_image)]  # every detection of an image counts
             evaluation.evaluate()
             evaluation.accumulate()
-            evaluation.summarize()
-        ap, ap50, ap75 = (float(v) for v in evaluation.stats[:3])
-        return {"ap": ap, "ap50": ap50, "ap75": ap75}
+        # precision: IoU thresholds (0.50:0.05:0.95) × recall points × class × area range (all) × maxDets
+        precision = evaluation.eval["precision"][:, :, 0, 0, -1]
+
+        def mean(values: np.ndarray) -> float:
+            valid = values[values > -1]
+            return float(valid.mean()) if valid.size else 0.0
+
+        return {"ap": mean(precision), "ap50": mean(precision[0]), "ap75": mean(precision[5])}
 
 
 def _encode(mask: np.ndarray) -> dict:

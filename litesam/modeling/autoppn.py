@@ -73,11 +73,6 @@ class AutoPPNConfig:
         if not 0.0 < self.prior < 1.0:
             raise ValueError(f"prior must be in (0, 1), got {self.prior}")
 
-    @classmethod
-    def tiny(cls) -> AutoPPNConfig:
-        """A very small head for fast tests."""
-        return cls(hidden_channels=8)
-
 
 class AutoPPNOutput(NamedTuple):
     """Dense AutoPPN predictions on the stride grid (H' = h·upsample for a B×C×h×w embedding).

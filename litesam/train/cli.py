@@ -17,7 +17,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from .._cli_options import add_data_options, positive_int
+from .._cli_options import DefaultsHelpFormatter, add_data_options, positive_int
 from ..errors import LiteSamError
 from .config import LossWeights, PromptConfig, TrainConfig
 
@@ -31,7 +31,7 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
         help="train Lite-SAM end to end on COCO-format, SA-1B or synthetic data",
         description="Train a Lite-SAM variant (encoder, AutoPPN, prompt encoder, mask decoder) end to end. "
         "Prints a JSON summary; writes train_log.jsonl and checkpoints into the output folder.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     add_data_options(parser)
     d = _DEFAULTS
