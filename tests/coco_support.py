@@ -1,5 +1,5 @@
 """A tiny COCO dataset written to disk for the training and evaluation tests: three PNG images, each with a
-rectangle (polygon), a disc (compressed RLE) and a bar (uncompressed RLE), plus one crowd annotation."""
+rectangle (polygon), a disc (compressed RLE) and a bar (uncompressed RLE), plus one crowd annotation; the ``coco`` fixture writes it into a test's temporary folder."""
 
 from __future__ import annotations
 
@@ -7,8 +7,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from pycocotools import mask as coco_mask
+
+from litesam.train.annotations import load_records
+from litesam.train.data import SegmentationDataset
 
 #: (file name, height, width) of the synthetic images.
 SYNTHETIC_IMAGES = (("a.png", 96, 128), ("b.png", 120, 80), ("c.png", 64, 64))
@@ -85,3 +89,12 @@ def _uncompressed_runs(mask: np.ndarray) -> list[int]:
     runs = np.diff(bounds).tolist()
     return ([0] + runs) if flat[0] else runs
 
+
+@pytest.fixture
+def coco(tmp_path):
+    return write_synthetic_coco(tmp_path)
+
+
+def tiny_dataset(annotation_file, image_dir, **kwargs) -> SegmentationDataset:
+    records = load_records(annotation_file, image_dir)
+    return SegmentationDataset(records, image_size=256, stride=8, **kwargs)

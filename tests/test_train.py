@@ -12,10 +12,9 @@ import torch
 
 from litesam.build import build_model, load_checkpoint
 from litesam.errors import LiteSamError
-from litesam.train.annotations import load_records
 from litesam.train.cli import add_train_command
 from litesam.train.config import LossWeights, PromptConfig, TrainConfig, default_workers
-from litesam.train.data import SegmentationDataset, collate_samples
+from litesam.train.data import collate_samples
 from litesam.train.loop import train
 from litesam.train.losses import (
     box_losses,
@@ -27,17 +26,7 @@ from litesam.train.losses import (
 )
 from litesam.train.objective import training_losses
 from litesam.train.optim import build_optimizer, warmup_cosine
-from tests.coco_support import write_synthetic_coco
-
-
-@pytest.fixture
-def coco(tmp_path):
-    return write_synthetic_coco(tmp_path)
-
-
-def tiny_dataset(annotation_file, image_dir, **kwargs) -> SegmentationDataset:
-    records = load_records(annotation_file, image_dir)
-    return SegmentationDataset(records, image_size=256, stride=8, **kwargs)
+from tests.coco_support import coco, tiny_dataset  # noqa: F401 (coco: a fixture)
 
 
 # --- losses -----------------------------------------------------------------------------------------------

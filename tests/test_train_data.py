@@ -12,19 +12,9 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 
 from litesam.train.annotations import DatasetError, decode_mask, load_records, read_image
-from litesam.train.data import SegmentationDataset, collate_samples
+from litesam.train.data import collate_samples
 from litesam.train.prompts import jitter_boxes, match_proposals, sample_points
-from tests.coco_support import disc, rectangle, write_synthetic_coco
-
-
-@pytest.fixture
-def coco(tmp_path):
-    return write_synthetic_coco(tmp_path)
-
-
-def tiny_dataset(annotation_file, image_dir, **kwargs) -> SegmentationDataset:
-    records = load_records(annotation_file, image_dir)
-    return SegmentationDataset(records, image_size=256, stride=8, **kwargs)
+from tests.coco_support import coco, disc, rectangle, tiny_dataset  # noqa: F401 (coco: a fixture)
 
 
 # --- annotations ------------------------------------------------------------------------------------------
