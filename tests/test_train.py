@@ -223,8 +223,8 @@ def test_max_steps_sets_the_run_and_the_schedule_and_short_warmups_warn(coco, tm
     summary = train(TrainConfig(output_dir=tmp_path / "a", epochs=4, max_steps=6, log_every=1, **common))
     assert summary["step"] == 6 and summary["total_steps"] == 6 and summary["epoch"] == 5
     log = [json.loads(line) for line in (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()]
-    assert log[0]["lr"] == 4e-3  # litesam_tiny's default peak LR; 5 % of 6 steps: no warm-up
-    assert log[-1]["lr"] < 0.1 * 4e-3  # the cosine reaches its end with the run, not a high LR
+    assert log[0]["lr"] == 2e-3  # litesam_tiny's default peak LR; 5 % of 6 steps: no warm-up
+    assert log[-1]["lr"] < 0.1 * 2e-3  # the cosine reaches its end with the run, not a high LR
     warnings = [r for r in caplog.records if r.levelname == "WARNING" and "warm-up" in r.getMessage()]
     assert not warnings  # automatic warm-up: 5 %
     with caplog.at_level("WARNING"):
@@ -346,7 +346,7 @@ def test_cli_train_command(coco, tmp_path, capsys):
         parser.parse_args(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     for shown in ("images per step (default: 8)", "--loss-focal", "(default: 1.0)", "--loss-autoppn", "(default: 0.25)",
-                  "only at the end (default: 1000)", "4e-3 for litesam_tiny"):
+                  "only at the end (default: 1000)", "2e-3 for litesam_tiny"):
         assert shown in text, shown
     assert "(default: None)" not in text
 

@@ -54,7 +54,7 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
     )
     parser.add_argument("--batch-size", type=positive_int, default=d["batch_size"], help="images per step")
     parser.add_argument(
-        "--lr", type=float, help="peak AdamW learning rate (default: 4e-3 for litesam_tiny, else 4e-4)"
+        "--lr", type=float, help="peak AdamW learning rate (default: 2e-3 for litesam_tiny, else 4e-4)"
     )
     parser.add_argument("--weight-decay", type=float, default=d["weight_decay"], help="AdamW weight decay")
     parser.add_argument(

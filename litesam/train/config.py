@@ -3,7 +3,7 @@
 Standard library only, so ``litesam train --help`` can show every default without importing torch.
 
 Recipe (design notes §5; the paper gives only data size, epochs and resolutions, so the optimiser settings
-are ASSUMPTIONS): AdamW (β = 0.9, 0.999), LR 4e-4 (4e-3 for ``litesam_tiny``: measured, see
+are ASSUMPTIONS): AdamW (β = 0.9, 0.999), LR 4e-4 (2e-3 for ``litesam_tiny``: measured, see
 :data:`DEFAULT_LR`), weight decay 0.1 on weights (not on biases, norms and
 other 1-D parameters), linear warm-up then cosine decay to 0 over the steps the run really makes, gradient
 clipping at norm 1. The loss weights are measured choices, see :class:`LossWeights`.
@@ -21,9 +21,9 @@ from typing import Literal
 SYNTHETIC = "synthetic"
 
 #: Peak LR by variant when none is given. 4e-4 for the paper's models is an assumption (SAM's 8e-4 at batch
-#: 256, scaled); for litesam_tiny on synthetic scenes, 600 steps of batch 4 reached held-out 1-box mIoU 0.22
-#: at 2e-3, 0.45 at 4e-3; 8e-3 was slower than 4e-3 to leave the initial plateau (README, "Training").
-DEFAULT_LR = {"litesam_tiny": 4e-3}
+#: 256, scaled); for litesam_tiny on synthetic scenes (batch 8) 2e-3 halved the steps to a given mask loss
+#: against 4e-4; 4e-3 won a 600-step run but lost a 2,000-step one (README, "Training").
+DEFAULT_LR = {"litesam_tiny": 2e-3}
 PAPER_LR = 4e-4
 
 #: Longest automatic warm-up, and its share of the run (see :meth:`TrainConfig.resolved_warmup`).
