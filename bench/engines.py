@@ -47,7 +47,7 @@ import torch  # noqa: E402
 
 from litesam.build import build_model, get_variant  # noqa: E402
 from litesam.everything import SegEvery  # noqa: E402
-from litesam.modeling.autoppn import ProposalConfig  # noqa: E402
+from litesam.proposals import ProposalConfig  # noqa: E402
 from litesam.predictor import LiteSamPredictor  # noqa: E402
 
 

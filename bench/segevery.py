@@ -33,7 +33,7 @@ import torch
 from litesam.build import VARIANTS, build_model
 from litesam.everything import SegEvery
 from litesam.masks import box_nms
-from litesam.modeling.autoppn import ProposalConfig
+from litesam.proposals import ProposalConfig
 from litesam.predictor import LiteSamPredictor, encode_image
 
 

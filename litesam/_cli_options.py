@@ -9,7 +9,10 @@ from pathlib import Path
 def add_data_options(parser: argparse.ArgumentParser) -> None:
     """Add ``--data`` (required) and ``--images``: the annotations and images of a COCO-format or SA-1B set."""
     parser.add_argument(
-        "--data", type=Path, required=True, help="COCO annotation file, SA-1B JSON file or folder"
+        "--data",
+        type=Path,
+        required=True,
+        help="COCO annotation file, SA-1B JSON file or folder, or \"synthetic\" (generated scenes)",
     )
     parser.add_argument(
         "--images", type=Path, help="image folder (required for COCO; SA-1B: the JSON folder)"
@@ -25,3 +28,12 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with "(default: X)" after each option, except where there is no default to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.required or any(action.default is none for none in (None, False, argparse.SUPPRESS)):
+            return action.help
+        return super()._get_help_string(action)

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from .errors import CheckpointError
-from .modeling.autoppn import AutoPPN, AutoPPNConfig, ProposalConfig
+from .modeling.autoppn import AutoPPN, AutoPPNConfig
 from .modeling.image_encoder import ImageEncoder, Neck
 from .modeling.lite_sam import SAM_PIXEL_MEAN, SAM_PIXEL_STD, LiteSAM
 from .modeling.litevit import LiteViT, LiteViTConfig
@@ -38,6 +38,7 @@ from .official import key_problems, official_state_dict
 from .modeling.mask_decoder import MaskDecoder
 from .modeling.prompt_encoder import PromptEncoder
 from .modeling.transformer import TwoWayTransformer
+from .proposals import ProposalConfig
 
 #: Marks a file written by :func:`save_checkpoint`.
 CHECKPOINT_FORMAT = "litesam-checkpoint/1"
@@ -94,15 +95,24 @@ VARIANTS: dict[str, VariantConfig] = {
     "litesam_tiny": VariantConfig(
         name="litesam_tiny",
         image_size=256,
-        encoder=LiteViTConfig.tiny(),
-        autoppn=AutoPPNConfig.tiny(),
+        encoder=LiteViTConfig(
+            stem_channels=(16, 32),
+            channels=(32, 48, 64, 64),
+            depths=(1, 1, 2, 1),
+            mixers=("pool", "pool", "attn", "attn"),
+            strides=(1, 2, 2, 1),
+            mlp_ratio=2.0,
+            head_dim=16,
+            layer_scale_init=0.1,
+        ),
+        autoppn=AutoPPNConfig(hidden_channels=16),
         proposals=ProposalConfig(top_k=32),
-        embed_dim=32,
-        decoder_depth=1,
-        decoder_heads=2,
-        decoder_mlp_dim=64,
+        embed_dim=64,
+        decoder_depth=2,
+        decoder_heads=4,
+        decoder_mlp_dim=256,
         mask_in_chans=4,
-        iou_head_hidden_dim=32,
+        iou_head_hidden_dim=64,
     ),
 }
 

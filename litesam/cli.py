@@ -1,8 +1,11 @@
 """The ``litesam`` command line: ``segment``, ``everything``, ``info``, ``train`` and ``eval``.
 
-``segment`` and ``everything`` need weights: ``--checkpoint`` (one of ours). No pretrained Lite-SAM
-weights are published, so without a checkpoint they refuse; ``--random-weights`` runs the untrained
-network, for testing the plumbing only, and every output then says so.
+``segment`` and ``everything`` take their weights from ``--checkpoint`` (one of ours). Without one they use
+the **demo checkpoint** shipped in the package (:data:`DEMO_CHECKPOINT`: ``litesam_tiny`` trained on
+synthetic shapes by ``scripts/make_demo_checkpoint.py``; not for real photos) and say so on stderr; a
+``--variant`` other than ``litesam_tiny`` without a checkpoint is refused, since no pretrained Lite-SAM
+weights are published. ``--random-weights`` runs the untrained network, for testing the plumbing only,
+and every output then says so.
 """
 
 from __future__ import annotations
@@ -20,6 +23,14 @@ from .eval.cli import add_eval_command
 from .train.cli import add_train_command
 
 RANDOM_WEIGHTS_NOTICE = "NOTE: random weights (--random-weights): the masks are meaningless, for testing only."
+
+#: The demo weights used when no --checkpoint is given (``litesam_tiny``, trained on synthetic shapes).
+DEMO_CHECKPOINT = Path(__file__).parent / "weights" / "litesam_tiny_synthetic.pt"
+DEMO_VARIANT = "litesam_tiny"
+DEMO_NOTICE = (
+    f"NOTE: no --checkpoint: using the demo checkpoint {DEMO_CHECKPOINT.name} (litesam_tiny trained on "
+    "synthetic shapes; not for real photos)."
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,7 +102,7 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
         "--checkpoint",
         type=Path,
         help="a Lite-SAM checkpoint (records its variant) or an official SAM-family file "
-        "(sam_vit_b_01ec64.pth, mobile_sam.pt, …: the engine is recognised)",
+        "(sam_vit_b_01ec64.pth, mobile_sam.pt, …: the engine is recognised); default: the demo checkpoint",
     )
     parser.add_argument("--variant", help="litesam_r640, litesam_r1024, litesam_tiny, sam_vit_b, …, mobile_sam")
     parser.add_argument("--random-weights", action="store_true", help="untrained weights, for testing only")
@@ -101,19 +112,22 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
 def _load_model(args: argparse.Namespace):
     from .build import build_model
 
-    if args.checkpoint is None and not args.random_weights:
-        raise LiteSamError(
-            "no weights: pass --checkpoint PATH (no pretrained Lite-SAM weights are published; "
-            "train one with your data), or --random-weights to test the pipeline with an untrained network"
-        )
     if args.checkpoint is not None and args.random_weights:
         raise LiteSamError("--checkpoint and --random-weights exclude each other")
     if args.random_weights:
         print(RANDOM_WEIGHTS_NOTICE, file=sys.stderr)
         return build_model(args.variant or "litesam_r640", device=args.device)
-    model = build_model(args.variant, checkpoint=args.checkpoint, device=args.device)
-    print(f"litesam: {args.checkpoint}: variant {model.variant}", file=sys.stderr)
-    return model
+    if args.checkpoint is not None:
+        model = build_model(args.variant, checkpoint=args.checkpoint, device=args.device)
+        print(f"litesam: {args.checkpoint}: variant {model.variant}", file=sys.stderr)
+        return model
+    if args.variant not in (None, DEMO_VARIANT):
+        raise LiteSamError(
+            f"no weights for {args.variant}: pass --checkpoint PATH (no pretrained Lite-SAM weights are "
+            "published; train one with `litesam train`), or --random-weights to test the pipeline"
+        )
+    print(DEMO_NOTICE, file=sys.stderr)
+    return build_model(DEMO_VARIANT, checkpoint=DEMO_CHECKPOINT, device=args.device)
 
 
 def _segment(args: argparse.Namespace) -> int:
@@ -175,7 +189,7 @@ def _everything(args: argparse.Namespace) -> int:
             failures += 1
             tqdm.write(f"litesam: skipped {path}: {error}", file=sys.stderr)
             continue
-        document = coco_document(path, image.shape[:2], records, random_weights=args.random_weights)
+        document = coco_document(path, image.shape[:2], records, note=_weights_note(args))
         (args.output / f"{path.stem}.json").write_text(json.dumps(document))
         if not args.no_overlay:
             masks = [coco_rle_to_mask(r["segmentation"]) for r in records]
@@ -209,8 +223,16 @@ def read_image(path: Path) -> np.ndarray:
         raise LiteSamError(f"{path}: not a readable image ({error})") from None
 
 
-def coco_document(path: Path, size: tuple[int, int], records: list[dict], random_weights: bool) -> dict:
-    """A COCO-style result document for one image: image info plus one annotation per mask."""
+def _weights_note(args: argparse.Namespace) -> str | None:
+    """What the outputs must say about their weights: random, the demo checkpoint, or nothing."""
+    if args.random_weights:
+        return RANDOM_WEIGHTS_NOTICE
+    return DEMO_NOTICE if args.checkpoint is None else None
+
+
+def coco_document(path: Path, size: tuple[int, int], records: list[dict], note: str | None) -> dict:
+    """A COCO-style result document for one image: image info plus one annotation per mask (and a note on
+    the weights when they are random or the demo's)."""
     height, width = size
     annotations = [{"id": i + 1, "image_id": 1, "category_id": 1, "iscrowd": 0, **r} for i, r in enumerate(records)]
     document = {
@@ -218,8 +240,8 @@ def coco_document(path: Path, size: tuple[int, int], records: list[dict], random
         "categories": [{"id": 1, "name": "object"}],
         "annotations": annotations,
     }
-    if random_weights:
-        document["note"] = RANDOM_WEIGHTS_NOTICE
+    if note is not None:
+        document["note"] = note
     return document
 
 

@@ -34,7 +34,7 @@ from .masks import (
     calculate_stability_score,
     mask_to_coco_rle,
 )
-from .modeling.autoppn import ProposalConfig
+from .proposals import ProposalConfig
 from .modeling.lite_sam import LiteSAM
 from .predictor import ImageEmbedding, encode_image, propose
 from .transforms import ResizeLongestSide

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .errors import InvalidPromptError, NoEmbeddingError, NoProposalHeadError
-from .modeling.autoppn import Proposals, decode_proposals
+from .proposals import Proposals, decode_proposals
 from .modeling.lite_sam import LiteSAM
 from .transforms import ResizeLongestSide
 from .validation import check_box, check_image, check_points

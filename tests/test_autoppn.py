@@ -1,4 +1,5 @@
-"""Image encoder shapes, the AutoPPN head, its distance-transform targets and proposal decoding."""
+"""Image encoder shapes, the AutoPPN head, its distance-transform targets (litesam.train.autoppn_targets) and
+proposal decoding (litesam.proposals)."""
 
 import copy
 import math
@@ -12,17 +13,14 @@ from litesam.modeling.autoppn import (
     AutoPPN,
     AutoPPNConfig,
     AutoPPNOutput,
-    ProposalConfig,
     boxes_to_ltrb,
-    build_autoppn_targets,
     cell_centres,
-    decode_proposals,
-    heatmap_target,
-    heatmap_target_with_owner,
     ltrb_to_boxes,
 )
 from litesam.modeling.image_encoder import ImageEncoder, Neck
 from litesam.modeling.litevit import LiteViT, LiteViTConfig
+from litesam.proposals import ProposalConfig, decode_proposals
+from litesam.train.autoppn_targets import build_autoppn_targets, heatmap_target, heatmap_target_with_owner
 
 # ----------------------------------------------------------------------------------------------------------
 # Image encoder

@@ -4,7 +4,7 @@ import pytest
 from litesam.errors import InvalidImageError
 from litesam.everything import SegEvery, SegEveryConfig
 from litesam.masks import coco_rle_to_mask
-from litesam.modeling.autoppn import ProposalConfig
+from litesam.proposals import ProposalConfig
 from litesam.predictor import encode_image
 from tests.tiny import synthetic_image, tiny_model
 

@@ -10,7 +10,12 @@ ASSUMPTIONS following SAM and EfficientViT-SAM practice):
 * **point** prompt: one foreground point at the mask's innermost pixel (largest distance to the mask
   boundary; the first such pixel in row-major order on ties), which, unlike the centroid, always lies inside
   the mask; ``multimask_output=True`` and the candidate with the highest predicted IoU is kept;
-* masks whose ground truth is empty after decoding are skipped and counted in ``skipped_empty``.
+* masks whose ground truth is empty after decoding are skipped and counted in ``skipped_empty``;
+* beside mIoU, the **1-box prompt mask AP** (the supplement's "1-box prompt mAP"): each box-prompted mask is
+  one detection scored by its predicted IoU, scored against the ground truth by pycocotools' COCOeval
+  (:mod:`litesam.eval.coco_ap`);
+* a **box-fill baseline** is always measured: the prompt box itself, filled, as the mask (mIoU and AP, score
+  1). A box-prompt figure is only worth what it adds over this floor.
 """
 
 from __future__ import annotations
@@ -25,7 +30,10 @@ import torch
 
 from ..modeling.lite_sam import LiteSAM
 from ..predictor import LiteSamPredictor
-from ..train.annotations import ImageRecord, decode_mask, load_records, read_image
+from ..train.annotations import ImageRecord, load_records
+from ..train.config import SYNTHETIC
+from ..train.synthetic import HELD_OUT_SEED, SyntheticRecord, synthetic_records
+from .coco_ap import MaskAP
 from .metrics import MeanIoU, mask_iou
 
 #: The prompt kinds :func:`evaluate_segany` knows.
@@ -63,7 +71,7 @@ def mask_box(mask: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def evaluate_segany(
     model: LiteSAM,
-    records: Iterable[ImageRecord],
+    records: Iterable[ImageRecord | SyntheticRecord],
     prompts: tuple[str, ...] = PROMPT_KINDS,
     max_images: int | None = None,
     progress: Callable[[int, ImageRecord], None] | None = None,
@@ -72,14 +80,16 @@ def evaluate_segany(
 
     Args:
         model: the Lite-SAM to evaluate; put in eval mode here.
-        records: images with their ground-truth masks (:func:`litesam.train.annotations.load_records`).
+        records: images with their ground-truth masks (:func:`litesam.train.annotations.load_records` or
+            :func:`litesam.train.synthetic.synthetic_records`).
         prompts: which prompt kinds to evaluate, a subset of ``("box", "point")``.
         max_images: stop after this many images (None = all).
         progress: called after each image with (images done, record).
     Returns:
         A JSON-serialisable report: ``images``, ``masks`` (trials per prompt kind), ``skipped_empty``,
-        ``image_size`` (model input side S), ``seconds``, and one entry per prompt kind with
-        ``miou``, ``count`` and ``by_size`` (COCO small/medium/large by ground-truth area).
+        ``image_size`` (model input side S), ``seconds``, and one entry per prompt kind and for
+        ``box_fill`` with ``miou``, ``count`` and ``by_size`` (COCO small/medium/large by ground-truth
+        area); ``box`` and ``box_fill`` also hold ``ap``, ``ap50``, ``ap75`` (COCOeval segm).
     Raises:
         ValueError: an unknown prompt kind.
         DatasetError, InvalidImageError: an unreadable image or annotation.
@@ -89,23 +99,30 @@ def evaluate_segany(
         raise ValueError(f"prompts must be a non-empty subset of {PROMPT_KINDS}, got {prompts}")
     model.eval()
     predictor = LiteSamPredictor(model)
-    scores = {kind: MeanIoU() for kind in prompts}
+    scores = {kind: MeanIoU() for kind in (*prompts, "box_fill")}
+    box_ap, fill_ap = MaskAP(), MaskAP()
     images = masks = skipped = 0
     start = time.perf_counter()
     for record in records:
         if max_images is not None and images >= max_images:
             break
-        predictor.set_image(read_image(record))
-        for annotation in record.annotations:
-            gt = decode_mask(annotation, record.height, record.width)
+        predictor.set_image(record.image())
+        image_id = box_ap.add_image(record.height, record.width)
+        fill_ap.add_image(record.height, record.width)
+        for gt in record.instance_masks():
             area = float(gt.sum())
             if area == 0:
                 skipped += 1
                 continue
             masks += 1
+            box = mask_box(gt)
+            filled = box_fill(box, gt.shape)
+            scores["box_fill"].add(mask_iou(filled, gt), area)
+            fill_ap.add(image_id, gt, filled, 1.0)
             if "box" in scores:
-                pred, _, _ = predictor.predict(box=mask_box(gt), multimask_output=False)
+                pred, iou, _ = predictor.predict(box=box, multimask_output=False)
                 scores["box"].add(mask_iou(pred[0], gt), area)
+                box_ap.add(image_id, gt, pred[0], float(iou[0]))
             if "point" in scores:
                 point = np.array([center_point(gt)], dtype=np.float32)
                 pred, _, _ = predictor.predict(
@@ -120,10 +137,34 @@ def evaluate_segany(
         "masks": masks,
         "skipped_empty": skipped,
         "image_size": model.img_size,
-        "seconds": round(time.perf_counter() - start, 3),
     }
     report.update({kind: meter.summary() for kind, meter in scores.items()})
+    if "box" in report:
+        report["box"].update(box_ap.summary())
+    report["box_fill"].update(fill_ap.summary())
+    report["seconds"] = round(time.perf_counter() - start, 3)
     return report
+
+
+def box_fill(box: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The baseline mask of a box prompt: the pixel-inclusive XYXY ``box`` filled, H×W bool."""
+    mask = np.zeros(shape, dtype=bool)
+    x1, y1, x2, y2 = (int(v) for v in box)
+    mask[y1 : y2 + 1, x1 : x2 + 1] = True
+    return mask
+
+
+def load_eval_records(
+    data: str | Path,
+    images: str | Path | None = None,
+    synthetic_images: int = 60,
+    synthetic_seed: int = HELD_OUT_SEED,
+) -> list[ImageRecord | SyntheticRecord]:
+    """Records to evaluate: a COCO annotation file (with its image folder), SA-1B JSON files (crowd
+    annotations left out), or ``"synthetic"``: generated scenes, by default the held-out set (seed 1)."""
+    if str(data) == SYNTHETIC:
+        return synthetic_records(synthetic_images, synthetic_seed)
+    return load_records(data, images, include_crowd=False)
 
 
 def evaluate_dataset(
@@ -133,11 +174,10 @@ def evaluate_dataset(
     prompts: tuple[str, ...] = PROMPT_KINDS,
     max_images: int | None = None,
     progress: Callable[[int, ImageRecord], None] | None = None,
+    synthetic_images: int = 60,
+    synthetic_seed: int = HELD_OUT_SEED,
 ) -> dict[str, object]:
-    """:func:`evaluate_segany` over a COCO annotation file (with its image folder) or SA-1B JSON files.
-
-    Crowd annotations are left out. The report gains ``data`` (the annotation path).
-    """
-    records = load_records(data, images, include_crowd=False)
+    """:func:`evaluate_segany` over :func:`load_eval_records`; the report gains ``data``."""
+    records = load_eval_records(data, images, synthetic_images, synthetic_seed)
     report = evaluate_segany(model, records, prompts=prompts, max_images=max_images, progress=progress)
     return {"data": str(data), **report}

@@ -1,10 +1,17 @@
 """Training of Lite-SAM, one module per concern:
 
+* :mod:`.config`: ``TrainConfig``, ``PromptConfig``, ``LossWeights`` (standard library only);
 * :mod:`.annotations`: COCO / SA-1B readers (``load_records``, ``decode_mask``, ``DatasetError``);
-* :mod:`.data`: ``SegmentationDataset`` (samples with prompts and AutoPPN targets), ``collate_samples``;
-* :mod:`.prompts`: prompt simulation (``PromptConfig``, point / box / proposal prompts);
-* :mod:`.losses`: mask and AutoPPN losses (``LossWeights``);
-* :mod:`.loop`: ``TrainConfig``, ``train(config)``, ``training_losses``;
+* :mod:`.synthetic`: generated scenes with exact instance masks (``synthetic_records``);
+* :mod:`.autoppn_targets`: AutoPPN's distance-transform heatmap and box targets (supplement Listing 1.1);
+* :mod:`.data`: ``SegmentationDataset`` (samples with prompts and AutoPPN targets), ``collate_samples``,
+  ``EpochBatchSampler``;
+* :mod:`.prompts`: prompt simulation (point / box / proposal prompts);
+* :mod:`.losses`: mask and AutoPPN loss terms;
+* :mod:`.objective`: ``training_losses`` (one batch through the model, every term);
+* :mod:`.optim`: AdamW and the warm-up + cosine schedule;
+* :mod:`.state`: checkpoints and resumable state;
+* :mod:`.loop`: ``train(config)``;
 * :mod:`.cli`: the ``litesam train`` sub-command (``add_train_command``).
 
 Nothing is imported here, so ``litesam --help`` does not pay for torch.

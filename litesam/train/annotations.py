@@ -21,6 +21,7 @@ the stored size must equal the size the annotation file gives.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,15 @@ class ImageRecord:
     height: int
     width: int
     annotations: tuple[Annotation, ...]
+
+    def image(self) -> np.ndarray:
+        """The image, H×W×3 uint8 RGB (:func:`read_image`)."""
+        return read_image(self)
+
+    def instance_masks(self) -> Iterator[np.ndarray]:
+        """The annotations' H×W bool masks in file order, decoded one at a time (:func:`decode_mask`)."""
+        for annotation in self.annotations:
+            yield decode_mask(annotation, self.height, self.width)
 
 
 def load_records(

@@ -1,6 +1,8 @@
 """``litesam train``: the command-line front of :func:`litesam.train.loop.train`.
 
-Only the standard library is imported at module level (torch is loaded when the command runs).
+Only the standard library (and the torch-free :mod:`.config`) is imported at module level; torch is loaded
+when the command runs. Every default shown by ``--help`` is the :class:`~litesam.train.config.TrainConfig`
+default.
 
 ``litesam.cli`` adds the sub-command with :func:`add_train_command`; its ``main`` calls ``args.run(args)``
 and turns a :class:`litesam.errors.LiteSamError` into a one-line message and exit status 2.
@@ -12,64 +14,115 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import fields
 from pathlib import Path
 
-from .._cli_options import add_data_options, positive_int
+from .._cli_options import DefaultsHelpFormatter, add_data_options, positive_int
 from ..errors import LiteSamError
+from .config import LossWeights, PromptConfig, TrainConfig
+
+_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 
 
 def add_train_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``train`` to the ``litesam`` sub-commands; returns its parser."""
     parser = subparsers.add_parser(
         "train",
-        help="train Lite-SAM end to end on COCO-format or SA-1B annotations",
+        help="train Lite-SAM end to end on COCO-format, SA-1B or synthetic data",
         description="Train a Lite-SAM variant (encoder, AutoPPN, prompt encoder, mask decoder) end to end. "
         "Prints a JSON summary; writes train_log.jsonl and checkpoints into the output folder.",
+        formatter_class=DefaultsHelpFormatter,
     )
     add_data_options(parser)
+    d = _DEFAULTS
     parser.add_argument("-o", "--output", type=Path, required=True, help="folder for logs and checkpoints")
+    parser.add_argument("--variant", default=d["variant"], help="litesam_r640, litesam_r1024 or litesam_tiny")
     parser.add_argument(
-        "--variant", default="litesam_r640", help="litesam_r640, litesam_r1024 or litesam_tiny"
+        "--synthetic-images", type=positive_int, default=d["synthetic_images"], help="size of the synthetic set"
     )
-    parser.add_argument("--epochs", type=positive_int, default=4)
-    parser.add_argument("--max-steps", type=positive_int, help="stop after this many optimiser steps")
-    parser.add_argument("--batch-size", type=positive_int, default=8)
-    parser.add_argument("--lr", type=float, default=4e-4)
-    parser.add_argument("--weight-decay", type=float, default=0.1)
-    parser.add_argument("--warmup-steps", type=int, default=1000)
-    parser.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm; 0 disables clipping")
-    parser.add_argument("--max-masks", type=positive_int, default=64, help="masks with prompts per image")
-    parser.add_argument("--mask-scale", choices=("low_res", "input"), default="low_res")
+    parser.add_argument("--synthetic-seed", type=int, default=d["synthetic_seed"], help="seed of the synthetic set")
+    parser.add_argument("--epochs", type=positive_int, default=d["epochs"], help="passes over the data")
     parser.add_argument(
-        "--point-fraction", type=float, default=0.5, help="share of masks prompted by a point"
+        "--max-steps",
+        type=positive_int,
+        help="length of the run in optimiser steps (overrides --epochs; the LR schedule spans them)",
+    )
+    parser.add_argument(
+        "--stop-after",
+        type=positive_int,
+        help="end this invocation after this many steps in total; --resume continues the same schedule",
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=d["batch_size"], help="images per step")
+    parser.add_argument(
+        "--lr", type=float, help="peak AdamW learning rate (default: 2e-3 for litesam_tiny, else 4e-4)"
+    )
+    parser.add_argument("--weight-decay", type=float, default=d["weight_decay"], help="AdamW weight decay")
+    parser.add_argument(
+        "--warmup-steps", type=int, help="linear warm-up steps (default: 5%% of the run, at most 1000)"
+    )
+    parser.add_argument("--grad-clip", type=float, default=d["grad_clip"], help="max gradient norm; 0: no clipping")
+    parser.add_argument("--max-masks", type=positive_int, default=d["max_masks"], help="masks with prompts per image")
+    parser.add_argument(
+        "--mask-scale", choices=("low_res", "input"), default=d["mask_scale"], help="frame of the mask loss"
+    )
+    prompts = PromptConfig()
+    parser.add_argument(
+        "--point-fraction", type=float, default=prompts.point_fraction, help="share of masks prompted by a point"
     )
     parser.add_argument(
         "--proposals-per-image",
         type=int,
-        default=0,
-        help="AutoPPN proposals matched to GT and trained on (0: off)",
+        default=prompts.proposals_per_image,
+        help="AutoPPN proposals matched to ground truth and trained on (0: off)",
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    weights = parser.add_argument_group("loss weights (litesam.train.config.LossWeights)")
+    for weight in fields(LossWeights):
+        weights.add_argument(
+            f"--loss-{weight.name.replace('_', '-')}",
+            dest=f"loss_{weight.name}",
+            type=float,
+            default=weight.default,
+            help=_LOSS_HELP[weight.name],
+        )
+    parser.add_argument("--device", default=d["device"], help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
-    parser.add_argument("--workers", type=int, default=4, help="data loader processes")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--log-every", type=positive_int, default=20)
-    parser.add_argument("--checkpoint-every", type=int, default=1000, help="steps; 0: only at epoch ends")
+    parser.add_argument(
+        "--workers", type=int, help="data loader processes (default: 0 on ≤ 2 CPUs, else half the CPUs, ≤ 4)"
+    )
+    parser.add_argument("--seed", type=int, default=d["seed"], help="data order, prompts and initialisation")
+    parser.add_argument("--log-every", type=positive_int, default=d["log_every"], help="steps between log lines")
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=d["checkpoint_every"],
+        help="steps between checkpoints; 0: only at the end",
+    )
     start = parser.add_mutually_exclusive_group()
     start.add_argument("--init-checkpoint", type=Path, help="start from one of our checkpoints")
     start.add_argument("--resume", action="store_true", help="continue the run in the output folder")
-    parser.add_argument(
-        "--sam-checkpoint", type=Path, help="official SAM weights for prompt encoder + decoder"
-    )
+    parser.add_argument("--sam-checkpoint", type=Path, help="official SAM weights for prompt encoder + decoder")
     parser.set_defaults(run=run_train)
     return parser
 
 
+_LOSS_HELP = {
+    "focal": "mask focal (BCE with the default gamma 0) weight",
+    "dice": "mask dice weight",
+    "iou": "IoU-head MSE weight",
+    "heat": "AutoPPN heatmap weight (inside the AutoPPN term)",
+    "box_l1": "AutoPPN box L1 weight (inside the AutoPPN term)",
+    "box_giou": "AutoPPN box GIoU weight (inside the AutoPPN term)",
+    "autoppn": "weight of the whole AutoPPN term against the mask loss",
+    "focal_alpha": "focal alpha (weight of the positive class); negative: off",
+    "focal_gamma": "focal gamma (0: plain BCE)",
+    "heat_beta": "exponent of the heatmap's quality-focal modulation",
+    "box_min_heat": "target heat above which AutoPPN boxes are trained",
+}
+
+
 def run_train(args: argparse.Namespace) -> int:
     """Run ``litesam train`` with parsed arguments; prints the JSON summary and returns the exit status."""
-    from .loop import TrainConfig, train
-    from .losses import LossWeights
-    from .prompts import PromptConfig
+    from .loop import train
 
     try:
         config = TrainConfig(
@@ -77,8 +130,11 @@ def run_train(args: argparse.Namespace) -> int:
             images=args.images,
             output_dir=args.output,
             variant=args.variant,
+            synthetic_images=args.synthetic_images,
+            synthetic_seed=args.synthetic_seed,
             epochs=args.epochs,
             max_steps=args.max_steps,
+            stop_after=args.stop_after,
             batch_size=args.batch_size,
             lr=args.lr,
             weight_decay=args.weight_decay,
@@ -86,10 +142,8 @@ def run_train(args: argparse.Namespace) -> int:
             grad_clip=args.grad_clip,
             max_masks=args.max_masks,
             mask_scale=args.mask_scale,
-            prompts=PromptConfig(
-                point_fraction=args.point_fraction, proposals_per_image=args.proposals_per_image
-            ),
-            losses=LossWeights(),
+            prompts=PromptConfig(point_fraction=args.point_fraction, proposals_per_image=args.proposals_per_image),
+            losses=LossWeights(**{f.name: getattr(args, f"loss_{f.name}") for f in fields(LossWeights)}),
             device=args.device,
             amp=args.amp,
             num_workers=args.workers,

@@ -20,20 +20,23 @@ whatever the worker or the order it is loaded in.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Literal
 
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
-from ..masks import batched_mask_to_box
-from ..modeling.autoppn import build_autoppn_targets, cell_centres
+from ..modeling.autoppn import cell_centres
+from .autoppn_targets import build_autoppn_targets
 from ..transforms import ResizeLongestSide
-from .annotations import DatasetError, ImageRecord, decode_mask, read_image
-from .prompts import PromptConfig, choose_point_prompts, jitter_boxes, sample_points
+from .annotations import DatasetError, ImageRecord
+from .config import PromptConfig
+from .synthetic import SyntheticRecord
+from .prompts import choose_point_prompts, jitter_boxes, sample_points
 
 #: The decoder's low-resolution masks are the model input at this fraction (SAM: 4×4 upscaling of S/16).
 LOW_RES_FACTOR = 4
@@ -138,7 +141,9 @@ class SegmentationDataset(Dataset):
     """Training samples of Lite-SAM from annotated images (COCO or SA-1B records).
 
     Args:
-        records: images and annotations (:func:`litesam.train.annotations.load_records`).
+        records: images with instance masks: :func:`litesam.train.annotations.load_records` or
+            :func:`litesam.train.synthetic.synthetic_records` (anything with ``height``, ``width``,
+            ``image()`` and ``instance_masks()``).
         image_size: S, the model input side (``model.img_size``).
         stride: AutoPPN stride in input pixels (``model.image_encoder.autoppn.stride``); S must be a multiple.
         max_masks: at most this many masks per image get prompts and mask losses (SA-1B recipe: 64);
@@ -154,7 +159,7 @@ class SegmentationDataset(Dataset):
 
     def __init__(
         self,
-        records: Sequence[ImageRecord],
+        records: Sequence[ImageRecord | SyntheticRecord],
         image_size: int,
         stride: int,
         max_masks: int = 64,
@@ -192,17 +197,18 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, index: int) -> TrainSample:
         record = self.records[index]
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        image = read_image(record)
-        resized = self.transform.apply_image(image)
+        resized = self.transform.apply_image(record.image())
         h, w = resized.shape[:2]
         s = self.image_size
 
-        # Every annotation at input scale, padded to S×S: all of them shape the AutoPPN targets.
-        masks = np.zeros((len(record.annotations), s, s), dtype=bool)
-        for i, annotation in enumerate(record.annotations):
-            original = decode_mask(annotation, record.height, record.width).astype(np.float32)
-            masks[i, :h, :w] = cv2.resize(original, (w, h), interpolation=cv2.INTER_AREA) >= 0.5
-        masks = masks[masks.reshape(len(masks), -1).any(axis=1)]
+        # Every mask at input scale, padded to S×S: all of them shape the AutoPPN targets.
+        masks = []
+        for original in record.instance_masks():
+            mask = np.zeros((s, s), dtype=bool)
+            mask[:h, :w] = cv2.resize(original.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) >= 0.5
+            if mask.any():
+                masks.append(mask)
+        masks = np.stack(masks) if masks else np.zeros((0, s, s), dtype=bool)
         targets = build_autoppn_targets(masks, stride=self.stride, shape=(s, s))
 
         # Up to max_masks masks in random order, skipping those that vanish in the frame of the loss;
@@ -221,7 +227,7 @@ class SegmentationDataset(Dataset):
         gt = np.stack([gt[k] for k in order]) if len(order) else np.zeros((0, side, side), dtype=bool)
         chosen_masks = masks[chosen]
 
-        boxes = batched_mask_to_box(torch.from_numpy(chosen_masks)).float().numpy().reshape(-1, 4)
+        boxes = _tight_boxes(chosen_masks)
         cfg = self.prompts
         points = sample_points(chosen_masks, rng)
         prompt_boxes = jitter_boxes(boxes, rng, (h, w), cfg.box_noise, cfg.box_noise_cap)
@@ -231,7 +237,7 @@ class SegmentationDataset(Dataset):
         centres = cell_centres(grid, grid, self.stride)
         heat_valid = (centres[..., 0] < w) & (centres[..., 1] < h)
         return TrainSample(
-            image=torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1))).float(),
+            image=torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1), dtype=np.float32)),
             input_size=(h, w),
             original_size=(record.height, record.width),
             gt_masks=torch.from_numpy(gt),
@@ -244,6 +250,38 @@ class SegmentationDataset(Dataset):
             heat_valid=heat_valid,
             num_peaks=targets.num_peaks,
         )
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """Batches of one epoch in a seeded random order, starting after ``skip_batches`` batches.
+
+    The order depends only on (seed, epoch), so an interrupted epoch can be finished exactly.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, epoch: int, skip_batches: int = 0) -> None:
+        self.order = np.random.default_rng([seed, epoch, 1]).permutation(size)
+        self.batch_size = batch_size
+        self.skip_batches = skip_batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for start in range(self.skip_batches * self.batch_size, len(self.order), self.batch_size):
+            yield self.order[start : start + self.batch_size].tolist()
+
+    def __len__(self) -> int:
+        return max(0, math.ceil(len(self.order) / self.batch_size) - self.skip_batches)
+
+
+def _tight_boxes(masks: np.ndarray) -> np.ndarray:
+    """N×H×W bool non-empty masks → N×4 float32 tight XYXY boxes, pixel-inclusive (x2 = right-most column).
+
+    The same boxes as :func:`litesam.masks.batched_mask_to_box`, in numpy: torch's reductions over bool
+    masks cost ~10 ms each on a busy 2-core machine, more than the rest of a sample.
+    """
+    rows, cols = masks.any(axis=2), masks.any(axis=1)
+    height, width = masks.shape[1:]
+    y1, y2 = rows.argmax(axis=1), height - 1 - rows[:, ::-1].argmax(axis=1)
+    x1, x2 = cols.argmax(axis=1), width - 1 - cols[:, ::-1].argmax(axis=1)
+    return np.stack([x1, y1, x2, y2], axis=1).astype(np.float32).reshape(-1, 4)
 
 
 def _area_downsample(mask: np.ndarray, factor: int) -> np.ndarray:

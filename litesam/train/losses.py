@@ -2,11 +2,12 @@
 
 The paper gives none of its losses (design notes §3.4, §5). These are our ASSUMPTIONS:
 
-Mask decoder (SAM's published recipe):
+Mask decoder (after SAM's published recipe; weights measured, see :class:`~litesam.train.config.LossWeights`):
 
-* per predicted mask, ``20 · focal + 1 · dice`` on the mask logits. Focal loss is the sigmoid focal loss
-  of Lin et al. (α = 0.25, γ = 2; SAM does not state α, γ; these are the usual values), averaged over
-  pixels; dice is ``1 − (2·Σpt + 1) / (Σp + Σt + 1)`` with p = sigmoid(logits);
+* per predicted mask, ``focal · L_focal + dice · L_dice`` on the mask logits. ``L_focal`` is the sigmoid focal
+  loss of Lin et al. averaged over pixels; with the default γ = 0 and no α it is plain binary cross-entropy
+  (SAM: focal 20 : dice 1, which we measured to collapse every logit to negative on small data). Dice is
+  ``1 − (2·Σpt + 1) / (Σp + Σt + 1)`` with p = sigmoid(logits);
 * for multimask outputs (single-point prompts), only the output with the smallest mask loss is trained;
 * IoU head: mean squared error between every predicted IoU and the IoU of that output's binarised mask
   (logits > 0) with the ground truth, weight 1. All outputs are supervised, not only the best one, because
@@ -20,32 +21,15 @@ AutoPPN (design notes §3.4):
 * boxes: where the target heat is ≥ 0.3, weighted by the target heat, ``5 · L1`` on the ltrb distances
   divided by the grid side (i.e. distances as fractions of the input side) plus ``2 · (1 − GIoU)`` of the
   boxes they describe around the cell centre; normalised by the sum of the weights;
-* ``L = L_mask + λ · (L_heat + L_box)`` with λ = 1.
+* ``L = L_mask + λ · (L_heat + L_box)`` with λ = ``LossWeights.autoppn``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-
-@dataclass(frozen=True)
-class LossWeights:
-    """Weights of the loss terms (defaults: the assumptions in the module docstring)."""
-
-    focal: float = 20.0
-    dice: float = 1.0
-    iou: float = 1.0
-    heat: float = 1.0
-    box_l1: float = 5.0
-    box_giou: float = 2.0
-    autoppn: float = 1.0
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
-    heat_beta: float = 2.0
-    box_min_heat: float = 0.3
+from .config import LossWeights
 
 
 def sigmoid_focal_loss(

@@ -22,39 +22,13 @@ boxes are XYXY and pixel-inclusive (x2 = right-most column), like :func:`litesam
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
 from ..masks import box_iou_matrix
+from .config import PromptConfig
 
-
-@dataclass(frozen=True)
-class PromptConfig:
-    """Settings of the simulated prompts (defaults: the assumptions in the module docstring).
-
-    Attributes:
-        point_fraction: probability that a mask is prompted with a point (else with a box), in [0, 1].
-        box_noise: standard deviation of the box-corner noise, as a fraction of the box side.
-        box_noise_cap: largest corner offset, in input-frame pixels.
-        proposals_per_image: AutoPPN proposals matched to ground truth and trained on per image (0 = off).
-        proposal_match_iou: smallest box IoU for a proposal to count as a match.
-    """
-
-    point_fraction: float = 0.5
-    box_noise: float = 0.1
-    box_noise_cap: float = 20.0
-    proposals_per_image: int = 0
-    proposal_match_iou: float = 0.5
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.point_fraction <= 1.0:
-            raise ValueError(f"point_fraction must be in [0, 1], got {self.point_fraction}")
-        if self.box_noise < 0 or self.box_noise_cap < 0:
-            raise ValueError("box_noise and box_noise_cap must be non-negative")
-        if self.proposals_per_image < 0:
-            raise ValueError(f"proposals_per_image must be ≥ 0, got {self.proposals_per_image}")
+__all__ = ["PromptConfig", "sample_points", "jitter_boxes", "choose_point_prompts", "match_proposals"]
 
 
 def sample_points(masks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
