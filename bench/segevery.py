@@ -118,7 +118,7 @@ def bench_postprocess(variant: str, rounds: int, masks: int = 32) -> None:
 
     def ours() -> None:
         for logits in low_res:
-            mask_area_and_box(upscaler.binary(logits).numpy())
+            mask_area_and_box(upscaler.binary(logits))
 
     def two_passes_in_chunks() -> None:  # SegEvery's previous _records: 64 masks per chunk, torch bool sums
         upscaled = F.interpolate(low_res[:, None], (side, side), mode="bilinear", align_corners=False)

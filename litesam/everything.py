@@ -212,7 +212,7 @@ class SegEvery:
         )
         records: list[dict[str, Any]] = []
         for candidate in keep.tolist():
-            mask = upscaler.binary(candidates.low_res[candidate], self.model.mask_threshold).cpu().numpy()
+            mask = upscaler.binary(candidates.low_res[candidate], self.model.mask_threshold)
             area, box_xyxy = mask_area_and_box(mask)
             if area == 0:
                 continue

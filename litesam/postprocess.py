@@ -7,7 +7,8 @@ running torch's own bilinear interpolation on identity matrices (so the weights 
 has at most 4 non-zero taps, so both products are done in bands of rows that read only the few low-res rows
 or columns they need. The vertical pass writes one band of float32 rows (a few hundred KiB, cache-resident)
 at a time and thresholds it straight into the H×W bool mask: no full-size float map, no page-faulted
-temporaries, one pass over the output. Area and box are then read from the bool mask with numpy.
+temporaries, one pass over the output. The work runs on the CPU whatever the model's device (a logit map is
+at most 256×256). Area and box are then read from the bool mask with numpy.
 
 Outputs equal ``postprocess_masks(...) > threshold`` except at pixels whose logit is within float32
 rounding (about 1e-6) of the threshold.
@@ -51,36 +52,37 @@ class MaskUpscaler:
         self._col_index = (col_starts[:, None] + torch.arange(col_blocks.shape[2])).flatten()
         self._col_blocks_t = col_blocks.transpose(1, 2).contiguous()  # nb×k×BAND
 
-    def binary(self, low_res: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
-        """One 4h×4w float32 logit map → H×W bool mask (logit > ``threshold``), on the map's device."""
+    def binary(self, low_res: torch.Tensor, threshold: float = 0.0) -> np.ndarray:
+        """One 4h×4w logit map (any device) → H×W bool numpy mask (logit > ``threshold``), computed on the CPU.
+
+        The threshold runs in numpy: on a cache-resident band it is about 15× faster than ``torch.gt``.
+        """
         height, width = self.original_size
-        device = low_res.device
-        mask = torch.empty(height, width, dtype=torch.bool, device=device)
-        across = self._horizontal(low_res.float())  # 4h×W
+        mask = np.empty((height, width), dtype=bool)
+        across = self._horizontal(low_res.detach().to("cpu", torch.float32))  # 4h×W
         taps = self._row_blocks.shape[2]
-        band = torch.empty(BAND, width, device=device)
+        band = torch.empty(BAND, width)
+        values = band.numpy()
         for j, start in enumerate(self._row_starts.tolist()):
             r0 = j * BAND
             r1 = min(r0 + BAND, height)
-            torch.mm(self._row_blocks[j].to(device), across[start : start + taps], out=band)
-            torch.gt(band[: r1 - r0], threshold, out=mask[r0:r1])
+            torch.mm(self._row_blocks[j], across[start : start + taps], out=band)
+            np.greater(values[: r1 - r0], threshold, out=mask[r0:r1])
         return mask
 
     def binary_many(self, low_res: torch.Tensor, threshold: float = 0.0) -> np.ndarray:
-        """C×4h×4w logit maps → C×H×W bool numpy masks (on the CPU)."""
-        height, width = self.original_size
-        out = np.empty((len(low_res), height, width), dtype=bool)
+        """C×4h×4w logit maps → C×H×W bool numpy masks."""
+        out = np.empty((len(low_res), *self.original_size), dtype=bool)
         for i, logits in enumerate(low_res):
-            out[i] = self.binary(logits, threshold).cpu().numpy()
+            out[i] = self.binary(logits, threshold)
         return out
 
     def _horizontal(self, low_res: torch.Tensor) -> torch.Tensor:
         """4h×4w → 4h×W: each band of BAND output columns from the few low-res columns it reads."""
         rows = low_res.shape[0]
-        blocks = self._col_blocks_t.to(low_res.device)
-        n_bands, taps, _ = blocks.shape
-        gathered = low_res[:, self._col_index.to(low_res.device)].view(rows, n_bands, taps).transpose(0, 1)
-        across = torch.bmm(gathered, blocks)  # nb×4h×BAND
+        n_bands, taps, _ = self._col_blocks_t.shape
+        gathered = low_res[:, self._col_index].view(rows, n_bands, taps).transpose(0, 1)
+        across = torch.bmm(gathered, self._col_blocks_t)  # nb×4h×BAND
         return across.transpose(0, 1).reshape(rows, n_bands * BAND)[:, : self.original_size[1]].contiguous()
 
 
