@@ -15,7 +15,7 @@ Two paths exist, both plain torch (the measured alternatives are in the README's
 (``amx_bf16`` or ``avx512_bf16`` among its feature flags, and torch's oneDNN says bf16 is supported), and a
 probe measured at start-up finds a bfloat16 matrix product of the decoder's shape at least
 :data:`BF16_MIN_SPEEDUP` times faster than the same float32 one. Nothing is assumed from the CPU's vendor or
-model name. On the parity images (``tests/test_inference.py``: random weights, whose flat logit maps are the
+model name; on a model placed on another device ``auto`` means ``fp32``. On the parity images (``tests/test_inference.py``: random weights, whose flat logit maps are the
 worst case for rounding) bf16 click masks of litesam_r640 keep a mean IoU of at least 0.99 with the fp32
 masks; single masks go down to about 0.97.
 """
@@ -60,7 +60,7 @@ class CpuReport:
         capability: torch's vectorised-kernel level (``torch.backends.cpu.get_cpu_capability()``, e.g. AVX512).
         blas: the math libraries torch can use, e.g. "mkl, onednn".
         threads: torch intra-op threads.
-        fp32_gflops: measured float32 matrix-product speed of one call of the probe shape, GFLOP/s.
+        fp32_gflops: measured float32 matrix-product speed of the probe shape on one core, GFLOP/s.
         bf16_gflops: the same in bfloat16, or None where oneDNN has no bf16 support.
     """
 
@@ -94,7 +94,7 @@ class CpuReport:
 
 @functools.lru_cache(maxsize=1)
 def cpu_report() -> CpuReport:
-    """Probe this CPU once per process (about 0.1 s): feature flags, torch's kernel paths, matmul speeds."""
+    """Probe this CPU once per process (a few ms): feature flags, torch's kernel paths, matmul speeds."""
     name, flags = _cpuinfo()
     libraries = [name for name, there in (("mkl", torch.backends.mkl), ("onednn", torch.backends.mkldnn))
                  if there.is_available()]
@@ -135,6 +135,8 @@ def apply_precision(model: LiteSAM, precision: str = "auto") -> Precision:
     ``fp32`` leaves the model as it is; ``bf16`` converts the parts named in the module docstring. Apply it
     once, before the model is shared between threads; a bf16 model serves predictions only.
     """
+    if model.device.type != "cpu" and precision == "auto":
+        precision = "fp32"  # the rule measures this CPU; on an accelerator bf16 is asked for explicitly
     chosen = choose_precision(precision)
     if chosen == "bf16" and getattr(model, "inference_precision", None) != "bf16":
         _compute_in(model.image_encoder, torch.bfloat16)
@@ -170,18 +172,27 @@ def _cast(value: Any, dtype: torch.dtype) -> Any:
 
 
 def _matmul_gflops(dtype: torch.dtype) -> float:
-    """Best-of-5 speed of one matrix product of :data:`_PROBE_SHAPE` in ``dtype``, GFLOP/s."""
+    """Best-of-5 speed of one matrix product of :data:`_PROBE_SHAPE` in ``dtype`` on one core, GFLOP/s.
+
+    One thread and the calling thread's CPU time: the kernels' speed, not the machine's load (with two
+    threads a busy neighbour process makes OpenMP spin-wait and the probe measure the wait).
+    """
     m, k, n = _PROBE_SHAPE
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(m, k, generator=generator).to(dtype)
     b = torch.randn(k, n, generator=generator).to(dtype)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
         torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * m * k * n / best / 1e9
+        best = float("inf")
+        for _ in range(5):
+            start = time.thread_time()
+            torch.mm(a, b)
+            best = min(best, time.thread_time() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return 2 * m * k * n / max(best, 1e-9) / 1e9
 
 
 def _cpuinfo() -> tuple[str, set[str]]:
