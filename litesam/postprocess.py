@@ -22,9 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-#: Output rows (and, in the horizontal pass, columns) computed per band: 64 rows of a 1024-wide float32
-#: map are 256 KiB, which stays in a core's L2 cache.
-BAND = 64
+#: Output rows (and, in the horizontal pass, columns) computed per band: 128 rows of a 1024-wide float32
+#: map are 512 KiB, which stays in a core's L2 cache (64–512 measured alike at one thread).
+BAND = 128
 
 
 class MaskUpscaler:
