@@ -6,8 +6,9 @@ prediction, after the fork, so workers never share torch state.
 """
 
 from .app import create_app
-from .job_routes import jobs_blueprint
-from .jobs import JobOptions, handle_batch_predict
+from .jobs.batch import handle_batch_predict
+from .jobs.options import JobOptions
+from .jobs.routes import jobs_blueprint
 from .logs import configure_logging
 from .settings import Settings
 

@@ -34,14 +34,21 @@ import json
 import logging
 from collections.abc import Callable, Iterable
 
+import redis
 from flask import Blueprint, Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from litesam.errors import InvalidImageError, InvalidPromptError, LiteSamError
 
-from .context import parse_context
-from .errors import BackendError, BadRequestError, PayloadTooLargeError, UnauthorizedError
-from .label_config import parse_label_config
+from .errors import (
+    BackendError,
+    BadRequestError,
+    PayloadTooLargeError,
+    QueueUnavailableError,
+    UnauthorizedError,
+)
+from .labelstudio.label_config import parse_label_config
+from .labelstudio.prompts import parse_context
 from .model import LiteSamBackend
 from .services import Services, build_services
 from .settings import Settings
@@ -77,6 +84,7 @@ def create_app(
     app.before_request(_check_basic_auth)
     app.register_error_handler(BackendError, _backend_error)
     app.register_error_handler(LiteSamError, _litesam_error)
+    app.register_error_handler(redis.RedisError, _redis_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
     app.register_blueprint(_routes)
@@ -174,20 +182,14 @@ def predict():
         raise BadRequestError("'params' must be an object")
     context = (params or {}).get("context", body.get("context"))
     services = current_services()
-    batch_predict = current_app.extensions[_BATCH]
-    if batch_predict is not None and parse_context(context) is None:
-        results = batch_predict(services, body.get("project"), tasks, body.get("label_config"))
-        if not results:
-            return jsonify({"results": []})
-        return jsonify({"results": results, "model_version": services.model.model_version})
-    backend = LiteSamBackend(
-        services.model,
-        services.store,
-        services.fetcher,
-        max_image_pixels=services.settings.max_image_pixels,
-        label_config=body.get("label_config"),
-    )
-    results = backend.predict(tasks, context=context)
+    prompt_set = parse_context(context)
+    if prompt_set is None:
+        batch_predict = current_app.extensions[_BATCH]
+        results = []
+        if batch_predict is not None:
+            results = batch_predict(services, body.get("project"), tasks, body.get("label_config"))
+    else:
+        results = LiteSamBackend(services, body.get("label_config")).predict_prompts(tasks, prompt_set)
     if not results:
         return jsonify({"results": []})
     return jsonify({"results": results, "model_version": services.model.model_version})
@@ -248,6 +250,17 @@ def _litesam_error(exc: LiteSamError):
     log = logger.error if status >= 500 else logger.warning
     log("%s %s → %d: %s", request.method, request.path, status, exc)
     return _error(status, str(exc))
+
+
+def _redis_error(exc: redis.RedisError):
+    """Only the job routes and the batch ``/predict`` reach Redis unguarded (the embedding store never
+    raises): the job queue is down."""
+    return _backend_error(
+        QueueUnavailableError(
+            f"Redis does not answer ({type(exc).__name__}): pre-annotation jobs cannot be queued or read; "
+            "check REDIS_URL"
+        )
+    )
 
 
 def _http_error(exc: HTTPException):

@@ -57,7 +57,7 @@ def add_serve_command(subparsers: argparse._SubParsersAction, settings: Settings
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from .model import ModelService
+    from .model_service import ModelService
 
     if args.workers < 1 or args.threads < 1:
         print("litesam-backend serve: --workers and --threads must be at least 1", file=sys.stderr)

@@ -1,9 +1,11 @@
 """The backend's named errors, each carrying the HTTP status it is answered with.
 
-Bad input raises one of these with a message written for the person who sent the request (a Label Studio
-admin reading the backend's answer or logs, or an API user). The web layer turns them into
-``{"error": message}`` with :attr:`BackendError.status`; nothing else in the backend builds error responses.
-Messages never contain secrets (tokens, passwords) or tracebacks.
+This is the backend's one error vocabulary. Bad input raises one of these with a message written for the
+person who sent the request (a Label Studio admin reading the backend's answer or logs, or an API user).
+Each process has one boundary that turns them into answers: the HTTP app's error handlers
+(:mod:`backend.app`: ``{"error": message}`` with :attr:`BackendError.status`) and, in job workers, the failure
+module (:mod:`backend.jobs.failures`: a task's, chunk's or job's recorded reason). Messages never contain
+secrets (tokens, passwords) or tracebacks.
 """
 
 
@@ -51,3 +53,36 @@ class ConfigurationError(BackendError):
     """The backend itself is misconfigured (no checkpoint, bad checkpoint, missing Label Studio URL)."""
 
     status = 500
+
+
+class UnsupportedMediaTypeError(BackendError):
+    """A body that must be JSON came with another content type (``POST /jobs``: no cross-site HTML form posts)."""
+
+    status = 415
+
+
+class JobNotFoundError(BackendError):
+    """No pre-annotation job with this id (never created, or its record expired)."""
+
+    status = 404
+
+
+class JobBusyError(BackendError):
+    """The project's running job does not cover the tasks asked for; they can be queued once it ends."""
+
+    status = 409
+
+
+class QueueUnavailableError(BackendError):
+    """Redis (the job queue) does not answer: jobs can be neither queued nor read."""
+
+    status = 503
+
+
+class LabelStudioUnavailable(UpstreamError):
+    """Label Studio could not be reached or answered with a server error (a job retries the step later)."""
+
+
+class TaskInputError(BadRequestError):
+    """One task of a pre-annotation job cannot be done because of its own input (no image, unreadable or
+    too large image, refused URL); a job records the reason for that task only and goes on."""

@@ -1,15 +1,7 @@
 """Fetch a task's image safely and decode it to the pixels Label Studio shows.
 
-Where an image comes from (the raw URI in ``task["data"][<image key>]``, labelstudio-protocol.md §4.4):
-
-* ``/data/upload/…``, ``/data/local-files/?d=…`` and ``/storage-data/…``: relative to Label Studio, fetched
-  from ``LABEL_STUDIO_URL`` with the configured key. Only these paths and the presign endpoint are fetched
-  with the key (also as absolute URLs); any other Label Studio path (``/api/…``) is refused (403), unless
-  Label Studio itself redirected there;
-* ``s3://``, ``gs://``, ``azure-blob://``, ``azure-spi://``: through Label Studio's presign endpoint
-  ``/tasks/<task id>/presign/?fileuri=<urlsafe base64 of the URI>``, which redirects to a signed URL or
-  proxies the bytes (so the task id is needed);
-* ``http(s)://…``: fetched directly, with the key only when the host is Label Studio's.
+Where an image URI is read from (Label Studio uploads, local files, presigned cloud objects, plain URLs) is
+decided by the Label Studio client (:mod:`backend.labelstudio.uris`); this module downloads the URL it gives.
 
 SSRF guard: every decision (host, port, whether the key is sent) is taken on the URL as requests sends it and
 urllib3 connects to it; a host part with a backslash, whitespace or user info (``@``), which parsers read
@@ -28,7 +20,6 @@ Decoding applies the EXIF orientation, as browsers do, so masks have the size La
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 import ipaddress
@@ -51,25 +42,20 @@ from urllib3.util import Url, parse_url
 
 from .errors import (
     BadRequestError,
-    ConfigurationError,
     ForbiddenURLError,
     PayloadTooLargeError,
     UpstreamError,
 )
-from .ls_auth import LabelStudioAuth
+from .labelstudio.client import LabelStudioClient
+from .labelstudio.uris import display_url
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
-CLOUD_SCHEMES = ("s3", "gs", "azure-blob", "azure-spi")
 MAX_REDIRECTS = 5
 _CHUNK = 64 * 1024
 _CONNECT_TIMEOUT_S = 5.0
 _DEADLINE_FACTOR = 2  # a whole download may take this many times the fetch timeout
-_LABEL_STUDIO_IMAGE_PATH = re.compile(
-    r"/(?:data/upload/|data/local-files/|storage-data/|tasks/\d+/presign/\Z)"
-)
-_IMMUTABLE_UPLOAD = re.compile(r"/data/upload/\d+/[^/?#\\\s]+")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")  # local-use NAT64 (RFC 8215): never public
 _IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
@@ -177,9 +163,10 @@ def _embedded_ipv4(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> li
 class ImageFetcher:
     """Downloads task images (thread-safe; one per process)."""
 
-    def __init__(self, settings: Settings, auth: LabelStudioAuth) -> None:
+    def __init__(self, settings: Settings, label_studio: LabelStudioClient) -> None:
         self._settings = settings
-        self._auth = auth
+        self._label_studio = label_studio
+        self._auth = label_studio.auth
         self.policy = HostPolicy(settings.label_studio_url, settings.allowed_hosts)
         self._session = requests.Session()
         self._session.trust_env = False  # no proxy or .netrc credentials from the environment
@@ -188,57 +175,13 @@ class ImageFetcher:
         self._session.mount("https://", adapter)
         self._session.headers["User-Agent"] = "litesam-backend"
 
-    def source_url(self, uri: object, task_id: object = None) -> str:
-        """The absolute URL to GET for a task's image URI (see the module docstring).
-
-        Raises:
-            BadRequestError: not a string, an unsupported scheme, or a cloud URI without a task id.
-            ConfigurationError: a Label Studio URI while LABEL_STUDIO_URL is not set.
-        """
-        if not isinstance(uri, str) or not uri.strip():
-            raise BadRequestError("the task's image field must be a non-empty URL string")
-        uri = uri.strip()
-        scheme = urllib.parse.urlsplit(uri).scheme.lower()
-        if uri.startswith("/"):
-            return self._label_studio_url(uri) + uri
-        if scheme in CLOUD_SCHEMES:
-            if not isinstance(task_id, int) or isinstance(task_id, bool):
-                raise BadRequestError(f"the cloud storage URI {scheme}://… needs the task id to be presigned")
-            encoded = base64.urlsafe_b64encode(uri.encode()).decode()
-            return f"{self._label_studio_url(uri)}/tasks/{task_id}/presign/?fileuri={encoded}"
-        if scheme in ("http", "https"):
-            return uri
-        raise BadRequestError(
-            f"unsupported image URL {_display(uri)}: expected /data/upload/…, /data/local-files/?d=…, "
-            f"a cloud storage URI ({', '.join(s + '://' for s in CLOUD_SCHEMES)}) or an http(s) URL"
-        )
-
-    def immutable_source(self, uri: object) -> str | None:
-        """A stable name for an image that never changes behind its URI, else None.
-
-        Label Studio uploads (``/data/upload/<project>/<random prefix>-<name>``) are never rewritten, so a
-        cache may map them to the sha256 of their bytes and skip the download. Local files, cloud objects and
-        plain URLs can change in place and are always downloaded. Only the exact form
-        ``/data/upload/<digits>/<name>`` counts (no query string, no ``..`` or ``%2e``): anything else could
-        name another file under the same alias.
-        """
-        if (
-            isinstance(uri, str)
-            and _IMMUTABLE_UPLOAD.fullmatch(uri)
-            and ".." not in uri
-            and "%2e" not in uri.lower()
-            and self._settings.label_studio_url
-        ):
-            return self._settings.label_studio_url + uri
-        return None
-
     def fetch(self, uri: object, task_id: object = None) -> FetchedImage:
         """Download the image of a task field, following the rules of the module docstring.
 
         Raises:
             BadRequestError, ForbiddenURLError, PayloadTooLargeError, UpstreamError, ConfigurationError.
         """
-        url = self.source_url(uri, task_id)
+        url = self._label_studio.image_url(uri, task_id)
         deadline = time.monotonic() + _DEADLINE_FACTOR * self._settings.fetch_timeout
         redirected_by_label_studio = False
         retried_auth = False
@@ -247,13 +190,13 @@ class ImageFetcher:
             url = self.policy.check_url(url, redirected_by_label_studio)
             to_label_studio = self.policy.is_label_studio(url)
             if to_label_studio and not redirected_by_label_studio:
-                self._check_label_studio_path(url)
+                self._label_studio.check_image_path(url)
             headers = (
                 {"Authorization": self._auth.header()} if to_label_studio and self._auth.configured else {}
             )
             request = self._session.prepare_request(requests.Request("GET", url, headers=headers))
             if request.url != url:  # requests must send the very URL the policy checked
-                raise ForbiddenURLError(f"refusing to fetch {_display(url)}: its URL is not stable")
+                raise ForbiddenURLError(f"refusing to fetch {display_url(url)}: its URL is not stable")
             remaining = self._remaining(deadline, url)
             try:
                 response = self._session.send(
@@ -267,13 +210,13 @@ class ImageFetcher:
                 )
             except requests.RequestException as exc:
                 raise UpstreamError(
-                    f"could not download the image {_display(url)}: {type(exc).__name__}"
+                    f"could not download the image {display_url(url)}: {type(exc).__name__}"
                 ) from None
             with response:
                 if response.is_redirect and "Location" in response.headers:
                     hops += 1
                     if hops > MAX_REDIRECTS:
-                        raise UpstreamError(f"too many redirects while downloading {_display(url)}")
+                        raise UpstreamError(f"too many redirects while downloading {display_url(url)}")
                     redirected_by_label_studio = to_label_studio
                     url = urllib.parse.urljoin(url, response.headers["Location"])
                     continue
@@ -301,7 +244,7 @@ class ImageFetcher:
         if remaining <= 0:
             total = _DEADLINE_FACTOR * self._settings.fetch_timeout
             raise UpstreamError(
-                f"the download of {_display(url)} took longer than {total:g} s "
+                f"the download of {display_url(url)} took longer than {total:g} s "
                 "(twice LITESAM_FETCH_TIMEOUT); the image host is too slow"
             )
         return remaining
@@ -311,7 +254,7 @@ class ImageFetcher:
         declared = response.headers.get("Content-Length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise PayloadTooLargeError(
-                f"the image {_display(url)} has {int(declared)} bytes; the limit is {limit} (LITESAM_MAX_IMAGE_BYTES)"
+                f"the image {display_url(url)} has {int(declared)} bytes; the limit is {limit} (LITESAM_MAX_IMAGE_BYTES)"
             )
         buffer = bytearray()
         try:
@@ -324,38 +267,13 @@ class ImageFetcher:
                 buffer.extend(chunk)
                 if len(buffer) > limit:
                     raise PayloadTooLargeError(
-                        f"the image {_display(url)} is larger than {limit} bytes (LITESAM_MAX_IMAGE_BYTES)"
+                        f"the image {display_url(url)} is larger than {limit} bytes (LITESAM_MAX_IMAGE_BYTES)"
                     )
         except (requests.RequestException, Urllib3HTTPError, OSError) as exc:
-            raise UpstreamError(f"the download of {_display(url)} broke off: {type(exc).__name__}") from None
+            raise UpstreamError(
+                f"the download of {display_url(url)} broke off: {type(exc).__name__}"
+            ) from None
         return bytes(buffer)
-
-    def _check_label_studio_path(self, url: str) -> None:
-        """Refuse a Label Studio URL (fetched with the key) outside the paths images live under.
-
-        Raises:
-            ForbiddenURLError: not under /data/upload/, /data/local-files/, /storage-data/ or
-                /tasks/<id>/presign/ (after percent-decoding), or with a ``..`` segment or a backslash.
-        """
-        base = (parse_url(self._settings.label_studio_url or "").path or "").rstrip("/")
-        path = urllib.parse.unquote(parse_url(url).path or "/")
-        relative = path[len(base) :] if path.startswith(base + "/") else ""
-        if (
-            not _LABEL_STUDIO_IMAGE_PATH.match(relative)
-            or ".." in relative.split("/")
-            or "\\" in relative
-        ):
-            raise ForbiddenURLError(
-                f"refusing to fetch {_display(url)} with the Label Studio key: images are read only from "
-                "/data/upload/…, /data/local-files/?d=…, /storage-data/… and /tasks/<id>/presign/"
-            )
-
-    def _label_studio_url(self, uri: str) -> str:
-        if self._settings.label_studio_url is None:
-            raise ConfigurationError(
-                f"the image {_display(uri)} is stored in Label Studio, but LABEL_STUDIO_URL is not set"
-            )
-        return self._settings.label_studio_url
 
 
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
@@ -414,9 +332,11 @@ def _request_url(url: str) -> str:
         target = requests.Request("GET", url).prepare().url
         parts = parse_url(target)
     except (requests.RequestException, ValueError, UnicodeError):
-        raise ForbiddenURLError(f"refusing to fetch {_display(url)}: it is not a valid http(s) URL") from None
+        raise ForbiddenURLError(
+            f"refusing to fetch {display_url(url)}: it is not a valid http(s) URL"
+        ) from None
     if parts.scheme not in ("http", "https") or not parts.host or parts.auth:
-        raise ForbiddenURLError(f"refusing to fetch {_display(url)}: only http(s) URLs are fetched")
+        raise ForbiddenURLError(f"refusing to fetch {display_url(url)}: only http(s) URLs are fetched")
     return target
 
 
@@ -425,17 +345,6 @@ def _origin(url: str) -> tuple[str, str, int]:
     parts: Url = parse_url(_request_url(url))
     scheme = parts.scheme or ""
     return scheme, (parts.host or "").lower().strip("[]"), parts.port or (443 if scheme == "https" else 80)
-
-
-def _display(url: str) -> str:
-    """A URL for messages: no query string or credentials (presigned URLs carry signatures there)."""
-    parts = urllib.parse.urlsplit(url)
-    if not parts.scheme:
-        return url.split("?", 1)[0][:200]
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))[:200]
 
 
 def _status_message(status: int, url: str, to_label_studio: bool) -> str:
@@ -447,7 +356,7 @@ def _status_message(status: int, url: str, to_label_studio: bool) -> str:
         hint = (
             "; check that the file exists and, for local files, that the project has a matching local storage"
         )
-    return f"{where} answered {status} for the image {_display(url)}{hint}"
+    return f"{where} answered {status} for the image {display_url(url)}{hint}"
 
 
 class _PeerCheckMixin:

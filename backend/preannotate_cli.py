@@ -26,16 +26,11 @@ import redis
 from tqdm import tqdm
 
 from . import worker
-from .errors import BadRequestError
-from .jobs import (
-    TERMINAL_STATES,
-    JobNotFoundError,
-    JobOptions,
-    cancel_job,
-    job_status,
-    redis_connection,
-    start_job,
-)
+from .errors import BadRequestError, JobNotFoundError
+from .jobs.board import JobBoard
+from .jobs.layout import redis_connection
+from .jobs.options import JobOptions
+from .jobs.record import TERMINAL_STATES
 from .settings import Settings
 
 #: Seconds between two looks at the job with ``--wait``.
@@ -162,8 +157,7 @@ def run_preannotate(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     connection = redis_connection(settings)
     try:
-        status, created = start_job(
-            connection,
+        status, created = JobBoard(connection).start(
             args.project,
             overwrite=args.overwrite,
             task_ids=args.tasks,
@@ -198,7 +192,7 @@ def _redis_down(exc: redis.RedisError) -> int:
 def _cancel(connection: redis.Redis, job_id: str) -> int:
     """Cancel ``job_id``; return the exit code of the module docstring."""
     try:
-        status, cancelled = cancel_job(connection, job_id, "cancelled from the command line")
+        status, cancelled = JobBoard(connection).cancel(job_id, "cancelled from the command line")
     except JobNotFoundError as exc:
         print(f"litesam-backend preannotate: {exc.message}", file=sys.stderr)
         return 2
@@ -216,9 +210,10 @@ def _follow(connection: redis.Redis, job_id: str) -> int:
     """Show the job's progress until it ends; return the exit code of the module docstring."""
     started = time.monotonic()
     hinted = False
+    board = JobBoard(connection)
     with tqdm(total=None, unit="task", desc="pre-annotating", dynamic_ncols=True, file=sys.stderr) as bar:
         while True:
-            status = job_status(connection, job_id)
+            status = board.status(job_id)
             if status["total"] is not None and bar.total != status["total"]:
                 bar.reset(total=status["total"])
             bar.n = status["done"] + status["skipped"] + status["failed"]

@@ -36,7 +36,7 @@ LITESAM_BIND                   0.0.0.0:9090                 gunicorn bind addres
 LITESAM_WORKERS                1                            gunicorn worker processes
 LITESAM_THREADS                4                            threads per gunicorn worker
 LITESAM_JOB_DEFAULTS           {}                           JSON object of default pre-annotation job options
-                                                            (``backend.jobs.JobOptions``: label, SegEvery
+                                                            (``backend.jobs.options.JobOptions``: label, SegEvery
                                                             filters, chunk size …), for every job and for
                                                             Label Studio's "Retrieve predictions"
 LITESAM_SYNC_PREDICT_LIMIT     2                            "Retrieve predictions" on up to this many tasks is

@@ -18,7 +18,7 @@ worker refreshes a short-lived *alive* key in Redis from a thread (every :data:`
 expiring after :data:`ALIVE_TTL_S`). At its maintenance (every ``--maintenance-interval`` seconds, also
 while idle) a worker re-queues the started jobs of workers whose alive key is gone, which uses up one of the
 job's retries; once none are left, the job is handed to RQ's abandoned-job handling, which fails it (and the
-job's failure callback records why). Re-running a chunk is safe: see :mod:`backend.jobs` on duplicates.
+job's failure callback records why). Re-running a chunk is safe: see :mod:`backend.jobs.locks` on duplicates.
 
 Retries with backoff wait in RQ's scheduled-job registry; RQ's scheduler, which one worker at a time runs
 (``--without-scheduler`` opts out), moves them back to the queue. If the worker holding the scheduler lock
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import multiprocessing
 import os
 import socket
 import sys
@@ -45,7 +44,11 @@ from rq.serializers import JSONSerializer
 from rq.utils import parse_composite_key
 from rq.worker import SimpleWorker
 
-from . import jobs
+from .jobs.board import JobBoard
+from .jobs.failures import reconcile_jobs
+from .jobs.layout import KEY_PREFIX, queue, redis_connection
+from .jobs.options import QUEUE_NAME
+from .jobs.tasks import use_services
 from .logs import configure_logging
 from .services import Services, build_services
 from .settings import Settings
@@ -65,19 +68,19 @@ _KNOWN_TTL_S = 30 * 24 * 3600
 
 
 def _alive_key(name: str) -> str:
-    return f"{jobs.KEY_PREFIX}worker:{name}:alive"
+    return f"{KEY_PREFIX}worker:{name}:alive"
 
 
 def _known_key(name: str) -> str:
-    return f"{jobs.KEY_PREFIX}worker:{name}:known"
+    return f"{KEY_PREFIX}worker:{name}:known"
 
 
 class PreannotateWorker(SimpleWorker):
-    """An RQ worker for :mod:`backend.jobs`: JSON serializer, model loaded before the loop, jobs in-process,
+    """An RQ worker for :mod:`backend.jobs.tasks`: JSON serializer, model loaded before the loop, jobs in-process,
     fast re-queueing of jobs whose worker died.
 
     Args:
-        queues: queue names (or ``rq.Queue`` objects); :data:`backend.jobs.QUEUE_NAME` is the default queue.
+        queues: queue names (or ``rq.Queue`` objects); :data:`backend.QUEUE_NAME` is the default queue.
         services: the process's services; built from the environment at :meth:`work` when not given.
         Other keyword arguments go to ``rq.Worker``; ``maintenance_interval`` defaults to
         :data:`MAINTENANCE_INTERVAL_S` and ``worker_ttl`` to that plus 20 s.
@@ -100,7 +103,7 @@ class PreannotateWorker(SimpleWorker):
             self._services = build_services(Settings.from_env())
         model_service = self._services.model
         model_service.model()
-        jobs.use_services(self._services)
+        use_services(self._services)
         self.log.info(
             "Worker %s: model %s loaded; listening on %s",
             self.name,
@@ -111,9 +114,6 @@ class PreannotateWorker(SimpleWorker):
 
     def work(self, *args, **kwargs) -> bool:
         """Load the model, start the alive thread, then run RQ's loop (same arguments as ``rq.Worker.work``)."""
-        # label_studio_ml (imported by backend.model) switches multiprocessing to "spawn"; RQ starts its
-        # scheduler process with multiprocessing and expects "fork" (the scheduler never touches torch).
-        multiprocessing.set_start_method("fork", force=True)
         self.preload()
         self._start_alive_thread()
         try:
@@ -150,12 +150,14 @@ class PreannotateWorker(SimpleWorker):
 
     # -- maintenance -------------------------------------------------------------------------------------
     def run_maintenance_tasks(self) -> None:
-        """RQ's maintenance, preceded by re-queueing the jobs of dead workers."""
+        """RQ's maintenance, preceded by re-queueing the jobs of dead workers and settling the parts of
+        running jobs that RQ failed without our failure callback (:func:`backend.jobs.failures.reconcile_jobs`)."""
         try:
             requeue_orphaned_jobs(self.connection, self.queue_names(), own_name=self.name)
+            reconcile_jobs(self.connection)
         except redis.RedisError as exc:
             self.log.warning(
-                "Worker %s: could not check for orphaned jobs: %s", self.name, type(exc).__name__
+                "Worker %s: could not check for orphaned or failed jobs: %s", self.name, type(exc).__name__
             )
         super().run_maintenance_tasks()
 
@@ -174,8 +176,8 @@ def requeue_orphaned_jobs(
     """
     handled = []
     for queue_name in queue_names:
-        queue = jobs.queue(connection, queue_name)
-        registry = StartedJobRegistry(queue=queue)
+        rq_queue = queue(connection, queue_name)
+        registry = StartedJobRegistry(queue=rq_queue)
         for entry in connection.zrange(registry.key, 0, -1):
             job_id, _ = parse_composite_key(entry.decode())
             try:
@@ -190,7 +192,7 @@ def requeue_orphaned_jobs(
                 if connection.zrem(registry.key, entry) != 1:
                     continue  # another worker took it
                 job.retries_left -= 1
-                queue.enqueue_job(job)
+                rq_queue.enqueue_job(job)
                 _note(connection, job, f"{reason}; re-queued")
                 logger.warning("re-queued job %s: %s", job_id, reason)
             else:
@@ -205,7 +207,7 @@ def requeue_orphaned_jobs(
 def _note(connection: redis.Redis, job: Job, reason: str) -> None:
     litesam_job = (job.meta or {}).get("litesam_job")
     if litesam_job:
-        jobs.JobBoard(connection).note_retry(litesam_job, reason)
+        JobBoard(connection).note_retry(litesam_job, reason)
 
 
 # --------------------------------------------------------------------------------------------------- CLI
@@ -216,7 +218,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         dest="queues",
         metavar="NAME",
-        help=f"queue to work on (repeatable; default {jobs.QUEUE_NAME})",
+        help=f"queue to work on (repeatable; default {QUEUE_NAME})",
     )
     parser.add_argument("--name", default=None, help="worker name (default: a random id)")
     parser.add_argument("--burst", action="store_true", help="quit when the queues are empty")
@@ -245,7 +247,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
-    connection = jobs.redis_connection(settings)
+    connection = redis_connection(settings)
     try:
         connection.ping()
     except redis.RedisError as exc:
@@ -255,7 +257,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         )
         return 2
     worker = PreannotateWorker(
-        [jobs.queue(connection, name) for name in (args.queues or [jobs.QUEUE_NAME])],
+        [queue(connection, name) for name in (args.queues or [QUEUE_NAME])],
         name=args.name,
         connection=connection,
         services=build_services(settings),

@@ -37,7 +37,8 @@ import redis  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from backend.jobs import JobBoard, JobOptions  # noqa: E402
+from backend.jobs.board import JobBoard  # noqa: E402
+from backend.jobs.options import JobOptions  # noqa: E402
 from backend.store import embedding_key  # noqa: E402
 from litesam.build import build_model, save_checkpoint  # noqa: E402
 from tests.e2e.labelstudio import LabelStudioServer  # noqa: E402

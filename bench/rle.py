@@ -1,19 +1,24 @@
-"""Benchmark: Label Studio brush RLE, the SDK's codec against litesam.masks.
+"""Benchmark: Label Studio brush RLE, the SDK's codec against ours.
 
-Times ``label_studio_sdk.converter.brush.mask2rle`` / ``decode_rle`` and ``litesam.masks.mask_to_brush_rle`` /
-``brush_rle_to_mask`` on three masks, checks that both encoders write the same bytes and both decoders give
+Times ``label_studio_sdk.converter.brush.mask2rle`` / ``decode_rle`` against
+``backend.labelstudio.brush_rle.mask_to_brush_rle`` and the test decoder ``tests.brush_rle_decoder`` on three masks, checks that both encoders write the same bytes and both decoders give
 the mask back, and prints one table (best of ``--repeat`` runs, milliseconds).
 
     python bench/rle.py [--repeat 5]
 """
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from label_studio_sdk.converter.brush import decode_rle, mask2rle
 
-from litesam.masks import brush_rle_to_mask, mask_to_brush_rle
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the test decoder lives in tests/
+
+from backend.labelstudio.brush_rle import mask_to_brush_rle  # noqa: E402
+from tests.brush_rle_decoder import brush_rle_to_mask  # noqa: E402
 
 
 def smooth_blob(size: int = 1024, seed: int = 0) -> np.ndarray:

@@ -126,6 +126,8 @@ class SegEvery:
             ``point_coords`` ([[x, y]], original pixels), ``box`` (XYXY original pixels, or None in grid
             mode) and ``proposal_score`` (AutoPPN confidence, or None in grid mode).
         """
+        features = embedding.features.to(self.model.device, torch.float32)  # e.g. a cached CPU embedding
+        embedding = ImageEmbedding(features, embedding.input_size, embedding.original_size)
         prompts = self._prompts(embedding)
         if len(prompts.points) == 0:
             return []

@@ -11,6 +11,7 @@ import base64
 import contextlib
 import io
 import json
+import os
 import sys
 import threading
 import time
@@ -23,11 +24,14 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
+from backend.settings import Secret, Settings
 from tests.e2e.processes import ManagedProcess, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 LEGACY_TOKEN = "legacy-0123456789abcdef0123456789abcdef"
-REDIS_TEST_DB = 11
+#: The one Redis database of the tests (flushed by the ``redis_db`` fixture of tests/conftest.py). Two test runs
+#: on one Redis at once must each set their own (LITESAM_TEST_REDIS_URL).
+TEST_REDIS_URL = os.environ.get("LITESAM_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
 def png_bytes(width: int, height: int, seed: int = 0, mode: str = "RGB") -> bytes:
@@ -250,8 +254,9 @@ def serve_backend(
 ) -> Iterator[ServedBackend]:
     """Run ``litesam-backend serve`` (``python -m backend.cli serve``, gunicorn) on a free port with exactly
     ``env``, wait until ``GET /health`` answers ``ready_status`` (401 when basic auth is on), yield a
-    :class:`ServedBackend`, and stop the process tree afterwards. ``workers``/``threads`` None leave the
-    option out (the settings' default); the log and pidfile are ``tmp_path/{name}.log`` and ``.pid``."""
+    :class:`ServedBackend`, and stop the process tree afterwards; a block that ends normally fails if the log
+    holds a traceback. ``workers``/``threads`` None leave the option out (the settings' default); the log and
+    pidfile are ``tmp_path/{name}.log`` and ``.pid``."""
     port = free_port()
     pidfile = Path(tmp_path) / f"{name}.pid"
     argv = [sys.executable, "-m", "backend.cli", "serve", "--bind", f"127.0.0.1:{port}"]
@@ -269,8 +274,22 @@ def serve_backend(
         url = f"http://127.0.0.1:{port}"
         process.wait_http(f"{url}/health", timeout=timeout, ready=lambda r: r.status_code == ready_status)
         yield ServedBackend(url, process)
+        assert "Traceback" not in process.log_text(), process.log_tail()
     finally:
         process.stop()
+
+
+def settings_for(checkpoint, label_studio_url="http://127.0.0.1:9", **overrides) -> Settings:
+    """Settings of an in-process backend for tests: the test Redis, a tiny checkpoint, a legacy token."""
+    values = dict(
+        label_studio_url=label_studio_url,
+        label_studio_api_key=Secret(LEGACY_TOKEN),
+        redis_url=Secret(TEST_REDIS_URL),
+        checkpoint=checkpoint,
+        variant="litesam_tiny",
+    )
+    values.update(overrides)
+    return Settings(**values)
 
 
 def flushed_redis_at(url: str, socket_timeout: float):

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
-
-TEST_REDIS_URL = os.environ.get("LITESAM_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
 @pytest.fixture(scope="module")
@@ -18,11 +14,12 @@ def checkpoint(tmp_path_factory):
 
 
 @pytest.fixture
-def redis_client():
-    """A ``redis.Redis`` on the test database (``LITESAM_TEST_REDIS_URL``, default db 15), flushed before and after.
+def redis_db():
+    """A ``redis.Redis`` on the one test database (``tests.backend_support.TEST_REDIS_URL``: set
+    LITESAM_TEST_REDIS_URL, default db 15), flushed before and after; every test that uses Redis takes it.
 
     Fails with a clear message when no Redis answers (``.ci/run`` starts one on 127.0.0.1:6379).
     """
-    from tests.backend_support import flushed_redis_at
+    from tests.backend_support import TEST_REDIS_URL, flushed_redis_at
 
-    yield from flushed_redis_at(TEST_REDIS_URL, socket_timeout=5)
+    yield from flushed_redis_at(TEST_REDIS_URL, socket_timeout=10)

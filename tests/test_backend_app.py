@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import redis
 from label_studio_ml.model import LabelStudioMLBase
 
 from backend.app import create_app
@@ -24,8 +23,6 @@ from backend.settings import Secret, Settings
 from backend.store import embedding_key
 from litesam.predictor import LiteSamPredictor
 from tests.backend_support import (
-    LEGACY_TOKEN,
-    REDIS_TEST_DB,
     FakeLabelStudio,
     closed_port,
     decode_brush,
@@ -33,22 +30,14 @@ from tests.backend_support import (
     keypoint,
     png_bytes,
     rectangle,
+    settings_for,
 )
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = (REPO / "label_config.xml").read_text()
-REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_TEST_DB}"
 ODD_PNG = png_bytes(333, 517, seed=1)
 ROTATED_JPEG = exif_rotated_jpeg(96, 64)  # stored 96×64, shown 64×96
 BASIC_PASS = "basic-pass-s3cret"
-
-
-@pytest.fixture
-def r():
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
 
 
 @pytest.fixture
@@ -63,15 +52,7 @@ def ls():
 
 
 def make_settings(ls, checkpoint, **overrides):
-    values = dict(
-        label_studio_url=ls.url,
-        label_studio_api_key=Secret(LEGACY_TOKEN),
-        redis_url=Secret(REDIS_URL),
-        checkpoint=checkpoint,
-        variant="litesam_tiny",
-    )
-    values.update(overrides)
-    return Settings(**values)
+    return settings_for(checkpoint, ls.url, **overrides)
 
 
 class Backend:
@@ -103,7 +84,7 @@ class Backend:
 
 
 @pytest.fixture
-def backend(ls, checkpoint, r):
+def backend(ls, checkpoint, redis_db):
     return Backend(make_settings(ls, checkpoint))
 
 
@@ -264,8 +245,7 @@ def test_unknown_route_and_method_are_json(backend):
 
 
 def test_the_adapter_is_a_label_studio_ml_base(backend):
-    s = backend.services
-    assert isinstance(LiteSamBackend(s.model, s.store, s.fetcher, 10**6, CONFIG), LabelStudioMLBase)
+    assert isinstance(LiteSamBackend(backend.services, CONFIG), LabelStudioMLBase)
 
 
 # -- predictions -------------------------------------------------------------------------------------------
@@ -384,7 +364,7 @@ def downloads(ls, path):
     return len([request for request in ls.requests if request[1] == path])
 
 
-def test_second_click_on_the_same_image_uses_the_cached_embedding(backend, r, ls, checkpoint):
+def test_second_click_on_the_same_image_uses_the_cached_embedding(backend, redis_db, ls, checkpoint):
     backend.predict("/data/upload/1/odd.png", [keypoint(40, 60, 333, 517)])
     backend.predict(
         "/data/upload/1/odd.png", [keypoint(40, 60, 333, 517), keypoint(10, 10, 333, 517, positive=False)]
@@ -392,7 +372,7 @@ def test_second_click_on_the_same_image_uses_the_cached_embedding(backend, r, ls
     assert backend.encodings == 1
     assert downloads(ls, "/data/upload/1/odd.png") == 1  # uploads never change: no second download
     key = embedding_key(backend.services.model.model_version, hashlib.sha256(ODD_PNG).hexdigest())
-    assert r.exists(key) and 0 < r.ttl(key) <= backend.services.settings.embedding_ttl
+    assert redis_db.exists(key) and 0 < redis_db.ttl(key) <= backend.services.settings.embedding_ttl
     other_process = Backend(make_settings(ls, checkpoint))
     regions_of(other_process.predict("/data/upload/1/odd.png", [keypoint(40, 60, 333, 517)]))
     assert other_process.encodings == 0
@@ -443,7 +423,7 @@ def test_batch_call_without_context_returns_no_results(backend, ls):
     assert not ls.requests and not backend.services.model.loaded
 
 
-def test_batch_calls_go_to_the_batch_handler_when_one_is_given(ls, checkpoint, r):
+def test_batch_calls_go_to_the_batch_handler_when_one_is_given(ls, checkpoint, redis_db):
     calls = []
 
     def batch_predict(services, project, tasks, label_config):
@@ -559,7 +539,7 @@ def test_bad_label_configs_and_tasks(backend):
     assert_error(backend.client.post("/predict", json=body), 400, "exactly one task")
 
 
-def test_huge_images_are_413(ls, checkpoint, r):
+def test_huge_images_are_413(ls, checkpoint, redis_db):
     big = io.BytesIO()
     from PIL import Image
 
@@ -580,7 +560,7 @@ def test_huge_images_are_413(ls, checkpoint, r):
     )
 
 
-def test_a_prompt_size_over_the_pixel_limit_is_400_without_downloading(ls, checkpoint, r):
+def test_a_prompt_size_over_the_pixel_limit_is_400_without_downloading(ls, checkpoint, redis_db):
     limited = Backend(make_settings(ls, checkpoint, max_image_pixels=1_000_000))
     response = limited.predict("/data/upload/1/odd.png", [keypoint(50, 50, 30000, 30000)])
     assert_error(response, 400, "original_width × original_height is 30000×30000")
@@ -601,7 +581,7 @@ def test_unexpected_errors_are_500_without_details(backend, caplog):
     assert "internal detail" in caplog.text and "Traceback" in caplog.text
 
 
-def test_missing_checkpoint_is_a_clear_500_and_health_still_answers(ls, r):
+def test_missing_checkpoint_is_a_clear_500_and_health_still_answers(ls, redis_db):
     backend = Backend(make_settings(ls, None))
     assert_error(
         backend.predict("/data/upload/1/odd.png", [keypoint(40, 60, 333, 517)]),
@@ -619,7 +599,7 @@ def test_missing_checkpoint_is_a_clear_500_and_health_still_answers(ls, r):
 # -- basic auth and secrets --------------------------------------------------------------------------------
 
 
-def test_basic_auth_on_every_route(ls, checkpoint, r):
+def test_basic_auth_on_every_route(ls, checkpoint, redis_db):
     backend = Backend(make_settings(ls, checkpoint, basic_auth_user="ls", basic_auth_pass=Secret(BASIC_PASS)))
     for method, path in (
         ("get", "/health"),
@@ -643,7 +623,7 @@ def test_basic_auth_on_every_route(ls, checkpoint, r):
     )
 
 
-def test_secrets_never_reach_responses_or_logs(ls, checkpoint, r, caplog):
+def test_secrets_never_reach_responses_or_logs(ls, checkpoint, redis_db, caplog):
     api_key = "legacy-key-that-is-secret"  # wrong for the fake Label Studio: image downloads get 401
     settings = make_settings(
         ls,

@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from backend.context import parse_context, resolve_label
 from backend.errors import BadRequestError
-from backend.label_config import parse_label_config
+from backend.labelstudio.label_config import parse_label_config
+from backend.labelstudio.prompts import parse_context, resolve_label
 from tests.backend_support import keypoint, rectangle
 
 W, H = 333, 517

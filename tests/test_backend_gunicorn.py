@@ -12,13 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import redis
 import requests
 
 from backend.store import embedding_key
 from tests.backend_support import (
     LEGACY_TOKEN,
-    REDIS_TEST_DB,
+    TEST_REDIS_URL,
     FakeLabelStudio,
     decode_brush,
     keypoint,
@@ -30,7 +29,6 @@ from tests.e2e.processes import base_env
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = (REPO / "label_config.xml").read_text()
-REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_TEST_DB}"
 IMAGE = png_bytes(333, 517, seed=5)
 SERVED = re.compile(r"\[(\d+)\] backend\.model: task 1: 1 mask\(s\) for 'Object', embedding from (\w+)")
 
@@ -43,22 +41,14 @@ def fake_ls():
     server.close()
 
 
-@pytest.fixture
-def r():
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
-
-
 @pytest.mark.slow
-def test_two_workers_two_threads_answer_concurrent_first_clicks(tmp_path, fake_ls, r):
+def test_two_workers_two_threads_answer_concurrent_first_clicks(tmp_path, fake_ls, redis_db):
     checkpoint = make_tiny_checkpoint(tmp_path / "tiny.pt")
     env = base_env(
         tmp_path,
         LITESAM_CHECKPOINT=checkpoint,
         LITESAM_VARIANT="litesam_tiny",
-        REDIS_URL=REDIS_URL,
+        REDIS_URL=TEST_REDIS_URL,
         LABEL_STUDIO_URL=fake_ls.url,
         LABEL_STUDIO_API_KEY=LEGACY_TOKEN,
         LOG_LEVEL="INFO",
@@ -95,5 +85,5 @@ def test_two_workers_two_threads_answer_concurrent_first_clicks(tmp_path, fake_l
         rles = {tuple(a.json()["results"][0]["result"][0]["value"]["rle"]) for a in answers}
         assert len(rles) == 1  # every worker and thread gives the same mask for the same click
         assert decode_brush(answers[0].json()["results"][0]["result"][0]).shape == (517, 333)
-        assert r.exists(embedding_key(versions.pop(), hashlib.sha256(IMAGE).hexdigest()))
+        assert redis_db.exists(embedding_key(versions.pop(), hashlib.sha256(IMAGE).hexdigest()))
         assert "Traceback" not in log and LEGACY_TOKEN not in log

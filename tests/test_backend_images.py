@@ -21,7 +21,8 @@ from backend.errors import (
     UpstreamError,
 )
 from backend.images import HostPolicy, ImageFetcher, decode_image
-from backend.ls_auth import LabelStudioAuth, jwt_payload
+from backend.labelstudio.auth import jwt_payload
+from backend.labelstudio.client import LabelStudioClient
 from backend.settings import Secret, Settings
 from tests.backend_support import (
     LEGACY_TOKEN,
@@ -46,7 +47,11 @@ def make_fetcher(ls_url, key=LEGACY_TOKEN, **overrides):
     settings = Settings(
         label_studio_url=ls_url, label_studio_api_key=Secret(key) if key else None, **overrides
     )
-    return ImageFetcher(settings, LabelStudioAuth(settings.label_studio_url, settings.label_studio_api_key))
+    return ImageFetcher(settings, LabelStudioClient(settings))
+
+
+def make_client(ls_url, key=LEGACY_TOKEN):
+    return LabelStudioClient(Settings(label_studio_url=ls_url, label_studio_api_key=Secret(key) if key else None))
 
 
 def test_upload_with_legacy_token(ls):
@@ -467,11 +472,11 @@ def test_an_allowed_host_cannot_redirect_to_a_label_studio_api_path(ls, evil, mo
 
 
 def test_only_plain_uploads_are_immutable():
-    fetcher = make_fetcher("http://label-studio:8080")
+    client = make_client("http://label-studio:8080")
     plain = "/data/upload/3/abc-photo.png"
-    assert fetcher.immutable_source(plain) == "http://label-studio:8080" + plain
-    a = fetcher.immutable_source("/data/upload/../local-files/?d=a.jpg")
-    b = fetcher.immutable_source("/data/upload/../local-files/?d=b.jpg")
+    assert client.immutable_source(plain) == "http://label-studio:8080" + plain
+    a = client.immutable_source("/data/upload/../local-files/?d=a.jpg")
+    b = client.immutable_source("/data/upload/../local-files/?d=b.jpg")
     assert a is None and b is None  # never one alias for two different files
     for uri in (
         "/data/upload/3/a.png?x=1",
@@ -489,8 +494,8 @@ def test_only_plain_uploads_are_immutable():
         "/data/local-files/?d=a.jpg",
         "http://label-studio:8080/data/upload/3/a.png",
     ):
-        assert fetcher.immutable_source(uri) is None, uri
-    assert make_fetcher(None).immutable_source("/data/upload/3/a.png") is None
+        assert client.immutable_source(uri) is None, uri
+    assert make_client(None).immutable_source("/data/upload/3/a.png") is None
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from backend.errors import BadRequestError
-from backend.label_config import parse_label_config
+from backend.labelstudio.label_config import parse_label_config
 
 REPO = Path(__file__).resolve().parents[1]
 

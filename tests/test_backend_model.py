@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 
-import backend.model as model_module
+import backend.model_service as model_module
 from backend.checkpoint import resolve_checkpoint
 from backend.errors import BadRequestError, ConfigurationError
-from backend.model import LiteSamBackend, ModelService, model_version_string
+from backend.model import LiteSamBackend
+from backend.model_service import ModelService, model_version_string
+from backend.services import build_services
 from backend.settings import Settings
 from tests.backend_support import FakeLabelStudio, keypoint
 
@@ -110,10 +112,16 @@ def test_a_prompt_image_size_over_the_pixel_limit_is_400_before_any_work():
         '<View><Image name="image" value="$image"/>'
         '<BrushLabels name="mask" toName="image"><Label value="Object"/></BrushLabels></View>'
     )
-    model = ModelService(
-        Settings(checkpoint="/nowhere.pt", checkpoint_sha256="ab" * 32, variant="litesam_tiny")
+    services = build_services(
+        Settings(
+            checkpoint="/nowhere.pt",
+            checkpoint_sha256="ab" * 32,
+            variant="litesam_tiny",
+            max_image_pixels=1_000_000,
+        )
     )
-    backend = LiteSamBackend(model, store=None, fetcher=None, max_image_pixels=1_000_000, label_config=config)
+    model = services.model
+    backend = LiteSamBackend(services, label_config=config)
     tasks = [{"id": 1, "data": {"image": "/data/upload/1/a.png"}}]
     with pytest.raises(BadRequestError, match=r"30000×30000 = 900000000 pixels.*limit of 1000000"):
         backend.predict(tasks, context={"result": [keypoint(50, 50, 30000, 30000)]})

@@ -108,7 +108,7 @@ def test_the_cache_uses_the_job_redis_unless_told_otherwise():
 
 def test_job_defaults_underlie_every_job_and_a_job_can_override_them():
     from backend.errors import BadRequestError
-    from backend.jobs import JobOptions
+    from backend.jobs.options import JobOptions
 
     settings = Settings.from_env(
         {"LITESAM_JOB_DEFAULTS": '{"pred_iou_thresh": 0.5, "chunk_size": 3}', "LITESAM_SYNC_PREDICT_LIMIT": "7"}

@@ -11,18 +11,9 @@ import torch
 
 from backend.store import KEY_PREFIX, EmbeddingStore, decode_embedding, embedding_key, encode_embedding
 from litesam.predictor import ImageEmbedding
-from tests.backend_support import REDIS_TEST_DB, closed_port
+from tests.backend_support import TEST_REDIS_URL, closed_port
 
-URL = f"redis://127.0.0.1:6379/{REDIS_TEST_DB}"
 SHA = "ab" * 32
-
-
-@pytest.fixture
-def r():
-    client = redis.Redis.from_url(URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
 
 
 def embedding(seed=0, channels=256, side=40):
@@ -49,12 +40,12 @@ def test_key_has_a_versioned_prefix_the_model_version_and_the_image_hash():
     assert KEY_PREFIX.startswith("litesam:emb:v")
 
 
-def test_put_then_another_process_reads_it_from_redis_with_a_ttl(r):
-    writer = EmbeddingStore(URL, ttl=100, lru_size=4)
+def test_put_then_another_process_reads_it_from_redis_with_a_ttl(redis_db):
+    writer = EmbeddingStore(TEST_REDIS_URL, ttl=100, lru_size=4)
     stored = writer.put("v1", SHA, embedding())
     key = embedding_key("v1", SHA)
-    assert 0 < r.ttl(key) <= 100
-    reader = EmbeddingStore(URL, ttl=100, lru_size=4)
+    assert 0 < redis_db.ttl(key) <= 100
+    reader = EmbeddingStore(TEST_REDIS_URL, ttl=100, lru_size=4)
     got, source = reader.get_or_compute("v1", SHA, lambda: pytest.fail("must not compute"))
     assert source == "redis"
     torch.testing.assert_close(got.features, stored.features, rtol=0, atol=0)
@@ -62,32 +53,32 @@ def test_put_then_another_process_reads_it_from_redis_with_a_ttl(r):
     assert reader.get("v2", SHA) is None  # another model version never reads it
 
 
-def test_reading_renews_the_ttl(r):
-    store = EmbeddingStore(URL, ttl=1000, lru_size=0)
+def test_reading_renews_the_ttl(redis_db):
+    store = EmbeddingStore(TEST_REDIS_URL, ttl=1000, lru_size=0)
     store.put("v", SHA, embedding())
-    r.expire(embedding_key("v", SHA), 5)
+    redis_db.expire(embedding_key("v", SHA), 5)
     assert store.get("v", SHA) is not None
-    assert r.ttl(embedding_key("v", SHA)) > 900
+    assert redis_db.ttl(embedding_key("v", SHA)) > 900
 
 
-def test_computed_and_stored_embeddings_are_identical(r):
-    store = EmbeddingStore(URL, ttl=100, lru_size=4)
+def test_computed_and_stored_embeddings_are_identical(redis_db):
+    store = EmbeddingStore(TEST_REDIS_URL, ttl=100, lru_size=4)
     computed, source = store.get_or_compute("v", SHA, lambda: embedding(3))
     assert source == "computed"
-    from_redis = EmbeddingStore(URL, ttl=100, lru_size=4).get("v", SHA)
+    from_redis = EmbeddingStore(TEST_REDIS_URL, ttl=100, lru_size=4).get("v", SHA)
     torch.testing.assert_close(computed.features, from_redis.features, rtol=0, atol=0)
 
 
-def test_lru_keeps_the_most_recent(r):
-    store = EmbeddingStore(URL, ttl=100, lru_size=2)
+def test_lru_keeps_the_most_recent(redis_db):
+    store = EmbeddingStore(TEST_REDIS_URL, ttl=100, lru_size=2)
     for i in range(3):
         store.put("v", f"{i:064x}", embedding(i, channels=8, side=4))
-    r.flushdb()
+    redis_db.flushdb()
     assert store.get("v", f"{0:064x}") is None
     assert store.get("v", f"{1:064x}") is not None and store.get("v", f"{2:064x}") is not None
 
 
-def test_concurrent_requests_across_threads_and_processes_compute_once(r):
+def test_concurrent_requests_across_threads_and_processes_compute_once(redis_db):
     calls = []
     lock = threading.Lock()
 
@@ -97,7 +88,7 @@ def test_concurrent_requests_across_threads_and_processes_compute_once(r):
         time.sleep(0.3)
         return embedding(7)
 
-    stores = [EmbeddingStore(URL, ttl=100, lru_size=4) for _ in range(2)]  # two "processes"
+    stores = [EmbeddingStore(TEST_REDIS_URL, ttl=100, lru_size=4) for _ in range(2)]  # two "processes"
     results = []
     barrier = threading.Barrier(8)
 
@@ -115,26 +106,26 @@ def test_concurrent_requests_across_threads_and_processes_compute_once(r):
     assert sorted(source for _, source in results).count("computed") == 1
     for emb, _ in results:
         torch.testing.assert_close(emb.features, results[0][0].features, rtol=0, atol=0)
-    assert not r.exists(embedding_key("v", SHA) + ":lock")
+    assert not redis_db.exists(embedding_key("v", SHA) + ":lock")
 
 
-def test_a_corrupt_value_is_ignored_and_recomputed(r, caplog):
-    r.set(embedding_key("v", SHA), b"garbage")
-    store = EmbeddingStore(URL, ttl=100, lru_size=4)
+def test_a_corrupt_value_is_ignored_and_recomputed(redis_db, caplog):
+    redis_db.set(embedding_key("v", SHA), b"garbage")
+    store = EmbeddingStore(TEST_REDIS_URL, ttl=100, lru_size=4)
     with caplog.at_level(logging.WARNING, logger="backend.store"):
         _, source = store.get_or_compute("v", SHA, lambda: embedding(1, channels=8, side=4))
     assert source == "computed" and "unreadable embedding" in caplog.text
 
 
-def test_image_aliases_are_shared_through_redis_with_a_ttl(r):
-    writer = EmbeddingStore(URL, ttl=100, lru_size=4)
+def test_image_aliases_are_shared_through_redis_with_a_ttl(redis_db):
+    writer = EmbeddingStore(TEST_REDIS_URL, ttl=100, lru_size=4)
     assert writer.image_sha256("http://ls:8080/data/upload/1/a.png") is None
     writer.remember_image("http://ls:8080/data/upload/1/a.png", SHA)
     assert writer.image_sha256("http://ls:8080/data/upload/1/a.png") == SHA
-    reader = EmbeddingStore(URL, ttl=100, lru_size=4)
+    reader = EmbeddingStore(TEST_REDIS_URL, ttl=100, lru_size=4)
     assert reader.image_sha256("http://ls:8080/data/upload/1/a.png") == SHA
-    (key,) = r.keys("litesam:img:v1:*")
-    assert 0 < r.ttl(key) <= 100
+    (key,) = redis_db.keys("litesam:img:v1:*")
+    assert 0 < redis_db.ttl(key) <= 100
 
 
 def test_redis_down_still_answers_and_warns_once(caplog):
@@ -155,14 +146,14 @@ def test_redis_down_still_answers_and_warns_once(caplog):
     assert store.ping() is False and store.redis_available is False
 
 
-def test_redis_coming_back_is_used_again(r, monkeypatch):
+def test_redis_coming_back_is_used_again(redis_db, monkeypatch):
     import backend.store as store_module
 
     monkeypatch.setattr(store_module, "RETRY_AFTER_S", 0.0)
-    store = EmbeddingStore(URL, ttl=100, lru_size=0)
+    store = EmbeddingStore(TEST_REDIS_URL, ttl=100, lru_size=0)
     store._mark_down(redis.ConnectionError("test"))
     store.put("v", SHA, embedding(1, channels=8, side=4))
-    assert r.exists(embedding_key("v", SHA)) and store.redis_available
+    assert redis_db.exists(embedding_key("v", SHA)) and store.redis_available
 
 
 class RefusingRedis(redis.Redis):
@@ -179,8 +170,8 @@ class RefusingRedis(redis.Redis):
 
 
 def refusing_store(error, commands=None, lru_size=2):
-    store = EmbeddingStore(URL, ttl=100, lru_size=lru_size)
-    store._redis = RefusingRedis.from_url(URL)
+    store = EmbeddingStore(TEST_REDIS_URL, ttl=100, lru_size=lru_size)
+    store._redis = RefusingRedis.from_url(TEST_REDIS_URL)
     store._redis.error, store._redis.commands = error, commands
     return store
 
@@ -194,7 +185,7 @@ def refusing_store(error, commands=None, lru_size=2):
         redis.ResponseError("some other refusal"),
     ],
 )
-def test_refused_redis_commands_still_give_the_computed_embedding(r, caplog, error):
+def test_refused_redis_commands_still_give_the_computed_embedding(redis_db, caplog, error):
     store = refusing_store(error)
     calls = []
 
@@ -215,12 +206,12 @@ def test_refused_redis_commands_still_give_the_computed_embedding(r, caplog, err
     assert "Redis is unreachable" not in caplog.text
 
 
-def test_a_redis_refusing_writes_is_still_read_and_the_lock_is_skipped(r):
-    writer = EmbeddingStore(URL, ttl=100, lru_size=0)
+def test_a_redis_refusing_writes_is_still_read_and_the_lock_is_skipped(redis_db):
+    writer = EmbeddingStore(TEST_REDIS_URL, ttl=100, lru_size=0)
     writer.put("v", SHA, embedding(2, channels=8, side=4))
     oom = redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'.")
     store = refusing_store(oom, commands={"SET", "EVALSHA", "EVAL"}, lru_size=0)
     assert store.get_or_compute("v", SHA, lambda: pytest.fail("must not compute"))[1] == "redis"
     _, source = store.get_or_compute("v", "cd" * 32, lambda: embedding(3, channels=8, side=4))
-    assert source == "computed" and not r.exists(embedding_key("v", "cd" * 32))
-    assert not r.keys("*:lock")
+    assert source == "computed" and not redis_db.exists(embedding_key("v", "cd" * 32))
+    assert not redis_db.keys("*:lock")

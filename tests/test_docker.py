@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.backend_support import REDIS_TEST_DB, make_tiny_checkpoint, serve_backend
+from tests.backend_support import TEST_REDIS_URL, make_tiny_checkpoint, serve_backend
 from tests.e2e.processes import base_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ def test_healthcheck_passes_against_a_served_backend_with_basic_auth(tmp_path):
         tmp_path / "home",
         LITESAM_CHECKPOINT=make_tiny_checkpoint(tmp_path / "tiny.pt"),
         LITESAM_VARIANT="litesam_tiny",
-        REDIS_URL=f"redis://127.0.0.1:6379/{REDIS_TEST_DB}",
+        REDIS_URL=TEST_REDIS_URL,
         BASIC_AUTH_USER="labeler",
         BASIC_AUTH_PASS="s3cret-pass",
     )

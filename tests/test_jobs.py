@@ -1,61 +1,41 @@
-"""Pre-annotation jobs in-process, on a real Redis (own database, flushed): options, the job records and
-their atomic counters, one job per project, per-task write locks, reconciliation of chunks RQ failed, the
-HTTP routes (with basic auth), the ``preannotate`` command, and the batch ``/predict`` hook.
+"""Pre-annotation jobs in-process, on a real Redis (the test database, flushed): options, the job records and
+their atomic counters, one job per project, cancelling, per-task write locks, failure reasons and the
+reconciliation of chunks RQ failed (backend.jobs: options, board, locks, tasks, failures).
 
-Workers, Label Studio and whole jobs are exercised in ``test_jobs_worker.py`` and ``tests/e2e``.
+The HTTP routes, the ``preannotate`` command and the batch ``/predict`` are in ``test_jobs_routes.py``; workers,
+Label Studio and whole jobs in ``test_jobs_worker.py`` and ``tests/e2e``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
-from backend import jobs
-from backend.app import create_app
-from backend.errors import BadRequestError, UpstreamError
-from backend.job_routes import jobs_blueprint
-from backend.jobs import JobBoard, JobBusyError, JobNotFoundError, JobOptions, handle_batch_predict
-from backend.preannotate_cli import add_preannotate_command
-from backend.services import build_services
-from backend.settings import Secret, Settings
-from backend.store import embedding_key
-from tests.backend_support import (
-    LEGACY_TOKEN,
-    FakeLabelStudio,
-    closed_port,
-    decode_brush,
-    png_bytes,
+from backend.errors import (
+    BadRequestError,
+    JobNotFoundError,
+    LabelStudioUnavailable,
+    UpstreamError,
 )
-from tests.test_jobs_support import OPEN_FILTERS, REDIS_URL, flushed_redis
-
-REPO = Path(__file__).resolve().parents[1]
-CONFIG = (REPO / "label_config.xml").read_text()
-BASIC = ("admin", "jobs-basic-pass")
-
-
-@pytest.fixture
-def jobs_redis():
-    yield from flushed_redis()
-
-
-def settings_for(checkpoint, label_studio_url="http://127.0.0.1:9", **overrides) -> Settings:
-    values = dict(
-        label_studio_url=label_studio_url,
-        label_studio_api_key=Secret(LEGACY_TOKEN),
-        redis_url=Secret(REDIS_URL),
-        checkpoint=checkpoint,
-        variant="litesam_tiny",
-    )
-    values.update(overrides)
-    return Settings(**values)
+from backend.jobs import failures
+from backend.jobs import locks as locks_module
+from backend.jobs import tasks as job_tasks
+from backend.jobs.board import JobBoard
+from backend.jobs.layout import KEY_PREFIX, active_key, queue
+from backend.jobs.locks import TASK_LOCK_TTL_S, TaskLocks
+from backend.jobs.options import QUEUE_NAME, JobOptions
+from backend.services import build_services
+from tests.backend_support import (
+    FakeLabelStudio,
+    settings_for,
+)
+from tests.jobs_support import OPEN_FILTERS
 
 
 def planned_job(board: JobBoard, project: int, task_ids: list[int]) -> str:
@@ -119,8 +99,8 @@ def test_segevery_config_opens_filters_on_top_of_the_variant_proposals():
 # -- starting jobs -----------------------------------------------------------------------------------------
 
 
-def test_start_queues_the_parent_job_with_explicit_rq_settings(jobs_redis):
-    board = JobBoard(jobs_redis)
+def test_start_queues_the_parent_job_with_explicit_rq_settings(redis_db):
+    board = JobBoard(redis_db)
     options = JobOptions(job_timeout=120, result_ttl=600, failure_ttl=900, retries=2, retry_intervals=(3, 7))
     status, created = board.start(5, overwrite=True, task_ids=[9, 3, 9], options=options, source="cli")
     assert created
@@ -128,19 +108,19 @@ def test_start_queues_the_parent_job_with_explicit_rq_settings(jobs_redis):
     assert status["tasks"] == [3, 9] and status["total"] is None and status["percent"] == 0.0
     assert status["source"] == "cli" and status["failures"] == [] and status["error"] is None
 
-    parent = Job.fetch(status["id"], connection=jobs_redis, serializer=JSONSerializer)
-    assert parent.func_name == "backend.jobs.plan_project" and parent.args == [status["id"]]
-    assert parent.origin == jobs.QUEUE_NAME and parent.get_status() == JobStatus.QUEUED
+    parent = Job.fetch(status["id"], connection=redis_db, serializer=JSONSerializer)
+    assert parent.func_name == "backend.jobs.tasks.plan_project" and parent.args == [status["id"]]
+    assert parent.origin == QUEUE_NAME and parent.get_status() == JobStatus.QUEUED
     assert (parent.timeout, parent.result_ttl, parent.failure_ttl) == (120, 600, 900)
     assert parent.retries_left == 2 and parent.retry_intervals == [3, 7]
-    assert parent.failure_callback is jobs.on_plan_failure
-    assert jobs.queue(jobs_redis).job_ids == [status["id"]]
+    assert parent.failure_callback is failures.on_plan_failure
+    assert queue(redis_db).job_ids == [status["id"]]
     # the job's data is JSON (the queue's serializer), not pickle
-    assert json.loads(jobs_redis.hget(parent.key, "meta")) == {"litesam_job": status["id"], "project": 5}
+    assert json.loads(redis_db.hget(parent.key, "meta")) == {"litesam_job": status["id"], "project": 5}
 
 
-def test_one_job_per_project_at_a_time(jobs_redis):
-    board = JobBoard(jobs_redis)
+def test_one_job_per_project_at_a_time(redis_db):
+    board = JobBoard(redis_db)
     first, created = board.start(7)
     assert created
     again, created_again = board.start(7, overwrite=True)
@@ -155,8 +135,8 @@ def test_one_job_per_project_at_a_time(jobs_redis):
     assert created_after and after["id"] != first["id"]
 
 
-def test_start_refuses_bad_project_and_task_ids(jobs_redis):
-    board = JobBoard(jobs_redis)
+def test_start_refuses_bad_project_and_task_ids(redis_db):
+    board = JobBoard(redis_db)
     for project in ("3", 0, None, True):
         with pytest.raises(BadRequestError, match="'project' must be a positive integer"):
             board.start(project)
@@ -169,17 +149,17 @@ def test_start_refuses_bad_project_and_task_ids(jobs_redis):
 # -- progress ----------------------------------------------------------------------------------------------
 
 
-def test_outcomes_count_once_and_the_last_one_finishes_the_job(jobs_redis):
-    board = JobBoard(jobs_redis)
+def test_outcomes_count_once_and_the_last_one_finishes_the_job(redis_db):
+    board = JobBoard(redis_db)
     job_id = planned_job(board, 4, [11, 12, 13])
-    chunks = [Job.fetch(f"{job_id}.{i}", connection=jobs_redis, serializer=JSONSerializer) for i in range(2)]
+    chunks = [Job.fetch(f"{job_id}.{i}", connection=redis_db, serializer=JSONSerializer) for i in range(2)]
     assert [c.args[2] for c in chunks] == [
         [{"id": 11, "image": "/data/upload/4/11.png"}, {"id": 12, "image": "/data/upload/4/12.png"}],
         [{"id": 13, "image": "/data/upload/4/13.png"}],
     ]
-    assert all(c.func_name == "backend.jobs.run_chunk" and c.retries_left == 3 for c in chunks)
+    assert all(c.func_name == "backend.jobs.tasks.run_chunk" and c.retries_left == 3 for c in chunks)
     assert all(
-        c.failure_callback is jobs.on_chunk_failure and c.timeout == JobOptions().job_timeout for c in chunks
+        c.failure_callback is failures.on_chunk_failure and c.timeout == JobOptions().job_timeout for c in chunks
     )
     assert board.status(job_id)["state"] == "running"
 
@@ -200,15 +180,15 @@ def test_outcomes_count_once_and_the_last_one_finishes_the_job(jobs_redis):
     status = board.status(job_id)
     assert status["state"] == "finished" and status["finished_at"]
     assert (status["done"], status["failed"], status["pending"], status["percent"]) == (3, 0, 0, 100.0)
-    assert jobs_redis.get(jobs._active_key(4)) is None  # the project is free again
+    assert redis_db.get(active_key(4)) is None  # the project is free again
 
-    meta = json.loads(jobs_redis.hget(Job(job_id, connection=jobs_redis).key, "meta"))
+    meta = json.loads(redis_db.hget(Job(job_id, connection=redis_db).key, "meta"))
     expected = {k: status[k] for k in ("total", "done", "failed", "skipped", "pending", "percent", "regions")}
     assert meta["progress"] == expected  # the parent RQ job's meta mirrors the record
 
 
-def test_a_chunk_that_gives_up_fails_its_unsettled_tasks_and_the_job(jobs_redis):
-    board = JobBoard(jobs_redis)
+def test_a_chunk_that_gives_up_fails_its_unsettled_tasks_and_the_job(redis_db):
+    board = JobBoard(redis_db)
     job_id = planned_job(board, 6, [1, 2, 3])
     board.record_outcome(job_id, 6, 1, "done", regions=1)
     board.fail_tasks(job_id, 6, [1, 2], "Label Studio at http://ls could not be reached (gave up)")
@@ -220,8 +200,8 @@ def test_a_chunk_that_gives_up_fails_its_unsettled_tasks_and_the_job(jobs_redis)
     assert status["state"] == "failed" and (status["done"], status["failed"]) == (2, 1)
 
 
-def test_everything_skipped_finishes_at_once(jobs_redis):
-    board = JobBoard(jobs_redis)
+def test_everything_skipped_finishes_at_once(redis_db):
+    board = JobBoard(redis_db)
     status, _ = board.start(9)
     plan = {
         "project": 9,
@@ -239,26 +219,35 @@ def test_everything_skipped_finishes_at_once(jobs_redis):
     assert (status["state"], status["skipped"], status["percent"]) == ("finished", 4, 100.0)
 
 
-def test_status_settles_a_chunk_that_rq_failed_without_our_callback(jobs_redis):
-    board = JobBoard(jobs_redis)
+def test_maintenance_settles_a_chunk_that_rq_failed_without_our_callback_and_reading_writes_nothing(redis_db):
+    board = JobBoard(redis_db)
     job_id = planned_job(board, 3, [21, 22, 23])
-    chunk = Job.fetch(f"{job_id}.0", connection=jobs_redis, serializer=JSONSerializer)
-    with jobs_redis.pipeline() as pipe:  # as RQ does when a work horse dies and no retry is left
+    chunk = Job.fetch(f"{job_id}.0", connection=redis_db, serializer=JSONSerializer)
+    with redis_db.pipeline() as pipe:  # as RQ does when a work horse dies and no retry is left
         chunk.set_status(JobStatus.FAILED, pipeline=pipe)
-        chunk._handle_failure("Traceback …\nbackend.jobs.LabelStudioUnavailable: Label Studio is down", pipe)
+        chunk._handle_failure(
+            "Traceback …\nbackend.errors.LabelStudioUnavailable: Label Studio is down", pipe
+        )
         pipe.execute()
-    assert chunk.id in FailedJobRegistry(jobs.QUEUE_NAME, connection=jobs_redis).get_job_ids()
+    assert chunk.id in FailedJobRegistry(QUEUE_NAME, connection=redis_db).get_job_ids()
+    before = board.status(job_id)
+    assert (before["failures"], before["failed"], before["error"]) == ([], 0, None)  # a read changes nothing
+    assert board.status(job_id) == before
+
+    assert failures.reconcile_jobs(redis_db) == 1  # what every worker runs at its maintenance
     status = board.status(job_id)
     assert [f["task"] for f in status["failures"]] == [21, 22]
     assert status["failures"][0]["reason"] == "Label Studio is down"
     assert status["error"] == "Label Studio is down" and status["state"] == "running"  # task 23 is pending
+    failures.reconcile_jobs(redis_db)  # again: nothing counts twice
+    assert board.status(job_id)["failed"] == 2
 
 
-def test_unknown_job_is_not_found(jobs_redis):
+def test_unknown_job_is_not_found(redis_db):
     with pytest.raises(JobNotFoundError):
-        JobBoard(jobs_redis).status("0" * 32)
+        JobBoard(redis_db).status("0" * 32)
     with pytest.raises(JobNotFoundError):
-        JobBoard(jobs_redis).status("x" * 500)
+        JobBoard(redis_db).status("x" * 500)
 
 
 # -- cancelling --------------------------------------------------------------------------------------------
@@ -268,16 +257,16 @@ def rq_status(connection, rq_id: str) -> JobStatus:
     return Job.fetch(rq_id, connection=connection, serializer=JSONSerializer).get_status()
 
 
-def test_cancel_a_queued_job_cancels_its_rq_job_and_frees_the_project(jobs_redis):
-    board = JobBoard(jobs_redis)
+def test_cancel_a_queued_job_cancels_its_rq_job_and_frees_the_project(redis_db):
+    board = JobBoard(redis_db)
     status, _ = board.start(14, options=JobOptions(queue="nobody-serves-this"))
     cancelled, now = board.cancel(status["id"], "the queue has no worker")
     assert now and cancelled["state"] == "cancelled"
     assert cancelled["cancel_reason"] == "the queue has no worker"
     assert cancelled["finished_at"] and cancelled["error"] is None and cancelled["failed"] == 0
-    assert rq_status(jobs_redis, status["id"]) == JobStatus.CANCELED
-    assert jobs.queue(jobs_redis, "nobody-serves-this").job_ids == []
-    assert jobs_redis.get(jobs._active_key(14)) is None
+    assert rq_status(redis_db, status["id"]) == JobStatus.CANCELED
+    assert queue(redis_db, "nobody-serves-this").job_ids == []
+    assert redis_db.get(active_key(14)) is None
     after, created = board.start(14)
     assert created and after["id"] != status["id"]
     # a parent that a worker takes anyway (e.g. it was already dequeued) plans nothing
@@ -285,23 +274,23 @@ def test_cancel_a_queued_job_cancels_its_rq_job_and_frees_the_project(jobs_redis
     assert not board.commit_plan(status["id"], {"project": 14, "total": 1}, [[{"id": 1}]], {}, JobOptions())
 
 
-def test_cancel_a_running_job_cancels_its_waiting_chunks_and_only_a_done_counts_after(jobs_redis):
-    board = JobBoard(jobs_redis)
+def test_cancel_a_running_job_cancels_its_waiting_chunks_and_only_a_done_counts_after(redis_db):
+    board = JobBoard(redis_db)
     job_id = planned_job(board, 15, [1, 2, 3, 4, 5])
     board.record_outcome(job_id, 15, 1, "done", regions=2)
-    started = Job.fetch(f"{job_id}.1", connection=jobs_redis, serializer=JSONSerializer)
-    with jobs_redis.pipeline() as pipe:  # as a worker does when it takes chunk 2
-        jobs.queue(jobs_redis).remove(started.id, pipeline=pipe)
+    started = Job.fetch(f"{job_id}.1", connection=redis_db, serializer=JSONSerializer)
+    with redis_db.pipeline() as pipe:  # as a worker does when it takes chunk 2
+        queue(redis_db).remove(started.id, pipeline=pipe)
         started.set_status(JobStatus.STARTED, pipeline=pipe)
         pipe.execute()
     status, now = board.cancel(job_id)
     counts = (status["state"], status["done"], status["failed"], status["pending"])
     assert now and counts == ("cancelled", 1, 0, 4)
     assert status["cancel_reason"] == "cancelled by request"
-    assert rq_status(jobs_redis, f"{job_id}.0") == JobStatus.CANCELED
-    assert rq_status(jobs_redis, f"{job_id}.2") == JobStatus.CANCELED
-    assert rq_status(jobs_redis, f"{job_id}.1") == JobStatus.STARTED  # stops by itself at its next task
-    assert jobs.queue(jobs_redis).job_ids == []
+    assert rq_status(redis_db, f"{job_id}.0") == JobStatus.CANCELED
+    assert rq_status(redis_db, f"{job_id}.2") == JobStatus.CANCELED
+    assert rq_status(redis_db, f"{job_id}.1") == JobStatus.STARTED  # stops by itself at its next task
+    assert queue(redis_db).job_ids == []
     assert board.is_cancelled(job_id)
     board.record_outcome(job_id, 15, 3, "done", regions=1)  # a write already under way landed
     board.record_outcome(job_id, 15, 4, "failed", reason="late")  # not counted: the task was not done
@@ -310,8 +299,8 @@ def test_cancel_a_running_job_cancels_its_waiting_chunks_and_only_a_done_counts_
     assert (status["state"], status["done"], status["failed"], status["error"]) == ("cancelled", 2, 0, None)
 
 
-def test_cancel_twice_and_cancel_an_ended_job_change_nothing(jobs_redis):
-    board = JobBoard(jobs_redis)
+def test_cancel_twice_and_cancel_an_ended_job_change_nothing(redis_db):
+    board = JobBoard(redis_db)
     status, _ = board.start(16)
     first, now = board.cancel(status["id"], "first")
     again, now_again = board.cancel(status["id"], "second")
@@ -327,15 +316,15 @@ def test_cancel_twice_and_cancel_an_ended_job_change_nothing(jobs_redis):
         board.cancel("x" * 500)
 
 
-def test_a_chunk_running_when_its_job_is_cancelled_writes_nothing_more(checkpoint, jobs_redis, monkeypatch):
+def test_a_chunk_running_when_its_job_is_cancelled_writes_nothing_more(checkpoint, redis_db, monkeypatch):
     server = FakeLabelStudio()
     try:
         for task in (1, 2, 3):
             server.add(f"/api/predictions/?task={task}", b"[]")
         server.add("/api/projects/17/import/predictions", b'{"created": 1}')
         services = build_services(settings_for(checkpoint, label_studio_url=server.url))
-        monkeypatch.setattr(jobs, "_services", services)
-        board = JobBoard(jobs_redis)
+        monkeypatch.setattr(job_tasks, "_services", services)
+        board = JobBoard(redis_db)
         status, _ = board.start(17, options=JobOptions(chunk_size=3, write_batch=1))
         tasks = [{"id": t, "image": f"/data/upload/17/{t}.png"} for t in (1, 2, 3)]
         plan = {
@@ -351,16 +340,16 @@ def test_a_chunk_running_when_its_job_is_cancelled_writes_nothing_more(checkpoin
         assert board.commit_plan(status["id"], plan, [tasks], {}, JobOptions(chunk_size=3, write_batch=1))
         computed = []
 
-        def regions(services_, segment, ls, task, record, options, version):
+        def regions(services_, segment, ls, task, planned, options):
             computed.append(task["id"])
             if task["id"] == 2:  # cancelled while task 2 is computed, before its write
                 board.cancel(status["id"])
             return []
 
-        monkeypatch.setattr(jobs, "_task_regions", regions)
-        chunk = Job.fetch(f"{status['id']}.0", connection=jobs_redis, serializer=JSONSerializer)
-        monkeypatch.setattr(jobs, "get_current_job", lambda: chunk)
-        jobs.run_chunk(status["id"], 0, tasks)
+        monkeypatch.setattr(job_tasks, "task_regions", regions)
+        chunk = Job.fetch(f"{status['id']}.0", connection=redis_db, serializer=JSONSerializer)
+        monkeypatch.setattr(job_tasks, "get_current_job", lambda: chunk)
+        job_tasks.run_chunk(status["id"], 0, tasks)
 
         assert computed == [1, 2]  # task 3 was not started
         writes = [r for r in server.requests if r[0] == "POST" and "import/predictions" in r[1]]
@@ -374,293 +363,57 @@ def test_a_chunk_running_when_its_job_is_cancelled_writes_nothing_more(checkpoin
         server.close()
 
 
-def test_delete_route_cancels_and_answers_404_for_unknown_jobs(client, jobs_redis):
-    job_id = client.post("/jobs", json={"project": 18}, headers=AUTH).get_json()["job"]["id"]
-    response = client.delete(f"/jobs/{job_id}", headers=AUTH)
-    assert response.status_code == 200, response.get_json()
-    body = response.get_json()
-    assert body["cancelled"] is True and body["job"]["state"] == "cancelled"
-    again = client.delete(f"/jobs/{job_id}", headers=AUTH)
-    assert again.status_code == 200 and again.get_json() == {"cancelled": False, "job": body["job"]}
-    assert client.post("/jobs", json={"project": 18}, headers=AUTH).status_code == 202  # the project is free
-    missing = client.delete("/jobs/" + "0" * 32, headers=AUTH)
-    assert missing.status_code == 404 and "no pre-annotation job" in missing.get_json()["error"]
-    assert client.delete(f"/jobs/{job_id}").status_code == 401
-
-
-def test_preannotate_cancel_command(checkpoint, jobs_redis, capsys):
-    settings = settings_for(checkpoint)
-    board = JobBoard(jobs_redis)
-    status, _ = board.start(19)
-    assert run_command(["preannotate", "--cancel", status["id"]], settings) == 0
-    out = capsys.readouterr()
-    assert out.out.strip() == "cancelled" and "project 19 is free" in out.err
-    assert board.status(status["id"])["cancel_reason"] == "cancelled from the command line"
-    assert run_command(["preannotate", "--cancel", status["id"]], settings) == 0  # still cancelled
-    assert "already ended (cancelled)" in capsys.readouterr().err
-    assert run_command(["preannotate", "--cancel", "0" * 32], settings) == 2
-    assert "no pre-annotation job" in capsys.readouterr().err
-    assert run_command(["preannotate"], settings) == 2
-    assert run_command(["preannotate", "--project", "19", "--cancel", status["id"]], settings) == 2
 
 
 # -- per-task write locks ----------------------------------------------------------------------------------
 
 
-def test_task_locks_are_exclusive_and_a_waiting_writer_gets_them_after_release(jobs_redis):
-    board = JobBoard(jobs_redis)
+def test_task_locks_are_exclusive_and_a_waiting_writer_gets_them_after_release(redis_db, monkeypatch):
+    locks = TaskLocks(redis_db)
     order = []
-    with board.task_locks("v1", [1, 2]) as held:
+    second_waits = threading.Event()
+
+    def pause(seconds: float) -> None:  # the second writer found task 2 locked and waits for it
+        second_waits.set()
+        time.sleep(seconds)
+
+    monkeypatch.setattr(locks_module, "_pause", pause)
+    with locks.hold("v1", [1, 2]) as held:
 
         def second_writer():
-            with board.task_locks("v1", [2, 3], wait_s=10):
+            with locks.hold("v1", [2, 3], wait_s=10):
                 order.append("second")
 
         thread = threading.Thread(target=second_writer)
         thread.start()
-        time.sleep(0.5)
+        assert second_waits.wait(timeout=10)
         held.renew()
         order.append("first")
     thread.join(timeout=10)
     assert order == ["first", "second"]
-    assert not jobs_redis.keys(f"{jobs.KEY_PREFIX}task:*")  # all released
+    assert not redis_db.keys(f"{KEY_PREFIX}task:*")  # all released
 
 
-def test_task_lock_held_elsewhere_makes_the_chunk_retry_later(jobs_redis):
-    board = JobBoard(jobs_redis)
-    jobs_redis.set(f"{jobs.KEY_PREFIX}task:v1:5", "someone-else", px=60_000)
+def test_task_lock_held_elsewhere_makes_the_chunk_retry_later(redis_db):
+    locks = TaskLocks(redis_db)
+    redis_db.set(f"{KEY_PREFIX}task:v1:5", "someone-else", px=60_000)
     with pytest.raises(UpstreamError, match="another worker has been writing task 5"):
-        with board.task_locks("v1", [4, 5], wait_s=0.5):
+        with locks.hold("v1", [4, 5], wait_s=0.5):
             pass
-    assert jobs_redis.get(f"{jobs.KEY_PREFIX}task:v1:4") is None  # the lock it did take is released
+    assert redis_db.get(f"{KEY_PREFIX}task:v1:4") is None  # the lock it did take is released
     with pytest.raises(UpstreamError, match="expired while held"):
-        with board.task_locks("v1", [6]) as held:
-            jobs_redis.delete(f"{jobs.KEY_PREFIX}task:v1:6")  # expired while held
+        with locks.hold("v1", [6]) as held:
+            redis_db.delete(f"{KEY_PREFIX}task:v1:6")  # expired while held
             held.renew()
 
 
-def test_task_locks_left_to_expire_when_the_write_failed(jobs_redis):
-    board = JobBoard(jobs_redis)
+def test_task_locks_left_to_expire_when_the_write_failed(redis_db):
+    locks = TaskLocks(redis_db)
     with pytest.raises(RuntimeError):
-        with board.task_locks("v1", [8, 7]):
+        with locks.hold("v1", [8, 7]):
             raise RuntimeError("Label Studio timed out during the write")
     for task in (7, 8):  # a late write may still land: nobody may check these tasks before the locks expire
-        assert 0 < jobs_redis.pttl(f"{jobs.KEY_PREFIX}task:v1:{task}") <= jobs.TASK_LOCK_TTL_S * 1000
-
-
-# -- HTTP routes -------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def client(checkpoint, jobs_redis):
-    settings = settings_for(checkpoint, basic_auth_user=BASIC[0], basic_auth_pass=Secret(BASIC[1]))
-    app = create_app(settings, blueprints=[jobs_blueprint])
-    return app.test_client()
-
-
-AUTH = {"Authorization": "Basic YWRtaW46am9icy1iYXNpYy1wYXNz"}  # admin:jobs-basic-pass
-
-
-def test_routes_start_read_and_list_jobs(client, jobs_redis):
-    response = client.post(
-        "/jobs", json={"project": 12, "options": {"chunk_size": 4, **OPEN_FILTERS}}, headers=AUTH
-    )
-    assert response.status_code == 202, response.get_json()
-    body = response.get_json()
-    assert body["created"] is True and body["job"]["project"] == 12 and body["job"]["state"] == "queued"
-    job_id = body["job"]["id"]
-
-    again = client.post("/jobs", json={"project": 12, "overwrite": True}, headers=AUTH)
-    assert again.status_code == 200 and again.get_json() == {"created": False, "job": body["job"]}
-
-    one = client.get(f"/jobs/{job_id}", headers=AUTH)
-    assert one.status_code == 200 and one.get_json() == JobBoard(jobs_redis).status(job_id)
-    listed = client.get("/jobs?limit=5", headers=AUTH).get_json()["jobs"]
-    assert [j["id"] for j in listed] == [job_id]
-    options = json.loads(JobBoard(jobs_redis).record_fields(job_id)["options"])
-    assert options["chunk_size"] == 4 and options["pred_iou_thresh"] == 0.0
-
-
-@pytest.mark.parametrize(
-    ("body", "fragment"),
-    [
-        ({"project": "12"}, "'project' must be a positive integer"),
-        ({"project": 12, "overwrite": "yes"}, "'overwrite' must be true or false"),
-        ({"project": 12, "tasks": []}, "'tasks' must be a non-empty list"),
-        ({"project": 12, "options": {"chunk_size": -1}}, "'chunk_size' must be a positive integer"),
-        ({"project": 12, "priority": 1}, "unknown field(s) priority"),
-    ],
-)
-def test_routes_refuse_bad_requests(client, body, fragment):
-    response = client.post("/jobs", json=body, headers=AUTH)
-    assert response.status_code == 400 and fragment in response.get_json()["error"]
-
-
-def test_post_jobs_takes_only_json(client):
-    response = client.post("/jobs", data='{"project": 12}', content_type="text/plain", headers=AUTH)
-    assert response.status_code == 415 and "Content-Type: application/json" in response.get_json()["error"]
-
-
-def test_routes_answer_404_for_unknown_jobs_and_400_for_bad_limits(client):
-    assert client.get("/jobs/" + "0" * 32, headers=AUTH).status_code == 404
-    assert client.get("/jobs?limit=0", headers=AUTH).status_code == 400
-    assert client.get("/jobs?limit=abc", headers=AUTH).status_code == 400
-
-
-def test_basic_auth_covers_every_jobs_route(client):
-    for method, path in [
-        ("get", "/jobs"),
-        ("post", "/jobs"),
-        ("get", "/jobs/ui"),
-        ("get", "/jobs/abc"),
-        ("delete", "/jobs/abc"),
-        ("get", "/jobs/static/jobs.js"),
-    ]:
-        response = getattr(client, method)(path)
-        assert response.status_code == 401, path
-    wrong = {"Authorization": "Basic YWRtaW46d3Jvbmc="}  # admin:wrong
-    assert client.get("/jobs", headers=wrong).status_code == 401
-
-
-def test_jobs_page_and_its_static_files(client):
-    page = client.get("/jobs/ui", headers=AUTH)
-    assert page.status_code == 200 and page.mimetype == "text/html"
-    html = page.get_data(as_text=True)
-    for fragment in (
-        'id="start-form"',
-        'id="project"',
-        'id="start"',
-        'class="cancel"',
-        'data-jobs-url="/jobs"',
-        'src="/jobs/static/jobs.js"',
-        'href="/jobs/static/jobs.css"',
-    ):
-        assert fragment in html
-    assert "http://" not in html and "https://" not in html  # no external files
-    script = client.get("/jobs/static/jobs.js", headers=AUTH)
-    assert script.status_code == 200 and b"fetch(jobsUrl" in script.get_data()
-    assert b'method: "DELETE"' in script.get_data()
-    assert client.get("/jobs/static/jobs.css", headers=AUTH).status_code == 200
-
-
-def test_routes_say_so_when_redis_is_down(checkpoint):
-    settings = settings_for(checkpoint, redis_url=Secret(f"redis://127.0.0.1:{closed_port()}/0"))
-    client = create_app(settings, blueprints=[jobs_blueprint]).test_client()
-    for response in (client.post("/jobs", json={"project": 1}), client.get("/jobs")):
-        assert response.status_code == 503
-        assert "Redis does not answer" in response.get_json()["error"]
-    services = build_services(settings)
-    tasks = [{"id": i, "data": {"image": "/data/upload/1/x.png"}} for i in (1, 2, 3)]
-    with pytest.raises(jobs.QueueUnavailableError, match="the 3 tasks cannot be queued"):
-        handle_batch_predict(services, "1.1", tasks, CONFIG, sync_limit=2)
-
-
-# -- the preannotate command -------------------------------------------------------------------------------
-
-
-def run_command(argv, settings):
-    parser = argparse.ArgumentParser(prog="litesam-backend")
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    add_preannotate_command(subparsers, settings)
-    args = parser.parse_args(argv)
-    return args.func(args, settings)
-
-
-def test_preannotate_command_queues_a_job(checkpoint, jobs_redis, capsys):
-    settings = settings_for(checkpoint)
-    code = run_command(
-        [
-            "preannotate",
-            "--project",
-            "31",
-            "--tasks",
-            "4,5",
-            "--pred-iou-thresh",
-            "0",
-            "--label",
-            "Person",
-            "--chunk-size",
-            "1",
-        ],
-        settings,
-    )
-    assert code == 0
-    job_id = capsys.readouterr().out.strip()
-    status = JobBoard(jobs_redis).status(job_id)
-    assert (status["project"], status["tasks"], status["source"]) == (31, [4, 5], "cli")
-    options = json.loads(JobBoard(jobs_redis).record_fields(job_id)["options"])
-    assert (options["pred_iou_thresh"], options["label"], options["chunk_size"]) == (0.0, "Person", 1)
-
-    assert run_command(["preannotate", "--project", "31"], settings) == 0  # the running job
-    assert capsys.readouterr().out.strip() == job_id
-    assert run_command(["preannotate", "--project", "32", "--pred-iou-thresh", "2"], settings) == 2
-    assert "from 0 to 1" in capsys.readouterr().err
-
-
-# -- batch /predict ("Retrieve predictions") ---------------------------------------------------------------
-
-
-def test_a_large_batch_predict_becomes_a_job_and_answers_no_results(checkpoint, jobs_redis):
-    services = build_services(settings_for(checkpoint))
-    tasks = [{"id": i, "data": {"image": f"/data/upload/2/{i}.png"}} for i in (41, 42, 43)]
-    assert handle_batch_predict(services, "2.1764000000", tasks, CONFIG, sync_limit=2) == []
-    (status,) = JobBoard(jobs_redis).recent()
-    assert (status["project"], status["tasks"], status["source"]) == (2, [41, 42, 43], "predict")
-    assert handle_batch_predict(services, "2.1764000000", tasks, CONFIG, sync_limit=2) == []
-    assert len(JobBoard(jobs_redis).recent()) == 1  # the running job is reused
-    others = [{"id": i, "data": {"image": f"/data/upload/2/{i}.png"}} for i in (44, 45, 46)]
-    with pytest.raises(JobBusyError, match="running on other tasks"):  # never dropped in silence
-        handle_batch_predict(services, "2.1764000000", others, CONFIG, sync_limit=2)
-    assert not services.model.loaded  # nothing was computed in the web process
-    with pytest.raises(BadRequestError, match="does not start with a project id"):
-        handle_batch_predict(services, "x.1", tasks, CONFIG, sync_limit=2)
-    with pytest.raises(BadRequestError, match="integer ids"):
-        handle_batch_predict(services, "2.1", [{"data": {}}], CONFIG)
-
-
-def test_a_small_batch_predict_is_answered_now_with_one_prediction_per_task(checkpoint, jobs_redis):
-    server = FakeLabelStudio()
-    try:
-        server.add("/data/upload/2/a.png", png_bytes(90, 70, seed=1))
-        server.add("/data/upload/2/b.png", png_bytes(50, 64, seed=2))
-        server.add("/data/upload/2/bad.png", b"not an image")
-        services = build_services(settings_for(checkpoint, label_studio_url=server.url))
-        tasks = [
-            {"id": 1, "data": {"image": "/data/upload/2/a.png"}},
-            {"id": 2, "data": {"image": "/data/upload/2/b.png"}},
-        ]
-        answers = handle_batch_predict(
-            services, "2.1", tasks, CONFIG, options=JobOptions.from_json({**OPEN_FILTERS, "label": "Vehicle"})
-        )
-        assert len(answers) == 2  # random weights, opened filters: plumbing only
-        for answer, size in zip(answers, [(70, 90), (64, 50)], strict=True):
-            assert answer["model_version"] == services.model.model_version and answer["result"]
-            for region in answer["result"]:
-                assert region["from_name"] == "mask" and region["value"]["brushlabels"] == ["Vehicle"]
-                assert decode_brush(region).shape == size
-                assert set(decode_brush(region).ravel()) <= {0, 255}
-        keys = jobs_redis.keys(embedding_key(services.model.model_version, "*"))
-        assert len(keys) == 2  # the embeddings were stored for later clicks
-        multi_config = (
-            '<View><Image name="image" valueList="$images"/>'
-            '<BrushLabels name="mask" toName="image"><Label value="Object"/></BrushLabels></View>'
-        )
-        multi = {"id": 4, "data": {"images": ["/data/upload/2/a.png", "/data/upload/2/b.png"]}}
-        (answer,) = handle_batch_predict(
-            services, "2.1", [multi], multi_config, options=JobOptions.from_json(OPEN_FILTERS)
-        )
-        assert {r["item_index"] for r in answer["result"]} == {0, 1}
-        for region in answer["result"]:
-            assert decode_brush(region).shape == [(70, 90), (64, 50)][region["item_index"]]
-        broken = {"id": 5, "data": {"images": ["/data/upload/2/a.png", "/data/upload/2/bad.png"]}}
-        with pytest.raises(BadRequestError, match="task 5: image 2 of 2: the file is not an image"):
-            handle_batch_predict(services, "2.1", [broken], multi_config)
-        with pytest.raises(BadRequestError, match="task 3: the file is not an image"):
-            handle_batch_predict(
-                services, "2.1", [{"id": 3, "data": {"image": "/data/upload/2/bad.png"}}], CONFIG
-            )
-    finally:
-        server.close()
+        assert 0 < redis_db.pttl(f"{KEY_PREFIX}task:v1:{task}") <= TASK_LOCK_TTL_S * 1000
 
 
 def test_describe_failure_is_short_and_clear():
@@ -668,9 +421,9 @@ def test_describe_failure_is_short_and_clear():
     from rq.timeouts import JobTimeoutException
 
     assert (
-        jobs.describe_failure(jobs.LabelStudioUnavailable("Label Studio at X could not be reached"))
+        failures.describe_failure(LabelStudioUnavailable("Label Studio at X could not be reached"))
         == "Label Studio at X could not be reached"
     )
-    assert "killed or lost" in jobs.describe_failure(AbandonedJobError())
-    assert "job_timeout" in jobs.describe_failure(JobTimeoutException("Task exceeded maximum timeout value"))
-    assert jobs.describe_failure(KeyError("image")) == "KeyError: 'image'"
+    assert "killed or lost" in failures.describe_failure(AbandonedJobError())
+    assert "job_timeout" in failures.describe_failure(JobTimeoutException("Task exceeded maximum timeout value"))
+    assert failures.describe_failure(KeyError("image")) == "KeyError: 'image'"

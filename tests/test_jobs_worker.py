@@ -11,16 +11,10 @@ import socket
 import threading
 import time
 
-import pytest
-
-from backend.jobs import JobBoard, JobOptions
+from backend.jobs.board import JobBoard
+from backend.jobs.options import JobOptions
 from tests.backend_support import LEGACY_TOKEN, closed_port
-from tests.test_jobs_support import FAST_RETRY, flushed_redis, start_worker, wait_for, worker_env
-
-
-@pytest.fixture
-def jobs_redis():
-    yield from flushed_redis()
+from tests.jobs_support import FAST_RETRY, start_worker, wait_for, worker_env
 
 
 class SilentServer:
@@ -50,13 +44,13 @@ class SilentServer:
 
 
 def test_label_studio_unreachable_retries_with_backoff_then_fails_with_a_clear_reason(
-    tmp_path, checkpoint, jobs_redis
+    tmp_path, checkpoint, redis_db
 ):
     url = f"http://127.0.0.1:{closed_port()}"
     env = worker_env(tmp_path, checkpoint=checkpoint, label_studio_url=url, api_key=LEGACY_TOKEN)
     worker = start_worker(tmp_path, env, "unreachable")
     try:
-        board = JobBoard(jobs_redis)
+        board = JobBoard(redis_db)
         started = time.monotonic()
         status, _ = board.start(3, options=JobOptions.from_json(FAST_RETRY))
         status = wait_for(
@@ -78,7 +72,7 @@ def test_label_studio_unreachable_retries_with_backoff_then_fails_with_a_clear_r
         worker.stop()
 
 
-def test_a_killed_workers_job_is_requeued_by_another_worker(tmp_path, checkpoint, jobs_redis):
+def test_a_killed_workers_job_is_requeued_by_another_worker(tmp_path, checkpoint, redis_db):
     hung = SilentServer()
     url = f"http://127.0.0.1:{hung.port}"
     env = worker_env(tmp_path, checkpoint=checkpoint, label_studio_url=url, api_key=LEGACY_TOKEN)
@@ -87,7 +81,7 @@ def test_a_killed_workers_job_is_requeued_by_another_worker(tmp_path, checkpoint
     first = start_worker(tmp_path, env, "first", "--without-scheduler")
     second = None
     try:
-        board = JobBoard(jobs_redis)
+        board = JobBoard(redis_db)
         status, _ = board.start(4, options=JobOptions.from_json(FAST_RETRY))
         job_id = status["id"]
         wait_for(

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from litesam.complexity import count_macs, count_parameters
 from litesam.errors import InvalidImageError
 from litesam.modeling.litevit import LiteViT, LiteViTConfig, MultiScalePooling, litevit_classifier
+from litesam.modeling.litevit_fused import fuse_for_inference
 
 PAPER_PARAMS = 1.16e6
 PAPER_MACS_224 = 1.2e9
@@ -81,7 +82,7 @@ def test_fused_model_gives_the_same_outputs(cfg, size):
     model = LiteViT(cfg, num_classes=10).eval()
     _randomise_norms_and_scales(model)
     x = torch.randn(size[0], 3, *size[1:])
-    fused = copy.deepcopy(model).fuse_for_inference()
+    fused = fuse_for_inference(copy.deepcopy(model))
     with torch.no_grad():
         expected_features, expected_logits = model.forward_features(x), model(x)
         features, logits = fused.forward_features(x), fused(x)
@@ -91,9 +92,9 @@ def test_fused_model_gives_the_same_outputs(cfg, size):
 
 def test_fusing_is_idempotent_and_makes_the_model_inference_only():
     model = LiteViT(LiteViTConfig.tiny()).eval()
-    fused = model.fuse_for_inference()
+    fused = fuse_for_inference(model)
     assert fused is model and model.fused
-    assert model.fuse_for_inference() is model
+    assert fuse_for_inference(model) is model
     with pytest.raises(RuntimeError, match="cannot be trained"):
         model.train()
 

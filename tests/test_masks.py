@@ -1,13 +1,11 @@
-"""Tests of litesam.masks: brush RLE against the Label Studio SDK, COCO RLE, boxes, scores and NMS."""
+"""Tests of litesam.masks: COCO RLE, boxes, scores and NMS (against SAM's amg where it has them)."""
 
 import json
 import math
-import tracemalloc
 
 import numpy as np
 import pytest
 import torch
-from label_studio_sdk.converter.brush import decode_rle, encode_rle, mask2rle
 
 from litesam.masks import (
     InvalidMaskError,
@@ -15,249 +13,16 @@ from litesam.masks import (
     box_iou_matrix,
     box_nms,
     box_xyxy_to_xywh,
-    brush_rle_to_mask,
     calculate_stability_score,
     coco_rle_area,
     coco_rle_to_mask,
     mask_iou_matrix,
     mask_nms,
-    mask_to_brush_rle,
     mask_to_coco_rle,
     masks_to_coco_rle,
 )
+from tests.mask_cases import MASK_CASES
 from tests.sam_reference import amg
-
-# --- test masks -------------------------------------------------------------------------------------------
-
-
-def _disc(height, width, cy, cx, radius):
-    yy, xx = np.mgrid[:height, :width]
-    return (yy - cy) ** 2 + (xx - cx) ** 2 < radius**2
-
-
-def _mixed_runs(seed):
-    """A random-size mask built from runs whose lengths mix 1–3, tens, hundreds and >16,384 pixels."""
-    rng = np.random.default_rng(seed)
-    height, width = (int(v) for v in rng.integers(1, 400, size=2))
-    total = height * width
-    runs, value, filled = [], bool(rng.integers(2)), 0
-    while filled < total:
-        scale = rng.choice([3, 20, 80, 300, 20_000])
-        length = min(int(rng.integers(1, scale + 1)), total - filled)
-        runs.append((value, length))
-        value, filled = not value, filled + length
-    flat = np.concatenate([np.full(length, value) for value, length in runs])
-    return flat.reshape(height, width)
-
-
-def _run_boundaries_mask():
-    """Runs of 1, 2, 3, 4, 5, 64, 65, 16,384 and 16,385 pixels: the SDK's field-width and split limits."""
-    lengths = [1, 2, 3, 4, 5, 64, 65, 16_384, 16_385, 2, 32_768, 32_769, 1]
-    flat = np.concatenate([np.full(n, i % 2 == 1) for i, n in enumerate(lengths)])
-    width = 7
-    flat = np.concatenate([flat, np.zeros(-flat.size % width, dtype=bool)])
-    return flat.reshape(-1, width)
-
-
-_RNG = np.random.default_rng(2024)
-BRUSH_CASES = {
-    "noise_half": _RNG.random((48, 64)) < 0.5,
-    "noise_sparse": _RNG.random((61, 37)) < 0.03,
-    "noise_dense": _RNG.random((37, 61)) > 0.03,
-    "disc_333x517": _disc(333, 517, 150, 260, 120),
-    "disc_517x333": _disc(517, 333, 260, 150, 120),
-    "two_blobs": _disc(200, 300, 60, 80, 50) | _disc(200, 300, 140, 220, 45),
-    "empty": np.zeros((90, 70), dtype=bool),
-    "full": np.ones((70, 90), dtype=bool),
-    "one_pixel_on": np.ones((1, 1), dtype=bool),
-    "one_pixel_off": np.zeros((1, 1), dtype=bool),
-    "one_row": _RNG.random((1, 257)) < 0.5,
-    "one_column": _RNG.random((257, 1)) < 0.5,
-    "long_runs_full_400": np.ones((400, 400), dtype=bool),
-    "long_runs_bands": np.repeat(np.arange(12) % 2 == 0, 50)[:, None] & np.ones((600, 700), dtype=bool),
-    "run_boundaries": _run_boundaries_mask(),
-    **{f"mixed_runs_seed{seed}": _mixed_runs(seed) for seed in range(12)},
-}
-
-
-def _sdk_alpha(rle, height, width):
-    return decode_rle(rle).reshape(height, width, 4)[:, :, 3]
-
-
-# --- Label Studio brush RLE -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", sorted(BRUSH_CASES))
-def test_brush_rle_is_byte_identical_to_sdk_and_decodes(name):
-    mask = BRUSH_CASES[name]
-    ours = mask_to_brush_rle(mask)
-    assert ours == mask2rle(mask.astype(np.uint8) * 255)
-    assert all(type(value) is int for value in ours)
-    assert np.array_equal(_sdk_alpha(ours, *mask.shape), mask.astype(np.uint8) * 255)
-    assert np.array_equal(brush_rle_to_mask(ours, *mask.shape), mask)
-
-
-def test_mixed_run_masks_really_mix_run_lengths():
-    lengths = np.concatenate(
-        [np.diff(np.flatnonzero(np.diff(np.r_[2, m.ravel().astype(int), 2]))) for m in BRUSH_CASES.values()]
-    )
-    assert lengths.min() == 1 and (lengths > 16_384).any() and ((lengths > 64) & (lengths < 500)).any()
-
-
-@pytest.mark.parametrize("dtype", [bool, np.uint8, np.int32, np.int64])
-def test_brush_rle_accepts_bool_and_integer_masks(dtype):
-    mask = BRUSH_CASES["two_blobs"]
-    expected = mask2rle(mask.astype(np.uint8) * 255)
-    assert mask_to_brush_rle(mask.astype(dtype)) == expected
-    assert mask_to_brush_rle(mask.astype(np.uint8) * 255) == expected  # nonzero = on
-    assert mask_to_brush_rle(torch.from_numpy(mask)) == expected
-    assert mask_to_brush_rle(np.asfortranarray(mask)) == expected
-
-
-def test_brush_rle_of_a_non_contiguous_view():
-    mask = _disc(300, 400, 150, 200, 90)[::2, 1::3]
-    assert mask_to_brush_rle(mask) == mask2rle(np.ascontiguousarray(mask).astype(np.uint8) * 255)
-
-
-def test_brush_rle_round_trip_random_masks():
-    rng = np.random.default_rng(7)
-    for _ in range(30):
-        height, width = (int(v) for v in rng.integers(1, 120, size=2))
-        mask = rng.random((height, width)) < rng.random()
-        assert np.array_equal(brush_rle_to_mask(mask_to_brush_rle(mask), height, width), mask)
-
-
-def test_brush_encoder_allocates_no_rgba_sized_array():
-    mask = _disc(2000, 2000, 1000, 900, 700)
-    tracemalloc.start()
-    try:
-        rle = mask_to_brush_rle(mask)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak < 2 * mask.size  # the SDK's repeated RGBA array alone is 4·H·W elements
-    assert np.array_equal(brush_rle_to_mask(rle, 2000, 2000), mask)
-
-
-def test_brush_decoder_reads_literal_chunks_of_sdk_encode_rle():
-    """Arbitrary RGBA data (as the Label Studio editor paints it) makes the SDK write literal chunks."""
-    rng = np.random.default_rng(3)
-    alpha_on = rng.random((23, 31)) < 0.4
-    alpha_on[5:15, 3:25] = True
-    rgba = np.zeros((23, 31, 4), dtype=np.uint8)
-    rgba[..., :3] = rng.integers(0, 256, size=(23, 31, 3))
-    rgba[..., 3] = alpha_on * rng.integers(1, 256, size=(23, 31))
-    rle = encode_rle(rgba.ravel())
-    assert np.array_equal(brush_rle_to_mask(rle, 23, 31), alpha_on)
-
-
-def _rle_pack(values, word_bits, field_bits):
-    """A plain rle-pack encoder (bit string): repeat chunks for runs ≥ 2, multi-word literal chunks else."""
-    bits = [f"{len(values):032b}", f"{word_bits - 1:05b}"] + [f"{b - 1:04b}" for b in field_bits]
-    longest = 1 << max(field_bits)
-
-    def field(count):
-        index = next(i for i, b in enumerate(field_bits) if count <= 1 << b)
-        return f"{index:02b}" + format(count - 1, f"0{field_bits[index]}b")
-
-    i = 0
-    while i < len(values):
-        j = i
-        while j + 1 < len(values) and values[j + 1] == values[i] and j + 1 - i < longest:
-            j += 1
-        if j > i:
-            bits += ["1", field(j - i + 1), format(values[i], f"0{word_bits}b")]
-            i = j + 1
-            continue
-        j = i
-        while j + 1 < len(values) and values[j + 1] != values[j] and j + 1 - i < longest:
-            j += 1
-        if j + 1 < len(values) and values[j + 1] == values[j] and j > i:
-            j -= 1  # leave the start of the next repeat run to a repeat chunk
-        bits += ["0", field(j - i + 1)] + [format(v, f"0{word_bits}b") for v in values[i : j + 1]]
-        i = j + 1
-    stream = "".join(bits)
-    stream += "0" * (-len(stream) % 8)
-    return [int(stream[k : k + 8], 2) for k in range(0, len(stream), 8)]
-
-
-@pytest.mark.parametrize(
-    ("word_bits", "field_bits"),
-    [(8, (3, 4, 8, 16)), (8, (2, 5, 9, 12)), (16, (1, 3, 6, 10)), (5, (4, 4, 7, 16))],
-)
-def test_brush_decoder_reads_other_word_sizes_and_multi_word_literals(word_bits, field_bits):
-    rng = np.random.default_rng(word_bits * 100 + field_bits[0])
-    height, width = 17, 29
-    alpha_on = rng.random((height, width)) < 0.5
-    alpha_on[2:9, 4:20] = True
-    top = (1 << word_bits) - 1
-    rgba = np.zeros((height, width, 4), dtype=np.int64)
-    rgba[..., :3] = rng.integers(0, top + 1, size=(height, width, 3))
-    rgba[..., 3] = alpha_on * rng.integers(1, top + 1, size=(height, width))
-    rgba[10:14] = 0  # long zero runs too
-    alpha_on[10:14] = False
-    rle = _rle_pack(rgba.ravel().tolist(), word_bits, field_bits)
-    assert np.array_equal(brush_rle_to_mask(rle, height, width), alpha_on)
-
-
-def test_brush_decoder_accepts_numpy_input():
-    mask = BRUSH_CASES["disc_333x517"]
-    rle = np.array(mask_to_brush_rle(mask), dtype=np.int64)
-    assert np.array_equal(brush_rle_to_mask(rle, 333, 517), mask)
-    assert np.array_equal(brush_rle_to_mask(rle.astype(np.uint8), np.int64(333), np.int32(517)), mask)
-
-
-def test_brush_decoder_rejects_a_size_that_does_not_match():
-    rle = mask_to_brush_rle(BRUSH_CASES["disc_333x517"])
-    for height, width in [(517, 332), (332, 517), (1, 1)]:
-        with pytest.raises(InvalidMaskError, match=r"H·W·4"):
-            brush_rle_to_mask(rle, height, width)
-    with pytest.raises(ValueError):  # InvalidMaskError is a ValueError
-        brush_rle_to_mask(rle, 333, 518)
-
-
-def test_brush_decoder_rejects_corrupt_streams():
-    rle = mask_to_brush_rle(BRUSH_CASES["two_blobs"])
-    with pytest.raises(InvalidMaskError, match="truncated"):
-        brush_rle_to_mask(rle[:-3], 200, 300)
-    with pytest.raises(InvalidMaskError, match="header"):
-        brush_rle_to_mask(rle[:6], 200, 300)
-    with pytest.raises(InvalidMaskError, match="header"):
-        brush_rle_to_mask([], 200, 300)
-    # a 2×2 stream (16 values) whose header claims 12 values (1×3): the runs overshoot
-    overshoot = mask_to_brush_rle(np.array([[1, 0], [0, 0]], dtype=bool))  # runs of 4 and 12 values
-    overshoot[:4] = list((12).to_bytes(4, "big"))
-    with pytest.raises(InvalidMaskError, match="more than"):
-        brush_rle_to_mask(overshoot, 1, 3)
-
-
-@pytest.mark.parametrize(
-    "rle", [[0, 0, 0, 4, 57, 27, 256], [0, 0, 0, 4, 57, 27, -1], [0.0, 1.0, 2.0], [[0, 0], [0, 4]], "abc"]
-)
-def test_brush_decoder_rejects_non_byte_values(rle):
-    with pytest.raises(InvalidMaskError, match="0…255"):
-        brush_rle_to_mask(rle, 1, 1)
-
-
-@pytest.mark.parametrize(("height", "width"), [(0, 5), (5, -1), (True, 5), (2.0, 2)])
-def test_brush_decoder_rejects_bad_sizes(height, width):
-    with pytest.raises(InvalidMaskError, match="positive int"):
-        brush_rle_to_mask(mask_to_brush_rle(np.ones((2, 2), dtype=bool)), height, width)
-
-
-@pytest.mark.parametrize(
-    ("mask", "message"),
-    [
-        (np.zeros((2, 3, 4), dtype=bool), "2-D"),
-        (np.zeros(5, dtype=bool), "2-D"),
-        (np.zeros((0, 5), dtype=bool), "at least one pixel"),
-        (np.zeros((3, 3), dtype=np.float32), "bool or integer"),
-    ],
-)
-def test_brush_encoder_rejects_bad_masks(mask, message):
-    with pytest.raises(InvalidMaskError, match=message):
-        mask_to_brush_rle(mask)
-
 
 # --- COCO RLE ---------------------------------------------------------------------------------------------
 
@@ -266,7 +31,7 @@ def test_brush_encoder_rejects_bad_masks(mask, message):
     "name", ["noise_half", "disc_333x517", "disc_517x333", "empty", "full", "one_pixel_on"]
 )
 def test_coco_rle_round_trip_area_and_sam_equality(name):
-    mask = BRUSH_CASES[name]
+    mask = MASK_CASES[name]
     rle = mask_to_coco_rle(mask)
     assert rle["size"] == list(mask.shape) and isinstance(rle["counts"], str)
     assert json.loads(json.dumps(rle)) == rle

@@ -18,6 +18,7 @@ from torch import nn
 from .autoppn import AutoPPN, AutoPPNOutput
 from .common import LayerNorm2d
 from .litevit import LiteViT
+from .litevit_fused import fuse_for_inference
 
 __all__ = ["Neck", "ImageEncoder"]
 
@@ -68,6 +69,7 @@ class ImageEncoder(nn.Module):
         return embedding, self.autoppn(embedding)
 
     def fuse_for_inference(self) -> ImageEncoder:
-        """Fuse the backbone for inference (see :meth:`LiteViT.fuse_for_inference`); returns ``self``."""
-        self.backbone.fuse_for_inference()
+        """Fuse the backbone for inference (:func:`~litesam.modeling.litevit_fused.fuse_for_inference`);
+        returns ``self``."""
+        fuse_for_inference(self.backbone)
         return self.eval()

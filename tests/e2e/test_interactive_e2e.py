@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from tests.backend_support import (
-    REDIS_TEST_DB,
+    TEST_REDIS_URL,
     decode_brush,
     exif_rotated_jpeg,
     keypoint,
@@ -28,7 +28,6 @@ from tests.e2e.processes import base_env
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = (REPO / "label_config.xml").read_text()
-REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_TEST_DB}"
 BASIC = ("label-studio", "e2e-basic-pass")
 ODD = png_bytes(333, 517, seed=11)  # 333 wide, 517 high
 ROTATED = exif_rotated_jpeg(120, 80)  # stored 120×80 with EXIF orientation 6: shown 80 wide, 120 high
@@ -36,14 +35,14 @@ ROTATED = exif_rotated_jpeg(120, 80)  # stored 120×80 with EXIF orientation 6: 
 
 @pytest.fixture
 def backend_url(label_studio, tmp_path):
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis.Redis.from_url(TEST_REDIS_URL)
     client.flushdb()
     checkpoint = make_tiny_checkpoint(tmp_path / "tiny.pt")
     env = base_env(
         tmp_path,
         LABEL_STUDIO_URL=label_studio.url,
         LABEL_STUDIO_API_KEY=label_studio.pat,
-        REDIS_URL=REDIS_URL,
+        REDIS_URL=TEST_REDIS_URL,
         LITESAM_CHECKPOINT=checkpoint,
         LITESAM_VARIANT="litesam_tiny",
         BASIC_AUTH_USER=BASIC[0],

@@ -23,11 +23,9 @@ from queue import Empty, Queue
 import httpx
 import pytest
 
-from backend.jobs import JobBoard
-from tests.backend_support import png_bytes
-from tests.test_jobs_support import (
-    flushed_redis,
-    serve_backend,
+from backend.jobs.board import JobBoard
+from tests.backend_support import png_bytes, serve_backend
+from tests.jobs_support import (
     start_worker,
     wait_for,
     worker_env,
@@ -178,12 +176,7 @@ class Browser:
 
 
 @pytest.fixture
-def jobs_redis():
-    yield from flushed_redis()
-
-
-@pytest.fixture
-def env(label_studio, tmp_path, checkpoint, jobs_redis):
+def env(label_studio, tmp_path, checkpoint, redis_db):
     return worker_env(
         tmp_path,
         checkpoint=checkpoint,
@@ -196,8 +189,8 @@ def env(label_studio, tmp_path, checkpoint, jobs_redis):
 
 @pytest.fixture
 def backend_url(env, tmp_path):
-    with serve_backend(tmp_path, env) as url:
-        yield url
+    with serve_backend(tmp_path, env, threads=4, ready_status=401) as served:  # basic auth is on
+        yield served.url
 
 
 @pytest.fixture
@@ -236,7 +229,7 @@ def same_progress(view: dict, api: dict) -> None:
 
 @pytest.mark.e2e
 def test_jobs_page_starts_a_job_with_a_click_and_shows_the_same_progress_as_the_api(
-    label_studio, backend_url, browser, env, tmp_path, jobs_redis
+    label_studio, backend_url, browser, env, tmp_path, redis_db
 ):
     project = label_studio.create_project(CONFIG, title="litesam jobs page")
     label_studio.upload_images(project, [(f"p{i}.png", png_bytes(48 + i, 40, seed=i)) for i in range(20)])
@@ -264,7 +257,7 @@ def test_jobs_page_starts_a_job_with_a_click_and_shows_the_same_progress_as_the_
         30,
         "the start message",
     )
-    (job,) = JobBoard(jobs_redis).recent()
+    (job,) = JobBoard(redis_db).recent()
     assert (
         job["project"] == project
         and job["source"] == "api"
@@ -314,7 +307,7 @@ def test_jobs_page_starts_a_job_with_a_click_and_shows_the_same_progress_as_the_
 
 @pytest.mark.e2e
 def test_the_cancel_button_cancels_a_waiting_job_and_frees_its_project(
-    label_studio, backend_url, browser, jobs_redis
+    label_studio, backend_url, browser, redis_db
 ):
     project = label_studio.create_project(CONFIG, title="litesam jobs page cancel")
     label_studio.upload_images(project, [("c0.png", png_bytes(40, 32, seed=1))])
@@ -335,4 +328,4 @@ def test_the_cancel_button_cancels_a_waiting_job_and_frees_its_project(
     browser.wait(f"{ROW}.dataset.state === 'cancelled' && {ROW}.querySelector('.cancel').hidden", 30, "the row")
     again = api.post("/jobs", json={"project": project})
     assert again.status_code == 202 and again.json()["job"]["id"] != job["id"]  # the project is free
-    JobBoard(jobs_redis).cancel(again.json()["job"]["id"])
+    JobBoard(redis_db).cancel(again.json()["job"]["id"])

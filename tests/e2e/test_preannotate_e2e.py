@@ -2,7 +2,7 @@
 real Label Studio 1.23.2 and a real Redis, with a tiny RANDOM-weight checkpoint.
 
 Random weights: SegEvery's default filters keep no mask of an untrained model, so the jobs here open them
-(:data:`tests.test_jobs_support.OPEN_FILTERS`). The masks are meaningless; what is checked is the plumbing:
+(:data:`tests.jobs_support.OPEN_FILTERS`). The masks are meaningless; what is checked is the plumbing:
 one prediction of our model version per task, masks at each image's natural size, no duplicates under
 re-runs, overwrite, killed workers and two workers, retries while Label Studio is away, per-task failures.
 """
@@ -24,14 +24,13 @@ import numpy as np
 import pytest
 from label_studio_sdk.types import PredictionRequest
 
-from backend.jobs import JobBoard, JobOptions
+from backend.jobs.board import JobBoard
+from backend.jobs.options import JobOptions
 from backend.store import ALIAS_PREFIX, embedding_key
-from tests.backend_support import decode_brush, exif_rotated_jpeg, png_bytes
+from tests.backend_support import decode_brush, exif_rotated_jpeg, png_bytes, serve_backend
 from tests.e2e.processes import ManagedProcess
-from tests.test_jobs_support import (
+from tests.jobs_support import (
     OPEN_FILTERS,
-    flushed_redis,
-    serve_backend,
     start_worker,
     wait_for,
     worker_env,
@@ -40,11 +39,6 @@ from tests.test_jobs_support import (
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = (REPO / "label_config.xml").read_text()
 FOREIGN_VERSION = "someone-else-v2"
-
-
-@pytest.fixture
-def jobs_redis():
-    yield from flushed_redis()
 
 
 class Workers:
@@ -68,7 +62,7 @@ class Workers:
 
 
 @pytest.fixture
-def workers(label_studio, tmp_path, checkpoint, jobs_redis):
+def workers(label_studio, tmp_path, checkpoint, redis_db):
     env = worker_env(
         tmp_path, checkpoint=checkpoint, label_studio_url=label_studio.url, api_key=label_studio.pat
     )
@@ -163,7 +157,7 @@ OPEN_FLAGS = ["--pred-iou-thresh", "0", "--stability-score-thresh", "0", "--prop
 
 @pytest.mark.e2e
 def test_project_preannotated_once_by_two_workers_rerun_adds_nothing_overwrite_replaces_only_ours(
-    label_studio, workers, jobs_redis
+    label_studio, workers, redis_db
 ):
     files = images(20)
     project, sizes = new_project(label_studio, files)
@@ -182,7 +176,7 @@ def test_project_preannotated_once_by_two_workers_rerun_adds_nothing_overwrite_r
     foreign_ids = {t: ours(label_studio.predictions(task=t), FOREIGN_VERSION)[0]["id"] for t in foreign_tasks}
     workers.start("a")
     workers.start("b")
-    board = JobBoard(jobs_redis)
+    board = JobBoard(redis_db)
 
     # 1. the whole project, through the command with --wait (progress bar on stderr)
     done = run_preannotate(
@@ -213,8 +207,8 @@ def test_project_preannotated_once_by_two_workers_rerun_adds_nothing_overwrite_r
     assert board.attempts(job_id) == {task: 1 for task in sizes}
     assert {board.outcome(job_id, task)["worker"] for task in sizes} == {"a", "b"}
     # every image's embedding is in Redis for the labelers' clicks
-    assert len(jobs_redis.keys(embedding_key(version, "*"))) == 20
-    assert len(jobs_redis.keys(ALIAS_PREFIX + "*")) == 20  # upload URL → image hash: clicks skip the download
+    assert len(redis_db.keys(embedding_key(version, "*"))) == 20
+    assert len(redis_db.keys(ALIAS_PREFIX + "*")) == 20  # upload URL → image hash: clicks skip the download
 
     # 2. again: everything is skipped, nothing is added
     status, created = board.start(project, options=JobOptions.from_json(OPEN_FILTERS))
@@ -241,10 +235,10 @@ def test_project_preannotated_once_by_two_workers_rerun_adds_nothing_overwrite_r
 
 
 @pytest.mark.e2e
-def test_worker_killed_mid_chunk_job_completes_without_duplicates(label_studio, workers, jobs_redis):
+def test_worker_killed_mid_chunk_job_completes_without_duplicates(label_studio, workers, redis_db):
     files = images(12, seed=1)
     project, sizes = new_project(label_studio, files)
-    board = JobBoard(jobs_redis)
+    board = JobBoard(redis_db)
     options = JobOptions.from_json({**OPEN_FILTERS, "chunk_size": 6, "write_batch": 1})
 
     # plan only (the worker quits after one job), then plant "our" prediction on one task, as if an earlier
@@ -335,7 +329,7 @@ class Gate:
 
 @pytest.mark.e2e
 def test_label_studio_away_for_a_while_the_job_retries_with_backoff_and_completes(
-    label_studio, tmp_path, checkpoint, jobs_redis
+    label_studio, tmp_path, checkpoint, redis_db
 ):
     files = images(4, seed=2)
     project, sizes = new_project(label_studio, files)
@@ -349,7 +343,7 @@ def test_label_studio_away_for_a_while_the_job_retries_with_backoff_and_complete
     pool = Workers(tmp_path, env)
     try:
         pool.start("patient")
-        board = JobBoard(jobs_redis)
+        board = JobBoard(redis_db)
         options = JobOptions.from_json({**OPEN_FILTERS, "retries": 4, "retry_intervals": [2, 4, 8, 8]})
         status, _ = board.start(project, options=options)
         wait_for(
@@ -373,14 +367,14 @@ def test_label_studio_away_for_a_while_the_job_retries_with_backoff_and_complete
 
 
 @pytest.mark.e2e
-def test_an_unreadable_image_fails_only_its_own_task(label_studio, workers, jobs_redis):
+def test_an_unreadable_image_fails_only_its_own_task(label_studio, workers, redis_db):
     good = images(3, seed=3)
     files = [*good, ("broken.png", b"\x89PNG\r\n\x1a\n this is not a PNG at all", None)]
     project = label_studio.create_project(CONFIG, title="litesam unreadable image")
     task_ids = label_studio.upload_images(project, [(name, data) for name, data, _ in files])
     (elsewhere,) = label_studio.import_tasks(project, [{"image": "http://10.1.2.3/private.png"}])
     workers.start("solo")
-    board = JobBoard(jobs_redis)
+    board = JobBoard(redis_db)
     status, _ = board.start(project, options=JobOptions.from_json(OPEN_FILTERS))
     status = wait_job(board, status["id"], workers)
     assert (status["state"], status["total"], status["done"], status["failed"]) == ("finished", 5, 3, 2)
@@ -399,7 +393,7 @@ def test_an_unreadable_image_fails_only_its_own_task(label_studio, workers, jobs
 
 @pytest.mark.e2e
 def test_retrieve_predictions_small_batch_answered_now_large_batch_becomes_a_job(
-    label_studio, workers, jobs_redis, tmp_path
+    label_studio, workers, redis_db, tmp_path
 ):
     """Label Studio's "Retrieve predictions" (one synchronous /predict with every selected task): up to
     LITESAM_SYNC_PREDICT_LIMIT tasks are answered in the call; more become a job for exactly those tasks and
@@ -417,10 +411,14 @@ def test_retrieve_predictions_small_batch_answered_now_large_batch_becomes_a_job
     tasks = list(sizes)
     basic = ("ls-backend", "retrieve-pass")
     with serve_backend(
-        tmp_path, {**workers.env, **settings_env, "BASIC_AUTH_USER": basic[0], "BASIC_AUTH_PASS": basic[1]}
-    ) as url:
+        tmp_path,
+        {**workers.env, **settings_env, "BASIC_AUTH_USER": basic[0], "BASIC_AUTH_PASS": basic[1]},
+        threads=4,
+        ready_status=401,
+    ) as served:
+        url = served.url
         label_studio.connect_backend(project, url, interactive=False, basic_auth=basic)
-        board = JobBoard(jobs_redis)
+        board = JobBoard(redis_db)
 
         small = tasks[:limit]
         label_studio.retrieve_predictions(project, small)

@@ -21,8 +21,8 @@ import time
 
 import requests
 
-from .errors import ConfigurationError, UpstreamError
-from .settings import Secret
+from ..errors import ConfigurationError, LabelStudioUnavailable, UpstreamError
+from ..settings import Secret
 
 #: Fetch a new access token when the current one has fewer seconds than this left.
 REFRESH_MARGIN_S = 30.0
@@ -68,7 +68,9 @@ class LabelStudioAuth:
 
         Raises:
             ConfigurationError: no API key is configured.
-            UpstreamError: Label Studio refused or failed the token exchange.
+            LabelStudioUnavailable: Label Studio could not be reached for the token exchange, or answered
+                it with 429 or a server error (a job retries later).
+            UpstreamError: Label Studio refused the token exchange (a key it does not accept).
         """
         if self._api_key is None:
             raise ConfigurationError(
@@ -97,9 +99,14 @@ class LabelStudioAuth:
         try:
             response = requests.post(url, json={"refresh": self._api_key.reveal()}, timeout=self._timeout)
         except requests.RequestException as exc:
-            raise UpstreamError(
-                f"could not reach Label Studio at {url} to exchange the access token: {type(exc).__name__}"
+            raise LabelStudioUnavailable(
+                f"Label Studio at {self._base_url} could not be reached to exchange the access token "
+                f"({type(exc).__name__})"
             ) from None
+        if response.status_code >= 500 or response.status_code == 429:
+            raise LabelStudioUnavailable(
+                f"Label Studio answered {response.status_code} to the token exchange at {url}"
+            )
         if response.status_code != 200:
             raise UpstreamError(
                 f"Label Studio answered {response.status_code} to the token exchange at {url}; check that "

@@ -4,11 +4,11 @@
 route                      behaviour
 =========================  ==========================================================================
 POST /jobs                 body ``{"project": N, "overwrite": false, "tasks": [task ids] (optional),
-                           "options": {...} (optional, see backend.jobs.JobOptions)}`` → 202
+                           "options": {...} (optional, see backend.jobs.options.JobOptions)}`` → 202
                            ``{"job": status, "created": true}``; when the project already has a running
                            job: 200 ``{"job": that job's status, "created": false}``
-GET /jobs/<id>             the job's status (backend.jobs.job_status), 404 for an unknown id
-DELETE /jobs/<id>          cancel the job (backend.jobs.JobBoard.cancel) → 200 ``{"job": status,
+GET /jobs/<id>             the job's status (backend.jobs.record.status_view), 404 for an unknown id
+DELETE /jobs/<id>          cancel the job (backend.jobs.board.JobBoard.cancel) → 200 ``{"job": status,
                            "cancelled": true}``; a job that had already ended (finished, failed or
                            cancelled before) is left as it was: 200 ``{"job": its unchanged status,
                            "cancelled": false}`` (repeating a DELETE is harmless); 404 for an unknown id
@@ -22,17 +22,18 @@ The page reads the same ``GET /jobs`` answer the API gives, so both always show 
 app's basic-auth guard (``before_request``) covers these routes like every other one; the page's requests
 carry the credentials the browser already sent for the page. ``POST /jobs`` takes only JSON (415 otherwise):
 a browser sends that cross-site only after a CORS preflight this app never allows, so a page on another
-site cannot start jobs with the credentials a browser keeps for this one; the same holds for ``DELETE``. Redis down: 503 with a message.
+site cannot start jobs with the credentials a browser keeps for this one; the same holds for ``DELETE``. Redis down: 503 with a message (the app's error handler).
 """
 
 from __future__ import annotations
 
-import redis
 from flask import Blueprint, current_app, jsonify, render_template, request
 
-from .app import current_services, json_body
-from .errors import BackendError, BadRequestError
-from .jobs import JobBoard, JobOptions, QueueUnavailableError, redis_connection
+from ..app import current_services, json_body
+from ..errors import BadRequestError, UnsupportedMediaTypeError
+from .board import JobBoard
+from .layout import redis_connection
+from .options import JobOptions
 
 MAX_LIST_LIMIT = 200
 _EXTENSION = "litesam_jobs_redis"
@@ -42,29 +43,12 @@ jobs_blueprint = Blueprint(
 )
 
 
-class UnsupportedMediaTypeError(BackendError):
-    """``POST /jobs`` without a JSON content type (refused, so that no HTML form of another site can post it)."""
-
-    status = 415
-
-
 def _board() -> JobBoard:
     connection = current_app.extensions.get(_EXTENSION)
     if connection is None:
         connection = redis_connection(current_services().settings)
         current_app.extensions[_EXTENSION] = connection
     return JobBoard(connection)
-
-
-@jobs_blueprint.errorhandler(redis.RedisError)
-def _redis_down(exc: redis.RedisError):
-    error = QueueUnavailableError(
-        f"Redis does not answer ({type(exc).__name__}): pre-annotation jobs cannot be queued or read; check REDIS_URL"
-    )
-    current_app.logger.error("%s %s → %d: %s", request.method, request.path, error.status, error.message)
-    response = jsonify({"error": error.message})
-    response.status_code = error.status
-    return response
 
 
 @jobs_blueprint.route("/jobs", methods=["POST"])

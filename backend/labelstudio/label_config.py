@@ -12,7 +12,7 @@ import functools
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
-from .errors import BadRequestError
+from ..errors import BadRequestError
 
 #: Control tags whose regions are prompts, lower-case tag name → the region ``type`` Label Studio sends.
 PROMPT_TAGS = {
@@ -30,6 +30,20 @@ class BrushTag:
     from_name: str
     to_name: str
     labels: tuple[str, ...]
+
+    def label_or_first(self, label: str | None) -> str:
+        """The label of masks no prompt labelled (pre-annotation): ``label``, by default the tag's first.
+
+        Raises:
+            BadRequestError: ``label`` is not one of the tag's labels, or the tag has none.
+        """
+        chosen = label or (self.labels[0] if self.labels else None)
+        if chosen is None or chosen not in self.labels:
+            raise BadRequestError(
+                f"label {chosen!r} is not a label of <BrushLabels name={self.from_name!r}>; "
+                f"its labels: {', '.join(self.labels) or '(none)'}"
+            )
+        return chosen
 
 
 @dataclass(frozen=True)

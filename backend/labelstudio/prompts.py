@@ -1,4 +1,4 @@
-"""Turn Label Studio's interactive ``context`` into SAM prompts in original-image pixels.
+"""Where a click becomes a prompt: Label Studio's interactive ``context`` → SAM prompts in image pixels.
 
 Label Studio 1.23 sends ``{"result": [region, …]}`` on every smart-tool click (labelstudio-protocol.md §1.6):
 all smart regions of the same type, label and image as the region just drawn, so keypoint sets are
@@ -21,6 +21,10 @@ Rules:
     * a rotated rectangle (rotated about its top-left corner, clockwise degrees) becomes its bounding box;
     * coordinates up to :data:`CLIP_TOLERANCE_PERCENT` outside the image are clipped onto it, further
       out is an error, as is any non-finite number, a non-positive size or a missing field.
+
+Frames: percent of ``original_width × original_height`` → pixels of that size (:func:`parse_context`) → pixels
+of the image as decoded, if Label Studio's natural size was another (:func:`prompts_for_image`); masks go
+back to the regions' size (:func:`mask_for_regions`).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import BadRequestError
+from ..errors import BadRequestError
 from .label_config import BrushTag, LabelConfig
 
 #: How far outside the image (in percent of its width/height) a coordinate may lie and still be clipped.
@@ -263,3 +267,42 @@ def _box(value: dict, i: int, width: int, height: int) -> np.ndarray:
 
 def _clip_px(px: float, size: int, where: str) -> float:
     return _clip(px / size * 100.0, size, where)
+
+
+def prompts_for_image(prompt_set: PromptSet, image_size: tuple[int, int]) -> tuple[Prompt, ...]:
+    """The prompts in pixels of the image as decoded (``image_size`` = (height, width)).
+
+    The regions' percentages refer to ``original_width × original_height``; when the decoded image has
+    another size (Label Studio was given a wrong natural size), the prompts are scaled to it and clipped onto
+    it, and :func:`mask_for_regions` scales each mask back.
+    """
+    height, width = image_size
+    scale = np.array(
+        [width / prompt_set.original_width, height / prompt_set.original_height], dtype=np.float32
+    )
+    limit = np.array([width, height], dtype=np.float32)
+    return tuple(
+        Prompt(
+            np.minimum(p.point_coords * scale, limit) if p.point_coords is not None else None,
+            p.point_labels,
+            np.minimum(p.box * np.tile(scale, 2), np.tile(limit, 2)) if p.box is not None else None,
+        )
+        for p in prompt_set.prompts
+    )
+
+
+def mask_for_regions(mask: np.ndarray, prompt_set: PromptSet) -> np.ndarray:
+    """An H×W bool mask of the decoded image at the size the regions refer to (nearest neighbour), so its
+    brush result has ``original_height × original_width`` values."""
+    size = (prompt_set.original_height, prompt_set.original_width)
+    if mask.shape == size:
+        return mask
+    rows = np.minimum((np.arange(size[0]) + 0.5) * mask.shape[0] / size[0], mask.shape[0] - 1).astype(int)
+    cols = np.minimum((np.arange(size[1]) + 0.5) * mask.shape[1] / size[1], mask.shape[1] - 1).astype(int)
+    return mask[rows[:, None], cols[None, :]]
+
+
+def is_ambiguous(prompt: Prompt) -> bool:
+    """A single point without a box may mean a part, an object or a group: ask for three masks, keep the
+    best by predicted IoU. More points or a box pin the object down, and one mask is better (as in SAM)."""
+    return prompt.box is None and prompt.point_coords is not None and len(prompt.point_coords) == 1

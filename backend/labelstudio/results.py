@@ -11,7 +11,7 @@ import uuid
 
 import numpy as np
 
-from litesam.masks import mask_to_brush_rle
+from .brush_rle import mask_to_brush_rle
 
 
 def brush_region(

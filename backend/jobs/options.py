@@ -1,0 +1,154 @@
+"""A pre-annotation job's options: what ``POST /jobs {"options": …}``, ``preannotate`` flags and
+``LITESAM_JOB_DEFAULTS`` may set, validated once into a :class:`JobOptions`."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from rq import Retry
+
+from litesam.build import get_variant
+from litesam.everything import SegEveryConfig
+
+from ..errors import BadRequestError
+
+#: The RQ queue of parent and chunk jobs (workers listen on it; ``JobOptions.queue`` can name another).
+QUEUE_NAME = "litesam-preannotate"
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """Per-job settings, JSON in and out (``POST /jobs {"options": {...}}``, ``preannotate`` flags).
+
+    Attributes:
+        label: the BrushLabels label of every region; default the first label of the first ``<BrushLabels>``.
+        chunk_size: tasks per chunk job (the unit of parallelism and of retries).
+        write_batch: predictions per ``import_predictions`` call (a batch is also cut at ~16 MB of RLE).
+        max_masks: most regions written per image (SegEvery ranks them best first).
+        pred_iou_thresh, stability_score_thresh, box_nms_thresh, points_per_batch: SegEvery's filters and
+            batch size (defaults: SegEvery's own, i.e. SAM's automatic-mask-generator values).
+        proposal_score_thresh: AutoPPN's minimum proposal confidence; None = the variant's default.
+        job_timeout: seconds a chunk job may run (the parent gets the same) before RQ stops it.
+        result_ttl, failure_ttl: seconds RQ keeps finished / failed job data.
+        retries: how often a failed chunk or parent is retried.
+        retry_intervals: backoff in seconds before each retry (the last value repeats).
+        queue: the RQ queue the jobs go to.
+    """
+
+    label: str | None = None
+    chunk_size: int = 8
+    write_batch: int = 8
+    max_masks: int = 100
+    pred_iou_thresh: float = SegEveryConfig.pred_iou_thresh
+    stability_score_thresh: float = SegEveryConfig.stability_score_thresh
+    box_nms_thresh: float = SegEveryConfig.box_nms_thresh
+    points_per_batch: int = SegEveryConfig.points_per_batch
+    proposal_score_thresh: float | None = None
+    job_timeout: int = 1800
+    result_ttl: int = 7 * 24 * 3600
+    failure_ttl: int = 7 * 24 * 3600
+    retries: int = 3
+    retry_intervals: tuple[int, ...] = (10, 60, 300)
+    queue: str = QUEUE_NAME
+
+    @classmethod
+    def from_json(cls, raw: object, defaults: str = "{}") -> JobOptions:
+        """Options from a JSON object on top of ``defaults`` (a JSON object's text, e.g.
+        ``Settings.job_defaults``); unknown keys and bad values raise :class:`BadRequestError`."""
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise BadRequestError(f"'options' must be a JSON object, got {type(raw).__name__}")
+        raw = {**json.loads(defaults), **raw}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise BadRequestError(
+                f"unknown job option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        values = {}
+        for name, value in raw.items():
+            values[name] = _option_value(name, value)
+        return cls(**values)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["retry_intervals"] = list(self.retry_intervals)
+        return data
+
+    def retry(self) -> Retry:
+        return Retry(max=self.retries, interval=list(self.retry_intervals))
+
+    def segevery_config(self, variant: str) -> SegEveryConfig:
+        """SegEvery settings: our filters on top of the variant's AutoPPN proposal defaults."""
+        proposals = get_variant(variant).proposals
+        if self.proposal_score_thresh is not None:
+            proposals = type(proposals)(
+                **{**asdict(proposals), "score_threshold": self.proposal_score_thresh}
+            )
+        return SegEveryConfig(
+            points_per_batch=self.points_per_batch,
+            pred_iou_thresh=self.pred_iou_thresh,
+            stability_score_thresh=self.stability_score_thresh,
+            box_nms_thresh=self.box_nms_thresh,
+            proposals=proposals,
+            max_masks=self.max_masks,
+        )
+
+    @classmethod
+    def from_record(cls, text: str) -> JobOptions:
+        """The options stored in a job record (the JSON text :meth:`to_json` wrote, checked when the job
+        was created)."""
+        return cls.from_json(json.loads(text))
+
+
+_UNIT_FLOATS = ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "proposal_score_thresh")
+_POSITIVE_INTS = (
+    "chunk_size",
+    "write_batch",
+    "max_masks",
+    "points_per_batch",
+    "job_timeout",
+    "result_ttl",
+    "failure_ttl",
+    "retries",
+)
+
+
+def _option_value(name: str, value: object) -> object:
+    if name == "label":
+        if value is not None and (not isinstance(value, str) or not value):
+            raise BadRequestError("option 'label' must be a non-empty string (a BrushLabels label) or null")
+        return value
+    if name == "queue":
+        if not isinstance(value, str) or not value or len(value) > 100:
+            raise BadRequestError("option 'queue' must be a queue name (1 to 100 characters)")
+        return value
+    if name == "retry_intervals":
+        if not isinstance(value, list) or not value or not all(is_int(v) and v >= 0 for v in value):
+            raise BadRequestError(
+                "option 'retry_intervals' must be a non-empty list of seconds (integers ≥ 0)"
+            )
+        return tuple(value)
+    if name in _UNIT_FLOATS:
+        if value is None and name == "proposal_score_thresh":
+            return None
+        if not is_number(value) or not 0.0 <= value <= 1.0:
+            raise BadRequestError(f"option {name!r} must be a number from 0 to 1, got {value!r}")
+        return float(value)
+    if name in _POSITIVE_INTS:
+        if not is_int(value) or value < 1:
+            raise BadRequestError(f"option {name!r} must be a positive integer, got {value!r}")
+        return value
+    raise BadRequestError(f"unknown job option {name!r}")  # from_json checked the names already
+
+
+def is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: object) -> bool:
+    return (is_int(value) or isinstance(value, float)) and math.isfinite(value)

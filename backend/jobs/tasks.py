@@ -1,0 +1,227 @@
+"""The RQ job functions of pre-annotation: the parent :func:`plan_project` and the chunks :func:`run_chunk`.
+
+::
+
+    JobBoard.start(project) ─▶ plan_project(job_id)            parent, any worker
+                                 lists the tasks (label-studio-sdk, resolve_uri=False), skips tasks holding a
+                                 prediction of our model version (with ``overwrite``: deletes only ours first),
+                                 enqueues the chunks in the same Redis transaction that records the plan
+                            ─▶ run_chunk(job_id, index, tasks)   any worker, in parallel
+                                 image → embedding (get or compute, stored for later clicks) → SegEvery →
+                                 one brushlabels region per mask → PredictionWriter (batched writes)
+
+Job functions take JSON arguments only (ids and task URIs; the queue uses RQ's JSON serializer) and find the
+process's services (model, embeddings, Label Studio client) through :func:`use_services`, set once by the
+worker. A running job checks the record's state before each task and each write, and stops once cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from rq import get_current_job
+
+from litesam.everything import SegEvery
+
+from ..errors import (
+    BadRequestError,
+    ConfigurationError,
+    LabelStudioUnavailable,
+    TaskInputError,
+    UpstreamError,
+)
+from ..labelstudio.client import LabelStudioClient
+from ..labelstudio.label_config import parse_label_config
+from ..labelstudio.results import brush_region, prediction
+from ..services import Services, build_services
+from ..settings import Settings
+from .board import JobBoard
+from .failures import classify_task_error
+from .options import JobOptions
+from .writer import PredictionWriter
+
+logger = logging.getLogger(__name__)
+
+_services: Services | None = None
+
+
+def use_services(services: Services) -> None:
+    """Give job functions this process's services (the worker calls it once at start)."""
+    global _services
+    _services = services
+
+
+def current_services() -> Services:
+    """The services set by :func:`use_services`, else built once from the environment (a plain ``rq worker``)."""
+    global _services
+    if _services is None:
+        logger.info("job functions build their services from the environment (no worker preloaded them)")
+        _services = build_services(Settings.from_env())
+    return _services
+
+
+def plan_project(job_id: str) -> dict:
+    """Parent job: list the project's tasks, decide what to do, enqueue the chunks (idempotent on retry)."""
+    board = JobBoard(get_current_job().connection)
+    record = board.job_record(job_id)
+    if record.state not in ("queued", "listing"):
+        return {"job": job_id, "planned": False, "state": record.state}
+    project, options = record.project, record.options
+    if not board.begin_listing(job_id):  # cancelled since it was read
+        return {"job": job_id, "planned": False, "state": board.job_record(job_id).state}
+
+    services = current_services()
+    version = services.model.model_version
+    ls = services.label_studio
+    try:
+        config = parse_label_config(ls.label_config(project))
+        brush = config.brush_for(None)
+        image_key = config.image(brush.to_name).value_key
+        label = brush.label_or_first(options.label)
+    except LabelStudioUnavailable:
+        raise  # transient: RQ retries the parent with backoff
+    except (BadRequestError, UpstreamError) as exc:  # a missing project or an unusable config: no retry helps
+        board.fail_job(job_id, project, f"project {project}: {exc.message}", end_now=True)
+        return {"job": job_id, "planned": False, "error": exc.message}
+
+    tasks = ls.tasks(project, record.task_ids)
+    missing = sorted(set(record.task_ids or ()) - {t[0] for t in tasks})
+    ours = [t for t in tasks if version in t[2]]
+    if record.overwrite:
+        removed = 0
+        for task_id, _, _ in ours:
+            if board.is_cancelled(job_id):
+                logger.info("job %s: cancelled while removing earlier predictions", job_id)
+                return {"job": job_id, "planned": False, "state": "cancelled"}
+            for prediction_id, _ in ls.our_predictions(task_id, version):
+                ls.delete_prediction(prediction_id)
+                removed += 1
+        logger.info("job %s: overwrite: removed %d prediction(s) of %s", job_id, removed, version)
+        todo, skipped = tasks, 0
+    else:
+        todo, skipped = [t for t in tasks if version not in t[2]], len(ours)
+    payload = [{"id": task_id, "image": data.get(image_key)} for task_id, data, _ in todo]
+    chunks = [payload[i : i + options.chunk_size] for i in range(0, len(payload), options.chunk_size)]
+    plan = {
+        "project": project,
+        "total": len(tasks) + len(missing),
+        "skipped": skipped,
+        "model_version": version,
+        "from_name": brush.from_name,
+        "to_name": brush.to_name,
+        "image_key": image_key,
+        "label": label,
+    }
+    reasons = {task_id: f"task {task_id} is not in project {project}" for task_id in missing}
+    if board.commit_plan(job_id, plan, chunks, reasons, options):
+        logger.info(
+            "job %s: project %d: %d task(s), %d skipped, %d chunk(s) of ≤%d",
+            job_id,
+            project,
+            len(tasks),
+            skipped,
+            len(chunks),
+            options.chunk_size,
+        )
+    return {"job": job_id, "planned": True, "tasks": len(tasks), "skipped": skipped, "chunks": len(chunks)}
+
+
+def run_chunk(job_id: str, index: int, tasks: list[dict]) -> dict:
+    """Chunk job: pre-annotate ``tasks`` (``[{"id", "image"}]``) and write their predictions."""
+    rq_job = get_current_job()
+    board = JobBoard(rq_job.connection)
+    record = board.job_record(job_id)
+    planned = record.fields
+    services = current_services()
+    version = services.model.model_version
+    if version != planned["model_version"]:
+        raise ConfigurationError(
+            f"this worker serves model version {version}, but the job was planned for "
+            f"{planned['model_version']}; run every worker with the same LITESAM_VARIANT and checkpoint"
+        )
+    options = record.options
+    segment = SegEvery(services.model.model(), options.segevery_config(services.settings.variant))
+    worker = rq_job.worker_name or ""
+    writer = PredictionWriter(
+        board, services.label_studio, job_id, record.project, version, options.write_batch, worker
+    )
+    meta = rq_job.meta
+    for task in tasks:
+        task_id = int(task["id"])
+        if board.is_cancelled(job_id):
+            logger.info("job %s: cancelled; chunk %d stops before task %d", job_id, index + 1, task_id)
+            meta["cancelled"] = True
+            break
+        if board.outcome(job_id, task_id) is not None:
+            continue  # settled by an earlier attempt of this chunk
+        meta["current_task"] = task_id
+        rq_job.save_meta()
+        board.count_attempt(job_id, task_id)
+        started = time.perf_counter()
+        try:
+            regions = task_regions(services, segment, services.label_studio, task, planned, options)
+        except TaskInputError as exc:
+            board.record_outcome(job_id, record.project, task_id, "failed", reason=exc.message, worker=worker)
+            logger.warning("job %s: task %d failed: %s", job_id, task_id, exc.message)
+            continue
+        logger.info(
+            "job %s: task %d: %d region(s) in %.2f s",
+            job_id,
+            task_id,
+            len(regions),
+            time.perf_counter() - started,
+        )
+        writer.add(task_id, prediction(regions, version))
+    writer.flush()
+    meta["current_task"] = None
+    rq_job.save_meta()
+    return {"job": job_id, "chunk": index, "tasks": len(tasks)}
+
+
+def task_regions(
+    services: Services,
+    segment: SegEvery,
+    ls: LabelStudioClient | None,
+    task: dict,
+    planned: dict,
+    options: JobOptions,
+) -> list[dict]:
+    """The brushlabels regions of one task (``{"id", "image"}``), with ``planned``'s ``from_name``,
+    ``to_name``, ``label`` and ``image_key``.
+
+    A multi-image task (``<Image valueList=…>``: a list of URLs) gets the regions of every image, each with
+    its ``item_index``; ``max_masks`` applies per image (SegEvery ranks masks best first).
+
+    Raises:
+        TaskInputError: this task's own input is bad (:func:`backend.jobs.failures.classify_task_error`).
+        LabelStudioUnavailable: a download failed while Label Studio (``ls``) does not answer.
+    """
+    value = task.get("image")
+    multi = isinstance(value, list)
+    uris = value if multi else [value]
+    if not uris or not all(isinstance(u, str) and u.strip() for u in uris):
+        kind = "an empty or malformed list of images" if multi else "missing or not a URL"
+        raise TaskInputError(f"the task's data field {planned['image_key']!r} is {kind}")
+    regions = []
+    for index, uri in enumerate(uris):
+        try:
+            embedding, _ = services.embeddings.embedding_for(uri, int(task["id"]))
+        except Exception as exc:
+            where = f"image {index + 1} of {len(uris)}: " if multi else ""
+            classified = classify_task_error(exc, where, ls)
+            if classified is exc:
+                raise
+            raise classified from None
+        regions += [
+            brush_region(
+                r["segmentation"],
+                from_name=planned["from_name"],
+                to_name=planned["to_name"],
+                label=planned["label"],
+                score=r["predicted_iou"],
+                item_index=index if multi else None,
+            )
+            for r in segment.generate_from_embedding(embedding)[: options.max_masks]
+        ]
+    return regions

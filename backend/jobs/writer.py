@@ -1,0 +1,101 @@
+"""Where a job writes predictions: :class:`PredictionWriter` collects each task's prediction and writes them to
+Label Studio in batches, each task at most once per model version (:mod:`backend.jobs.locks`), recording
+each written task's outcome on the job's board."""
+
+from __future__ import annotations
+
+import logging
+
+from ..labelstudio.client import LabelStudioClient
+from .board import JobBoard
+from .locks import HeldLocks, TaskLocks
+
+logger = logging.getLogger(__name__)
+
+
+class PredictionWriter:
+    """Collects predictions and writes them in batches, each task at most once per model version."""
+
+    #: A batch is also cut when its RLE values pass this count (~4 bytes each in JSON).
+    MAX_BATCH_VALUES = 4_000_000
+
+    def __init__(
+        self,
+        board: JobBoard,
+        ls: LabelStudioClient,
+        job_id: str,
+        project: int,
+        version: str,
+        batch: int,
+        worker: str,
+    ) -> None:
+        self._board, self._ls, self._worker = board, ls, worker
+        self._locks = TaskLocks(board.connection)
+        self._job_id, self._project, self._version, self._batch = job_id, project, version, batch
+        self._pending: list[tuple[int, dict]] = []
+        self._values = 0
+
+    def add(self, task_id: int, task_prediction: dict) -> None:
+        """Queue one task's prediction; a full batch is written now."""
+        self._pending.append((task_id, task_prediction))
+        self._values += sum(len(r["value"]["rle"]) for r in task_prediction["result"])
+        if len(self._pending) >= self._batch or self._values >= self.MAX_BATCH_VALUES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the queued predictions and record their tasks ``done`` (unless the job was cancelled)."""
+        pending, self._pending, self._values = self._pending, [], 0
+        if not pending:
+            return
+        if self._board.is_cancelled(self._job_id):
+            self._drop(pending)
+            return
+        with self._locks.hold(self._version, [t for t, _ in pending]) as locks:
+            to_write = []
+            for task_id, task_prediction in pending:
+                locks.renew()
+                existing = self._ls.our_predictions(task_id, self._version)
+                if existing:  # written by an earlier attempt that died before its bookkeeping
+                    self._done(task_id, existing[0][1], note="already held a prediction of this version")
+                else:
+                    to_write.append((task_id, task_prediction))
+            if to_write and self._board.is_cancelled(self._job_id):
+                self._drop(to_write)
+                return
+            if to_write:
+                locks.renew()
+                created = self._ls.import_predictions(self._project, to_write)
+                if created == len(to_write):
+                    for task_id, task_prediction in to_write:
+                        self._done(task_id, len(task_prediction["result"]))
+                else:
+                    self._settle_partial(to_write, created, locks)
+
+    def _drop(self, predictions: list[tuple[int, dict]]) -> None:
+        """The job was cancelled: these predictions are not written (their tasks stay without an outcome)."""
+        logger.info("job %s: cancelled; %d prediction(s) not written", self._job_id, len(predictions))
+
+    def _settle_partial(self, written: list[tuple[int, dict]], created: int, locks: HeldLocks) -> None:
+        """Label Studio dropped some predictions (it validates and drops silently): find out which."""
+        logger.warning(
+            "job %s: Label Studio created %d of %d predictions", self._job_id, created, len(written)
+        )
+        for task_id, task_prediction in written:
+            locks.renew()
+            if self._ls.our_predictions(task_id, self._version):
+                self._done(task_id, len(task_prediction["result"]))
+            else:
+                self._board.record_outcome(
+                    self._job_id,
+                    self._project,
+                    task_id,
+                    "failed",
+                    reason="Label Studio did not accept the prediction (it drops predictions that do not fit the "
+                    "project's labeling config)",
+                    worker=self._worker,
+                )
+
+    def _done(self, task_id: int, regions: int, note: str = "") -> None:
+        self._board.record_outcome(
+            self._job_id, self._project, task_id, "done", regions=regions, note=note, worker=self._worker
+        )

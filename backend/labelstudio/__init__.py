@@ -1,0 +1,12 @@
+"""Everything that speaks Label Studio's language, one module per concept:
+
+=====================  ===================================================================================
+``client``             the one Label Studio client of a process (auth, REST through label-studio-sdk, URIs)
+``auth``               the ``Authorization`` header from the API key (personal access token exchange)
+``uris``               where a task's image URI is read from (uploads, local files, presigned cloud objects)
+``label_config``       the parts of a labeling config the backend uses (brush tag, images, prompt tools)
+``prompts``            interactive context → prompts, and the frames from percent to the decoded image
+``results``            masks → ``brushlabels`` regions and a task's prediction
+``brush_rle``          the brush RLE encoder of those regions
+=====================  ===================================================================================
+"""

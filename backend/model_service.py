@@ -1,0 +1,110 @@
+"""The one read-only Lite-SAM model of a backend process (web worker or job worker).
+
+:class:`ModelService` resolves the checkpoint, names the model version, and builds the model lazily on first
+use (never at import, never in ``/health`` or ``/setup``), under a lock, with the encoder fused for
+inference; all threads share it. Each request makes its own cheap
+:class:`~litesam.predictor.LiteSamPredictor` around it (:meth:`ModelService.predictor`), so no predictor is
+ever shared between threads. This module imports nothing of ``label_studio_ml``: job workers use it without
+the Label Studio adapter (:mod:`backend.model`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import numpy as np
+import torch
+
+from litesam.build import build_model
+from litesam.errors import CheckpointError
+from litesam.predictor import ImageEmbedding, LiteSamPredictor, encode_image
+
+from .checkpoint import ResolvedCheckpoint, resolve_checkpoint
+from .errors import ConfigurationError
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def model_version_string(variant: str, checkpoint_sha256: str) -> str:
+    """``<variant>-<first 12 hex digits of the checkpoint's sha256>``, e.g. ``litesam_r640-3f2a9c1b7d40``."""
+    return f"{variant}-{checkpoint_sha256[:12]}"
+
+
+class ModelService:
+    """The process-wide model: checkpoint resolution, model version, lazy thread-safe loading."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._checkpoint: ResolvedCheckpoint | None = None
+        self._model = None
+
+    @property
+    def model_version(self) -> str:
+        """The same string in every process: from the variant and the checkpoint's sha256.
+
+        With ``LITESAM_CHECKPOINT_SHA256`` set it is known without reading the checkpoint (the file is
+        checked against it when it is loaded); otherwise the checkpoint is hashed once per process.
+
+        Raises:
+            ConfigurationError: no checkpoint, unreadable, or a failed download.
+        """
+        sha = self._settings.checkpoint_sha256 or self.checkpoint().sha256
+        return model_version_string(self._settings.variant, sha)
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def checkpoint(self) -> ResolvedCheckpoint:
+        """The local checkpoint file (downloaded once if it is a URL) and its sha256."""
+        if self._checkpoint is None:
+            with self._lock:
+                if self._checkpoint is None:
+                    self._checkpoint = resolve_checkpoint(
+                        self._settings.checkpoint, self._settings.checkpoint_sha256, self._settings.cache_dir
+                    )
+        return self._checkpoint
+
+    def model(self):  # -> litesam LiteSAM
+        """The loaded model (built on first call, in eval mode, on the configured device)."""
+        if self._model is None:
+            checkpoint = self.checkpoint()
+            with self._lock:
+                if self._model is None:
+                    self._model = self._load(checkpoint)
+        return self._model
+
+    def _load(self, checkpoint: ResolvedCheckpoint):
+        if self._settings.torch_threads is not None:
+            torch.set_num_threads(self._settings.torch_threads)
+        started = time.perf_counter()
+        try:
+            model = build_model(
+                self._settings.variant, checkpoint=checkpoint.path, device=self._settings.device, fuse=True
+            )
+        except CheckpointError as exc:
+            raise ConfigurationError(f"cannot load the checkpoint for LITESAM_VARIANT: {exc}") from None
+        except (RuntimeError, ValueError) as exc:  # e.g. an unavailable LITESAM_DEVICE
+            raise ConfigurationError(f"cannot build the model on {self._settings.device!r}: {exc}") from None
+        logger.info(
+            "loaded %s from %s on %s in %.1f s",
+            model_version_string(self._settings.variant, checkpoint.sha256),
+            checkpoint.path.name,
+            self._settings.device,
+            time.perf_counter() - started,
+        )
+        return model
+
+    def encode(self, image: np.ndarray) -> ImageEmbedding:
+        """The embedding of an H×W×3 uint8 RGB image."""
+        return encode_image(self.model(), image)
+
+    def predictor(self, embedding: ImageEmbedding) -> LiteSamPredictor:
+        """A new predictor (for this request only) set to ``embedding``."""
+        predictor = LiteSamPredictor(self.model())
+        predictor.set_embedding(embedding)
+        return predictor
