@@ -39,7 +39,8 @@ from benchlib import header, interleaved, ms, set_threads
 from litesam.build import VARIANTS, build_model
 from litesam.everything import SegEvery
 from litesam.inference import apply_precision, cpu_report, load_average
-from litesam.masks import batched_mask_to_box, box_nms, mask_to_brush_rle
+from backend.labelstudio.brush_rle import mask_to_brush_rle
+from litesam.masks import batched_mask_to_box, box_nms
 from litesam.modeling.autoppn import ProposalConfig
 from litesam.postprocess import mask_area_and_box, mask_upscaler
 from litesam.predictor import LiteSamPredictor, encode_image
