@@ -124,13 +124,14 @@ class LiteSamBackend(LabelStudioMLBase):
         predictor = self._services.model.predictor(embedding)
         masks, scores = [], []
         for prompt in prompts_for_image(prompt_set, (height, width)):
-            candidates, ious, _ = predictor.predict(
-                point_coords=prompt.point_coords,
-                point_labels=prompt.point_labels,
-                box=prompt.box,
-                multimask_output=is_ambiguous(prompt),
-                best_only=True,
-            )
+            with self._services.model.inference():
+                candidates, ious, _ = predictor.predict(
+                    point_coords=prompt.point_coords,
+                    point_labels=prompt.point_labels,
+                    box=prompt.box,
+                    multimask_output=is_ambiguous(prompt),
+                    best_only=True,
+                )
             masks.append(mask_for_regions(candidates[0], prompt_set))
             scores.append(float(ious[0]))
         return masks, scores

@@ -213,6 +213,8 @@ def task_regions(
             if classified is exc:
                 raise
             raise classified from None
+        with services.model.inference():
+            records = segment.generate_from_embedding(embedding)[: options.max_masks]
         regions += [
             brush_region(
                 r["segmentation"],
@@ -222,6 +224,6 @@ def task_regions(
                 score=r["predicted_iou"],
                 item_index=index if multi else None,
             )
-            for r in segment.generate_from_embedding(embedding)[: options.max_masks]
+            for r in records
         ]
     return regions
