@@ -3,8 +3,9 @@
 =========================  ==========================================================================
 route                      behaviour
 =========================  ==========================================================================
-GET /health, GET /         ``{"status": "UP", "model_loaded", "model_version", "redis"}``; fast, never
-                           loads or runs the model (Label Studio waits 1 s)
+GET /health, GET /         ``{"status": "UP", "model_loaded", "model_version", "variant", "engine", "redis"}``;
+                           fast, never loads or runs the model (Label Studio waits 1 s); the checkpoint
+                           is hashed and, without LITESAM_VARIANT, identified once per process
 POST /setup                ``{"model_version"}``; checks the config's BrushLabels when a schema is sent;
                            fast, never loads the model (Label Studio waits 3 s)
 POST /predict              interactive: ``{"results": [prediction], "model_version"}``; batch (no
@@ -101,9 +102,9 @@ def current_services() -> Services:
 def json_body() -> dict:
     """The request body as a JSON object, at most the app's ``MAX_CONTENT_LENGTH`` bytes.
 
-    Flask 1.1 / Werkzeug 2.0 do not apply ``MAX_CONTENT_LENGTH`` to ``request.get_data()``, and a chunked
-    body has no Content-Length: a declared length over the limit is refused before reading, and otherwise
-    at most limit + 1 bytes are read from the stream.
+    A declared length over the limit is refused before reading; a chunked body has no Content-Length, and
+    at most limit + 1 bytes of it are read (Werkzeug 3 itself stops such a stream at the app's
+    ``MAX_CONTENT_LENGTH``; its 413 gets this function's message).
 
     Raises:
         PayloadTooLargeError: the body is larger than the limit.
@@ -116,7 +117,12 @@ def json_body() -> dict:
     )
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLargeError(too_large)
-    raw = _read_stream(limit + 1)
+    try:
+        raw = _read_stream(limit + 1)
+    except HTTPException as exc:
+        if exc.code == 413:
+            raise PayloadTooLargeError(too_large) from None
+        raise
     if len(raw) > limit:
         raise PayloadTooLargeError(too_large)
     try:
@@ -157,6 +163,8 @@ def health():
     }
     try:
         answer["model_version"] = services.model.model_version
+        answer["variant"] = services.model.variant
+        answer["engine"] = services.model.title
     except BackendError as exc:
         answer["model_error"] = exc.message
     return jsonify(answer)

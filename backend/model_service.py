@@ -24,7 +24,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from litesam.build import build_model
+from litesam.build import build_model, checkpoint_variant, get_variant
 from litesam.errors import CheckpointError
 from litesam.inference import apply_precision, cpu_report
 from litesam.predictor import ImageEmbedding, LiteSamPredictor, encode_image
@@ -48,6 +48,7 @@ class ModelService:
         self._settings = settings
         self._lock = threading.Lock()
         self._checkpoint: ResolvedCheckpoint | None = None
+        self._variant: str | None = settings.variant
         self._model = None
         self._slots = threading.BoundedSemaphore(settings.inference_concurrency)
 
@@ -62,7 +63,30 @@ class ModelService:
             ConfigurationError: no checkpoint, unreadable, or a failed download.
         """
         sha = self._settings.checkpoint_sha256 or self.checkpoint().sha256
-        return model_version_string(self._settings.variant, sha)
+        return model_version_string(self.variant, sha)
+
+    @property
+    def variant(self) -> str:
+        """``LITESAM_VARIANT``, or the variant the checkpoint holds (recorded in ours, recognised from the keys
+        and shapes of an official SAM-family file: ``sam_vit_b``, ``mobile_sam``, …), found once per process.
+
+        Raises:
+            ConfigurationError: no checkpoint, or a checkpoint that is unreadable or fits no variant.
+        """
+        if self._variant is None:
+            path = self.checkpoint().path
+            try:
+                found = checkpoint_variant(path)
+            except CheckpointError as exc:
+                raise ConfigurationError(f"cannot load the checkpoint: {exc}") from None
+            with self._lock:
+                self._variant = found
+        return self._variant
+
+    @property
+    def title(self) -> str:
+        """What the variant is, for people (e.g. ``SAM ViT-B (Meta, sam_vit_b_01ec64.pth)``)."""
+        return get_variant(self.variant).title
 
     @property
     def loaded(self) -> bool:
@@ -82,21 +106,20 @@ class ModelService:
         """The loaded model (built on first call, in eval mode, on the configured device)."""
         if self._model is None:
             checkpoint = self.checkpoint()
+            variant = self.variant  # outside the lock, which finding it takes
             with self._lock:
                 if self._model is None:
-                    self._model = self._load(checkpoint)
+                    self._model = self._load(checkpoint, variant)
         return self._model
 
-    def _load(self, checkpoint: ResolvedCheckpoint):
+    def _load(self, checkpoint: ResolvedCheckpoint, variant: str):
         report = cpu_report()  # probed once, before the thread count is fixed (it restores the count it found)
         torch.set_num_threads(self._settings.torch_threads)
         started = time.perf_counter()
         try:
-            model = build_model(
-                self._settings.variant, checkpoint=checkpoint.path, device=self._settings.device, fuse=True
-            )
+            model = build_model(variant, checkpoint=checkpoint.path, device=self._settings.device, fuse=True)
         except CheckpointError as exc:
-            raise ConfigurationError(f"cannot load the checkpoint for LITESAM_VARIANT: {exc}") from None
+            raise ConfigurationError(f"cannot load the checkpoint: {exc}") from None
         except (RuntimeError, ValueError) as exc:  # e.g. an unavailable LITESAM_DEVICE
             raise ConfigurationError(f"cannot build the model on {self._settings.device!r}: {exc}") from None
         try:
@@ -104,8 +127,9 @@ class ModelService:
         except ValueError as exc:  # bf16 asked for where torch has no bf16 kernels
             raise ConfigurationError(f"LITESAM_PRECISION: {exc}") from None
         logger.info(
-            "loaded %s from %s on %s in %.1f s; %s path, %d inference(s) at once; %s",
-            model_version_string(self._settings.variant, checkpoint.sha256),
+            "loaded %s (%s) from %s on %s in %.1f s; %s path, %d inference(s) at once; %s",
+            model_version_string(variant, checkpoint.sha256),
+            get_variant(variant).title,
             checkpoint.path.name,
             self._settings.device,
             time.perf_counter() - started,

@@ -20,7 +20,8 @@ LITESAM_CHECKPOINT             (none)                       checkpoint path, or 
                                                             into LITESAM_CACHE_DIR
 LITESAM_CHECKPOINT_SHA256      (none)                       expected sha256 of the checkpoint file (checked)
 LITESAM_CACHE_DIR              ~/.cache/litesam             where downloaded checkpoints are kept
-LITESAM_VARIANT                litesam_r640                 model variant (litesam_r640, litesam_r1024, …)
+LITESAM_VARIANT                (from the checkpoint)        model variant (litesam_r640, sam_vit_b, mobile_sam, …);
+                                                            when set, the checkpoint must hold it
 LITESAM_DEVICE                 cpu                          torch device (cpu, cuda, cuda:1, …)
 LITESAM_TORCH_THREADS          1                            intra-op threads of one inference, set at model load
                                                             (README "Thread policy": more than one collapses
@@ -104,7 +105,7 @@ class Settings:
     checkpoint: str | None = None
     checkpoint_sha256: str | None = None
     cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "litesam")
-    variant: str = "litesam_r640"
+    variant: str | None = None
     device: str = "cpu"
     torch_threads: int = 1
     inference_slots: int | None = None

@@ -55,7 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     everything = commands.add_parser("everything", help="masks for everything in one or more images")
     everything.add_argument("images", type=Path, nargs="+")
     everything.add_argument("-o", "--output", type=Path, required=True, help="folder for JSON and overlays")
-    everything.add_argument("--prompt-mode", choices=("autoppn", "grid"), default="autoppn")
+    everything.add_argument(
+        "--prompt-mode",
+        choices=("auto", "autoppn", "grid"),
+        default="auto",
+        help="auto: AutoPPN when the model has a head, else SAM's point grid (official SAM-family checkpoints)",
+    )
     everything.add_argument("--points-per-side", type=int, default=32, help="grid mode: n for the n×n grid")
     everything.add_argument(
         "--proposal-threshold", type=float, help="AutoPPN point-confidence threshold (default: the variant's)"
@@ -70,7 +75,9 @@ def _parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="parameters and MACs per component")
     info.add_argument("--variant", default="litesam_r640")
-    info.add_argument("--resolutions", type=int, nargs="+", default=[224, 640, 1024])
+    info.add_argument(
+        "--resolutions", type=int, nargs="+", help="input sides (default 224 640 1024; engines: their input size)"
+    )
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(run=_info)
 
@@ -80,8 +87,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", type=Path, help="a Lite-SAM checkpoint (records its variant)")
-    parser.add_argument("--variant", help="litesam_r640, litesam_r1024 or litesam_tiny")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="a Lite-SAM checkpoint (records its variant) or an official SAM-family file "
+        "(sam_vit_b_01ec64.pth, mobile_sam.pt, …: the engine is recognised)",
+    )
+    parser.add_argument("--variant", help="litesam_r640, litesam_r1024, litesam_tiny, sam_vit_b, …, mobile_sam")
     parser.add_argument("--random-weights", action="store_true", help="untrained weights, for testing only")
     parser.add_argument("--device", default="cpu")
 
@@ -99,7 +111,9 @@ def _load_model(args: argparse.Namespace):
     if args.random_weights:
         print(RANDOM_WEIGHTS_NOTICE, file=sys.stderr)
         return build_model(args.variant or "litesam_r640", device=args.device)
-    return build_model(args.variant, checkpoint=args.checkpoint, device=args.device)
+    model = build_model(args.variant, checkpoint=args.checkpoint, device=args.device)
+    print(f"litesam: {args.checkpoint}: variant {model.variant}", file=sys.stderr)
+    return model
 
 
 def _segment(args: argparse.Namespace) -> int:
@@ -170,11 +184,11 @@ def _everything(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .build import build_model
+    from .build import build_model, get_variant
     from .complexity import complexity_report
 
-    report = complexity_report(build_model(args.variant), resolutions=tuple(args.resolutions))
-    report = {"variant": args.variant, **report}
+    report = complexity_report(build_model(args.variant), resolutions=args.resolutions)
+    report = {"variant": args.variant, "title": get_variant(args.variant).title, **report}
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -225,7 +239,7 @@ def _format_report(report: dict) -> str:
     """A text table: parameters, then GMACs per resolution (ptflops default backend, aten in brackets)."""
     sides = [str(r) for r in report["resolutions"]]
     header = f"{'component':<24}{'params':>12}" + "".join(f"{'GMACs @' + s:>20}" for s in sides)
-    lines = [f"variant {report['variant']} (ptflops {report['ptflops_version']})", header]
+    lines = [f"variant {report['variant']}: {report['title']} (ptflops {report['ptflops_version']})", header]
     for name, part in report["components"].items():
         cells = []
         for side in sides:

@@ -131,72 +131,78 @@ def _resized(model: nn.Module, side: int) -> nn.Module:
 
 def complexity_report(
     model: nn.Module,
-    resolutions: Iterable[int] = (224, 640, 1024),
+    resolutions: Iterable[int] | None = None,
     backends: Iterable[str] = BACKENDS,
 ) -> dict[str, Any]:
-    """Parameters and MACs per component of a Lite-SAM model, JSON-serialisable.
+    """Parameters and MACs per component of a Lite-SAM model (or a SAM-family engine), JSON-serialisable.
 
-    Every component is counted at every resolution. The image encoder is resolution-agnostic; for the whole
-    model (:class:`OnePromptModel`) a copy is counted whose prompt encoder is set to that resolution's grid
-    (its weights do not depend on the grid). ``mask_decoder`` MACs are ``total − image_encoder`` and include
-    the one-point prompt encoding.
-    ``backbone`` MACs are ``image_encoder − neck − autoppn`` (ptflops counts are sums, so this is exact).
+    Every component is counted at every resolution. Lite-SAM's image encoder is resolution-agnostic; for the
+    whole model (:class:`OnePromptModel`) a copy is counted whose prompt encoder is set to that resolution's
+    grid (its weights do not depend on the grid). ``mask_decoder`` MACs are ``total − image_encoder`` and
+    include the one-point prompt encoding. ``backbone`` MACs are ``image_encoder − neck − autoppn`` (ptflops
+    counts are sums, so this is exact); an engine's "backbone" is its encoder before SAM's neck. Engines use
+    ``F.scaled_dot_product_attention`` and ``einsum`` for attention, which neither backend counts: their
+    MACs leave out the attention products (see the module docstring).
 
     Args:
-        model: container with ``image_encoder`` (attributes ``backbone``, ``neck``, ``autoppn``),
-            ``prompt_encoder``, ``mask_decoder`` and ``img_size``; its backbone must not be fused.
-        resolutions: square input sides for the encoder counts (multiples of 16).
+        model: container with ``image_encoder`` (a Lite-SAM encoder with ``backbone``, ``neck``, ``autoppn``,
+            or an engine with ``neck`` and ``autoppn`` possibly None), ``prompt_encoder``, ``mask_decoder``
+            and ``img_size``; its encoder must not be fused.
+        resolutions: square input sides for the counts (multiples of 16); default 224, 640 and 1024 for
+            Lite-SAM and the input size for engines, whose position embeddings fix it.
         backends: ptflops backends to count with.
     Returns:
         ``{"ptflops_version", "backends", "img_size", "resolutions", "components": {name: {"params": int,
         "macs": {side: int}, "macs_<backend>": {side: int} for other backends}}}``; ``"macs"`` is the first
         backend's count. Sides are string keys (``"640"``). Components: ``image_encoder``,
-        ``image_encoder.backbone``, ``image_encoder.neck``, ``image_encoder.autoppn``, ``prompt_encoder``
-        (params only), ``mask_decoder``, ``total``.
+        ``image_encoder.backbone``, ``image_encoder.neck``, ``image_encoder.autoppn`` (when there is one),
+        ``prompt_encoder`` (params only), ``mask_decoder``, ``total``.
     Raises:
-        LiteSamError: a fused backbone (its counts would not be comparable), or ptflops failed.
+        LiteSamError: a fused encoder (its counts would not be comparable), an engine at another side than
+            its input size, or ptflops failed.
     """
     backends = tuple(backends)
     if not backends or any(b not in BACKENDS for b in backends):
         raise ValueError(f"backends must be a non-empty selection of {BACKENDS}, got {backends}")
-    resolutions = tuple(int(r) for r in resolutions)
     encoder = model.image_encoder
-    if getattr(encoder.backbone, "fused", False):
-        raise LiteSamError("count complexity on an unfused model (fuse_for_inference changes the layers)")
     img_size = int(model.img_size)
+    backbone = getattr(encoder, "backbone", None)
+    if getattr(encoder, "fused", False) or getattr(backbone, "fused", False):
+        raise LiteSamError("count complexity on an unfused model (fuse_for_inference changes the layers)")
+    if resolutions is None:
+        resolutions = (224, 640, 1024) if backbone is not None else (img_size,)
+    resolutions = tuple(int(r) for r in resolutions)
+    if backbone is None and resolutions != (img_size,):
+        raise LiteSamError(f"an engine counts at its input size only ({img_size}), not at {resolutions}")
     keys = {b: "macs" if i == 0 else f"macs_{b}" for i, b in enumerate(backends)}
-    components: dict[str, dict[str, Any]] = {
-        name: {"params": count_parameters(module)}
-        for name, module in (
-            ("image_encoder", encoder),
-            ("image_encoder.backbone", encoder.backbone),
-            ("image_encoder.neck", encoder.neck),
-            ("image_encoder.autoppn", encoder.autoppn),
-            ("prompt_encoder", model.prompt_encoder),
-            ("mask_decoder", model.mask_decoder),
-        )
+    heads = [("image_encoder.neck", encoder.neck)]
+    if encoder.autoppn is not None:
+        heads.append(("image_encoder.autoppn", encoder.autoppn))
+    components: dict[str, dict[str, Any]] = {"image_encoder": {"params": count_parameters(encoder)}}
+    components["image_encoder.backbone"] = {
+        "params": count_parameters(encoder) - sum(count_parameters(m) for _, m in heads)
     }
+    components.update({name: {"params": count_parameters(module)} for name, module in heads})
+    components["prompt_encoder"] = {"params": count_parameters(model.prompt_encoder)}
+    components["mask_decoder"] = {"params": count_parameters(model.mask_decoder)}
     components["total"] = {"params": count_parameters(model)}
-    neck_in = encoder.backbone.out_channels
-    embed_dim = encoder.autoppn.embed_dim
+    neck_in = _in_channels(encoder.neck)
+    embed_dim = model.prompt_encoder.embed_dim
     for backend in backends:
         key = keys[backend]
-        for name in (
-            "image_encoder",
-            "image_encoder.backbone",
-            "image_encoder.neck",
-            "image_encoder.autoppn",
-        ):
+        for name in ("image_encoder", "image_encoder.backbone", *(name for name, _ in heads)):
             components[name][key] = {}
         for side in resolutions:
             grid = side // 16
             whole = count_macs(encoder, (3, side, side), backend)
-            neck = count_macs(encoder.neck, (neck_in, grid, grid), backend)
-            autoppn = count_macs(encoder.autoppn, (embed_dim, grid, grid), backend)
             components["image_encoder"][key][str(side)] = whole
-            components["image_encoder.neck"][key][str(side)] = neck
-            components["image_encoder.autoppn"][key][str(side)] = autoppn
-            components["image_encoder.backbone"][key][str(side)] = whole - neck - autoppn
+            rest = whole
+            for name, module in heads:
+                channels = neck_in if name == "image_encoder.neck" else embed_dim
+                macs = count_macs(module, (channels, grid, grid), backend)
+                components[name][key][str(side)] = macs
+                rest -= macs
+            components["image_encoder.backbone"][key][str(side)] = rest
         components["total"][key] = {}
         components["mask_decoder"][key] = {}
         for side in resolutions:
@@ -210,3 +216,8 @@ def complexity_report(
         "resolutions": list(resolutions),
         "components": components,
     }
+
+
+def _in_channels(neck: nn.Module) -> int:
+    """Input channels of a neck (its first convolution's)."""
+    return next(m for m in neck.modules() if isinstance(m, nn.Conv2d)).in_channels

@@ -31,3 +31,7 @@ class DatasetError(LiteSamError, ValueError):
 
 class NoEmbeddingError(LiteSamError, RuntimeError):
     """``predict`` was called before ``set_image`` or ``set_embedding``."""
+
+
+class NoProposalHeadError(LiteSamError, ValueError):
+    """AutoPPN proposals were asked of a model without an AutoPPN head (an engine's official weights)."""

@@ -3,7 +3,8 @@
 Pipeline (one image):
 
 1. prompts: AutoPPN proposals (a point and its box, with a proposal score) or, in ``grid`` mode, SAM's
-   regular n×n point grid;
+   regular n×n point grid (the default for SAM-family engines, whose official checkpoints carry no AutoPPN
+   head: with SAM's automatic-mask-generator defaults, 32×32 points, three masks each);
 2. one mask-decoder pass per chunk of ``points_per_batch`` prompts, all on the same embedding;
 3. filters on the *low-resolution* logits (predicted IoU, stability score), before any upscaling: most of
    SAM's everything-mode time goes into upscaling masks that are then thrown away;
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from .build import get_variant
+from .errors import NoProposalHeadError
 from .masks import (
     batched_mask_to_box,
     box_nms,
@@ -44,7 +46,8 @@ class SegEveryConfig:
     """Settings of :class:`SegEvery`. The filter defaults are SAM's automatic-mask-generator defaults.
 
     Attributes:
-        prompt_mode: "autoppn" (learned proposals: point + box per prompt) or "grid" (SAM's point grid).
+        prompt_mode: "autoppn" (learned proposals: point + box per prompt), "grid" (SAM's point grid), or
+            "auto": AutoPPN when the model has a head, else the grid (engines' official weights).
         points_per_side: grid mode only; n for the n×n grid (SAM's default 32 → 1,024 prompts).
         points_per_batch: prompts per mask-decoder call; bounds memory (activations grow linearly).
         multimask_output: ask the decoder for 3 candidates per prompt. AutoPPN keeps the best by predicted
@@ -59,7 +62,7 @@ class SegEveryConfig:
         output_mode: "binary_mask" (H×W bool arrays) or "coco_rle" (pycocotools RLE dicts).
     """
 
-    prompt_mode: Literal["autoppn", "grid"] = "autoppn"
+    prompt_mode: Literal["auto", "autoppn", "grid"] = "auto"
     points_per_side: int = 32
     points_per_batch: int = 32
     multimask_output: bool = True
@@ -72,8 +75,8 @@ class SegEveryConfig:
     output_mode: Literal["binary_mask", "coco_rle"] = "binary_mask"
 
     def __post_init__(self) -> None:
-        if self.prompt_mode not in ("autoppn", "grid"):
-            raise ValueError(f"prompt_mode must be 'autoppn' or 'grid', got {self.prompt_mode!r}")
+        if self.prompt_mode not in ("auto", "autoppn", "grid"):
+            raise ValueError(f"prompt_mode must be 'auto', 'autoppn' or 'grid', got {self.prompt_mode!r}")
         if self.output_mode not in ("binary_mask", "coco_rle"):
             raise ValueError(f"output_mode must be 'binary_mask' or 'coco_rle', got {self.output_mode!r}")
         if self.points_per_batch < 1 or self.points_per_side < 1:
@@ -108,7 +111,16 @@ class SegEvery:
         if config is None and "proposals" not in overrides and model.variant is not None:
             overrides["proposals"] = get_variant(model.variant).proposals  # e.g. top-200 at 1024
         base = config or SegEveryConfig()
-        self.config = SegEveryConfig(**{**base.__dict__, **overrides})
+        settings = {**base.__dict__, **overrides}
+        has_head = model.image_encoder.autoppn is not None
+        if settings["prompt_mode"] == "auto":
+            settings["prompt_mode"] = "autoppn" if has_head else "grid"
+        elif settings["prompt_mode"] == "autoppn" and not has_head:
+            raise NoProposalHeadError(
+                f"variant {model.variant} has no AutoPPN head (official checkpoints carry none): use prompt_mode 'grid'"
+            )
+        #: The settings in force; ``prompt_mode`` is resolved to "autoppn" or "grid".
+        self.config = SegEveryConfig(**settings)
         self.model = model
 
     def generate(self, image: np.ndarray) -> list[dict[str, Any]]:

@@ -140,7 +140,8 @@ def apply_precision(model: LiteSAM, precision: str = "auto") -> Precision:
     chosen = choose_precision(precision)
     if chosen == "bf16" and getattr(model, "inference_precision", None) != "bf16":
         _compute_in(model.image_encoder, torch.bfloat16)
-        _compute_in(model.image_encoder.autoppn, torch.float32)  # proposals read the float32 embedding
+        if model.image_encoder.autoppn is not None:  # engines (SAM ViT, TinyViT) may have no AutoPPN head
+            _compute_in(model.image_encoder.autoppn, torch.float32)  # proposals read the float32 embedding
         model.mask_decoder.output_upscaling.to(torch.bfloat16)  # the decoder casts to its weights' dtype
     model.inference_precision = chosen
     return chosen

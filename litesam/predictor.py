@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import InvalidPromptError, NoEmbeddingError
+from .errors import InvalidPromptError, NoEmbeddingError, NoProposalHeadError
 from .modeling.autoppn import Proposals, decode_proposals
 from .modeling.lite_sam import LiteSAM
 from .postprocess import upscale_masks
@@ -42,7 +42,7 @@ class LiteSamPredictor:
 
     def __init__(self, model: LiteSAM) -> None:
         self.model = model
-        self.transform = ResizeLongestSide(model.img_size)
+        self.transform = ResizeLongestSide(model.img_size, model.resize)
         self._embedding: ImageEmbedding | None = None
 
     @torch.inference_mode()
@@ -169,8 +169,7 @@ class LiteSamPredictor:
 def encode_image(model: LiteSAM, image: np.ndarray) -> ImageEmbedding:
     """Run the image encoder on an H×W×3 uint8 RGB image; returns its :class:`ImageEmbedding`."""
     image = check_image(image, model.img_size)
-    transform = ResizeLongestSide(model.img_size)
-    resized = transform.apply_image(image)
+    resized = ResizeLongestSide(model.img_size, model.resize).apply_image(image)
     x = torch.as_tensor(resized, device=model.device).permute(2, 0, 1)[None].float()
     with torch.inference_mode():
         features, _ = model.image_encoder(model.preprocess(x))
@@ -178,8 +177,17 @@ def encode_image(model: LiteSAM, image: np.ndarray) -> ImageEmbedding:
 
 
 def propose(model: LiteSAM, embedding: ImageEmbedding, config=None) -> Proposals:
-    """AutoPPN proposals (points, boxes, scores in input-frame pixels) from a stored embedding."""
+    """AutoPPN proposals (points, boxes, scores in input-frame pixels) from a stored embedding.
+
+    Raises:
+        NoProposalHeadError: the model has no AutoPPN head (an engine built from an official checkpoint).
+    """
     autoppn = model.image_encoder.autoppn
+    if autoppn is None:
+        raise NoProposalHeadError(
+            f"variant {model.variant} has no AutoPPN head (official checkpoints carry none): "
+            "use SAM's point grid (SegEvery prompt_mode 'grid')"
+        )
     with torch.inference_mode():
         output = autoppn(embedding.features)
     return decode_proposals(output, embedding.input_size, autoppn.stride, config)[0]

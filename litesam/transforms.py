@@ -2,13 +2,20 @@
 
 Two frames are involved: the *original image* (``H×W`` pixels) and the *input frame* (the image resized to
 ``h'×w'`` with ``max(h', w') = S``, later padded at the bottom/right to ``S×S``). Coordinates are ``(x, y)``
-pixels and boxes ``XYXY``. Resizing matches Segment Anything's ``ResizeLongestSide`` (sizes rounded half-up,
-coordinates scaled per axis by ``w'/W`` and ``h'/H``), so prompts map exactly as they do for SAM.
+pixels and boxes ``XYXY``. Sizes and prompt mapping match Segment Anything's ``ResizeLongestSide`` (sizes
+rounded half-up, coordinates scaled per axis by ``w'/W`` and ``h'/H``), so prompts map exactly as for SAM.
+
+Two image filters (:data:`FILTERS`): ``"opencv"`` (Lite-SAM's: area averaging when shrinking, bilinear when
+enlarging) and ``"pil_bilinear"``, the pixels of SAM's own pipeline, which resizes through torchvision's PIL
+path, i.e. ``PIL.Image.resize(..., BILINEAR)`` (PIL's bilinear widens its kernel when shrinking, so it
+antialiases unlike OpenCV's ``INTER_LINEAR``). The SAM-family engines use the latter so that their
+embeddings are those of the official predictor; it is equal pixel for pixel (tests/test_transforms.py).
 """
 
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 
 from litesam.errors import InvalidImageError, InvalidPromptError
 
@@ -26,13 +33,25 @@ def _check_last_dim(shape: tuple[int, ...], size: int, what: str) -> None:
         raise InvalidPromptError(f"{what} must have {size} values in the last axis, got shape {tuple(shape)}")
 
 
-class ResizeLongestSide:
-    """Resize to longest side ``target_length`` (the model input size ``S``) and map prompts alike."""
+#: Image filters of :class:`ResizeLongestSide`.
+FILTERS = ("opencv", "pil_bilinear")
 
-    def __init__(self, target_length: int) -> None:
+
+class ResizeLongestSide:
+    """Resize to longest side ``target_length`` (the model input size ``S``) and map prompts alike.
+
+    Args:
+        target_length: S.
+        filter: ``"opencv"`` (default) or ``"pil_bilinear"`` (SAM's pixels); see the module docstring.
+    """
+
+    def __init__(self, target_length: int, filter: str = "opencv") -> None:
         if target_length <= 0:
             raise ValueError(f"target_length must be positive, got {target_length}")
+        if filter not in FILTERS:
+            raise ValueError(f"filter must be one of {FILTERS}, got {filter!r}")
         self.target_length = target_length
+        self.filter = filter
 
     @staticmethod
     def get_preprocess_shape(oldh: int, oldw: int, long_side_length: int) -> tuple[int, int]:
@@ -52,7 +71,8 @@ class ResizeLongestSide:
     def apply_image(self, image: np.ndarray) -> np.ndarray:
         """Resize an ``H×W×3`` uint8 RGB image to ``h'×w'×3`` uint8 (``max(h', w') = target_length``).
 
-        Uses area averaging when shrinking (no aliasing) and bilinear interpolation when enlarging.
+        ``opencv``: area averaging when shrinking (no aliasing), bilinear when enlarging. ``pil_bilinear``:
+        PIL's bilinear filter, as SAM's reference pipeline.
         """
         if (
             not isinstance(image, np.ndarray)
@@ -72,6 +92,9 @@ class ResizeLongestSide:
         if h == 0 or w == 0:
             raise InvalidImageError(f"image is empty: shape {image.shape}")
         new_h, new_w = self.get_preprocess_shape(h, w, self.target_length)
+        if self.filter == "pil_bilinear":
+            resized = Image.fromarray(np.ascontiguousarray(image)).resize((new_w, new_h), Image.Resampling.BILINEAR)
+            return np.array(resized)  # PIL gives a read-only view; torch wants a writable array
         interpolation = cv2.INTER_AREA if new_h * new_w < h * w else cv2.INTER_LINEAR
         return cv2.resize(np.ascontiguousarray(image), (new_w, new_h), interpolation=interpolation)
 

@@ -114,6 +114,8 @@ def test_health_and_setup_answer_without_loading_the_model(backend, checkpoint):
         "model_class": "LiteSamBackend",
         "model_loaded": False,
         "model_version": version,
+        "variant": "litesam_tiny",
+        "engine": "Lite-SAM",
         "redis": "ok",
     }
     assert backend.client.get("/").get_json()["status"] == "UP"

@@ -13,7 +13,7 @@ def test_defaults_from_an_empty_environment():
     assert settings.label_studio_url is None
     assert settings.label_studio_api_key is None
     assert settings.redis_url.reveal() == "redis://127.0.0.1:6379/0"
-    assert settings.variant == "litesam_r640"
+    assert settings.variant is None  # found in the checkpoint
     assert settings.device == "cpu"
     assert settings.bind == "0.0.0.0:9090"
     assert (settings.workers, settings.threads) == (1, 4)
@@ -134,7 +134,7 @@ def test_basic_auth_password_is_not_in_the_error():
 
 def test_empty_values_count_as_unset():
     s = Settings.from_env({"LABEL_STUDIO_API_KEY": "  ", "LITESAM_VARIANT": "", "LITESAM_WORKERS": ""})
-    assert s.label_studio_api_key is None and s.variant == "litesam_r640" and s.workers == 1
+    assert s.label_studio_api_key is None and s.variant is None and s.workers == 1
 
 
 def test_inference_concurrency_shares_the_cores_out(monkeypatch):

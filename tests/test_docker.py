@@ -1,8 +1,11 @@
-"""The Docker files, checked without a Docker engine: the compose services and the image's entry commands
-run here as plain processes (``litesam-backend serve`` behind the image's own HEALTHCHECK command, with basic
-auth on), and the commands named in compose exist.
+"""The Docker files, checked without a Docker engine: ``docker compose config`` validates the compose file, the
+image's entry commands run here as plain processes (``litesam-backend serve`` behind the image's own
+HEALTHCHECK command, with basic auth on), and the commands named in compose exist. The image itself is built
+and run in tests/test_docker_image.py.
 """
 
+import json
+import os
 import subprocess
 import sys
 from importlib.metadata import entry_points
@@ -56,11 +59,10 @@ def test_the_entry_commands_exist_and_answer_help():
 
 def test_dockerignore_lets_in_only_what_the_image_copies():
     lines = (REPO / ".dockerignore").read_text().splitlines()
-    assert lines[lines.index("*") + 1 :][:5] == [
-        "!requirements.txt", "!pyproject.toml", "!README.md", "!litesam/", "!backend/"
-    ]
     copied = {source for line in DOCKERFILE.splitlines() if line.startswith("COPY ") for source in line.split()[1:-1]}
-    assert copied == {"requirements.txt", "pyproject.toml", "README.md", "litesam", "backend"}
+    assert copied == {"requirements.txt", "requirements-no-deps.txt", "pyproject.toml", "README.md", "litesam", "backend"}
+    allowed = lines[lines.index("*") + 1 :][: len(copied)]
+    assert {line.removeprefix("!").removesuffix("/") for line in allowed} == copied
 
 
 def test_healthcheck_passes_against_a_served_backend_with_basic_auth(tmp_path):
@@ -74,10 +76,41 @@ def test_healthcheck_passes_against_a_served_backend_with_basic_auth(tmp_path):
     )
     # workers/threads None: the image's command gives neither, so the settings' defaults apply.
     with serve_backend(tmp_path, env, workers=None, threads=None, ready_status=401) as (url, _):
-        # The image's healthcheck targets port 9090; run the same program against this test's port.
-        code = healthcheck_code().replace("127.0.0.1:9090", url.removeprefix("http://"))
+        # The image's healthcheck asks the port of LITESAM_BIND, as the image's command binds it.
+        env["LITESAM_BIND"] = "0.0.0.0:" + url.rpartition(":")[2]
+        code = healthcheck_code()
         healthy = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=30)
         assert healthy.returncode == 0, healthy.stderr
         without_credentials = {k: v for k, v in env.items() if not k.startswith("BASIC_AUTH")}
         refused = subprocess.run([sys.executable, "-c", code], env=without_credentials, capture_output=True, timeout=30)
         assert refused.returncode != 0 and b"401" in refused.stderr
+
+
+def compose_config(**env: str) -> subprocess.CompletedProcess:
+    """``docker compose config --format json`` on docker/docker-compose.yml with exactly ``env`` (and PATH)."""
+    return subprocess.run(
+        ["docker", "compose", "--file", str(REPO / "docker" / "docker-compose.yml"), "config", "--format", "json"],
+        env={"PATH": os.environ.get("PATH", os.defpath), "HOME": os.environ.get("HOME", "/root"), **env},
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_docker_compose_config_validates_the_compose_file():
+    """Compose v2 itself (the ``docker compose`` plugin; scripts/system-deps.sh installs it) accepts the file,
+    resolves the image's build to this repository's Dockerfile, and refuses to start without the API key."""
+    completed = compose_config(LABEL_STUDIO_API_KEY="pat-for-the-test", LITESAM_WORKERS="3")
+    assert completed.returncode == 0, completed.stderr
+    config = json.loads(completed.stdout)
+    assert config["name"] == "litesam"
+    for name in ("backend", "worker"):
+        service = config["services"][name]
+        assert Path(service["build"]["context"]) == REPO
+        assert (REPO / service["build"]["context"] / service["build"]["dockerfile"]).resolve() == REPO / "docker" / "Dockerfile"
+        assert service["image"] == "litesam-backend:latest"
+        assert service["environment"]["LABEL_STUDIO_API_KEY"] == "pat-for-the-test"
+        assert service["environment"]["LITESAM_WORKERS"] == "3"
+        assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+    ports = config["services"]["backend"]["ports"]
+    assert [(p["host_ip"], p["published"], p["target"]) for p in ports] == [("127.0.0.1", "9090", 9090)]
+    refused = compose_config()
+    assert refused.returncode != 0 and "set LABEL_STUDIO_API_KEY" in refused.stderr

@@ -132,3 +132,16 @@ def _click(model, image, point):
     predictor = LiteSamPredictor(model)
     predictor.set_image(image)
     return predictor.predict(np.array([point], dtype=np.float64), np.array([1]))
+
+
+def test_bf16_path_runs_an_engine_without_autoppn():
+    torch.manual_seed(0)
+    model = build_model("sam_vit_tiny", fuse=True)
+    assert model.image_encoder.autoppn is None
+    if not _bf16_available():
+        with pytest.raises(ValueError, match="oneDNN bf16"):
+            apply_precision(model, "bf16")
+        return
+    apply_precision(model, "bf16")
+    masks, iou, _ = _click(model, synthetic_image(120, 160, seed=1), (60.0, 50.0))
+    assert masks.shape[1:] == (120, 160) and iou.dtype == np.float32

@@ -150,3 +150,18 @@ def test_bad_prompts_raise():
         resize.apply_coords(np.zeros((2, 2)), (0, 100))
     with pytest.raises(InvalidPromptError, match="original_size"):
         resize.apply_boxes(np.zeros((2, 4)), (100, 100, 3))
+
+
+@pytest.mark.parametrize("size", [(120, 160), (333, 517), (700, 90), (1500, 1100), (64, 64)])
+@pytest.mark.parametrize("target", [256, 1024])
+def test_pil_bilinear_filter_equals_sams_resize_pixel_for_pixel(size, target):
+    image = np.random.default_rng(sum(size)).integers(0, 256, size=(*size, 3), dtype=np.uint8)
+    expected = RefResize(target).apply_image(image)  # SAM's: torchvision's PIL path, bilinear
+    resized = ResizeLongestSide(target, "pil_bilinear").apply_image(image)
+    assert resized.dtype == np.uint8 and resized.flags.writeable
+    np.testing.assert_array_equal(resized, expected)
+
+
+def test_unknown_filter_is_refused():
+    with pytest.raises(ValueError, match="filter"):
+        ResizeLongestSide(256, "lanczos")

@@ -86,7 +86,7 @@ def handle_batch_predict(
         "image_key": config.image(brush.to_name).value_key,
     }
     version = services.model.model_version
-    segment = SegEvery(services.model.model(), options.segevery_config(settings.variant))
+    segment = SegEvery(services.model.model(), options.segevery_config(services.model.variant))
     ls = services.label_studio if services.label_studio.configured else None
     answers = []
     for task in tasks:

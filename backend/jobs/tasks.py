@@ -141,7 +141,7 @@ def run_chunk(job_id: str, index: int, tasks: list[dict]) -> dict:
             f"{planned['model_version']}; run every worker with the same LITESAM_VARIANT and checkpoint"
         )
     options = record.options
-    segment = SegEvery(services.model.model(), options.segevery_config(services.settings.variant))
+    segment = SegEvery(services.model.model(), options.segevery_config(services.model.variant))
     worker = rq_job.worker_name or ""
     writer = PredictionWriter(
         board, services.label_studio, job_id, record.project, version, options.write_batch, worker

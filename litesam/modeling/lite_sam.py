@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidImageError
+from .engine import EngineEncoder
 from .image_encoder import ImageEncoder
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
@@ -23,6 +24,11 @@ SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 class LiteSAM(nn.Module):
     """Lite-SAM: LiteViT image encoder (with neck and AutoPPN), SAM prompt encoder and mask decoder.
 
+    The same container runs the SAM-family engines: ``image_encoder`` is then a
+    :class:`~litesam.modeling.engine.EngineEncoder` (SAM ViT or TinyViT), which returns the same
+    ``(embedding, AutoPPN output or None)`` pair. ``resize`` names the image resizing of the variant
+    (:class:`~litesam.transforms.ResizeLongestSide` filters: ``"opencv"`` or SAM's ``"pil_bilinear"``).
+
     The model itself holds no per-image state; :class:`litesam.predictor.LiteSamPredictor` and
     :class:`litesam.everything.SegEvery` own the embeddings. Pixel mean/std are non-persistent buffers, so
     they never appear in (or are required from) a checkpoint.
@@ -33,16 +39,19 @@ class LiteSAM(nn.Module):
 
     def __init__(
         self,
-        image_encoder: ImageEncoder,
+        image_encoder: ImageEncoder | EngineEncoder,
         prompt_encoder: PromptEncoder,
         mask_decoder: MaskDecoder,
         pixel_mean: tuple[float, float, float] = SAM_PIXEL_MEAN,
         pixel_std: tuple[float, float, float] = SAM_PIXEL_STD,
         variant: str | None = None,
+        resize: str = "opencv",
     ) -> None:
         super().__init__()
         #: Registry name of the variant this model was built as (see :mod:`litesam.build`), if any.
         self.variant = variant
+        #: Image resizing filter of the variant (see :class:`litesam.transforms.ResizeLongestSide`).
+        self.resize = resize
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
