@@ -28,7 +28,7 @@ LITESAM_TORCH_THREADS          1                            intra-op threads of 
                                                             as soon as another process keeps a core busy)
 LITESAM_INFERENCE_SLOTS        cores ÷ (workers × torch     inferences one process runs at once; more wait
                                threads), at least 1         (so threads never oversubscribe the cores)
-LITESAM_PRECISION              auto                         fp32, bf16 or auto (litesam.inference: bf16 where
+LITESAM_PRECISION              fp32                         fp32, bf16 or auto (litesam.inference: bf16 where
                                                             the CPU has native bf16 and measures it faster)
 BASIC_AUTH_USER                (none)                       basic auth required on every route when both
 BASIC_AUTH_PASS                (none)                       user and password are set
@@ -109,7 +109,7 @@ class Settings:
     device: str = "cpu"
     torch_threads: int = 1
     inference_slots: int | None = None
-    precision: str = "auto"
+    precision: str = "fp32"
     basic_auth_user: str | None = None
     basic_auth_pass: Secret | None = None
     embedding_ttl: int = 7 * 24 * 3600

@@ -2,7 +2,7 @@
 
 For each variant this script writes a RANDOM-WEIGHT checkpoint (latency does not depend on the weight values;
 the masks are meaningless), starts ``litesam-backend serve`` with the backend's defaults (gunicorn 1 worker ×
-4 threads, 1 torch thread per inference, inference slots = cores, LITESAM_PRECISION=auto), serves the images from a local HTTP server that plays Label Studio's ``/data/upload/``, and
+4 threads, 1 torch thread per inference, inference slots = cores, LITESAM_PRECISION=fp32), serves the images from a local HTTP server that plays Label Studio's ``/data/upload/``, and
 measures:
 
 * cold: the first click on an image never seen (download, decode, encoder, Redis store, decoder, RLE);
@@ -14,7 +14,7 @@ Each request is timed by the client from send to full answer. The first click af
 is not counted. Usage::
 
     .venv/bin/python bench/predict_latency.py [--variants litesam_r640 litesam_r1024]
-        [--cold 10] [--warm 30] [--burst 10] [--torch-threads 1] [--precision auto]
+        [--cold 10] [--warm 30] [--burst 10] [--torch-threads 1] [--precision fp32]
         [--redis-url redis://127.0.0.1:6379/12]
 """
 
@@ -212,7 +212,7 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=10, help="warm clicks sent at once per variant")
     parser.add_argument("--threads", type=int, default=4, help="gunicorn threads (1 worker)")
     parser.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads in the backend")
-    parser.add_argument("--precision", default="auto", choices=("fp32", "bf16", "auto"), help="LITESAM_PRECISION")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"), help="LITESAM_PRECISION")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/12", help="flushed before and after")
     parser.add_argument("--json", action="store_true", help="print the results as JSON only")
     args = parser.parse_args()

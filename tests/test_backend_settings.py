@@ -23,7 +23,7 @@ def test_defaults_from_an_empty_environment():
     assert settings.allowed_hosts == ()
     assert settings.basic_auth_enabled is False
     assert settings.cache_dir == Path.home() / ".cache" / "litesam"
-    assert (settings.torch_threads, settings.inference_slots, settings.precision) == (1, None, "auto")
+    assert (settings.torch_threads, settings.inference_slots, settings.precision) == (1, None, "fp32")
     assert settings == Settings()
 
 
