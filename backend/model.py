@@ -1,8 +1,9 @@
-"""The thin Label Studio adapter: interactive prompts → Lite-SAM masks → ``brushlabels`` results.
+"""The thin Label Studio adapter: interactive prompts → Lite-SAM masks → ``brushlabels`` or ``polygonlabels``
+results (``LITESAM_OUTPUT``, :meth:`backend.labelstudio.label_config.LabelConfig.output_for`).
 
 :class:`LiteSamBackend` is the ``LabelStudioMLBase`` subclass of label-studio-ml 1.0.9. It is created per
-request with the process's :class:`~backend.services.Services` and does only prompts → predictor → brush
-results: the context is parsed (once, by the app) in :mod:`backend.labelstudio.prompts`, the embedding comes
+request with the process's :class:`~backend.services.Services` and does only prompts → predictor → results:
+the context is parsed (once, by the app) in :mod:`backend.labelstudio.prompts`, the embedding comes
 from :mod:`backend.embeddings`. It does not use the framework's per-process manager (which needs ``/setup``
 before ``/predict``). Importing ``label_studio_ml.model`` sets torch.multiprocessing's start method to
 ``spawn`` (a side effect of that package); only the web app imports this module, and the backend starts no
@@ -13,22 +14,13 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 from label_studio_ml.model import LabelStudioMLBase
-
-from litesam.predictor import ImageEmbedding
 
 from .errors import BadRequestError
 from .labelstudio.label_config import parse_label_config
-from .labelstudio.prompts import (
-    PromptSet,
-    is_ambiguous,
-    mask_for_regions,
-    parse_context,
-    prompts_for_image,
-    resolve_label,
-)
-from .labelstudio.results import brush_region, prediction
+from .labelstudio.prompts import PromptSet, parse_context, resolve_label
+from .labelstudio.results import mask_regions, prediction
+from .prompt_masks import masks_for_prompts
 from .services import Services
 
 logger = logging.getLogger(__name__)
@@ -55,7 +47,8 @@ class LiteSamBackend(LabelStudioMLBase):
         return [] if prompt_set is None else self.predict_prompts(tasks, prompt_set)
 
     def predict_prompts(self, tasks: list, prompt_set: PromptSet) -> list[dict]:
-        """The one prediction of an interactive call: a brush region per prompt, for the single task.
+        """The one prediction of an interactive call: a brush region (or the polygon regions) of each prompt's
+        mask, for the single task.
 
         Raises:
             BadRequestError: the prompts' ``original_width × original_height`` is over
@@ -74,8 +67,9 @@ class LiteSamBackend(LabelStudioMLBase):
         if not isinstance(tasks, list) or len(tasks) != 1 or not isinstance(tasks[0], dict):
             raise BadRequestError("an interactive call (with context) must carry exactly one task object")
         task = tasks[0]
-        brush, label = resolve_label(prompt_set, config)
-        image_tag = config.image(brush.to_name)
+        settings = self._services.settings
+        tag, label = resolve_label(prompt_set, config, settings.output)
+        image_tag = config.image(tag.to_name)
         data = task.get("data")
         if not isinstance(data, dict) or image_tag.value_key not in data:
             raise BadRequestError(
@@ -90,48 +84,21 @@ class LiteSamBackend(LabelStudioMLBase):
             uri = uri[index]
 
         embedding, source = self._services.embeddings.embedding_for(uri, task.get("id"))
-        masks, scores = self._masks(embedding, prompt_set)
+        masks, scores = masks_for_prompts(self._services.model, embedding, prompt_set)
         regions = [
-            brush_region(
+            region
+            for mask, score in zip(masks, scores, strict=True)
+            for region in mask_regions(
                 mask,
-                from_name=brush.from_name,
-                to_name=brush.to_name,
+                tag,
                 label=label,
                 score=score,
+                tolerance=settings.polygon_tolerance,
                 image_rotation=prompt_set.image_rotation,
                 item_index=prompt_set.item_index,
             )
-            for mask, score in zip(masks, scores, strict=True)
         ]
         logger.info(
             "task %s: %d mask(s) for %r, embedding from %s", task.get("id"), len(regions), label, source
         )
         return [prediction(regions, self._services.model.model_version)]
-
-    def _masks(
-        self, embedding: ImageEmbedding, prompt_set: PromptSet
-    ) -> tuple[list[np.ndarray], list[float]]:
-        """One best mask (and its predicted IoU) per prompt, at the size the prompt regions refer to."""
-        height, width = embedding.original_size
-        if (prompt_set.original_height, prompt_set.original_width) != (height, width):
-            logger.warning(
-                "the prompts refer to a %d×%d image but the image is %d×%d; scaling prompts and masks",
-                prompt_set.original_width,
-                prompt_set.original_height,
-                width,
-                height,
-            )
-        predictor = self._services.model.predictor(embedding)
-        masks, scores = [], []
-        for prompt in prompts_for_image(prompt_set, (height, width)):
-            with self._services.model.inference():
-                candidates, ious, _ = predictor.predict(
-                    point_coords=prompt.point_coords,
-                    point_labels=prompt.point_labels,
-                    box=prompt.box,
-                    multimask_output=is_ambiguous(prompt),
-                    best_only=True,
-                )
-            masks.append(mask_for_regions(candidates[0], prompt_set))
-            scores.append(float(ious[0]))
-        return masks, scores

@@ -1,7 +1,8 @@
 """``litesam-backend worker`` and ``litesam-backend preannotate``: the commands of pre-annotation jobs.
 
     litesam-backend worker [--queue NAME …] [--burst] [--max-jobs N] [--maintenance-interval S]
-    litesam-backend preannotate --project N [--overwrite] [--tasks 1,2,3] [--label L] [--wait] [filters]
+    litesam-backend preannotate --project N [--mode segevery|boxes|points] [--overwrite] [--tasks 1,2,3]
+                                [--label L] [--output brush|polygon] [--prompt-source VERSION] [--wait] …
     litesam-backend preannotate --cancel JOB_ID
 
 ``preannotate`` queues the same job as ``POST /jobs`` (straight into Redis, so the backend's web process need
@@ -29,7 +30,8 @@ from . import worker
 from .errors import BadRequestError, JobNotFoundError
 from .jobs.board import JobBoard
 from .jobs.layout import redis_connection
-from .jobs.options import JobOptions
+from .jobs.options import MODES, JobOptions
+from .labelstudio.label_config import OUTPUTS
 from .jobs.record import TERMINAL_STATES
 from .settings import Settings
 
@@ -82,9 +84,26 @@ def add_preannotate_command(subparsers: argparse._SubParsersAction, settings: Se
         help="only these task ids (default: every task of the project)",
     )
     parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default="segevery",
+        help="segevery: segment everything; boxes: a mask per rectangle of the annotations; points: a mask "
+        "per label group of keypoints (default segevery)",
+    )
+    parser.add_argument(
         "--label",
         default=None,
-        help="BrushLabels label of the masks (default: the first label of the config)",
+        help="label of SegEvery's masks (default: the first label of the output tag)",
+    )
+    parser.add_argument(
+        "--output", choices=OUTPUTS, default=None, help="brush or polygon regions (default LITESAM_OUTPUT)"
+    )
+    parser.add_argument("--polygon-tolerance", type=float, default=None, help="polygon tolerance in pixels")
+    parser.add_argument(
+        "--prompt-source",
+        default=None,
+        metavar="MODEL_VERSION",
+        help="boxes/points: take the regions of this model version's predictions instead of the annotations",
     )
     parser.add_argument(
         "--wait", action="store_true", help="follow the job with a progress bar until it ends"
@@ -141,6 +160,9 @@ def run_preannotate(args: argparse.Namespace, settings: Settings) -> int:
         return _cancel(redis_connection(settings), args.cancel)
     names = (
         "label",
+        "output",
+        "polygon_tolerance",
+        "prompt_source",
         "chunk_size",
         "max_masks",
         "pred_iou_thresh",
@@ -163,11 +185,12 @@ def run_preannotate(args: argparse.Namespace, settings: Settings) -> int:
             task_ids=args.tasks,
             options=options,
             source="cli",
+            mode=args.mode,
         )
     except redis.RedisError as exc:
         return _redis_down(exc)
     if created:
-        print(f"job {status['id']}: pre-annotating project {args.project}", file=sys.stderr)
+        print(f"job {status['id']}: pre-annotating project {args.project} ({args.mode})", file=sys.stderr)
     else:
         what = "following it" if args.wait else "not starting another"
         print(
@@ -227,9 +250,12 @@ def _follow(connection: redis.Redis, job_id: str) -> int:
             time.sleep(POLL_S)
     print(
         f"{status['state']}: {status['done']} pre-annotated, {status['skipped']} skipped, {status['failed']} "
-        f"failed of {status['total']} task(s); {status['regions']} masks; model {status['model_version']}",
+        f"failed of {status['total']} task(s); {status['regions']} regions, {_labelled(status)}, written as "
+        f"model version {status['model_version']}",
         file=sys.stderr,
     )
+    for item in status["rejected"][:FAILURES_PRINTED]:
+        print(f"  task {item['task']}: rejected {', '.join(item['regions'])}: {item['reason']}", file=sys.stderr)
     for failure in status["failures"][:FAILURES_PRINTED]:
         print(f"  task {failure['task']}: {failure['reason']}", file=sys.stderr)
     if status["state"] == "cancelled":
@@ -239,3 +265,10 @@ def _follow(connection: redis.Redis, job_id: str) -> int:
         print(f"error: {status['error']}", file=sys.stderr)
         return 1
     return 3 if status["failed"] else 0
+
+
+def _labelled(status: dict) -> str:
+    """How the job's regions are labelled, for the summary line."""
+    if status["mode"] == "segevery":
+        return f"label {status['label']}"
+    return f"each labelled as its {'rectangle' if status['mode'] == 'boxes' else 'keypoints'}"

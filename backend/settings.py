@@ -48,6 +48,9 @@ LITESAM_JOB_DEFAULTS           {}                           JSON object of defau
                                                             Label Studio's "Retrieve predictions"
 LITESAM_SYNC_PREDICT_LIMIT     2                            "Retrieve predictions" on up to this many tasks is
                                                             answered at once; more tasks become a job
+LITESAM_OUTPUT                 auto                         masks as ``brush`` or ``polygon`` regions; ``auto``:
+                                                            polygons when the image has a <PolygonLabels>
+LITESAM_POLYGON_TOLERANCE      1.0                          polygon simplification tolerance in pixels
 LOG_LEVEL                      INFO                         DEBUG, INFO, WARNING, ERROR
 =============================  ===========================  ==========================================
 
@@ -66,6 +69,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigurationError
+from .labelstudio.label_config import OUTPUTS
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -123,6 +127,8 @@ class Settings:
     threads: int = 4
     job_defaults: str = "{}"
     sync_predict_limit: int = 2
+    output: str = "auto"
+    polygon_tolerance: float = 1.0
     log_level: str = "INFO"
 
     @classmethod
@@ -178,6 +184,8 @@ class Settings:
             threads=env.int("LITESAM_THREADS", defaults.threads, minimum=1),
             job_defaults=_json_object(env.str("LITESAM_JOB_DEFAULTS") or "{}", "LITESAM_JOB_DEFAULTS"),
             sync_predict_limit=env.int("LITESAM_SYNC_PREDICT_LIMIT", defaults.sync_predict_limit, minimum=0),
+            output=_choice(env.str("LITESAM_OUTPUT") or defaults.output, "LITESAM_OUTPUT", OUTPUTS),
+            polygon_tolerance=env.float("LITESAM_POLYGON_TOLERANCE", defaults.polygon_tolerance),
             log_level=log_level,
         )
 
@@ -214,6 +222,12 @@ def _precision(value: str) -> str:
     if value not in _PRECISIONS:
         raise ConfigurationError(f"LITESAM_PRECISION must be one of {', '.join(_PRECISIONS)}, got {value!r}")
     return value
+
+
+def _choice(value: str, name: str, choices: tuple[str, ...]) -> str:
+    if value.lower() not in choices:
+        raise ConfigurationError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value.lower()
 
 
 class _Env:

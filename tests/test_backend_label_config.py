@@ -1,4 +1,5 @@
-"""Label config parsing: BrushLabels from/to names, the Image value key, smart tools, clear errors."""
+"""Label config parsing: output tags (BrushLabels, PolygonLabels) and their choice, the Image value key, smart
+tools, clear errors."""
 
 from pathlib import Path
 
@@ -12,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_the_repository_label_config():
     config = parse_label_config((REPO / "label_config.xml").read_text())
-    brush = config.brush_for("image")
+    brush = config.output_for("image")
     assert (brush.from_name, brush.to_name) == ("mask", "image")
     assert brush.labels == ("Object", "Person", "Vehicle")
     assert config.image("image").value_key == "image"
@@ -33,7 +34,7 @@ def test_sam_example_config_and_case_insensitive_tags():
       <RectangleLabels name="tag3" toName="img"><Label value="Orange"/></RectangleLabels>
     </View>"""
     config = parse_label_config(xml)
-    assert config.brush_for(None).from_name == "tag"
+    assert config.output_for(None).from_name == "tag"
     assert config.image("img").value_key == "url"
     smart = {t.from_name: t.smart for t in config.tools}
     assert smart == {"tag2": True, "tag3": False}
@@ -47,10 +48,32 @@ def test_two_images_pick_the_brush_of_the_prompted_image():
       <BrushLabels name="br" toName="right"><Label value="Y"/></BrushLabels>
     </View>"""
     config = parse_label_config(xml)
-    assert config.brush_for("right").from_name == "br"
-    assert config.image(config.brush_for("right").to_name).value_key == "b"
-    with pytest.raises(BadRequestError, match="no <BrushLabels> attached to the image 'middle'"):
-        config.brush_for("middle")
+    assert config.output_for("right").from_name == "br"
+    assert config.image(config.output_for("right").to_name).value_key == "b"
+    with pytest.raises(BadRequestError, match="no <BrushLabels> or <PolygonLabels> attached to the image 'middle'"):
+        config.output_for("middle")
+
+
+def test_polygon_labels_are_chosen_by_auto_and_each_kind_can_be_asked_for():
+    both = parse_label_config(
+        '<View><Image name="image" value="$image"/>'
+        '<BrushLabels name="mask" toName="image"><Label value="A"/></BrushLabels>'
+        '<PolygonLabels name="poly" toName="image"><Label value="A"/><Label value="B"/></PolygonLabels></View>'
+    )
+    assert (both.output_for(None).from_name, both.output_for(None).kind) == ("poly", "polygon")
+    assert both.output_for("image", "brush").from_name == "mask"
+    assert both.output_for("image", "polygon").labels == ("A", "B")
+    only_polygons = parse_label_config(
+        '<View><Image name="image" value="$image"/>'
+        '<PolygonLabels name="poly" toName="image"><Label value="A"/></PolygonLabels></View>'
+    )
+    assert only_polygons.output_for(None).kind == "polygon"
+    with pytest.raises(BadRequestError, match="no <BrushLabels> attached to the image 'image'"):
+        only_polygons.output_for(None, "brush")
+    with pytest.raises(BadRequestError, match="output must be one of auto, brush, polygon"):
+        only_polygons.output_for(None, "mesh")
+    with pytest.raises(BadRequestError, match="label 'C' is not a label of <PolygonLabels name='poly'>"):
+        only_polygons.output_for(None).label_or_first("C")
 
 
 def test_multi_image_value_list():
@@ -67,13 +90,18 @@ def test_multi_image_value_list():
         (
             '<View><Image name="image" value="$image"/>'
             '<RectangleLabels name="r" toName="image"><Label value="A"/></RectangleLabels></View>',
-            "no <BrushLabels>",
+            "no <BrushLabels> or <PolygonLabels>",
         ),
         ('<View><BrushLabels name="b" toName="image"><Label value="A"/></BrushLabels></View>', "no <Image"),
         (
             '<View><Image name="image" value="$image"/>'
             '<BrushLabels name="b" toName="other"><Label value="A"/></BrushLabels></View>',
             "no <BrushLabels>",
+        ),
+        (
+            '<View><Image name="image" value="$image"/><Text name="text" value="$text"/>'
+            '<PolygonLabels name="poly" toName="text"><Label value="A"/></PolygonLabels></View>',
+            "<PolygonLabels name='poly'> is attached to 'text', which is not an <Image> of this config",
         ),
         ("<View><Image name='image' value='$image'>", "not well-formed"),
         ('<!DOCTYPE x [<!ENTITY a "aaaa">]><View/>', "DOCTYPE"),

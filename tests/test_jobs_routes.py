@@ -68,6 +68,12 @@ def test_routes_start_read_and_list_jobs(client, redis_db):
     assert [j["id"] for j in listed] == [job_id]
     options = json.loads(JobBoard(redis_db).record_fields(job_id)["options"])
     assert options["chunk_size"] == 4 and options["pred_iou_thresh"] == 0.0
+    assert body["job"]["mode"] == "segevery" and body["job"]["rejected"] == []
+
+    boxes = client.post(
+        "/jobs", json={"project": 13, "mode": "boxes", "options": {"output": "polygon"}}, headers=AUTH
+    ).get_json()["job"]
+    assert boxes["mode"] == "boxes" and JobBoard(redis_db).job_record(boxes["id"]).mode == "boxes"
 
 
 @pytest.mark.parametrize(
@@ -78,6 +84,10 @@ def test_routes_start_read_and_list_jobs(client, redis_db):
         ({"project": 12, "tasks": []}, "'tasks' must be a non-empty list"),
         ({"project": 12, "options": {"chunk_size": -1}}, "'chunk_size' must be a positive integer"),
         ({"project": 12, "priority": 1}, "unknown field(s) priority"),
+        ({"project": 12, "mode": "masks"}, "'mode' must be one of segevery, boxes, points"),
+        ({"project": 12, "options": {"output": "svg"}}, "option 'output' must be one of auto, brush, polygon"),
+        ({"project": 12, "options": {"polygon_tolerance": -1}}, "'polygon_tolerance' must be a number"),
+        ({"project": 12, "options": {"prompt_source": ""}}, "'prompt_source' must be a model version"),
     ],
 )
 def test_routes_refuse_bad_requests(client, body, fragment):

@@ -1,4 +1,5 @@
-"""Pre-annotate whole projects: SegEvery on RQ workers, written back to Label Studio as predictions.
+"""Pre-annotate whole projects on RQ workers — SegEvery, or a mask per rectangle / keypoint group of the tasks'
+annotations (``mode``) — written back to Label Studio as predictions.
 
 A *pre-annotation job* is one RQ parent job and its chunk jobs, all on the queue
 :data:`backend.jobs.options.QUEUE_NAME`. One module per concept:
@@ -10,6 +11,7 @@ A *pre-annotation job* is one RQ parent job and its chunk jobs, all on the queue
 ``board``              :class:`JobBoard`: the state machine of the records (start, progress, cancel, read)
 ``locks``              per-task write locks: a task's prediction is written at most once per model version
 ``tasks``              the RQ job functions (parent :func:`plan_project`, chunks :func:`run_chunk`)
+``prompted``           the ``boxes`` and ``points`` modes: a task's regions → prompts → masks
 ``writer``             :class:`PredictionWriter`: batched prediction writes, each task at most once
 ``failures``           the workers' error boundary: task vs chunk failures by exception type, RQ's failure
                        callbacks, reconciliation of parts RQ failed behind our back

@@ -16,7 +16,7 @@ from ..services import Services
 from .board import JobBoard
 from .layout import redis_connection
 from .options import JobOptions, is_int
-from .tasks import task_regions
+from .tasks import output_plan, task_regions
 
 logger = logging.getLogger(__name__)
 
@@ -77,14 +77,7 @@ def handle_batch_predict(
             "new" if created else "already running",
         )
         return []
-    config = parse_label_config(label_config)
-    brush = config.brush_for(None)
-    planned = {
-        "from_name": brush.from_name,
-        "to_name": brush.to_name,
-        "label": brush.label_or_first(options.label),
-        "image_key": config.image(brush.to_name).value_key,
-    }
+    planned = output_plan(parse_label_config(label_config), options, settings)
     version = services.model.model_version
     segment = SegEvery(services.model.model(), options.segevery_config(services.model.variant))
     ls = services.label_studio if services.label_studio.configured else None

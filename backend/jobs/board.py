@@ -42,7 +42,7 @@ from .layout import (
     record_key,
     tasks_key,
 )
-from .options import JobOptions, is_int
+from .options import MODES, JobOptions, is_int
 from .record import TERMINAL_STATES, JobRecord, field_value, progress, status_view
 
 logger = logging.getLogger(__name__)
@@ -73,14 +73,20 @@ class JobBoard:
         task_ids: Sequence[int] | None = None,
         options: JobOptions | None = None,
         source: str = "api",
+        mode: str = "segevery",
     ) -> tuple[dict, bool]:
         """Start pre-annotating ``project`` (all tasks, or ``task_ids``), unless a job for it is running.
+
+        ``mode`` (:data:`backend.jobs.options.MODES`): "segevery" segments everything, "boxes" / "points" make
+        a mask of each rectangle / keypoint group of the tasks' annotations.
 
         Returns:
             (status of the job, created): the new job, or the project's running job with ``created`` False.
         Raises:
-            BadRequestError: a malformed project id or task id list.
+            BadRequestError: a malformed project id or task id list, or an unknown mode.
         """
+        if mode not in MODES:
+            raise BadRequestError(f"'mode' must be one of {', '.join(MODES)}, got {mode!r}")
         if not is_int(project) or project < 1:
             raise BadRequestError(f"'project' must be a positive integer project id, got {project!r}")
         if task_ids is not None:
@@ -114,6 +120,7 @@ class JobBoard:
                             "task_ids": json.dumps(task_ids) if task_ids is not None else "",
                             "options": json.dumps(options.to_json()),
                             "source": source,
+                            "mode": mode,
                             "state": "queued",
                             "created_at": now(),
                             "error": "",
@@ -218,7 +225,8 @@ class JobBoard:
         record = self._record(job_id)
         if record is None:
             return None
-        return status_view(record, self._failures(job_id, failures_shown) if failures_shown else [])
+        failures, rejected = self._failures(job_id, failures_shown) if failures_shown else ([], [])
+        return status_view(record, failures, rejected)
 
     def _record(self, job_id: str) -> dict | None:
         raw = self.connection.hgetall(record_key(job_id))
@@ -226,14 +234,18 @@ class JobBoard:
             return None
         return {k.decode(): v.decode() for k, v in raw.items()}
 
-    def _failures(self, job_id: str, limit: int) -> list[dict]:
-        failures = []
+    def _failures(self, job_id: str, limit: int) -> tuple[list[dict], list[dict]]:
+        """(failed tasks, rejected prompts of done tasks), each sorted by task and cut at ``limit``."""
+        failures, rejected = [], []
         for task, raw in self.connection.hscan_iter(tasks_key(job_id), count=500):
             outcome = json.loads(raw)
             if outcome.get("status") == "failed":
                 failures.append({"task": int(task), "reason": outcome.get("reason", "")})
+            else:
+                rejected += [{"task": int(task), **r} for r in outcome.get("rejected", ())]
         failures.sort(key=lambda f: f["task"])
-        return failures[:limit]
+        rejected.sort(key=lambda r: r["task"])
+        return failures[:limit], rejected[:limit]
 
     def record_fields(self, job_id: str) -> dict:
         """The raw record hash (strings); raises :class:`JobNotFoundError`."""
@@ -280,9 +292,13 @@ class JobBoard:
         reason: str = "",
         note: str = "",
         worker: str = "",
+        rejected: Sequence[dict] = (),
     ) -> bool:
-        """Record a task's outcome (``done`` or ``failed``) and count it, atomically; True if it counted."""
+        """Record a task's outcome (``done`` or ``failed``, with the prompts ``rejected`` on the way) and count
+        it, atomically; True if it counted."""
         outcome: dict[str, Any] = {"status": status, "at": now()}
+        if rejected:
+            outcome["rejected"] = list(rejected)
         if worker:
             outcome["worker"] = worker
         if status == "done":

@@ -14,9 +14,13 @@ from litesam.build import get_variant
 from litesam.everything import SegEveryConfig
 
 from ..errors import BadRequestError
+from ..labelstudio.label_config import OUTPUTS
 
 #: The RQ queue of parent and chunk jobs (workers listen on it; ``JobOptions.queue`` can name another).
 QUEUE_NAME = "litesam-preannotate"
+#: Job modes (:mod:`backend.jobs.prompted`): SegEvery (no prompts), a mask per rectangle, a mask per group of
+#: keypoints.
+MODES = ("segevery", "boxes", "points")
 
 
 @dataclass(frozen=True)
@@ -24,7 +28,13 @@ class JobOptions:
     """Per-job settings, JSON in and out (``POST /jobs {"options": {...}}``, ``preannotate`` flags).
 
     Attributes:
-        label: the BrushLabels label of every region; default the first label of the first ``<BrushLabels>``.
+        label: the label of every SegEvery mask (SegEvery's masks have no class); default the first label of
+            the output tag.
+        output: "brush", "polygon" or "auto" (polygons when the image has a ``<PolygonLabels>``); None: the
+            backend's ``LITESAM_OUTPUT``.
+        polygon_tolerance: polygon simplification tolerance in pixels; None: ``LITESAM_POLYGON_TOLERANCE``.
+        prompt_source: jobs of mode ``boxes`` / ``points`` take the regions of the predictions of this model
+            version; None: of the annotations (:mod:`backend.jobs.prompted`).
         chunk_size: tasks per chunk job (the unit of parallelism and of retries).
         write_batch: predictions per ``import_predictions`` call (a batch is also cut at ~16 MB of RLE).
         max_masks: most regions written per image (SegEvery ranks them best first).
@@ -39,6 +49,9 @@ class JobOptions:
     """
 
     label: str | None = None
+    output: str | None = None
+    polygon_tolerance: float | None = None
+    prompt_source: str | None = None
     chunk_size: int = 8
     write_batch: int = 8
     max_masks: int = 100
@@ -122,6 +135,18 @@ def _option_value(name: str, value: object) -> object:
     if name == "label":
         if value is not None and (not isinstance(value, str) or not value):
             raise BadRequestError("option 'label' must be a non-empty string (a BrushLabels label) or null")
+        return value
+    if name == "output":
+        if value is not None and value not in OUTPUTS:
+            raise BadRequestError(f"option 'output' must be one of {', '.join(OUTPUTS)} or null, got {value!r}")
+        return value
+    if name == "polygon_tolerance":
+        if value is not None and (not is_number(value) or value < 0):
+            raise BadRequestError(f"option 'polygon_tolerance' must be a number of pixels ≥ 0, got {value!r}")
+        return None if value is None else float(value)
+    if name == "prompt_source":
+        if value is not None and (not isinstance(value, str) or not value or len(value) > 200):
+            raise BadRequestError("option 'prompt_source' must be a model version (1 to 200 characters) or null")
         return value
     if name == "queue":
         if not isinstance(value, str) or not value or len(value) > 100:

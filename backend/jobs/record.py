@@ -25,6 +25,7 @@ class JobRecord:
         overwrite: replace this model version's predictions instead of skipping their tasks.
         task_ids: the task ids asked for, or None for the whole project.
         chunks: the task ids of each chunk, once the plan is committed.
+        mode: "segevery", "boxes" or "points" (:data:`backend.jobs.options.MODES`).
     """
 
     fields: dict[str, str]
@@ -35,6 +36,7 @@ class JobRecord:
     overwrite: bool
     task_ids: list[int] | None
     chunks: list[list[int]]
+    mode: str
 
     @classmethod
     def parse(cls, fields: dict[str, str]) -> JobRecord:
@@ -47,6 +49,7 @@ class JobRecord:
             overwrite=fields.get("overwrite") == "1",
             task_ids=json.loads(fields["task_ids"]) if fields.get("task_ids") else None,
             chunks=json.loads(fields.get("chunks") or "[]"),
+            mode=fields.get("mode") or "segevery",
         )
 
     @property
@@ -82,21 +85,30 @@ def progress(fields: dict[str, str]) -> dict:
     }
 
 
-def status_view(fields: dict[str, str], failures: list[dict]) -> dict:
-    """One job's state and progress: ``id, project, state, overwrite, source, tasks, total, done, failed,
-    skipped, pending, percent, regions, model_version, label, created_at, started_at, finished_at, error,
-    cancel_reason, retries, last_error, failures`` (``[{"task", "reason"}]``)."""
+def status_view(fields: dict[str, str], failures: list[dict], rejected: list[dict] = ()) -> dict:
+    """One job's state and progress: ``id, project, state, mode, overwrite, source, tasks, total, done, failed,
+    skipped, no_prompts (of the skipped: tasks without rectangles / keypoints), pending, percent, regions,
+    model_version (the one written), label, output (brush or polygon), output_tag, prompt_source,
+    created_at, started_at, finished_at, error, cancel_reason, retries, last_error, failures`` (``[{"task",
+    "reason"}]``) and ``rejected`` (``[{"task", "regions", "reason"}]``: prompts of done tasks that gave no
+    mask)."""
+    options = json.loads(fields.get("options") or "{}")
     task_ids = json.loads(fields["task_ids"]) if fields.get("task_ids") else None
     view = {
         "id": fields["id"],
         "project": int(fields["project"]),
         "state": fields["state"],
+        "mode": fields.get("mode") or "segevery",
         "overwrite": fields.get("overwrite") == "1",
         "source": fields.get("source", ""),
         "tasks": task_ids,
         **progress(fields),
         "model_version": fields.get("model_version") or None,
         "label": fields.get("label") or None,
+        "output": fields.get("output") or None,
+        "output_tag": fields.get("from_name") or None,
+        "prompt_source": options.get("prompt_source"),
+        "no_prompts": int(fields.get("no_prompts") or 0),
         "created_at": fields.get("created_at") or None,
         "started_at": fields.get("started_at") or None,
         "finished_at": fields.get("finished_at") or None,
@@ -105,6 +117,7 @@ def status_view(fields: dict[str, str], failures: list[dict]) -> dict:
         "retries": int(fields.get("retries") or 0),
         "last_error": None,
         "failures": failures,
+        "rejected": list(rejected),
     }
     if fields["state"] not in TERMINAL_STATES and fields.get("last_error"):
         view["last_error"] = fields["last_error"]

@@ -3,8 +3,9 @@
 =========================  ==========================================================================
 route                      behaviour
 =========================  ==========================================================================
-POST /jobs                 body ``{"project": N, "overwrite": false, "tasks": [task ids] (optional),
-                           "options": {...} (optional, see backend.jobs.options.JobOptions)}`` → 202
+POST /jobs                 body ``{"project": N, "mode": "segevery" | "boxes" | "points" (optional,
+                           see backend.jobs.prompted), "overwrite": false, "tasks": [task ids]
+                           (optional), "options": {...} (optional, see JobOptions)}`` → 202
                            ``{"job": status, "created": true}``; when the project already has a running
                            job: 200 ``{"job": that job's status, "created": false}``
 GET /jobs/<id>             the job's status (backend.jobs.record.status_view), 404 for an unknown id
@@ -58,17 +59,22 @@ def create_job():
             "send the job as JSON, with the header Content-Type: application/json"
         )
     body = json_body()
-    unknown = sorted(set(body) - {"project", "overwrite", "tasks", "options"})
+    unknown = sorted(set(body) - {"project", "mode", "overwrite", "tasks", "options"})
     if unknown:
         raise BadRequestError(
-            f"unknown field(s) {', '.join(unknown)}; expected project, overwrite, tasks, options"
+            f"unknown field(s) {', '.join(unknown)}; expected project, mode, overwrite, tasks, options"
         )
     overwrite = body.get("overwrite", False)
     if not isinstance(overwrite, bool):
         raise BadRequestError("'overwrite' must be true or false")
     options = JobOptions.from_json(body.get("options"), current_services().settings.job_defaults)
     status, created = _board().start(
-        body.get("project"), overwrite=overwrite, task_ids=body.get("tasks"), options=options, source="api"
+        body.get("project"),
+        overwrite=overwrite,
+        task_ids=body.get("tasks"),
+        options=options,
+        source="api",
+        mode=body.get("mode", "segevery"),
     )
     response = jsonify({"job": status, "created": created})
     response.status_code = 202 if created else 200

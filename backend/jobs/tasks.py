@@ -8,7 +8,8 @@
                                  enqueues the chunks in the same Redis transaction that records the plan
                             ─▶ run_chunk(job_id, index, tasks)   any worker, in parallel
                                  image → embedding (get or compute, stored for later clicks) → SegEvery →
-                                 one brushlabels region per mask → PredictionWriter (batched writes)
+                                 the regions of each mask (brush, or polygons: the plan's output tag) →
+                                 PredictionWriter (batched writes)
 
 Job functions take JSON arguments only (ids and task URIs; the queue uses RQ's JSON serializer) and find the
 process's services (model, embeddings, Label Studio client) through :func:`use_services`, set once by the
@@ -32,13 +33,15 @@ from ..errors import (
     UpstreamError,
 )
 from ..labelstudio.client import LabelStudioClient
-from ..labelstudio.label_config import parse_label_config
-from ..labelstudio.results import brush_region, prediction
+from ..labelstudio.label_config import LabelConfig, OutputTag, parse_label_config
+from ..labelstudio.polygons import DEFAULT_TOLERANCE_PX
+from ..labelstudio.results import mask_regions, prediction
 from ..services import Services, build_services
 from ..settings import Settings
 from .board import JobBoard
 from .failures import classify_task_error
 from .options import JobOptions
+from .prompted import prompted_regions, task_prompts, written_version
 from .writer import PredictionWriter
 
 logger = logging.getLogger(__name__)
@@ -72,13 +75,10 @@ def plan_project(job_id: str) -> dict:
         return {"job": job_id, "planned": False, "state": board.job_record(job_id).state}
 
     services = current_services()
-    version = services.model.model_version
+    version = written_version(services.model.model_version, record.mode)
     ls = services.label_studio
     try:
-        config = parse_label_config(ls.label_config(project))
-        brush = config.brush_for(None)
-        image_key = config.image(brush.to_name).value_key
-        label = brush.label_or_first(options.label)
+        output = output_plan(parse_label_config(ls.label_config(project)), options, services.settings)
     except LabelStudioUnavailable:
         raise  # transient: RQ retries the parent with backoff
     except (BadRequestError, UpstreamError) as exc:  # a missing project or an unusable config: no retry helps
@@ -101,30 +101,69 @@ def plan_project(job_id: str) -> dict:
         todo, skipped = tasks, 0
     else:
         todo, skipped = [t for t in tasks if version not in t[2]], len(ours)
-    payload = [{"id": task_id, "image": data.get(image_key)} for task_id, data, _ in todo]
+    payload = [{"id": task_id, "image": data.get(output["image_key"])} for task_id, data, _ in todo]
+    no_prompts = 0
+    if record.mode != "segevery":
+        sources = ls.region_sources(project, [t[0] for t in todo], options.prompt_source) if todo else {}
+        for item in payload:
+            item["prompts"] = task_prompts(sources.get(item["id"], []), record.mode, output["to_name"])
+        no_prompts = sum(1 for item in payload if not item["prompts"])
+        payload = [item for item in payload if item["prompts"]]
     chunks = [payload[i : i + options.chunk_size] for i in range(0, len(payload), options.chunk_size)]
     plan = {
         "project": project,
         "total": len(tasks) + len(missing),
-        "skipped": skipped,
+        "skipped": skipped + no_prompts,
+        "no_prompts": no_prompts,
         "model_version": version,
-        "from_name": brush.from_name,
-        "to_name": brush.to_name,
-        "image_key": image_key,
-        "label": label,
+        **output,
     }
     reasons = {task_id: f"task {task_id} is not in project {project}" for task_id in missing}
     if board.commit_plan(job_id, plan, chunks, reasons, options):
         logger.info(
-            "job %s: project %d: %d task(s), %d skipped, %d chunk(s) of ≤%d",
+            "job %s: project %d (%s): %d task(s), %d skipped, %d without prompts, %d chunk(s) of ≤%d",
             job_id,
             project,
+            record.mode,
             len(tasks),
             skipped,
+            no_prompts,
             len(chunks),
             options.chunk_size,
         )
-    return {"job": job_id, "planned": True, "tasks": len(tasks), "skipped": skipped, "chunks": len(chunks)}
+    return {
+        "job": job_id,
+        "planned": True,
+        "tasks": len(tasks),
+        "skipped": skipped + no_prompts,
+        "chunks": len(chunks),
+    }
+
+
+def output_plan(config: LabelConfig, options: JobOptions, settings: Settings) -> dict:
+    """Where a job's masks go: ``from_name``, ``to_name`` and ``output`` ("brush" or "polygon") of the output
+    tag (:meth:`LabelConfig.output_for` with the job's ``output``, else ``LITESAM_OUTPUT``), its ``image_key``,
+    the ``label`` of SegEvery's masks and the polygons' ``tolerance`` in pixels.
+
+    Raises:
+        BadRequestError: no such output tag, or the label is not one of its labels.
+    """
+    tag = config.output_for(None, options.output or settings.output)
+    tolerance = options.polygon_tolerance
+    return {
+        "from_name": tag.from_name,
+        "to_name": tag.to_name,
+        "output": tag.kind,
+        "image_key": config.image(tag.to_name).value_key,
+        "label": tag.label_or_first(options.label),
+        "labels": list(tag.labels),
+        "tolerance": settings.polygon_tolerance if tolerance is None else tolerance,
+    }
+
+
+def planned_output(planned: dict) -> OutputTag:
+    """The output tag a plan (:func:`output_plan`) names (its labels were checked when it was planned)."""
+    return OutputTag(planned["from_name"], planned["to_name"], (), planned.get("output") or "brush")
 
 
 def run_chunk(job_id: str, index: int, tasks: list[dict]) -> dict:
@@ -134,14 +173,16 @@ def run_chunk(job_id: str, index: int, tasks: list[dict]) -> dict:
     record = board.job_record(job_id)
     planned = record.fields
     services = current_services()
-    version = services.model.model_version
+    version = written_version(services.model.model_version, record.mode)
     if version != planned["model_version"]:
         raise ConfigurationError(
             f"this worker serves model version {version}, but the job was planned for "
             f"{planned['model_version']}; run every worker with the same LITESAM_VARIANT and checkpoint"
         )
     options = record.options
-    segment = SegEvery(services.model.model(), options.segevery_config(services.model.variant))
+    segment = None
+    if record.mode == "segevery":
+        segment = SegEvery(services.model.model(), options.segevery_config(services.model.variant))
     worker = rq_job.worker_name or ""
     writer = PredictionWriter(
         board, services.label_studio, job_id, record.project, version, options.write_batch, worker
@@ -159,8 +200,14 @@ def run_chunk(job_id: str, index: int, tasks: list[dict]) -> dict:
         rq_job.save_meta()
         board.count_attempt(job_id, task_id)
         started = time.perf_counter()
+        rejected: list[dict] = []
         try:
-            regions = task_regions(services, segment, services.label_studio, task, planned, options)
+            if segment is None:
+                regions, rejected = prompted_regions(
+                    services, services.label_studio, task, planned, planned_output(planned)
+                )
+            else:
+                regions = task_regions(services, segment, services.label_studio, task, planned, options)
         except TaskInputError as exc:
             board.record_outcome(job_id, record.project, task_id, "failed", reason=exc.message, worker=worker)
             logger.warning("job %s: task %d failed: %s", job_id, task_id, exc.message)
@@ -172,7 +219,7 @@ def run_chunk(job_id: str, index: int, tasks: list[dict]) -> dict:
             len(regions),
             time.perf_counter() - started,
         )
-        writer.add(task_id, prediction(regions, version))
+        writer.add(task_id, prediction(regions, version), rejected)
     writer.flush()
     meta["current_task"] = None
     rq_job.save_meta()
@@ -187,8 +234,7 @@ def task_regions(
     planned: dict,
     options: JobOptions,
 ) -> list[dict]:
-    """The brushlabels regions of one task (``{"id", "image"}``), with ``planned``'s ``from_name``,
-    ``to_name``, ``label`` and ``image_key``.
+    """The regions of one task (``{"id", "image"}``) for ``planned``'s output tag (:func:`output_plan`).
 
     A multi-image task (``<Image valueList=…>``: a list of URLs) gets the regions of every image, each with
     its ``item_index``; ``max_masks`` applies per image (SegEvery ranks masks best first).
@@ -204,6 +250,8 @@ def task_regions(
         kind = "an empty or malformed list of images" if multi else "missing or not a URL"
         raise TaskInputError(f"the task's data field {planned['image_key']!r} is {kind}")
     regions = []
+    tag = planned_output(planned)
+    tolerance = float(planned.get("tolerance", DEFAULT_TOLERANCE_PX))
     for index, uri in enumerate(uris):
         try:
             embedding, _ = services.embeddings.embedding_for(uri, int(task["id"]))
@@ -216,14 +264,15 @@ def task_regions(
         with services.model.inference():
             records = segment.generate_from_embedding(embedding)[: options.max_masks]
         regions += [
-            brush_region(
+            region
+            for r in records
+            for region in mask_regions(
                 r["segmentation"],
-                from_name=planned["from_name"],
-                to_name=planned["to_name"],
+                tag,
                 label=planned["label"],
                 score=r["predicted_iou"],
+                tolerance=tolerance,
                 item_index=index if multi else None,
             )
-            for r in records
         ]
     return regions

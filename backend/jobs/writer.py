@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 
 from ..labelstudio.client import LabelStudioClient
+from ..labelstudio.results import region_size
 from .board import JobBoard
 from .locks import HeldLocks, TaskLocks
 
@@ -16,7 +17,7 @@ logger = logging.getLogger(__name__)
 class PredictionWriter:
     """Collects predictions and writes them in batches, each task at most once per model version."""
 
-    #: A batch is also cut when its RLE values pass this count (~4 bytes each in JSON).
+    #: A batch is also cut when its RLE values (or polygon coordinates) pass this count (~4 bytes each in JSON).
     MAX_BATCH_VALUES = 4_000_000
 
     def __init__(
@@ -33,12 +34,16 @@ class PredictionWriter:
         self._locks = TaskLocks(board.connection)
         self._job_id, self._project, self._version, self._batch = job_id, project, version, batch
         self._pending: list[tuple[int, dict]] = []
+        self._rejected: dict[int, list[dict]] = {}
         self._values = 0
 
-    def add(self, task_id: int, task_prediction: dict) -> None:
-        """Queue one task's prediction; a full batch is written now."""
+    def add(self, task_id: int, task_prediction: dict, rejected: list[dict] | None = None) -> None:
+        """Queue one task's prediction (with the prompts ``rejected`` on the way, for its outcome); a full
+        batch is written now."""
         self._pending.append((task_id, task_prediction))
-        self._values += sum(len(r["value"]["rle"]) for r in task_prediction["result"])
+        if rejected:
+            self._rejected[task_id] = rejected
+        self._values += sum(region_size(r) for r in task_prediction["result"])
         if len(self._pending) >= self._batch or self._values >= self.MAX_BATCH_VALUES:
             self.flush()
 
@@ -97,5 +102,12 @@ class PredictionWriter:
 
     def _done(self, task_id: int, regions: int, note: str = "") -> None:
         self._board.record_outcome(
-            self._job_id, self._project, task_id, "done", regions=regions, note=note, worker=self._worker
+            self._job_id,
+            self._project,
+            task_id,
+            "done",
+            regions=regions,
+            note=note,
+            worker=self._worker,
+            rejected=self._rejected.pop(task_id, ()),
         )

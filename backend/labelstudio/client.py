@@ -141,6 +141,33 @@ class LabelStudioClient:
                 found.append((int(task.id), dict(task.data or {}), versions))
         return found
 
+    def region_sources(
+        self, project: int, task_ids: Sequence[int] | None, prediction_version: str | None
+    ) -> dict[int, list[dict]]:
+        """Task id → the region holders a job takes prompts from: its annotations that were not cancelled, or
+        (``prediction_version`` given) its predictions of that model version; each a dict with ``result``."""
+        query = None
+        if task_ids is not None:
+            query = json.dumps({"selectedItems": {"all": False, "included": list(task_ids)}})
+        found = {}
+        with self.calling(f"list the annotations of project {project}"):
+            pages = self.sdk.tasks.list(
+                project=project,
+                fields="all",  # no "include": it cuts annotations down to their ids
+                resolve_uri=False,
+                page_size=100,
+                query=query,
+            )
+            for task in pages:
+                if prediction_version is None:
+                    holders = [_as_dict(a) for a in task.annotations or []]
+                    holders = [a for a in holders if not a.get("was_cancelled")]
+                else:
+                    holders = [_as_dict(p) for p in task.predictions or []]
+                    holders = [p for p in holders if p.get("model_version") == prediction_version]
+                found[int(task.id)] = holders
+        return found
+
     def our_predictions(self, task_id: int, model_version: str) -> list[tuple[int, int]]:
         """(prediction id, region count) of the task's predictions of ``model_version``."""
         with self.calling(f"read the predictions of task {task_id}"):
@@ -170,6 +197,11 @@ class LabelStudioClient:
                 id=project, request=request, request_options={"max_retries": 0}
             )
         return int(answer.created or 0)
+
+
+def _as_dict(item: object) -> dict:
+    """An annotation or prediction of the SDK's task listing as a plain dict."""
+    return item if isinstance(item, dict) else item.model_dump()
 
 
 class _HeaderAuth(httpx.Auth):

@@ -1,9 +1,12 @@
 """Read what the backend needs from a Label Studio labeling config (XML).
 
-The backend answers with brush masks, so a config must hold a ``<BrushLabels>`` tag attached to an
-``<Image>``. Prompts come from keypoint and rectangle tools (``<KeyPointLabels smart="true">``,
-``<RectangleLabels smart="true">``) attached to the same image; their label values must also be labels of the
-brush tag, because the mask takes the label of the prompt.
+The backend answers with masks, as brush masks or as polygons, so a config must hold an *output tag*: a
+``<BrushLabels>`` or a ``<PolygonLabels>`` attached to an ``<Image>``. Which one a mask goes to
+(:meth:`LabelConfig.output_for`): ``output="auto"`` (the default) takes the PolygonLabels of the image when it
+has one, else its BrushLabels; ``"brush"`` and ``"polygon"`` ask for one kind. Prompts come from keypoint and
+rectangle tools (``<KeyPointLabels smart="true">``, ``<RectangleLabels smart="true">``) attached to the same
+image; their label values must also be labels of the output tag, because the mask takes the label of the
+prompt.
 """
 
 from __future__ import annotations
@@ -23,13 +26,24 @@ PROMPT_TAGS = {
 }
 
 
+#: Output tags, lower-case tag name → the kind of answer (``output`` values other than "auto").
+OUTPUT_TAGS = {"brushlabels": "brush", "polygonlabels": "polygon"}
+OUTPUTS = ("auto", "brush", "polygon")
+
+
 @dataclass(frozen=True)
-class BrushTag:
-    """A ``<BrushLabels name=from_name toName=to_name>`` with its label values, in config order."""
+class OutputTag:
+    """A ``<BrushLabels>`` or ``<PolygonLabels>`` ``name=from_name toName=to_name`` with its label values in
+    config order; ``kind`` is "brush" or "polygon"."""
 
     from_name: str
     to_name: str
     labels: tuple[str, ...]
+    kind: str
+
+    @property
+    def tag(self) -> str:
+        return "<BrushLabels>" if self.kind == "brush" else "<PolygonLabels>"
 
     def label_or_first(self, label: str | None) -> str:
         """The label of masks no prompt labelled (pre-annotation): ``label``, by default the tag's first.
@@ -40,7 +54,7 @@ class BrushTag:
         chosen = label or (self.labels[0] if self.labels else None)
         if chosen is None or chosen not in self.labels:
             raise BadRequestError(
-                f"label {chosen!r} is not a label of <BrushLabels name={self.from_name!r}>; "
+                f"label {chosen!r} is not a label of {self.tag[:-1]} name={self.from_name!r}>; "
                 f"its labels: {', '.join(self.labels) or '(none)'}"
             )
         return chosen
@@ -70,22 +84,28 @@ class PromptTool:
 class LabelConfig:
     """The parts of a labeling config the backend uses."""
 
-    brushes: tuple[BrushTag, ...]
+    outputs: tuple[OutputTag, ...]
     images: tuple[ImageTag, ...]
     tools: tuple[PromptTool, ...]
 
-    def brush_for(self, to_name: str | None) -> BrushTag:
-        """The brush tag attached to image ``to_name`` (the first brush tag when ``to_name`` is None).
+    def output_for(self, to_name: str | None, output: str = "auto") -> OutputTag:
+        """The output tag of image ``to_name`` (None: the image of the first output tag) for ``output``.
 
         Raises:
-            BadRequestError: no brush tag is attached to that image.
+            BadRequestError: ``output`` is unknown, or no output tag of that kind is attached to the image.
         """
-        for brush in self.brushes:
-            if to_name is None or brush.to_name == to_name:
-                return brush
-        attached = ", ".join(f"{b.from_name!r} → {b.to_name!r}" for b in self.brushes)
+        if output not in OUTPUTS:
+            raise BadRequestError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
+        image = to_name if to_name is not None else self.outputs[0].to_name
+        mine = [tag for tag in self.outputs if tag.to_name == image]
+        for kind in ("polygon", "brush") if output == "auto" else (output,):
+            for tag in mine:
+                if tag.kind == kind:
+                    return tag
+        attached = ", ".join(f"{t.tag[:-1]} name={t.from_name!r}> → {t.to_name!r}" for t in self.outputs)
+        wanted = "<BrushLabels> or <PolygonLabels>" if output == "auto" else OutputTag("", "", (), output).tag
         raise BadRequestError(
-            f"the label config has no <BrushLabels> attached to the image {to_name!r} (brush tags: {attached})"
+            f"the label config has no {wanted} attached to the image {image!r} (output tags: {attached})"
         )
 
     def image(self, name: str) -> ImageTag:
@@ -103,7 +123,8 @@ def parse_label_config(xml: object) -> LabelConfig:
 
     Raises:
         BadRequestError: not a string, not well-formed XML, a DOCTYPE/entity declaration, no ``<Image>``,
-            or no ``<BrushLabels>`` attached to an ``<Image>``.
+            or no ``<BrushLabels>`` / ``<PolygonLabels>`` attached to an ``<Image>`` (the message names the
+            output tags attached to something else).
     """
     if not isinstance(xml, str) or not xml.strip():
         raise BadRequestError("label_config must be the project's labeling config, a non-empty XML string")
@@ -120,7 +141,7 @@ def _parse(xml: str) -> LabelConfig:
         raise BadRequestError(f"label config is not well-formed XML: {exc}") from None
 
     images: list[ImageTag] = []
-    brushes: list[BrushTag] = []
+    outputs: list[OutputTag] = []
     tools: list[PromptTool] = []
     for element in root.iter():
         tag = element.tag.lower() if isinstance(element.tag, str) else ""
@@ -129,8 +150,8 @@ def _parse(xml: str) -> LabelConfig:
             value = element.get("value") or element.get("valueList") or ""
             if value.startswith("$") and len(value) > 1:
                 images.append(ImageTag(name=name, value_key=value[1:]))
-        elif tag == "brushlabels" and name:
-            brushes.append(BrushTag(name, element.get("toName", ""), _labels(element)))
+        elif tag in OUTPUT_TAGS and name:
+            outputs.append(OutputTag(name, element.get("toName", ""), _labels(element), OUTPUT_TAGS[tag]))
         elif tag in PROMPT_TAGS and name:
             smart = _true(element.get("smart")) or _true(element.get("smartOnly"))
             tools.append(
@@ -140,13 +161,19 @@ def _parse(xml: str) -> LabelConfig:
     if not images:
         raise BadRequestError('label config has no <Image name="…" value="$field"> tag')
     image_names = {image.name for image in images}
-    brushes = [b for b in brushes if b.to_name in image_names]
-    if not brushes:
-        raise BadRequestError(
-            "label config has no <BrushLabels> tag attached to an <Image>; this backend answers with brush "
-            'masks: add e.g. <BrushLabels name="mask" toName="image"><Label value="Object"/></BrushLabels>'
+    attached = [tag for tag in outputs if tag.to_name in image_names]
+    if not attached:
+        elsewhere = "".join(
+            f"; {tag.tag[:-1]} name={tag.from_name!r}> is attached to {tag.to_name!r}, which is not an "
+            f"<Image> of this config (images: {', '.join(sorted(image_names))})"
+            for tag in outputs
         )
-    return LabelConfig(tuple(brushes), tuple(images), tuple(tools))
+        raise BadRequestError(
+            "label config has no <BrushLabels> or <PolygonLabels> tag attached to an <Image>; this backend "
+            'answers with masks: add e.g. <BrushLabels name="mask" toName="image"><Label value="Object"/>'
+            f"</BrushLabels>{elsewhere}"
+        )
+    return LabelConfig(tuple(attached), tuple(images), tuple(tools))
 
 
 def _labels(element: ET.Element) -> tuple[str, ...]:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import BadRequestError
-from .label_config import BrushTag, LabelConfig
+from .label_config import LabelConfig, OutputTag
 
 #: How far outside the image (in percent of its width/height) a coordinate may lie and still be clipped.
 CLIP_TOLERANCE_PERCENT = 2.0
@@ -148,29 +148,40 @@ def parse_context(context: object) -> PromptSet | None:
     )
 
 
-def resolve_label(prompt_set: PromptSet, config: LabelConfig) -> tuple[BrushTag, str]:
-    """The brush tag for the prompts' image and the brush label their masks get.
+def resolve_label(
+    prompt_set: PromptSet, config: LabelConfig, output: str = "auto"
+) -> tuple[OutputTag, str]:
+    """The output tag for the prompts' image (:meth:`LabelConfig.output_for`) and the label their masks get.
 
     Raises:
-        BadRequestError: the label is not one of the brush tag's labels (the message lists them), or the
-            regions carry no label and the brush tag has more than one.
+        BadRequestError: no such output tag, the label is not one of the output tag's labels (the message
+            names it and lists them), or the regions carry no label and the output tag has more than one.
     """
-    brush = config.brush_for(prompt_set.to_name)
-    available = ", ".join(repr(label) for label in brush.labels) or "(none)"
-    if prompt_set.label is None:
-        if len(brush.labels) == 1:
-            return brush, brush.labels[0]
+    tag = config.output_for(prompt_set.to_name, output)
+    return tag, label_of_output(tag, prompt_set.label)
+
+
+def label_of_output(tag: OutputTag, label: str | None) -> str:
+    """``label`` (a prompt region's label, None when it carries none) checked against the output tag.
+
+    Raises:
+        BadRequestError: see :func:`resolve_label`.
+    """
+    available = ", ".join(repr(value) for value in tag.labels) or "(none)"
+    if label is None:
+        if len(tag.labels) == 1:
+            return tag.labels[0]
         raise BadRequestError(
-            f"the prompt regions carry no label; select one of the labels of <BrushLabels "
-            f"name={brush.from_name!r}>: {available}"
+            f"the prompt regions carry no label; select one of the labels of {tag.tag[:-1]} "
+            f"name={tag.from_name!r}>: {available}"
         )
-    if prompt_set.label not in brush.labels:
+    if label not in tag.labels:
         raise BadRequestError(
-            f"label {prompt_set.label!r} is not a label of <BrushLabels name={brush.from_name!r}>; "
+            f"label {label!r} is not a label of {tag.tag[:-1]} name={tag.from_name!r}>; "
             f"available labels: {available}. Give the keypoint/rectangle tools the same label values as the "
-            "brush tool."
+            f"{tag.kind} tool."
         )
-    return brush, prompt_set.label
+    return label
 
 
 def _label(region: dict, i: int) -> str | None:

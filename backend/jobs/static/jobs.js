@@ -15,6 +15,10 @@
   const form = document.getElementById("start-form");
   const projectInput = document.getElementById("project");
   const overwriteInput = document.getElementById("overwrite");
+  const modeInput = document.getElementById("mode");
+  const labelInput = document.getElementById("label");
+  const outputInput = document.getElementById("output");
+  const MODES = { segevery: "everything", boxes: "rectangles → masks", points: "keypoints → masks" };
   const startButton = document.getElementById("start");
   const message = document.getElementById("message");
   const ENDED = ["finished", "failed", "cancelled"];
@@ -24,14 +28,29 @@
       return ENDED.includes(job.state) ? "no tasks listed" : "listing the project's tasks…";
     }
     const settled = job.done + job.skipped + job.failed;
-    return `${settled} of ${job.total} tasks · ${job.done} pre-annotated · ${job.skipped} skipped ` +
-      `(already had this model's prediction) · ${job.failed} failed · ${job.regions} masks`;
+    const without = job.mode === "boxes" ? "rectangles" : "keypoints";
+    const skipped = job.no_prompts
+      ? `${job.skipped} skipped (${job.skipped - job.no_prompts} already had this model's prediction, ` +
+        `${job.no_prompts} had no ${without})`
+      : `${job.skipped} skipped (already had this model's prediction)`;
+    return `${settled} of ${job.total} tasks · ${job.done} pre-annotated · ${skipped} · ` +
+      `${job.failed} failed · ${job.regions} regions`;
+  }
+
+  function writtenText(job) {
+    if (!job.model_version) return "";
+    const labels = job.mode === "segevery"
+      ? `label “${job.label}”`
+      : `each mask labelled as its ${job.mode === "boxes" ? "rectangle" : "keypoints"}`;
+    const kind = job.output ? `${job.output} regions of ${job.output_tag}` : "regions";
+    return `Writes ${kind}, ${labels}, as model version “${job.model_version}”: choose it under ` +
+      `Settings › Annotation › Use predictions.`;
   }
 
   function titleText(job) {
     const scope = job.tasks ? `, ${job.tasks.length} selected task(s)` : "";
     const how = job.overwrite ? ", overwrite" : "";
-    return `Project ${job.project}${scope}${how}`;
+    return `Project ${job.project} · ${MODES[job.mode] || job.mode}${scope}${how}`;
   }
 
   function fill(item, job) {
@@ -50,8 +69,7 @@
     bar.setAttribute("aria-valuenow", String(percent));
     item.querySelector(".fill").style.width = `${percent}%`;
     item.querySelector(".counts").textContent = countsText(job);
-    item.querySelector(".version").textContent =
-      job.model_version ? `${job.model_version} · label ${job.label}` : "";
+    item.querySelector(".version").textContent = writtenText(job);
     const failedNote = job.failed ? `${job.failed} task(s) failed; the reasons are in GET ${jobsUrl}/${job.id}` : "";
     const cancelNote = job.state === "cancelled" ? `cancelled: ${job.cancel_reason || "by request"}` : "";
     item.querySelector(".error").textContent = cancelNote || job.error || failedNote;
@@ -98,6 +116,13 @@
     }
   }
 
+  function startBody(project) {
+    const options = {};
+    if (labelInput.value.trim()) options.label = labelInput.value.trim();
+    if (outputInput.value) options.output = outputInput.value;
+    return { project, mode: modeInput.value, overwrite: overwriteInput.checked, options };
+  }
+
   function say(text, bad) {
     message.textContent = text;
     message.classList.toggle("bad", Boolean(bad));
@@ -115,7 +140,7 @@
       const response = await fetch(createUrl, {
         method: "POST",
         headers: { "Content-Type": "application/json", Accept: "application/json" },
-        body: JSON.stringify({ project, overwrite: overwriteInput.checked }),
+        body: JSON.stringify(startBody(project)),
       });
       const answer = await response.json();
       if (!response.ok) {
