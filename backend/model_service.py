@@ -6,19 +6,27 @@ inference; all threads share it. Each request makes its own cheap
 :class:`~litesam.predictor.LiteSamPredictor` around it (:meth:`ModelService.predictor`), so no predictor is
 ever shared between threads. This module imports nothing of ``label_studio_ml``: job workers use it without
 the Label Studio adapter (:mod:`backend.model`).
+
+Thread policy (README "Thread policy"): every inference runs with ``LITESAM_TORCH_THREADS`` intra-op threads
+(default 1), and at most :attr:`Settings.inference_concurrency` inferences run at once in a process
+(:meth:`ModelService.inference`); further requests wait for a slot instead of oversubscribing the cores.
+The model is put on the inference path of ``LITESAM_PRECISION`` (:mod:`litesam.inference`) when it loads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 
 from litesam.build import build_model, checkpoint_variant, get_variant
 from litesam.errors import CheckpointError
+from litesam.inference import apply_precision, cpu_report
 from litesam.predictor import ImageEmbedding, LiteSamPredictor, encode_image
 
 from .checkpoint import ResolvedCheckpoint, resolve_checkpoint
@@ -42,6 +50,7 @@ class ModelService:
         self._checkpoint: ResolvedCheckpoint | None = None
         self._variant: str | None = settings.variant
         self._model = None
+        self._slots = threading.BoundedSemaphore(settings.inference_concurrency)
 
     @property
     def model_version(self) -> str:
@@ -104,8 +113,8 @@ class ModelService:
         return self._model
 
     def _load(self, checkpoint: ResolvedCheckpoint, variant: str):
-        if self._settings.torch_threads is not None:
-            torch.set_num_threads(self._settings.torch_threads)
+        report = cpu_report()  # probed once, before the thread count is fixed (it restores the count it found)
+        torch.set_num_threads(self._settings.torch_threads)
         started = time.perf_counter()
         try:
             model = build_model(variant, checkpoint=checkpoint.path, device=self._settings.device, fuse=True)
@@ -113,19 +122,34 @@ class ModelService:
             raise ConfigurationError(f"cannot load the checkpoint: {exc}") from None
         except (RuntimeError, ValueError) as exc:  # e.g. an unavailable LITESAM_DEVICE
             raise ConfigurationError(f"cannot build the model on {self._settings.device!r}: {exc}") from None
+        try:
+            precision = apply_precision(model, self._settings.precision)
+        except ValueError as exc:  # bf16 asked for where torch has no bf16 kernels
+            raise ConfigurationError(f"LITESAM_PRECISION: {exc}") from None
         logger.info(
-            "loaded %s (%s) from %s on %s in %.1f s",
+            "loaded %s (%s) from %s on %s in %.1f s; %s path, %d inference(s) at once; %s",
             model_version_string(variant, checkpoint.sha256),
             get_variant(variant).title,
             checkpoint.path.name,
             self._settings.device,
             time.perf_counter() - started,
+            precision,
+            self._settings.inference_concurrency,
+            report.describe(),
         )
         return model
 
+    @contextlib.contextmanager
+    def inference(self) -> Iterator[None]:
+        """Hold one of the process's inference slots for the block (waits while all are taken)."""
+        with self._slots:
+            yield
+
     def encode(self, image: np.ndarray) -> ImageEmbedding:
-        """The embedding of an H×W×3 uint8 RGB image."""
-        return encode_image(self.model(), image)
+        """The embedding of an H×W×3 uint8 RGB image (in an inference slot)."""
+        model = self.model()
+        with self.inference():
+            return encode_image(model, image)
 
     def predictor(self, embedding: ImageEmbedding) -> LiteSamPredictor:
         """A new predictor (for this request only) set to ``embedding``."""

@@ -33,13 +33,14 @@ def masks_for_prompts(
     predictor = model.predictor(embedding)
     masks, scores = [], []
     for prompt in prompts_for_image(prompt_set, (height, width)):
-        candidates, ious, _ = predictor.predict(
-            point_coords=prompt.point_coords,
-            point_labels=prompt.point_labels,
-            box=prompt.box,
-            multimask_output=is_ambiguous(prompt),
-            best_only=True,
-        )
+        with model.inference():  # one of the process's inference slots (README "Thread policy")
+            candidates, ious, _ = predictor.predict(
+                point_coords=prompt.point_coords,
+                point_labels=prompt.point_labels,
+                box=prompt.box,
+                multimask_output=is_ambiguous(prompt),
+                best_only=True,
+            )
         masks.append(mask_for_regions(candidates[0], prompt_set))
         scores.append(float(ious[0]))
     return masks, scores

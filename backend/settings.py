@@ -23,7 +23,13 @@ LITESAM_CACHE_DIR              ~/.cache/litesam             where downloaded che
 LITESAM_VARIANT                (from the checkpoint)        model variant (litesam_r640, sam_vit_b, mobile_sam, …);
                                                             when set, the checkpoint must hold it
 LITESAM_DEVICE                 cpu                          torch device (cpu, cuda, cuda:1, …)
-LITESAM_TORCH_THREADS          (torch's default)            intra-op threads per process, set at model load
+LITESAM_TORCH_THREADS          1                            intra-op threads of one inference, set at model load
+                                                            (README "Thread policy": more than one collapses
+                                                            as soon as another process keeps a core busy)
+LITESAM_INFERENCE_SLOTS        cores ÷ (workers × torch     inferences one process runs at once; more wait
+                               threads), at least 1         (so threads never oversubscribe the cores)
+LITESAM_PRECISION              fp32                         fp32, bf16 or auto (litesam.inference: bf16 where
+                                                            the CPU has native bf16 and measures it faster)
 BASIC_AUTH_USER                (none)                       basic auth required on every route when both
 BASIC_AUTH_PASS                (none)                       user and password are set
 LITESAM_EMBEDDING_TTL          604800 (7 days)              seconds an image embedding stays in Redis
@@ -105,7 +111,9 @@ class Settings:
     cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "litesam")
     variant: str | None = None
     device: str = "cpu"
-    torch_threads: int | None = None
+    torch_threads: int = 1
+    inference_slots: int | None = None
+    precision: str = "fp32"
     basic_auth_user: str | None = None
     basic_auth_pass: Secret | None = None
     embedding_ttl: int = 7 * 24 * 3600
@@ -160,7 +168,9 @@ class Settings:
             cache_dir=Path(cache_dir).expanduser() if cache_dir else defaults.cache_dir,
             variant=env.str("LITESAM_VARIANT") or defaults.variant,
             device=env.str("LITESAM_DEVICE") or defaults.device,
-            torch_threads=env.int("LITESAM_TORCH_THREADS", None, minimum=1),
+            torch_threads=env.int("LITESAM_TORCH_THREADS", defaults.torch_threads, minimum=1),
+            inference_slots=env.int("LITESAM_INFERENCE_SLOTS", None, minimum=1),
+            precision=_precision(env.str("LITESAM_PRECISION") or defaults.precision),
             basic_auth_user=user,
             basic_auth_pass=Secret(password) if password is not None else None,
             embedding_ttl=env.int("LITESAM_EMBEDDING_TTL", defaults.embedding_ttl, minimum=1),
@@ -185,6 +195,14 @@ class Settings:
         return self.cache_redis_url or self.redis_url
 
     @property
+    def inference_concurrency(self) -> int:
+        """Inferences one process runs at once: ``inference_slots``, else cores ÷ (workers × torch threads)."""
+        if self.inference_slots is not None:
+            return self.inference_slots
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, cores // (self.workers * self.torch_threads))
+
+    @property
     def basic_auth_enabled(self) -> bool:
         return self.basic_auth_user is not None and self.basic_auth_pass is not None
 
@@ -194,6 +212,16 @@ class Settings:
         for url in (self.redis_url, self.embedding_redis_url):
             values.append(urllib.parse.urlsplit(url.reveal()).password)
         return sorted({v for v in values if v})
+
+
+#: ``litesam.inference.PRECISIONS``, spelled out so that reading settings does not import torch.
+_PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def _precision(value: str) -> str:
+    if value not in _PRECISIONS:
+        raise ConfigurationError(f"LITESAM_PRECISION must be one of {', '.join(_PRECISIONS)}, got {value!r}")
+    return value
 
 
 def _choice(value: str, name: str, choices: tuple[str, ...]) -> str:

@@ -4,7 +4,9 @@ The weights are RANDOM (a seeded ``litesam_r640`` checkpoint written by this scr
 published, and speed does not depend on the weight values. The masks are meaningless. SegEvery's default
 filters keep no mask of an untrained model, so the filters are opened (predicted IoU ≥ 0, stability ≥ 0,
 AutoPPN proposals ≥ 0): every task then gets the masks that survive NMS, and they are encoded and written
-like real ones.
+like real ones. Random-weight masks all look alike, so NMS leaves about one per task; ``--masks 50`` (the
+realistic mode: trained weights keep ~50 masks per image) also turns NMS off and keeps exactly 50 masks
+per task, so upscaling, brush RLE and the writes to Label Studio carry a trained model's load.
 
 What runs is the real thing: a real Label Studio 1.23.2 (the test harness's, started from its template), a
 50-task project of 1024×768 JPEG uploads, ``litesam-backend worker`` processes, Redis. For each worker count the script uploads a fresh project, flushes its Redis
@@ -12,7 +14,7 @@ database (so every embedding is computed), starts the workers, queues the job an
 its end (listing, downloads, encoder, SegEvery, RLE, writes). The machine's cores are shared out evenly
 (``LITESAM_TORCH_THREADS`` = cores ÷ workers). Usage::
 
-    .venv/bin/python bench/preannotate.py [--tasks 50] [--workers 1 2] [--variant litesam_r640]
+    .venv/bin/python bench/preannotate.py [--tasks 50] [--workers 1 2] [--masks 50] [--variant litesam_r640]
         [--redis-url redis://127.0.0.1:6379/14] [--json results.json]
 """
 
@@ -22,7 +24,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -43,6 +44,10 @@ from backend.store import embedding_key  # noqa: E402
 from litesam.build import build_model, save_checkpoint  # noqa: E402
 from tests.e2e.labelstudio import LabelStudioServer  # noqa: E402
 from tests.e2e.processes import ManagedProcess, base_env  # noqa: E402
+
+sys.path.insert(0, str(REPO / "bench"))
+from benchlib import header  # noqa: E402
+from litesam.inference import load_average  # noqa: E402
 
 WIDTH, HEIGHT = 1024, 768
 CONFIG = (REPO / "label_config.xml").read_text()
@@ -102,7 +107,8 @@ def run_once(
         for process in processes:
             process.wait_log(r"model \S+ loaded", timeout=180)
         board = JobBoard(client)
-        options = JobOptions.from_json({**OPEN_FILTERS, "chunk_size": args.chunk_size})
+        forced = {"box_nms_thresh": 1.0, "max_masks": args.masks} if args.masks else {}
+        options = JobOptions.from_json({**OPEN_FILTERS, **forced, "chunk_size": args.chunk_size})
         started = time.perf_counter()
         status, _ = board.start(project, options=options, source="bench")
         while status["state"] not in ("finished", "failed"):
@@ -136,19 +142,17 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=50)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--variant", default="litesam_r640")
+    parser.add_argument("--masks", type=int, default=0, help="keep exactly this many masks per task (NMS off)")
     parser.add_argument("--chunk-size", type=int, default=5, help="tasks per chunk job (default 5)")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14", help="flushed before and after")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
 
-    print(
-        f"Pre-annotation benchmark: {args.variant} with RANDOM weights (masks are meaningless), "
-        f"{args.tasks} tasks of {WIDTH}×{HEIGHT} JPEG, SegEvery filters opened for random weights."
-    )
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
-        f", device cpu, load average {os.getloadavg()[0]:.2f} (other processes share these cores)"
-    )
+    kept = f"exactly {args.masks} masks per task (NMS off)" if args.masks else "the masks NMS leaves"
+    print(header(
+        f"Pre-annotation benchmark: {args.variant} with RANDOM weights (masks are meaningless), {args.tasks} tasks "
+        f"of {WIDTH}×{HEIGHT} JPEG, SegEvery filters opened for random weights, {kept}"
+    ))
     images = [photo(seed) for seed in range(args.tasks)]
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-preannotate-") as tmp:
@@ -169,7 +173,7 @@ def main() -> int:
                 )
         finally:
             ls.stop()
-    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
+    print(f"{load_average()} (at the end)")
     if args.json is not None:
         args.json.write_text(
             json.dumps({"variant": args.variant, "weights": "random", "results": results}, indent=2) + "\n"

@@ -1,27 +1,30 @@
 """Latency of one interactive click: ``POST /predict`` over HTTP on a 1024×768 image, end to end.
 
 For each variant this script writes a RANDOM-WEIGHT checkpoint (latency does not depend on the weight values;
-the masks are meaningless), starts ``litesam-backend serve`` (gunicorn, 1 worker × 2 threads, torch using
-2 threads), serves the images from a local HTTP server that plays Label Studio's ``/data/upload/``, and
+the masks are meaningless), starts ``litesam-backend serve`` with the backend's defaults (gunicorn 1 worker ×
+4 threads, 1 torch thread per inference, inference slots = cores, LITESAM_PRECISION=fp32), serves the images from a local HTTP server that plays Label Studio's ``/data/upload/``, and
 measures:
 
 * cold: the first click on an image never seen (download, decode, encoder, Redis store, decoder, RLE);
-* warm: further clicks on an image whose embedding is cached (download + hash, decoder, RLE).
+* warm: further clicks on an image whose embedding is cached (download + hash, decoder, RLE), one after the
+  other;
+* burst: ``--burst`` warm clicks sent at once from as many clients (several annotators, or a fast one).
 
 Each request is timed by the client from send to full answer. The first click after start-up (model loading)
 is not counted. Usage::
 
-    OMP_NUM_THREADS=2 .venv/bin/python bench/predict_latency.py [--variants litesam_r640 litesam_r1024]
-        [--cold 10] [--warm 30] [--redis-url redis://127.0.0.1:6379/12]
+    .venv/bin/python bench/predict_latency.py [--variants litesam_r640 litesam_r1024]
+        [--cold 10] [--warm 30] [--burst 10] [--torch-threads 1] [--precision fp32]
+        [--redis-url redis://127.0.0.1:6379/12]
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import io
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -40,6 +43,10 @@ import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from tests.backend_support import serve_backend  # noqa: E402
+
+sys.path.insert(0, str(REPO / "bench"))
+from benchlib import header  # noqa: E402
+from litesam.inference import load_average  # noqa: E402
 
 WIDTH, HEIGHT = 1024, 768
 CONFIG = (REPO / "label_config.xml").read_text()
@@ -125,6 +132,15 @@ def timed_click(
     return elapsed * 1000
 
 
+def burst_clicks(url: str, path: str, count: int, rng: np.random.Generator) -> list[float]:
+    """``count`` warm clicks sent at once, each from its own client; their latencies in milliseconds."""
+    points = rng.uniform(5, 95, (count, 2))
+    sessions = [requests.Session() for _ in range(count)]
+    with concurrent.futures.ThreadPoolExecutor(count) as pool:
+        futures = [pool.submit(timed_click, sessions[i], url, path, *points[i]) for i in range(count)]
+        return [f.result() for f in futures]
+
+
 def summary(values: list[float]) -> dict:
     ordered = sorted(values)
     p95_index = min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))
@@ -153,6 +169,7 @@ def bench_variant(variant: str, args: argparse.Namespace, workdir: Path) -> dict
         "LABEL_STUDIO_URL": server.url,
         "LABEL_STUDIO_API_KEY": "bench-legacy-token",
         "LITESAM_TORCH_THREADS": str(args.torch_threads),
+        "LITESAM_PRECISION": args.precision,
         "LOG_LEVEL": "WARNING",
         "LITESAM_CACHE_DIR": str(workdir / "cache"),
     }
@@ -172,6 +189,7 @@ def bench_variant(variant: str, args: argparse.Namespace, workdir: Path) -> dict
             warm = [
                 timed_click(session, url, warm_path, *rng.uniform(5, 95, 2), sizes) for _ in range(args.warm)
             ]
+            burst = burst_clicks(url, warm_path, args.burst, rng)
     finally:
         server.close()
         redis.Redis.from_url(args.redis_url).flushdb()
@@ -180,6 +198,7 @@ def bench_variant(variant: str, args: argparse.Namespace, workdir: Path) -> dict
         "variant": variant,
         "cold": summary(cold),
         "warm": summary(warm),
+        "burst": summary(burst),
         "image_kb": round(image_kb),
         "answer_kb": round(statistics.fmean(sizes) / 1024),
     }
@@ -190,8 +209,10 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["litesam_r640", "litesam_r1024"])
     parser.add_argument("--cold", type=int, default=10, help="clicks on new images per variant")
     parser.add_argument("--warm", type=int, default=30, help="clicks on a cached image per variant")
-    parser.add_argument("--threads", type=int, default=2, help="gunicorn threads (1 worker)")
-    parser.add_argument("--torch-threads", type=int, default=2, help="torch intra-op threads in the backend")
+    parser.add_argument("--burst", type=int, default=10, help="warm clicks sent at once per variant")
+    parser.add_argument("--threads", type=int, default=4, help="gunicorn threads (1 worker)")
+    parser.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads in the backend")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"), help="LITESAM_PRECISION")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/12", help="flushed before and after")
     parser.add_argument("--json", action="store_true", help="print the results as JSON only")
     args = parser.parse_args()
@@ -203,25 +224,17 @@ def main() -> None:
     if args.json:
         print(json.dumps(results, indent=2))
         return
+    print(header("bench/predict_latency.py: RANDOM WEIGHTS (checkpoints written by this script; latency does "
+                 "not depend on the weight values, the masks are meaningless)"))
     print(
-        "RANDOM WEIGHTS: checkpoints written by this script with random weights; latency does not depend on the"
+        f"backend: 1 gunicorn worker × {args.threads} threads, {args.torch_threads} torch thread(s) per inference, "
+        f"LITESAM_PRECISION={args.precision}; one click = POST /predict over HTTP, {WIDTH}×{HEIGHT} JPEG, "
+        "keypoint → brush RLE; a warm click on a Label Studio upload needs no download"
     )
-    print("weight values, the masks themselves are meaningless.")
-    print(
-        f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}; "
-        f"backend: 1 gunicorn worker × {args.threads} threads, torch threads {args.torch_threads}; "
-        f"one click = POST /predict over HTTP, {WIDTH}×{HEIGHT} JPEG, keypoint → brush RLE"
-    )
-    print(
-        "A warm click on a Label Studio upload needs no download (the upload's embedding is found by its URL)."
-    )
-    print(
-        f"1-minute load average before / after the run: {load_before:.2f} / {load_after:.2f} "
-        "(other processes on this machine slow every figure down)"
-    )
+    print(f"1-minute load average before / after the run: {load_before:.2f} / {load_after:.2f}; {load_average()}")
     print(f"{'variant':<15}{'click':<7}{'n':>4}{'p50 ms':>10}{'p95 ms':>10}{'mean ms':>10}")
     for result in results:
-        for kind in ("warm", "cold"):
+        for kind in ("warm", "burst", "cold"):
             s = result[kind]
             print(
                 f"{result['variant']:<15}{kind:<7}{s['n']:>4}{s['p50_ms']:>10}{s['p95_ms']:>10}{s['mean_ms']:>10}"

@@ -1,39 +1,48 @@
 """SegEvery benchmark: Lite-SAM r640 / r1024 against Meta's SAM ViT-B automatic mask generator.
 
-One run, one 1024×1024 image, one thread count, RANDOM WEIGHTS for every model (no pretrained Lite-SAM
-weights exist; arithmetic cost does not depend on weight values). Measured:
+One process, one 1024×1024 synthetic image, one thread count, RANDOM WEIGHTS for every model (no pretrained
+Lite-SAM weights exist; arithmetic cost does not depend on weight values, mask shapes and counts do).
+Candidates and references run interleaved (``bench/benchlib.py``) and are reported as ratios:
 
-* encoder time (image → embedding),
-* one-prompt decode time with the embedding set (one point, best of 3 masks, upscaled to 1024×1024),
-* SegEvery time per image: AutoPPN proposals → batched decode → filters → NMS → upscale survivors.
-  Random weights propose nothing above AutoPPN's confidence threshold, so the benchmark forces the
-  variant's full top-K (100 at r640, 200 at r1024) by setting the threshold to 0, and reports two
-  filter settings: SAM's defaults (few masks survive random weights) and filters and NMS off (every
-  mask is upscaled: the worst case),
-* SAM ViT-B's ``SamAutomaticMaskGenerator`` with its defaults (32×32 grid), the reference.
+* encoder: fused fp32 (the library's default) against the library's own ``fuse=False`` build, and the
+  ``bf16`` inference path (``litesam/inference.py``) where this CPU has bf16 kernels;
+* one click: one point, best of 3 masks, upscaled to 1024×1024 (what the backend does);
+* SegEvery with N kept masks (``--kept 0 50 100``): random weights propose nothing above AutoPPN's threshold
+  and keep almost nothing through SAM's filters, while trained weights keep ~50 masks per image. So the
+  variant's full top-K of prompts is forced (threshold 0), the filters and NMS are opened and
+  ``max_masks = N`` keeps exactly N: the decoder does the same work as with trained weights and N masks go
+  through upscaling, area and box. "+ RLE" adds the Label Studio brush encoding of every kept mask;
+* kept-mask post-processing per mask: ``litesam.postprocess`` against SAM's two bilinear passes on the
+  chunks the library used before (64 masks at a time), with the same area and box;
+* SAM ViT-B's ``SamAutomaticMaskGenerator`` with its defaults (32×32 grid), run once, between two rounds of
+  Lite-SAM r640 (the ratio uses Lite-SAM's median over both).
 
-SAM's package imports torchvision, which does not import beside this torch build. Its four calls are
-served here by small stand-ins (PIL resize, a box NMS from ``litesam.masks``); they take a negligible
-share of its time.
+SAM's package imports torchvision, which does not import beside this torch build; its four calls are served
+by small stand-ins (PIL resize, a box NMS from ``litesam.masks``), a negligible share of its time.
 
-    python bench/segevery.py [--threads 2] [--repeats 5] [--skip-sam]
+    python bench/segevery.py [--threads 2] [--rounds 5] [--kept 0 50] [--skip-sam] [--variants litesam_r640]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import copy
 import sys
 import time
 import types
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from benchlib import header, interleaved, ms, set_threads
 from litesam.build import VARIANTS, build_model
 from litesam.everything import SegEvery
-from litesam.masks import box_nms
+from litesam.inference import apply_precision, cpu_report, load_average
+from backend.labelstudio.brush_rle import mask_to_brush_rle
+from litesam.masks import batched_mask_to_box, box_nms
 from litesam.proposals import ProposalConfig
+from litesam.postprocess import mask_area_and_box, mask_upscaler
 from litesam.predictor import LiteSamPredictor, encode_image
 
 
@@ -49,38 +58,80 @@ def synthetic_image(side: int = 1024, seed: int = 0) -> np.ndarray:
     return image.astype(np.uint8)
 
 
-def timed(fn, repeats: int) -> float:
-    """Median wall-clock seconds of ``fn()`` over ``repeats`` runs, after one warm-up run."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def bench_litesam(variant: str, image: np.ndarray, repeats: int) -> dict[str, float]:
-    torch.manual_seed(0)
-    model = build_model(variant, fuse=True)
-    top_k = VARIANTS[variant].proposals.top_k
-    proposals = ProposalConfig(score_threshold=0.0, top_k=top_k)
-    predictor = LiteSamPredictor(model)
-    predictor.set_image(image)
-    point = (np.array([[512.0, 384.0]]), np.array([1]))
-    sam_filters = SegEvery(model, proposals=proposals)
-    no_filters = SegEvery(
-        model, proposals=proposals, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0
+def forced_segevery(model, kept: int) -> SegEvery:
+    """SegEvery that decodes the variant's full top-K of prompts and keeps exactly ``kept`` masks."""
+    top_k = VARIANTS[model.variant].proposals.top_k
+    return SegEvery(
+        model,
+        proposals=ProposalConfig(score_threshold=0.0, top_k=top_k),
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        box_nms_thresh=1.0,
+        max_masks=kept,
     )
-    masks_kept = len(no_filters.generate(image))
-    return {
-        "encoder_s": timed(lambda: encode_image(model, image), repeats),
-        "decode_1_prompt_s": timed(lambda: predictor.predict(*point), repeats * 4),
-        "segevery_s": timed(lambda: sam_filters.generate(image), repeats),
-        "segevery_no_filters_s": timed(lambda: no_filters.generate(image), max(1, repeats // 2)),
-        "prompts": top_k,
-        "masks_no_filters": masks_kept,
-    }
+
+
+def with_rle(segment: SegEvery, image: np.ndarray) -> int:
+    """SegEvery on ``image``, then every kept mask in Label Studio's brush RLE; returns the RLE bytes."""
+    return sum(len(mask_to_brush_rle(r["segmentation"])) for r in segment.generate(image))
+
+
+def bench_variant(variant: str, image: np.ndarray, kept: list[int], rounds: int, bf16: bool) -> dict[str, float]:
+    torch.manual_seed(0)
+    fused = build_model(variant, fuse=True)
+    torch.manual_seed(0)
+    plain = build_model(variant, fuse=False)  # the same random weights, unfused
+    models = {"fp32": fused}
+    if bf16:
+        models["bf16"] = copy.deepcopy(fused)
+        apply_precision(models["bf16"], "bf16")
+    point = (np.array([[512.0, 384.0]]), np.array([1]))
+    jobs = {"encoder fuse=False": lambda: encode_image(plain, image)}
+    for name, model in models.items():
+        predictor = LiteSamPredictor(model)
+        predictor.set_image(image)
+        jobs[f"encoder {name}"] = lambda m=model: encode_image(m, image)
+        jobs[f"click {name}"] = lambda p=predictor: p.predict(*point, best_only=True)
+        for n in kept:
+            segment = forced_segevery(model, n)
+            jobs[f"SegEvery {name}, {n} kept"] = lambda s=segment: s.generate(image)
+            if n:
+                jobs[f"SegEvery {name}, {n} kept + RLE"] = lambda s=segment: with_rle(s, image)
+    top_k = VARIANTS[variant].proposals.top_k
+    times = interleaved(jobs, rounds)
+    print(f"\n{variant} ({top_k} prompts), medians of {rounds} interleaved rounds; {load_average()}")
+    for name, seconds in times.items():
+        print(f"  {name:<34} {ms(seconds):>11}")
+    print(f"  fused encoder vs fuse=False: {times['encoder fuse=False'] / times['encoder fp32']:.2f}×")
+    if bf16:
+        for what in ("encoder", "click", *(f"SegEvery, {n} kept" for n in kept)):
+            fp32, bf16_ = (what.replace(",", f" {p},") if "," in what else f"{what} {p}" for p in ("fp32", "bf16"))
+            print(f"  bf16 vs fp32, {what}: {times[fp32] / times[bf16_]:.2f}×")
+    return times
+
+
+def bench_postprocess(variant: str, rounds: int, masks: int = 32) -> None:
+    """Per-mask cost of upscaling, thresholding, area and box at 1024×1024: ours vs the previous path."""
+    side = VARIANTS[variant].image_size
+    low_res = torch.randn(masks, side // 4, side // 4, generator=torch.Generator().manual_seed(0)) * 4
+    geometry = ((side // 4, side // 4), side, (side, side), (1024, 1024))
+    upscaler = mask_upscaler(*geometry)
+
+    def ours() -> None:
+        for logits in low_res:
+            mask_area_and_box(upscaler.binary(logits))
+
+    def two_passes_in_chunks() -> None:  # SegEvery's previous _records: 64 masks per chunk, torch bool sums
+        upscaled = F.interpolate(low_res[:, None], (side, side), mode="bilinear", align_corners=False)
+        upscaled = F.interpolate(upscaled, (1024, 1024), mode="bilinear", align_corners=False)[:, 0] > 0
+        batched_mask_to_box(upscaled), upscaled.flatten(1).sum(dim=1)
+
+    times = interleaved({"litesam.postprocess": ours, "two passes, chunked": two_passes_in_chunks}, rounds)
+    a, b = times["litesam.postprocess"] / masks, times["two passes, chunked"] / masks
+    print(
+        f"\nkept-mask post-processing at 1024×1024 from {variant}'s {side // 4}² logits, per mask: "
+        f"{ms(a)} (litesam.postprocess) vs {ms(b)} (two bilinear passes, chunked): {b / a:.1f}×"
+    )
 
 
 def bench_sam_vit_b(image: np.ndarray) -> dict[str, float]:
@@ -128,34 +179,34 @@ def _install_torchvision_stand_in() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--kept", type=int, nargs="+", default=[0, 50, 100], help="kept masks to force")
+    parser.add_argument("--variants", nargs="+", default=["litesam_r640", "litesam_r1024"])
     parser.add_argument("--skip-sam", action="store_true", help="skip the ~2-minute SAM ViT-B reference")
+    parser.add_argument("--fp32-only", action="store_true", help="skip the bf16 inference path")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
+    bf16 = not args.fp32_only and cpu_report().bf16_gflops is not None
     image = synthetic_image()
-    print(f"RANDOM WEIGHTS. 1024×1024 synthetic image, torch {torch.__version__}, {args.threads} threads")
-    results = {}
+    print(header(f"bench/segevery.py: RANDOM WEIGHTS, 1024×1024 synthetic image, {args.threads} threads"))
     with torch.inference_mode():
-        for variant in ("litesam_r640", "litesam_r1024"):
-            results[variant] = bench_litesam(variant, image, args.repeats)
-            r = results[variant]
-            print(
-                f"{variant:<14} encoder {r['encoder_s'] * 1e3:7.1f} ms | 1-prompt decode "
-                f"{r['decode_1_prompt_s'] * 1e3:6.1f} ms | SegEvery {r['prompts']} prompts: "
-                f"{r['segevery_s'] * 1e3:7.1f} ms (SAM filters), {r['segevery_no_filters_s'] * 1e3:7.1f} ms "
-                f"(filters off, {r['masks_no_filters']} masks)"
-            )
-        if not args.skip_sam:
-            sam = bench_sam_vit_b(image)
-            print(
-                f"{'SAM ViT-B':<14} encoder {sam['encoder_s'] * 1e3:7.1f} ms | SegEvery 32×32 grid: "
-                f"{sam['segevery_s']:.1f} s ({sam['masks']} masks)"
-            )
-            for variant, r in results.items():
-                print(
-                    f"speed-up {variant}: {sam['segevery_s'] / r['segevery_s']:.0f}× (SAM filters), "
-                    f"{sam['segevery_s'] / r['segevery_no_filters_s']:.0f}× (filters off)"
-                )
+        for variant in args.variants:
+            bench_postprocess(variant, args.rounds)
+        results = {v: bench_variant(v, image, args.kept, args.rounds, bf16) for v in args.variants}
+        if args.skip_sam:
+            return
+        sam = bench_sam_vit_b(image)
+        print(
+            f"\nSAM ViT-B: encoder {sam['encoder_s']:.1f} s, SegEvery 32×32 grid {sam['segevery_s']:.1f} s "
+            f"({sam['masks']} masks); {load_average()}"
+        )
+        after = bench_variant(args.variants[0], image, args.kept, max(1, args.rounds // 2), bf16)
+        for variant, times in results.items():
+            for name, seconds in times.items():
+                if name.startswith("SegEvery") and "RLE" not in name:
+                    if variant == args.variants[0]:
+                        seconds = (seconds + after[name]) / 2
+                    print(f"speed-up over SAM ViT-B, {variant} {name}: {sam['segevery_s'] / seconds:.0f}×")
 
 
 if __name__ == "__main__":

@@ -36,12 +36,9 @@ from .masks import (
 )
 from .proposals import ProposalConfig
 from .modeling.lite_sam import LiteSAM
+from .postprocess import mask_area_and_box, mask_upscaler
 from .predictor import ImageEmbedding, encode_image, propose
 from .transforms import ResizeLongestSide
-
-
-#: Original-size logit pixels upscaled at once (64 M pixels = 256 MiB of float32).
-UPSCALE_CHUNK_PIXELS = 64 * 1024 * 1024
 
 
 @dataclass
@@ -224,37 +221,31 @@ class SegEvery:
         h_in, w_in = embedding.input_size
         height, width = embedding.original_size
         to_original = torch.tensor([width / w_in, height / h_in], device=prompts.points.device)
+        upscaler = mask_upscaler(
+            tuple(candidates.low_res.shape[-2:]), self.model.img_size, embedding.input_size, embedding.original_size
+        )
         records: list[dict[str, Any]] = []
-        # Upscale a few masks at a time: float32 logits at the original size cost 4·H·W bytes each.
-        per_chunk = max(1, min(self.config.points_per_batch, UPSCALE_CHUNK_PIXELS // (height * width)))
-        for start in range(0, len(keep), per_chunk):
-            chunk = keep[start : start + per_chunk]
-            logits = self.model.postprocess_masks(
-                candidates.low_res[chunk][:, None], embedding.input_size, embedding.original_size
-            )[:, 0]
-            masks = logits > self.model.mask_threshold
-            boxes = batched_mask_to_box(masks)
-            areas = masks.flatten(1).sum(dim=1)
-            for i, candidate in enumerate(chunk.tolist()):
-                if areas[i] == 0:
-                    continue
-                prompt = int(candidates.prompt_index[candidate])
-                mask = masks[i].cpu().numpy()
-                box = None
-                if prompts.boxes is not None:
-                    box = (prompts.boxes[prompt].view(2, 2) * to_original).flatten().tolist()
-                records.append(
-                    {
-                        "segmentation": mask_to_coco_rle(mask) if self.config.output_mode == "coco_rle" else mask,
-                        "area": int(areas[i]),
-                        "bbox": box_xyxy_to_xywh(boxes[i]).tolist(),
-                        "predicted_iou": float(candidates.iou[candidate]),
-                        "stability_score": float(candidates.stability[candidate]),
-                        "point_coords": [(prompts.points[prompt] * to_original).tolist()],
-                        "box": box,
-                        "proposal_score": None if prompts.boxes is None else float(prompts.scores[prompt]),
-                    }
-                )
+        for candidate in keep.tolist():
+            mask = upscaler.binary(candidates.low_res[candidate], self.model.mask_threshold)
+            area, box_xyxy = mask_area_and_box(mask)
+            if area == 0:
+                continue
+            prompt = int(candidates.prompt_index[candidate])
+            box = None
+            if prompts.boxes is not None:
+                box = (prompts.boxes[prompt].view(2, 2) * to_original).flatten().tolist()
+            records.append(
+                {
+                    "segmentation": mask_to_coco_rle(mask) if self.config.output_mode == "coco_rle" else mask,
+                    "area": area,
+                    "bbox": box_xyxy_to_xywh(torch.tensor(box_xyxy)).tolist(),
+                    "predicted_iou": float(candidates.iou[candidate]),
+                    "stability_score": float(candidates.stability[candidate]),
+                    "point_coords": [(prompts.points[prompt] * to_original).tolist()],
+                    "box": box,
+                    "proposal_score": None if prompts.boxes is None else float(prompts.scores[prompt]),
+                }
+            )
         return records
 
 

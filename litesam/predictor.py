@@ -14,6 +14,7 @@ import torch
 from .errors import InvalidPromptError, NoEmbeddingError, NoProposalHeadError
 from .proposals import Proposals, decode_proposals
 from .modeling.lite_sam import LiteSAM
+from .postprocess import upscale_masks
 from .transforms import ResizeLongestSide
 from .validation import check_box, check_image, check_points
 
@@ -137,9 +138,9 @@ class LiteSamPredictor:
         if best_only:
             best = iou[0].argmax()
             low_res, iou = low_res[:, best : best + 1], iou[:, best : best + 1]
-        logits = self.model.postprocess_masks(low_res, embedding.input_size, embedding.original_size)
+        size = (self.model.img_size, embedding.input_size, embedding.original_size)
         return (
-            (logits[0] > self.model.mask_threshold).cpu().numpy(),
+            upscale_masks(low_res[0], *size, threshold=self.model.mask_threshold),
             iou[0].clamp(0.0, 1.0).float().cpu().numpy(),
             low_res[0].float().cpu().numpy(),
         )

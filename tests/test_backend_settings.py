@@ -23,6 +23,7 @@ def test_defaults_from_an_empty_environment():
     assert settings.allowed_hosts == ()
     assert settings.basic_auth_enabled is False
     assert settings.cache_dir == Path.home() / ".cache" / "litesam"
+    assert (settings.torch_threads, settings.inference_slots, settings.precision) == (1, None, "fp32")
     assert settings == Settings()
 
 
@@ -38,6 +39,8 @@ def test_every_variable_is_read():
         "LITESAM_VARIANT": "litesam_r1024",
         "LITESAM_DEVICE": "cuda:1",
         "LITESAM_TORCH_THREADS": "2",
+        "LITESAM_INFERENCE_SLOTS": "3",
+        "LITESAM_PRECISION": "bf16",
         "BASIC_AUTH_USER": "ls",
         "BASIC_AUTH_PASS": "pw",
         "LITESAM_EMBEDDING_TTL": "60",
@@ -57,6 +60,7 @@ def test_every_variable_is_read():
     assert s.checkpoint == "/models/r1024.pt" and s.checkpoint_sha256 == "ab" * 32
     assert s.cache_dir == Path("/tmp/cache")
     assert (s.variant, s.device, s.torch_threads) == ("litesam_r1024", "cuda:1", 2)
+    assert (s.inference_slots, s.inference_concurrency, s.precision) == (3, 3, "bf16")
     assert s.basic_auth_enabled and s.basic_auth_user == "ls" and s.basic_auth_pass.reveal() == "pw"
     assert (s.embedding_ttl, s.embedding_lru, s.max_image_bytes, s.max_image_pixels) == (60, 0, 1000, 2000)
     assert s.allowed_hosts == ("cdn.example.org", "*.images.example.com")
@@ -131,3 +135,23 @@ def test_basic_auth_password_is_not_in_the_error():
 def test_empty_values_count_as_unset():
     s = Settings.from_env({"LABEL_STUDIO_API_KEY": "  ", "LITESAM_VARIANT": "", "LITESAM_WORKERS": ""})
     assert s.label_studio_api_key is None and s.variant is None and s.workers == 1
+
+
+def test_inference_concurrency_shares_the_cores_out(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
+    assert Settings().inference_concurrency == 8  # 1 worker × 1 torch thread
+    assert Settings(workers=2, torch_threads=2).inference_concurrency == 2
+    assert Settings(workers=3, torch_threads=4).inference_concurrency == 1  # at least one
+    assert Settings(workers=3, inference_slots=5).inference_concurrency == 5  # set: taken as is
+
+
+def test_precision_must_be_known():
+    with pytest.raises(ConfigurationError, match="LITESAM_PRECISION must be one of fp32, bf16, auto"):
+        Settings.from_env({"LITESAM_PRECISION": "fp16"})
+
+
+def test_precision_choices_are_the_librarys():
+    from backend.settings import _PRECISIONS
+    from litesam.inference import PRECISIONS
+
+    assert _PRECISIONS == PRECISIONS

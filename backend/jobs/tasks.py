@@ -266,9 +266,11 @@ def task_regions(
             if classified is exc:
                 raise
             raise classified from None
+        with services.model.inference():
+            records = segment.generate_from_embedding(embedding)[: options.max_masks]
         regions += [
             region
-            for r in segment.generate_from_embedding(embedding)[: options.max_masks]
+            for r in records
             for region in mask_regions(
                 r["segmentation"],
                 tag,

@@ -5,8 +5,8 @@ equal (to float rounding): the whole mixer step becomes one depthwise 7×7 convo
 mixture of the three boxes, the residual and both folded scales) plus a correction of the 3-pixel border band,
 and the per-pixel MLP runs in chunks of pixels so its 4C-wide hidden activations stay in the CPU cache, with
 GELU applied in place. Feature maps are kept in ``channels_last`` memory format throughout (pooling and
-per-pixel layers are several times faster in it on a CPU). On a 2-core CPU the fused backbone is about 4×
-faster than a plain build of the same layout (three ``AvgPool2d`` per mixer, NCHW, unfused).
+per-pixel layers are several times faster in it on a CPU). The whole fused encoder is about 2× faster than
+the library's own unfused build (``build_model(fuse=False)``; ``bench/segevery.py`` measures the ratio).
 """
 
 from __future__ import annotations

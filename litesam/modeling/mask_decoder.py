@@ -131,7 +131,9 @@ class MaskDecoder(nn.Module):
             iou_pred[part] = self.iou_prediction_head(hs[:, 0])[:, selected]
             mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens][:, selected]
             hyper_in = torch.stack([mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(hyper_mlps)], dim=1)
-            self._write_masks(hyper_in, self._upscale(keys), h, w, masks[part])
+            # The upscaling computes in its weights' dtype (bfloat16 on litesam.inference's bf16 path).
+            upscale_dtype = self.output_upscaling[0].weight.dtype
+            self._write_masks(hyper_in.to(upscale_dtype), self._upscale(keys.to(upscale_dtype)), h, w, masks[part])
         return masks, iou_pred
 
     def _check_inputs(
