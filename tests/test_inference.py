@@ -8,7 +8,7 @@ import torch
 from litesam.build import build_model
 from litesam.everything import SegEvery
 from litesam.inference import BF16_MIN_SPEEDUP, CpuReport, apply_precision, choose_precision, cpu_report
-from litesam.modeling.autoppn import ProposalConfig
+from litesam.proposals import ProposalConfig
 from litesam.predictor import LiteSamPredictor, encode_image
 from tests.tiny import synthetic_image
 
