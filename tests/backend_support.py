@@ -284,13 +284,19 @@ def serve_backend(
         process.stop()
 
 
-def backend_env(home: Path, label_studio_url: str = "http://127.0.0.1:9", **extra: str) -> dict:
-    """The environment of a served test backend (``serve_backend``): the test Redis, a tiny checkpoint written
-    to ``home/tiny.pt``, a legacy token, one torch thread, and ``extra``."""
+def backend_env(
+    home: Path, label_studio_url: str = "http://127.0.0.1:9", checkpoint: Path | None = None, **extra: str
+) -> dict:
+    """The environment of a served test backend (``serve_backend``): the test Redis, a legacy token, one torch
+    thread, and ``extra``; the model is ``checkpoint`` alone (its variant found from the file), or by default a
+    tiny checkpoint written to ``home/tiny.pt`` with ``LITESAM_VARIANT=litesam_tiny``."""
+    if checkpoint is None:
+        model = {"LITESAM_CHECKPOINT": make_tiny_checkpoint(Path(home) / "tiny.pt"), "LITESAM_VARIANT": "litesam_tiny"}
+    else:
+        model = {"LITESAM_CHECKPOINT": str(checkpoint)}
     return base_env(
         home,
-        LITESAM_CHECKPOINT=make_tiny_checkpoint(Path(home) / "tiny.pt"),
-        LITESAM_VARIANT="litesam_tiny",
+        **model,
         REDIS_URL=TEST_REDIS_URL,
         LABEL_STUDIO_URL=label_studio_url,
         LABEL_STUDIO_API_KEY=LEGACY_TOKEN,

@@ -18,20 +18,17 @@ import requests
 import torch
 from PIL import Image
 
-from backend.store import decode_embedding
-from backend.store import embedding_key
+from backend.store import decode_embedding, embedding_key
 from litesam.build import build_model
 from litesam.predictor import LiteSamPredictor
 from tests.backend_support import (
-    LEGACY_TOKEN,
-    TEST_REDIS_URL,
     FakeLabelStudio,
+    backend_env,
     decode_brush,
     keypoint,
     png_bytes,
     serve_backend,
 )
-from tests.e2e.processes import base_env
 from tests.engine_support import save_official, tiny_vit_sam
 from tests.test_backend_gunicorn import CONFIG
 
@@ -47,16 +44,7 @@ def fake_ls():
 
 
 def _env(tmp_path, checkpoint, fake_ls):
-    return base_env(
-        tmp_path,
-        LITESAM_CHECKPOINT=str(checkpoint),
-        REDIS_URL=TEST_REDIS_URL,
-        LABEL_STUDIO_URL=fake_ls.url,
-        LABEL_STUDIO_API_KEY=LEGACY_TOKEN,
-        LOG_LEVEL="INFO",
-        OMP_NUM_THREADS="1",
-        LITESAM_TORCH_THREADS="1",
-    )
+    return backend_env(tmp_path, fake_ls.url, checkpoint, LOG_LEVEL="INFO", OMP_NUM_THREADS="1")
 
 
 @pytest.mark.slow

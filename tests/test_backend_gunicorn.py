@@ -17,15 +17,13 @@ import requests
 from backend.store import embedding_key
 from tests.backend_support import (
     LEGACY_TOKEN,
-    TEST_REDIS_URL,
     FakeLabelStudio,
+    backend_env,
     decode_brush,
     keypoint,
-    make_tiny_checkpoint,
     png_bytes,
     serve_backend,
 )
-from tests.e2e.processes import base_env
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = (REPO / "label_config.xml").read_text()
@@ -43,18 +41,7 @@ def fake_ls():
 
 @pytest.mark.slow
 def test_two_workers_two_threads_answer_concurrent_first_clicks(tmp_path, fake_ls, redis_db):
-    checkpoint = make_tiny_checkpoint(tmp_path / "tiny.pt")
-    env = base_env(
-        tmp_path,
-        LITESAM_CHECKPOINT=checkpoint,
-        LITESAM_VARIANT="litesam_tiny",
-        REDIS_URL=TEST_REDIS_URL,
-        LABEL_STUDIO_URL=fake_ls.url,
-        LABEL_STUDIO_API_KEY=LEGACY_TOKEN,
-        LOG_LEVEL="INFO",
-        OMP_NUM_THREADS="1",
-        LITESAM_TORCH_THREADS="1",
-    )
+    env = backend_env(tmp_path, fake_ls.url, LOG_LEVEL="INFO", OMP_NUM_THREADS="1")
     with serve_backend(tmp_path, env, workers=2, threads=2) as (url, backend):
         body = {
             "tasks": [{"id": 1, "data": {"image": "/data/upload/1/odd.png"}}],

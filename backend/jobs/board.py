@@ -25,7 +25,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from ..errors import BadRequestError, JobNotFoundError
+from ..errors import JobNotFoundError
 from .layout import (
     BEGIN_LISTING_LUA,
     CANCEL_JOB_LUA,
@@ -43,7 +43,7 @@ from .layout import (
     record_key,
     tasks_key,
 )
-from .options import MODES, JobOptions, is_int
+from .options import JobOptions, checked_target
 from .record import TERMINAL_STATES, JobRecord, field_value, progress, status_view
 
 logger = logging.getLogger(__name__)
@@ -86,18 +86,7 @@ class JobBoard:
         Raises:
             BadRequestError: a malformed project id or task id list, or an unknown mode.
         """
-        if mode not in MODES:
-            raise BadRequestError(f"'mode' must be one of {', '.join(MODES)}, got {mode!r}")
-        if not is_int(project) or project < 1:
-            raise BadRequestError(f"'project' must be a positive integer project id, got {project!r}")
-        if task_ids is not None:
-            if (
-                not isinstance(task_ids, (list, tuple))
-                or not task_ids
-                or not all(is_int(t) and t > 0 for t in task_ids)
-            ):
-                raise BadRequestError("'tasks' must be a non-empty list of positive integer task ids")
-            task_ids = sorted(set(task_ids))
+        task_ids = checked_target(project, task_ids, mode)
         options = options or JobOptions()
         job_id = uuid.uuid4().hex
         active = active_key(project)

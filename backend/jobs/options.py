@@ -177,6 +177,23 @@ def _option_value(name: str, value: object) -> object:
     raise BadRequestError(f"unknown job option {name!r}")  # from_json checked the names already
 
 
+def checked_target(project: object, task_ids: object, mode: object) -> list[int] | None:
+    """Check what a job is asked to work on; returns the sorted, de-duplicated task ids (None: all tasks).
+
+    Raises:
+        BadRequestError: a malformed project id or task id list, or an unknown mode.
+    """
+    if mode not in MODES:
+        raise BadRequestError(f"'mode' must be one of {', '.join(MODES)}, got {mode!r}")
+    if not is_int(project) or project < 1:
+        raise BadRequestError(f"'project' must be a positive integer project id, got {project!r}")
+    if task_ids is None:
+        return None
+    if not isinstance(task_ids, (list, tuple)) or not task_ids or not all(is_int(t) and t > 0 for t in task_ids):
+        raise BadRequestError("'tasks' must be a non-empty list of positive integer task ids")
+    return sorted(set(task_ids))
+
+
 def is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
