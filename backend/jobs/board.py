@@ -258,9 +258,6 @@ class JobBoard:
         return {int(k): int(v) for k, v in raw.items()}
 
     # -- progress (called by job functions) --------------------------------------------------------------
-    def set_fields(self, job_id: str, **values: object) -> None:
-        self.connection.hset(record_key(job_id), mapping={k: field_value(v) for k, v in values.items()})
-
     def begin_listing(self, job_id: str) -> bool:
         """Move the job to ``listing`` (the parent runs); False if it was cancelled or ended meanwhile."""
         return self._begin_listing(keys=[record_key(job_id)], args=[now()]) == 1
