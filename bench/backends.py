@@ -54,6 +54,10 @@ from segevery import synthetic_image
 from litesam.transforms import ResizeLongestSide
 
 BACKENDS = ("torch", "jit-freeze", "compile", "onnxruntime", "openvino")
+#: Backends that run an exported ONNX file (of ``--export-from``'s build).
+ONNX_BACKENDS = ("onnxruntime", "openvino")
+#: ``torch.onnx.export``'s exporter: "dynamo" (torch.export) or "torchscript" (tracing); set by ``--exporter``.
+EXPORTER = "dynamo"
 Outputs = tuple[torch.Tensor, ...]
 
 
@@ -142,8 +146,8 @@ def export_onnx(graph: nn.Module, inputs: Outputs, folder: Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(graph, inputs, str(path), input_names=names, opset_version=18, dynamo=True,
-                              external_data=False, verbose=False)
+            torch.onnx.export(graph, inputs, str(path), input_names=names, opset_version=18,
+                              dynamo=EXPORTER == "dynamo", external_data=False, verbose=False)
         except Exception as error:  # the exporter raises many types
             raise SkipBackend(f"torch.onnx.export failed: {type(error).__name__}: {str(error)[:200]}") from None
     return path
@@ -230,16 +234,17 @@ def click_iou(model: LiteSAM, embedding: torch.Tensor, reference: torch.Tensor) 
 
 
 def bench_graph(title: str, graph: nn.Module, inputs: Outputs, backends: list[str], rounds: int, model: LiteSAM,
-                folder: Path) -> dict[str, tuple[float, float]]:
-    """Set up every backend for ``graph``, check parity, time them interleaved; print and return
-    {backend: (wall s, CPU s)}."""
+                folder: Path, exported: nn.Module) -> dict[str, tuple[float, float]]:
+    """Set up every backend for ``graph`` (the ONNX ones from ``exported``, the same graph of the build
+    ``--export-from`` names), check parity against torch eager on ``graph``, time them interleaved; print and
+    return {backend: (wall s, CPU s)}."""
     print(f"\n{title} — {load_average()}")
     reference = graph(*inputs)
     runners: dict[str, Callable[[], Outputs]] = {}
     for name in backends:
         start = time.perf_counter()
         try:
-            runner = MAKERS[name](graph, inputs, folder)
+            runner = MAKERS[name](exported if name in ONNX_BACKENDS else graph, inputs, folder)
             outputs = runner()
         except SkipBackend as skipped:
             print(f"  {name:<12} skipped: {skipped}")
@@ -273,31 +278,40 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     parser.add_argument("--graphs", nargs="+", default=["encoder", "click", "batch"],
                         choices=["encoder", "click", "batch"])
+    parser.add_argument("--export-from", choices=["fused", "plain"], default="fused",
+                        help="build the ONNX backends run: the fused one, or fuse=False (same weights)")
+    parser.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo")
     args = parser.parse_args()
+    global EXPORTER
+    EXPORTER = args.exporter
     if "torch" not in args.backends:
         args.backends.insert(0, "torch")
     set_threads(args.threads)
     versions = [f"{name} {_version(name)}" for name in ("onnxruntime", "openvino", "onnx")]
-    print(header(f"bench/backends.py: RANDOM WEIGHTS, fused fp32 build, {args.threads} thread(s); "
+    print(header(f"bench/backends.py: RANDOM WEIGHTS, fused fp32 build (ONNX from the {args.export_from} build, "
+                 f"{args.exporter} exporter), {args.threads} thread(s); "
                  + ", ".join(versions)))
     print(f"torch config: {_torch_config()}")
     with torch.inference_mode(), tempfile.TemporaryDirectory() as tmp:
         for variant in args.variants:
             torch.manual_seed(0)
             model = build_model(variant, fuse=True)
+            torch.manual_seed(0)
+            source = build_model(variant, fuse=args.export_from == "fused")  # the same random weights
             x = encoder_input(model)
             embedding = model.image_encoder(x)[0]
             graphs = {
-                "encoder": (EncoderGraph(model), (x,)),
-                "click": (DecoderGraph(model), (embedding, prompt_tokens(model, 1))),
-                "batch": (DecoderGraph(model), (embedding, prompt_tokens(model, 32))),
+                "encoder": (EncoderGraph(model).eval(), (x,), EncoderGraph(source).eval()),
+                "click": (DecoderGraph(model).eval(), (embedding, prompt_tokens(model, 1)), DecoderGraph(source)),
+                "batch": (DecoderGraph(model).eval(), (embedding, prompt_tokens(model, 32)), DecoderGraph(source)),
             }
             titles = {"encoder": "encoder", "click": "decoder, 1 click", "batch": "decoder, 32 prompts"}
             for key in args.graphs:
-                graph, inputs = graphs[key]
+                graph, inputs, exported = graphs[key]
                 folder = Path(tmp) / f"{variant}-{key}"
                 folder.mkdir()
-                bench_graph(f"{titles[key]} ({variant})", graph, inputs, args.backends, args.rounds, model, folder)
+                bench_graph(f"{titles[key]} ({variant})", graph, inputs, args.backends, args.rounds, model, folder,
+                            exported.eval())
                 torch._dynamo.reset()
 
 
