@@ -28,7 +28,7 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
     """Add ``train`` to the ``litesam`` sub-commands; returns its parser."""
     parser = subparsers.add_parser(
         "train",
-        help="train Lite-SAM end to end on COCO-format, SA-1B or synthetic data",
+        help="train Lite-SAM end to end on COCO-format, SA-1B, Label Studio or synthetic data",
         description="Train a Lite-SAM variant (encoder, AutoPPN, prompt encoder, mask decoder) end to end. "
         "Prints a JSON summary; writes train_log.jsonl and checkpoints into the output folder.",
         formatter_class=DefaultsHelpFormatter,
@@ -153,6 +153,9 @@ def run_train(args: argparse.Namespace) -> int:
             init_checkpoint=args.init_checkpoint,
             sam_checkpoint=args.sam_checkpoint,
             resume=args.resume,
+            label_studio_url=args.ls_url,
+            label_studio_project=args.ls_project,
+            label_studio_split=args.ls_split,
         )
     except LiteSamError:
         raise

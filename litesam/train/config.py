@@ -19,6 +19,8 @@ from typing import Literal
 
 #: ``TrainConfig.data`` value that trains on generated scenes (:mod:`litesam.train.synthetic`).
 SYNTHETIC = "synthetic"
+#: ``TrainConfig.data`` value that trains on a Label Studio project's annotations (:mod:`litesam.train.sources`).
+LABEL_STUDIO = "labelstudio"
 
 #: Peak LR by variant when none is given. 4e-4 for the paper's models is an assumption (SAM's 8e-4 at batch
 #: 256, scaled); for litesam_tiny on synthetic scenes (batch 8) 2e-3 halved the steps to a given mask loss
@@ -124,6 +126,9 @@ class TrainConfig:
         init_checkpoint: start from one of our checkpoints (same variant).
         sam_checkpoint: initialise the prompt encoder and mask decoder from an official SAM checkpoint.
         resume: continue the run in ``output_dir`` (True) or from the given ``*.state.pt`` file.
+        label_studio_url, label_studio_project, label_studio_split: the Label Studio project of
+            ``data="labelstudio"`` (URL None: ``LABEL_STUDIO_URL``; the key is read from ``LABEL_STUDIO_API_KEY``)
+            and which of its tasks: "train", "held-out" or "all" (:mod:`backend.training_data`).
     """
 
     data: str | Path
@@ -155,6 +160,9 @@ class TrainConfig:
     init_checkpoint: str | Path | None = None
     sam_checkpoint: str | Path | None = None
     resume: bool | str | Path = False
+    label_studio_url: str | None = None
+    label_studio_project: int | None = None
+    label_studio_split: str = "train"
 
     def __post_init__(self) -> None:
         from ..build import get_variant  # torch is imported only when a configuration is made
@@ -181,6 +189,11 @@ class TrainConfig:
     def synthetic(self) -> bool:
         """True when the run trains on generated scenes."""
         return str(self.data) == SYNTHETIC
+
+    @property
+    def label_studio(self) -> bool:
+        """True when the run trains on a Label Studio project's annotations."""
+        return str(self.data) == LABEL_STUDIO
 
     def total_steps(self, steps_per_epoch: int) -> int:
         """Optimiser steps of the whole run: ``max_steps``, else ``epochs`` passes over the data."""

@@ -18,6 +18,7 @@ from .config import TrainConfig
 from .data import EpochBatchSampler, SegmentationDataset, collate_samples
 from .objective import training_losses
 from .optim import build_optimizer, build_scheduler
+from .sources import label_studio_records
 from .state import read_state, write_checkpoint
 from .synthetic import synthetic_records
 
@@ -43,6 +44,10 @@ def train(config: TrainConfig) -> dict:
 
     if config.synthetic:
         records = synthetic_records(config.synthetic_images, config.synthetic_seed)
+    elif config.label_studio:
+        records = label_studio_records(
+            config.label_studio_url, config.label_studio_project, config.label_studio_split
+        )
     else:
         records = load_records(config.data, config.images)  # fail on bad data before building anything
     state = read_state(config) if config.resume else None
