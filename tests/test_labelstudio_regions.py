@@ -13,9 +13,11 @@ from backend.labelstudio.label_config import OutputTag
 from backend.labelstudio.regions import choose_annotation, rasterise_polygon, rectangle_corners, region_mask
 from backend.labelstudio.results import brush_region, mask_regions
 from backend.training_data import LabelStudioRecord, in_split
+from litesam.cli import main
 from litesam.errors import DatasetError, InvalidMaskError
 from litesam.train.data import SegmentationDataset
 from tests import brush_rle_decoder
+from tests.backend_support import closed_port
 from tests.mask_cases import MASK_CASES, disc
 
 POLYGON_TAG = OutputTag("poly", "image", ("Object",), "polygon")
@@ -210,3 +212,21 @@ def test_record_reports_a_changed_image(tmp_path):
     Image.new("RGB", (10, 10)).save(record.path, "PNG")
     with pytest.raises(DatasetError, match="task 7: its cached image .* changed size"):
         record.image()
+
+
+# ------------------------------------------------------------------------------- the CLI's error paths
+def test_cli_names_what_a_label_studio_source_lacks_and_never_prints_the_key(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LITESAM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
+    monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
+    assert main(["eval", "--random-weights", "litesam_tiny", "--data", "labelstudio"]) == 2
+    assert "needs --ls-project" in capsys.readouterr().err
+    url = f"http://127.0.0.1:{closed_port()}"
+    train = ["train", "--data", "labelstudio", "--ls-url", url, "--ls-project", "3", "--variant", "litesam_tiny"]
+    assert main([*train, "-o", str(tmp_path / "run")]) == 2
+    assert "an API key in LABEL_STUDIO_API_KEY" in capsys.readouterr().err
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "secret-legacy-key-0123456789")
+    assert main([*train, "-o", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "Label Studio project 3" in err and "could not be reached" in err
+    assert "secret-legacy-key" not in err and "Traceback" not in err
