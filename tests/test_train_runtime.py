@@ -27,7 +27,8 @@ from litesam.train.config_file import ConfigFileError, load_config_file
 from litesam.train.data import SegmentationDataset, collate_samples
 from litesam.train.loop import train
 from litesam.train.objective import training_losses
-from litesam.train.runtime import RunContext, StepBatchSampler
+from litesam.train.runtime import RunContext
+from litesam.train.sampler import StepBatchSampler
 from litesam.train.synthetic import synthetic_records
 
 ROOT = Path(__file__).resolve().parents[1]

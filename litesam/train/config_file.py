@@ -21,7 +21,7 @@ File example (TOML; JSON and YAML hold the same keys)::
     [losses]
     autoppn = 0.25
 
-Standard library only (``tomllib``: Python ≥ 3.11), so ``--help`` stays torch-free.
+Standard library only (TOML through ``tomllib``: Python ≥ 3.11), so ``--help`` stays torch-free.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import tomllib
 import types
 import typing
 from pathlib import Path
@@ -64,6 +63,10 @@ def load_config_file(path: str | Path, config_type: type) -> dict[str, Any]:
         if suffix == ".json":
             values = json.loads(text)
         elif suffix == ".toml":
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                raise ConfigFileError("TOML config files need Python ≥ 3.11; or use JSON/YAML") from None
             values = tomllib.loads(text)
         elif suffix in (".yaml", ".yml"):
             try:

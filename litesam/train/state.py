@@ -6,7 +6,8 @@ Output folder::
     out/step_0001000.pt         periodic checkpoints (save_checkpoint: weights + variant; build_model loads them)
     out/last.pt                 the latest checkpoint
     out/last.state.pt           optimiser, scheduler, step, planned steps and RNG state of last.pt, for resuming
-    out/config.json             the resolved settings of the latest invocation (``--config`` repeats the run)
+    out/config.json             the resolved settings of the latest invocation, ``resume`` left false
+                                (``--config`` with it starts the same run afresh)
 
 Resuming continues from ``last.pt`` / ``last.state.pt`` at the same step with the same LR schedule; the data
 order of every epoch depends only on the seed and the epoch, the already-seen batches of the interrupted epoch
@@ -115,5 +116,6 @@ def rank_rng_state(state: dict, rank: int, world_size: int) -> torch.Tensor:
 def write_config(config: TrainConfig) -> Path:
     """Write the resolved settings as ``config.json`` into the output folder (``--config`` reads it back)."""
     path = Path(config.output_dir) / CONFIG_FILE
-    path.write_text(json.dumps(config.to_json(), indent=2) + "\n", encoding="utf-8")
+    settings = {**config.to_json(), "resume": False}
+    path.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     return path
