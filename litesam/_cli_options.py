@@ -6,13 +6,16 @@ import argparse
 from pathlib import Path
 
 
-def add_data_options(parser: argparse.ArgumentParser, ls_split: str = "train") -> None:
-    """Add ``--data`` (required) and ``--images``: the annotations and images of a COCO-format or SA-1B set;
-    and ``--ls-url``, ``--ls-project``, ``--ls-split`` (default ``ls_split``) for ``--data labelstudio``."""
+def add_data_options(parser: argparse.ArgumentParser, required: bool = True, ls_split: str = "train") -> None:
+    """Add ``--data`` and ``--images``: the annotations and images of a COCO-format or SA-1B set; and
+    ``--ls-url``, ``--ls-project``, ``--ls-split`` (default ``ls_split``) for ``--data labelstudio``.
+
+    ``required=False`` where a config file may give the data instead (the command then checks it).
+    """
     parser.add_argument(
         "--data",
         type=Path,
-        required=True,
+        required=required,
         help="COCO annotation file, SA-1B JSON file or folder, \"synthetic\" (generated scenes), or "
         "\"labelstudio\" (a Label Studio project's annotations: --ls-project)",
     )
