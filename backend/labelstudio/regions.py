@@ -44,7 +44,12 @@ def choose_annotation(annotations: list[dict]) -> dict | None:
     if not kept:
         return None
     flagged = [a for a in kept if a.get("ground_truth")]
-    return max(flagged or kept, key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""), a.get("id") or 0))
+    return max(flagged or kept, key=_saved_at)
+
+
+def _saved_at(annotation: dict) -> tuple[str, int]:
+    """When an annotation was last saved (Label Studio's ISO-8601 UTC times sort as text), then its id."""
+    return str(annotation.get("updated_at") or annotation.get("created_at") or ""), annotation.get("id") or 0
 
 
 def region_kind(region: dict) -> str | None:

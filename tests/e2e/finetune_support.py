@@ -8,8 +8,8 @@ then shown as a washed-out, low-contrast, warm-tinted photograph (:func:`washed_
 checkpoint never saw. The instance masks are exact either way.
 
 Regions per task (:func:`task_regions`): instance k is a brush region when k is even, a polygon (exact ring,
-tolerance 0) when k is odd and the shape shows in one piece (else a brush region), except that the last instance of every third task is a rectangle (its tight box):
-the three kinds each appear in the project.
+tolerance 0) when k is odd and the shape shows in one piece (else a brush region), except that the last
+instance of every third task is a rectangle (its tight box): the three kinds each appear in the project.
 """
 
 from __future__ import annotations

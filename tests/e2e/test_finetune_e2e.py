@@ -99,7 +99,9 @@ def test_project_reads_back_as_its_annotations(label_studio, project, settings):
 
 
 @pytest.mark.e2e
-def test_fine_tune_on_the_project_trains_and_evaluates_through_the_cli(label_studio, project, tmp_path, monkeypatch, capsys):
+def test_fine_tune_on_the_project_trains_and_evaluates_through_the_cli(
+    label_studio, project, tmp_path, monkeypatch, capsys
+):
     project_id, _ = project
     checkpoint = Path(os.environ.get("LITESAM_FINETUNE_CHECKPOINT") or DEMO_CHECKPOINT)
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.pat)
