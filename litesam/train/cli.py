@@ -34,7 +34,7 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
     """Add ``train`` to the ``litesam`` sub-commands; returns its parser."""
     parser = subparsers.add_parser(
         "train",
-        help="train Lite-SAM end to end on COCO-format, SA-1B or synthetic data",
+        help="train Lite-SAM end to end on COCO-format, SA-1B, Label Studio or synthetic data",
         description="Train a Lite-SAM variant (encoder, AutoPPN, prompt encoder, mask decoder) end to end. "
         "Prints a JSON summary; writes train_log.jsonl and checkpoints into the output folder.",
         formatter_class=DefaultsHelpFormatter,
@@ -149,6 +149,9 @@ _FIELD_OF_FLAG = {
     "point_fraction": "prompts.point_fraction",
     "proposals_per_image": "prompts.proposals_per_image",
     **{f"loss_{f.name}": f"losses.{f.name}" for f in fields(LossWeights)},
+    "ls_url": "label_studio_url",
+    "ls_project": "label_studio_project",
+    "ls_split": "label_studio_split",
 }
 
 

@@ -19,6 +19,7 @@ from .data import SegmentationDataset, collate_samples
 from .objective import training_losses
 from .optim import build_optimizer, build_scheduler
 from .runtime import RunContext
+from .sources import label_studio_records
 from .state import rank_rng_state, read_state, write_checkpoint, write_config
 from .synthetic import synthetic_records
 
@@ -55,6 +56,10 @@ def _train(config: TrainConfig, ctx: RunContext) -> dict:
 
     if config.synthetic:
         records = synthetic_records(config.synthetic_images, config.synthetic_seed)
+    elif config.label_studio:
+        records = label_studio_records(
+            config.label_studio_url, config.label_studio_project, config.label_studio_split
+        )
     else:
         records = load_records(config.data, config.images)  # fail on bad data before building anything
     state = read_state(config) if config.resume else None
