@@ -44,6 +44,7 @@ _OPTIONS = {
     "warmup_steps": ("--warmup-steps", int, "linear warm-up steps (default: 5%% of the run, at most 1000)"),
     "grad_clip": ("--grad-clip", float, "max gradient norm; 0: no clipping"),
     "resample": ("--resample", str, "teacher embedding → student grid: bilinear or antialias"),
+    "pseudo_prompts": ("--pseudo-prompts", str, "pseudo-masks: grid (SAM's point grid) or auto (the teacher's AutoPPN)"),
     "points_per_side": ("--points-per-side", positive_int, "the teacher's SegEvery grid for pseudo-masks"),
     "pred_iou_thresh": ("--pred-iou-thresh", float, "pseudo-masks: predicted-IoU filter (SAM: 0.88)"),
     "stability_score_thresh": ("--stability-score-thresh", float, "pseudo-masks: stability filter (SAM: 0.95)"),

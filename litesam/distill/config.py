@@ -60,8 +60,10 @@ class DistillConfig:
             the teacher's weights plus the head, which build_model loads and SegEvery uses).
         finetune_decoder: also train the copied mask decoder on the teacher's pseudo-masks (box and point prompts)
             on the student's embedding (encoder gradient stopped).
-        points_per_side, pred_iou_thresh, stability_score_thresh: the teacher's SegEvery for pseudo-masks
-            (grid prompts; SAM's filters by default).
+        pseudo_prompts: the prompts of the teacher's SegEvery for pseudo-masks: ``"grid"`` (SAM's point grid)
+            or ``"auto"`` (the teacher's AutoPPN when it has one, else the grid).
+        points_per_side, pred_iou_thresh, stability_score_thresh: the rest of that SegEvery (SAM's filters by
+            default; a weak teacher may need them lowered).
         embedding_weight, autoppn_weight, decoder_weight: weights of the loss terms.
         max_masks: pseudo-masks per image prompted for ``finetune_decoder``.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` (under torchrun: the local rank's GPU).
@@ -95,6 +97,7 @@ class DistillConfig:
     autoppn: bool = True
     teacher_autoppn: bool = False
     finetune_decoder: bool = False
+    pseudo_prompts: str = "grid"
     points_per_side: int = 16
     pred_iou_thresh: float = 0.88
     stability_score_thresh: float = 0.95
@@ -132,6 +135,8 @@ class DistillConfig:
         for name in ("pred_iou_thresh", "stability_score_thresh"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.pseudo_prompts not in ("grid", "auto"):
+            raise ValueError(f"pseudo_prompts must be 'grid' or 'auto', got {self.pseudo_prompts!r}")
         if self.resample not in ("bilinear", "antialias"):
             raise ValueError(f"resample must be 'bilinear' or 'antialias', got {self.resample!r}")
 

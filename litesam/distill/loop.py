@@ -116,7 +116,8 @@ def _distill(config: DistillConfig, source: ImageSource | None, out: Path, run: 
 
     masks_config = None
     if config.needs_pseudo_masks:
-        masks_config = pseudo_mask_config(config.points_per_side, config.pred_iou_thresh, config.stability_score_thresh)
+        masks_config = pseudo_mask_config(teacher, config.points_per_side, config.pred_iou_thresh,
+                                          config.stability_score_thresh, config.pseudo_prompts)
     embedding_cache, mask_cache = teacher_caches(
         teacher, source, config.resolved_cache_dir(), config.shard_size, masks_config
     )

@@ -2,7 +2,7 @@
 
 For each image the teacher computes its embedding once (:func:`litesam.predictor.encode_image`, the
 teacher's own resizing and input size), stored as fp16; when pseudo-masks are asked for, its SegEvery (SAM's
-point grid, SAM's filters by default; :mod:`litesam.everything`) runs on that **fp16-rounded** embedding, so the
+point grid and SAM's filters by default, or its own AutoPPN; :mod:`litesam.everything`) runs on that **fp16-rounded** embedding, so the
 masks are the same whether the embedding was computed in this run or read back from an earlier one. Masks are
 stored as COCO RLE at the image's original size.
 
@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from ..build import build_model, checkpoint_sha256
+from ..build import build_model, checkpoint_sha256, get_variant
 from ..everything import SegEvery, SegEveryConfig
 from ..modeling.lite_sam import LiteSAM
 from ..predictor import ImageEmbedding, encode_image
@@ -71,10 +71,18 @@ def load_teacher(checkpoint: str | Path, device: str | torch.device = "cpu") -> 
     return Teacher(model, Path(checkpoint), checkpoint_sha256(checkpoint))
 
 
-def pseudo_mask_config(points_per_side: int, pred_iou_thresh: float, stability_score_thresh: float) -> SegEveryConfig:
-    """The teacher's SegEvery for pseudo-masks: SAM's point grid, the given filters, binary masks."""
-    return SegEveryConfig(prompt_mode="grid", points_per_side=points_per_side, pred_iou_thresh=pred_iou_thresh,
-                          stability_score_thresh=stability_score_thresh, output_mode="coco_rle")
+def pseudo_mask_config(
+    teacher: Teacher,
+    points_per_side: int,
+    pred_iou_thresh: float,
+    stability_score_thresh: float,
+    prompts: str = "grid",
+) -> SegEveryConfig:
+    """The teacher's SegEvery for pseudo-masks: SAM's point grid (``prompts="grid"``) or, with ``"auto"``, the
+    teacher's own AutoPPN when it has one (its variant's decoding); the given filters; COCO RLE output."""
+    return SegEveryConfig(prompt_mode=prompts, points_per_side=points_per_side, pred_iou_thresh=pred_iou_thresh,
+                          stability_score_thresh=stability_score_thresh, output_mode="coco_rle",
+                          proposals=get_variant(teacher.variant).proposals)
 
 
 def teacher_caches(
@@ -89,7 +97,7 @@ def teacher_caches(
     embeddings = ShardedCache(root, "embeddings", fields, len(source), shard_size)
     if masks is None:
         return embeddings, None
-    settings = {"prompt_mode": masks.prompt_mode, "points_per_side": masks.points_per_side,
+    settings = {"prompt_mode": masks.prompt_mode, "proposals": asdict(masks.proposals), "points_per_side": masks.points_per_side,
                 "pred_iou_thresh": masks.pred_iou_thresh, "stability_score_thresh": masks.stability_score_thresh,
                 "stability_score_offset": masks.stability_score_offset, "box_nms_thresh": masks.box_nms_thresh,
                 "multimask_output": masks.multimask_output}
