@@ -113,7 +113,7 @@ class ShardedCache:
     def write(self, shard: int, payload: dict[str, Any]) -> None:
         """Store a shard's payload (tensors, lists, strings; ``torch.load(weights_only=True)`` must read it)."""
         path = self.shard_path(shard)
-        partial = path.with_suffix(".pt.partial")
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
         torch.save(payload, partial)
         _fsync(partial)
         partial.replace(path)
@@ -152,7 +152,7 @@ def _fsync(path: Path) -> None:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    partial = path.with_name(path.name + ".partial")
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")  # processes of one DDP run may race here
     with open(partial, "wb") as f:
         f.write(data)
         f.flush()

@@ -79,8 +79,18 @@ def add_distill_command(subparsers: argparse._SubParsersAction) -> argparse.Argu
         "distill_log.jsonl, last.pt (the student) and last.state.pt into the output folder. Run under torchrun "
         "for DDP.",
     )
+    add_distill_options(parser)
+    parser.set_defaults(run=run_distill)
+    return parser
+
+
+def add_distill_options(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
+    """Add ``--config`` and every setting of :class:`DistillConfig` as a flag (except the ``exclude`` fields),
+    each defaulting to None so that :func:`config_from_args` can tell the flags given."""
     parser.add_argument("--config", type=Path, help="a JSON or TOML file of settings (DistillConfig fields); flags win")
     for dest, (flag, kind, text) in _OPTIONS.items():
+        if dest in exclude:
+            continue
         default = _DEFAULTS[dest]
         shown = "" if default is None or dest in ("teacher", "data", "output_dir") else f" (default: {default})"
         names = [flag, "--output"] if flag == "-o" else [flag]
@@ -88,12 +98,10 @@ def add_distill_command(subparsers: argparse._SubParsersAction) -> argparse.Argu
     for dest, text in _SWITCHES.items():
         parser.add_argument(f"--{dest.replace('_', '-')}", dest=dest, action=argparse.BooleanOptionalAction,
                             default=None, help=f"{text} (default: {_DEFAULTS[dest]})")
-    parser.set_defaults(run=run_distill)
-    return parser
 
 
-def config_from_args(args: argparse.Namespace) -> DistillConfig:
-    """Defaults ← config file ← given flags.
+def config_from_args(args: argparse.Namespace, **fixed) -> DistillConfig:
+    """Defaults ← config file ← given flags ← ``fixed`` (settings the caller decides, e.g. ``data``).
 
     Raises:
         LiteSamError: an unreadable config file, a missing teacher / data / output, or an invalid value.
@@ -103,8 +111,9 @@ def config_from_args(args: argparse.Namespace) -> DistillConfig:
     except ValueError as error:
         raise LiteSamError(str(error)) from None
     for dest in (*_OPTIONS, *_SWITCHES):
-        if getattr(args, dest) is not None:
+        if getattr(args, dest, None) is not None:
             values[dest] = getattr(args, dest)
+    values.update(fixed)
     missing = [flag for dest, flag in (("teacher", "--teacher"), ("data", "--data"), ("output_dir", "-o/--output"))
                if values.get(dest) is None]
     if missing:

@@ -32,7 +32,7 @@ def check_student_fits(student_variant: str, teacher: LiteSAM) -> None:
         raise CheckpointError(
             f"student {student_variant} has a {student.embed_dim}-channel embedding but the teacher "
             f"({teacher.variant}) has {width}: its prompt encoder and mask decoder cannot be copied; choose a "
-            f"student with embed_dim {width} (e.g. litesam_r640 or litesam_r1024 for a SAM-family teacher)"
+            f"student with embed_dim {width} (256: litesam_r640, litesam_r1024; 64: litesam_tiny_student)"
         )
 
 
