@@ -48,7 +48,7 @@ def main() -> int:
     parser.add_argument("--teacher", type=Path, default=DEMO, help="teacher checkpoint (a trained litesam_tiny)")
     parser.add_argument("--student", default="litesam_tiny_student", help="student variant (embed_dim 64)")
     parser.add_argument("--images", type=int, default=600, help="unlabeled synthetic training scenes (seed 0)")
-    parser.add_argument("--steps", type=int, default=1500, help="--max-steps of the distillation")
+    parser.add_argument("--steps", type=int, default=600, help="--max-steps of the distillation")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--pseudo-prompts", default="auto", choices=("auto", "grid"),
                         help="prompts of the teacher's SegEvery for pseudo-masks (auto: its AutoPPN)")

@@ -148,7 +148,7 @@ def test_ddp_under_torchrun_with_two_cpu_processes(tmp_path):
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
         "-m", "litesam.cli", "distill", "--teacher", DEMO, "--data", "synthetic", "--synthetic-images", "4",
-        "--variant", "litesam_tiny_student", "--batch-size", "1", "--max-steps", "2", "--no-autoppn",
+        "--variant", "litesam_tiny_student", "--batch-size", "1", "--max-steps", "2", "--no-autoppn", "--log-every", "1",
         "--device", "cpu", "--no-progress", "-o", str(tmp_path / "ddp"),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
