@@ -6,12 +6,15 @@ import argparse
 from pathlib import Path
 
 
-def add_data_options(parser: argparse.ArgumentParser) -> None:
-    """Add ``--data`` (required) and ``--images``: the annotations and images of a COCO-format or SA-1B set."""
+def add_data_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """Add ``--data`` and ``--images``: the annotations and images of a COCO-format or SA-1B set.
+
+    ``required=False`` where a config file may give the data instead (the command then checks it).
+    """
     parser.add_argument(
         "--data",
         type=Path,
-        required=True,
+        required=required,
         help="COCO annotation file, SA-1B JSON file or folder, or \"synthetic\" (generated scenes)",
     )
     parser.add_argument(

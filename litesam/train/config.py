@@ -105,7 +105,8 @@ class TrainConfig:
             The LR schedule always spans the steps the run makes.
         stop_after: end this invocation after this many steps in total, as if interrupted: the schedule still
             spans the whole run and ``resume`` continues it exactly (for time-sliced or preemptible machines).
-        batch_size: images per step.
+        batch_size: images per micro-batch and process; an optimiser step sees
+            ``batch_size × accumulate_steps × processes`` (:mod:`.runtime`).
         lr: peak AdamW LR; None: the variant's :data:`DEFAULT_LR` (4e-4 for the paper's models).
         weight_decay, betas: AdamW settings.
         warmup_steps: linear warm-up from ~0 to ``lr``, cosine decay to ``lr·min_lr_ratio`` afterwards; None:
@@ -124,6 +125,9 @@ class TrainConfig:
         init_checkpoint: start from one of our checkpoints (same variant).
         sam_checkpoint: initialise the prompt encoder and mask decoder from an official SAM checkpoint.
         resume: continue the run in ``output_dir`` (True) or from the given ``*.state.pt`` file.
+        accumulate_steps: micro-batches of ``batch_size`` images per optimiser step and process (each loss
+            scaled 1/N); steps, the LR schedule and ``log_every``/``checkpoint_every`` count optimiser steps.
+        progress: a tqdm bar on stderr (rank 0 only, and only when stderr is a terminal).
     """
 
     data: str | Path
@@ -155,12 +159,14 @@ class TrainConfig:
     init_checkpoint: str | Path | None = None
     sam_checkpoint: str | Path | None = None
     resume: bool | str | Path = False
+    accumulate_steps: int = 1
+    progress: bool = True
 
     def __post_init__(self) -> None:
         from ..build import get_variant  # torch is imported only when a configuration is made
 
         get_variant(self.variant)
-        for name in ("epochs", "batch_size", "synthetic_images"):
+        for name in ("epochs", "batch_size", "synthetic_images", "accumulate_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
         for name in ("max_steps", "stop_after"):

@@ -20,15 +20,14 @@ whatever the worker or the order it is loaded in.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Literal
 
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from ..modeling.autoppn import cell_centres
 from .autoppn_targets import build_autoppn_targets
@@ -250,25 +249,6 @@ class SegmentationDataset(Dataset):
             heat_valid=heat_valid,
             num_peaks=targets.num_peaks,
         )
-
-
-class EpochBatchSampler(Sampler[list[int]]):
-    """Batches of one epoch in a seeded random order, starting after ``skip_batches`` batches.
-
-    The order depends only on (seed, epoch), so an interrupted epoch can be finished exactly.
-    """
-
-    def __init__(self, size: int, batch_size: int, seed: int, epoch: int, skip_batches: int = 0) -> None:
-        self.order = np.random.default_rng([seed, epoch, 1]).permutation(size)
-        self.batch_size = batch_size
-        self.skip_batches = skip_batches
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for start in range(self.skip_batches * self.batch_size, len(self.order), self.batch_size):
-            yield self.order[start : start + self.batch_size].tolist()
-
-    def __len__(self) -> int:
-        return max(0, math.ceil(len(self.order) / self.batch_size) - self.skip_batches)
 
 
 def _tight_boxes(masks: np.ndarray) -> np.ndarray:
