@@ -8,21 +8,21 @@ optimiser steps, each of ``accumulate`` micro-batches; write ``last.pt`` and the
 ``checkpoint_every`` steps and at the end. Later epochs read the cached teacher outputs only: the teacher's
 encoder runs once per image per cache.
 
-Run features: ``device="auto"`` (CUDA when available, else the CPU); bfloat16 autocast on CUDA with ``amp``;
-DDP under ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` from the environment; gloo on the CPU, NCCL
-on CUDA; process 0 writes logs and checkpoints); tqdm progress on stderr; JSONL metrics.
+Run features come from the trainer's shared :class:`litesam.train.runtime.RunContext`: ``device="auto"``
+(CUDA when available, else the CPU); bfloat16 autocast on CUDA with ``amp``; DDP under ``torchrun``
+(``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``; gloo on the CPU, NCCL on CUDA; process 0 writes logs and
+checkpoints); gradient accumulation (gradients all-reduced at a step's last micro-batch); tqdm progress on
+a terminal. The data order stays :class:`~litesam.distill.data.DistillBatchSampler`'s (one global batch cut
+into per-process slices). JSONL metrics.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,6 +34,7 @@ from ..errors import DatasetError
 from ..modeling.autoppn import AutoPPN
 from ..train.config import default_workers
 from ..train.optim import build_optimizer, build_scheduler
+from ..train.runtime import RunContext
 from .config import DistillConfig
 from .data import DistillBatch, DistillBatchSampler, DistillDataset, collate_distill
 from .objective import distill_losses
@@ -45,19 +46,6 @@ from .teacher import fill_caches, load_teacher, pseudo_mask_config, teacher_cach
 logger = logging.getLogger(__name__)
 
 LOG_FILE = "distill_log.jsonl"
-
-
-@dataclass(frozen=True)
-class Run:
-    """Where this process runs: its rank among ``world_size`` processes and its device."""
-
-    rank: int
-    world_size: int
-    device: torch.device
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
 
 
 class _Objective(nn.Module):
@@ -97,15 +85,14 @@ def distill(config: DistillConfig, source: ImageSource | None = None) -> dict:
     """
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    run = _start_run(config.device)
+    run = RunContext.start(config.device, config.amp, config.accumulate, config.progress)
     try:
         return _distill(config, source, out, run)
     finally:
-        if run.world_size > 1:
-            torch.distributed.destroy_process_group()
+        run.close()
 
 
-def _distill(config: DistillConfig, source: ImageSource | None, out: Path, run: Run) -> dict:
+def _distill(config: DistillConfig, source: ImageSource | None, out: Path, run: RunContext) -> dict:
     start_time = time.perf_counter()
     get_variant(config.variant)
     if source is None:
@@ -140,10 +127,7 @@ def _distill(config: DistillConfig, source: ImageSource | None, out: Path, run: 
         if state is not None:
             teacher_head.load_state_dict(state["teacher_head"])
     objective = _Objective(student, teacher_head, config).to(run.device)
-    wrapped = objective
-    if run.world_size > 1:
-        ids = [run.device.index] if run.device.type == "cuda" else None
-        wrapped = nn.parallel.DistributedDataParallel(objective, device_ids=ids)
+    wrapped = run.wrap(objective)
 
     dataset = DistillDataset(
         source,
@@ -170,7 +154,7 @@ def _distill(config: DistillConfig, source: ImageSource | None, out: Path, run: 
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         step = int(state["step"])
-    if run.main:
+    if run.is_main:
         logger.info(
             "distilling %s from %s (%s) on %d images: steps %d to %d of %d (%d micro-batches of %d per step), "
             "LR %g, warm-up %d, %s × %d",
@@ -179,45 +163,42 @@ def _distill(config: DistillConfig, source: ImageSource | None, out: Path, run: 
         )
 
     workers = default_workers() if config.num_workers is None else config.num_workers
-    autocast = run.device.type == "cuda" and config.amp
     batches = _micro_batches(dataset, config, run, step * config.accumulate, per_epoch, workers)
     running: dict[str, float] = {}
     last_logged: dict[str, float] = {}
-    bar = _progress(config, run, total=stop_step, initial=step, desc="distill", unit="step")
-    while step < stop_step:
-        epoch = (step * config.accumulate) // per_epoch
-        for micro in range(config.accumulate):
-            batch = next(batches).to(run.device)
-            sync = micro == config.accumulate - 1 or run.world_size == 1
-            with (contextlib.nullcontext() if sync else wrapped.no_sync()):
-                with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=autocast):
-                    losses = wrapped(batch)
-                if not torch.isfinite(losses["loss"]):
-                    raise FloatingPointError(f"the loss became {float(losses['loss'])} at step {step}; lower the LR")
-                (losses["loss"] / config.accumulate).backward()
-            for key, value in losses.items():
-                running[key] = running.get(key, 0.0) + float(value.detach())
-            running["_count"] = running.get("_count", 0.0) + 1
-        torch.nn.utils.clip_grad_norm_(objective.parameters(), config.grad_clip or math.inf)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        bar.update(1)
-        if step % config.log_every == 0 or step == stop_step:
-            count = running.pop("_count")
-            last_logged = {key: value / count for key, value in running.items()}
-            running = {}
-            if run.main:
-                _log(out, step, epoch, lr, last_logged, time.perf_counter() - start_time)
-                bar.set_postfix(loss=f"{last_logged['loss']:.4f}")
-        if run.main and ((config.checkpoint_every and step % config.checkpoint_every == 0) or step == stop_step):
-            write_state(out, student, teacher_head, optimizer, scheduler, step, total_steps, config.to_json())
-    bar.close()
+    with run.progress(stop_step, initial=step, desc="distill") as bar:
+        while step < stop_step:
+            epoch = (step * config.accumulate) // per_epoch
+            for micro in range(config.accumulate):
+                batch = next(batches).to(run.device)
+                with run.micro_batch(wrapped, micro):
+                    with run.autocast():
+                        losses = wrapped(batch)
+                    if not torch.isfinite(losses["loss"]):
+                        raise FloatingPointError(f"the loss became {float(losses['loss'])} at step {step}; lower the LR")
+                    run.scaled(losses["loss"]).backward()
+                for key, value in losses.items():
+                    running[key] = running.get(key, 0.0) + float(value.detach())
+                running["_count"] = running.get("_count", 0.0) + 1
+            torch.nn.utils.clip_grad_norm_(objective.parameters(), config.grad_clip or math.inf)
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            if step % config.log_every == 0 or step == stop_step:
+                count = running.pop("_count")
+                last_logged = {key: value / count for key, value in running.items()}
+                running = {}
+                if run.is_main:
+                    _log(out, step, epoch, lr, last_logged, time.perf_counter() - start_time)
+                    bar.set_postfix(loss=f"{last_logged['loss']:.4f}")
+            if run.is_main and ((config.checkpoint_every and step % config.checkpoint_every == 0) or step == stop_step):
+                write_state(out, student, teacher_head, optimizer, scheduler, step, total_steps, config.to_json())
 
     teacher_checkpoint = None
-    if run.main:
+    if run.is_main:
         if not (out / LAST_CHECKPOINT).exists():  # resumed at the very end
             write_state(out, student, teacher_head, optimizer, scheduler, step, total_steps, config.to_json())
         if teacher_head is not None:
@@ -235,14 +216,12 @@ def _distill(config: DistillConfig, source: ImageSource | None, out: Path, run: 
     }
 
 
-def _fill(config, teacher, source, embedding_cache, mask_cache, masks_config, run: Run) -> dict[str, int]:
+def _fill(config, teacher, source, embedding_cache, mask_cache, masks_config, run: RunContext) -> dict[str, int]:
     """Fill this process's share of the caches, then wait for every process."""
-    bar = _progress(config, run, total=len(source), desc="teacher cache", unit="image")
-    computed = fill_caches(teacher, source, embedding_cache, mask_cache, masks_config, run.rank, run.world_size,
-                           progress=bar.update)
-    bar.close()
-    if run.world_size > 1:
-        torch.distributed.barrier()
+    with run.progress(len(source), desc="teacher cache") as bar:
+        computed = fill_caches(teacher, source, embedding_cache, mask_cache, masks_config, run.rank, run.world_size,
+                               progress=bar.update)
+    run.barrier()
     return computed
 
 
@@ -257,7 +236,7 @@ def _freeze(student: nn.Module, config: DistillConfig) -> None:
         parameter.requires_grad_(config.autoppn)
 
 
-def _micro_batches(dataset: DistillDataset, config: DistillConfig, run: Run, start: int, per_epoch: int,
+def _micro_batches(dataset: DistillDataset, config: DistillConfig, run: RunContext, start: int, per_epoch: int,
                    workers: int) -> Iterator[DistillBatch]:
     """Micro-batches from global index ``start`` on, epoch after epoch (each epoch its own seeded order)."""
     index = start
@@ -271,31 +250,6 @@ def _micro_batches(dataset: DistillDataset, config: DistillConfig, run: Run, sta
         for batch in loader:
             yield batch
             index += 1
-
-
-def _start_run(device: str) -> Run:
-    """Resolve the device and, under torchrun (``WORLD_SIZE`` > 1), join the process group."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    resolved = torch.device(device)
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} was asked for, but CUDA is not available")
-        if resolved.index is None:
-            resolved = torch.device("cuda", local_rank if world_size > 1 else 0)
-        torch.cuda.set_device(resolved)
-    if world_size > 1:
-        torch.distributed.init_process_group("nccl" if resolved.type == "cuda" else "gloo")
-    return Run(rank, world_size, resolved)
-
-
-def _progress(config: DistillConfig, run: Run, **kwargs):
-    from tqdm import tqdm
-
-    return tqdm(disable=not (config.progress and run.main), dynamic_ncols=True, **kwargs)
 
 
 def _log(out: Path, step: int, epoch: int, lr: float, values: dict[str, float], seconds: float) -> None:
