@@ -3,6 +3,7 @@
     litesam-backend serve [--bind HOST:PORT] [--workers N] [--threads N] [--timeout S] [--pid FILE]
     litesam-backend worker …          (RQ worker for pre-annotation jobs, backend.preannotate_cli)
     litesam-backend preannotate …     (start a pre-annotation job, backend.preannotate_cli)
+    litesam-backend distill --project N …  (litesam distill on a project's task images, backend.distill_cli)
 
 Defaults come from the environment (:mod:`backend.settings`). A subcommand is a function
 ``add_<name>_command(subparsers, settings)`` that adds its parser and sets ``func`` (called with the parsed
@@ -17,6 +18,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 
+from .distill_cli import add_distill_command
 from .errors import BackendError
 from .preannotate_cli import add_preannotate_command, add_worker_command
 from .settings import Settings
@@ -103,6 +105,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction, Settings], None]] = [
     add_serve_command,
     add_worker_command,
     add_preannotate_command,
+    add_distill_command,
 ]
 
 

@@ -6,16 +6,32 @@ import argparse
 from pathlib import Path
 
 
-def add_data_options(parser: argparse.ArgumentParser) -> None:
-    """Add ``--data`` (required) and ``--images``: the annotations and images of a COCO-format or SA-1B set."""
+def add_data_options(parser: argparse.ArgumentParser, required: bool = True, ls_split: str = "train") -> None:
+    """Add ``--data`` and ``--images``: the annotations and images of a COCO-format or SA-1B set; and
+    ``--ls-url``, ``--ls-project``, ``--ls-split`` (default ``ls_split``) for ``--data labelstudio``.
+
+    ``required=False`` where a config file may give the data instead (the command then checks it).
+    """
     parser.add_argument(
         "--data",
         type=Path,
-        required=True,
-        help="COCO annotation file, SA-1B JSON file or folder, or \"synthetic\" (generated scenes)",
+        required=required,
+        help="COCO annotation file, SA-1B JSON file or folder, \"synthetic\" (generated scenes), or "
+        "\"labelstudio\" (a Label Studio project's annotations: --ls-project)",
     )
     parser.add_argument(
         "--images", type=Path, help="image folder (required for COCO; SA-1B: the JSON folder)"
+    )
+    group = parser.add_argument_group(
+        "Label Studio project (--data labelstudio; the API key is read from LABEL_STUDIO_API_KEY)"
+    )
+    group.add_argument("--ls-url", help="Label Studio base URL (default: LABEL_STUDIO_URL)")
+    group.add_argument("--ls-project", type=positive_int, help="the project id")
+    group.add_argument(
+        "--ls-split",
+        choices=("train", "held-out", "all"),
+        default=ls_split,
+        help="which tasks: held-out = task ids that are multiples of 5, train = the others",
     )
 
 

@@ -1,4 +1,4 @@
-"""The ``litesam`` command line: ``segment``, ``everything``, ``info``, ``train`` and ``eval``.
+"""The ``litesam`` command line: ``segment``, ``everything``, ``info``, ``train``, ``eval`` and ``distill``.
 
 ``segment`` and ``everything`` take their weights from ``--checkpoint`` (one of ours). Without one they use
 the **demo checkpoint** shipped in the package (:data:`DEMO_CHECKPOINT`: ``litesam_tiny`` trained on
@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import LiteSamError
+from .distill.cli import add_distill_command
 from .eval.cli import add_eval_command
 from .train.cli import add_train_command
 
@@ -94,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_train_command(commands)
     add_eval_command(commands)
+    add_distill_command(commands)
     return parser
 
 

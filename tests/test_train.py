@@ -345,7 +345,7 @@ def test_cli_train_command(coco, tmp_path, capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for shown in ("images per step (default: 8)", "--loss-focal", "(default: 1.0)", "--loss-autoppn", "(default: 0.25)",
+    for shown in ("images per micro-batch and process (default: 8)", "--accumulate-steps", "(default: 1)", "--loss-focal", "(default: 1.0)", "--loss-autoppn", "(default: 0.25)",
                   "only at the end (default: 1000)", "2e-3 for litesam_tiny"):
         assert shown in text, shown
     assert "(default: None)" not in text

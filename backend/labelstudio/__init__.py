@@ -8,6 +8,7 @@
 ``prompts``            interactive context → prompts, and the frames from percent to the decoded image
 ``results``            masks → ``brushlabels`` or ``polygonlabels`` regions and a task's prediction
 ``polygons``           a mask → the polygon rings Label Studio can show (parts, bridged holes, simplified)
-``brush_rle``          the brush RLE encoder of those regions
+``brush_rle``          the brush RLE codec of those regions (encoder for results, decoder for training)
+``regions``            annotation regions (brush, polygon, rectangle) → training masks; which annotation counts
 =====================  ===================================================================================
 """

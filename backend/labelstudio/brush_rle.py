@@ -1,8 +1,9 @@
-"""Masks → Label Studio brush RLE, the codec of ``brushlabels`` results (labelstudio-protocol.md §1.7).
+"""Masks ↔ Label Studio brush RLE, the codec of ``brushlabels`` results (labelstudio-protocol.md §1.7).
 
-It lives beside the Label Studio code because only Label Studio reads this format; its one production
-caller is :mod:`backend.labelstudio.results`. No production code decodes brush RLEs: the tests and the
-benchmark check the encoder with an independent decoder (``tests/brush_rle_decoder.py``) and the SDK's.
+It lives beside the Label Studio code because only Label Studio reads this format. The encoder's one
+production caller is :mod:`backend.labelstudio.results`; the decoder's is :mod:`backend.labelstudio.regions`
+(annotations read for training). The tests and the benchmark check both against an independent decoder
+(``tests/brush_rle_decoder.py``) and the SDK's.
 
 The Label Studio **brush RLE** is the ``value.rle`` list of a ``brushlabels`` result. Label Studio decodes it with
 thi-ng's ``rle-pack`` into a flat RGBA image (H·W·4 bytes, row-major, channel 3 is the mask). The bit
@@ -123,3 +124,77 @@ def _pack_codes(codes: np.ndarray, widths: np.ndarray) -> np.ndarray:
         # first_byte is strictly increasing, so the fancy-indexed read-modify-write has no duplicates.
         out[first_byte + k] |= (window >> np.uint64(WINDOW_BITS - 8 * (k + 1))).astype(np.uint8)
     return out[:n_bytes]
+
+
+def brush_rle_to_mask(rle, height: int, width: int) -> np.ndarray:
+    """Decode a Label Studio brush RLE into an H×W bool mask: on where the alpha value is at least 128.
+
+    Reads any stream ``rle-pack`` writes (any word size and field widths, repeat and literal chunks), so
+    masks painted in the Label Studio editor too, whose antialiased edges carry partial alpha: a pixel at
+    least half covered is on, as everywhere masks are resized in Lite-SAM. One Python step per chunk (about
+    a microsecond each; a mask has one chunk per run of equal pixels, plus literal stretches).
+
+    Args:
+        rle: the ``value.rle`` list (ints 0…255).
+        height, width: the mask's size in pixels (``original_height`` / ``original_width`` of the result).
+    Raises:
+        InvalidMaskError: not a list of bytes, a value count other than H·W·4, or a stream that ends early.
+    """
+    try:
+        data = np.asarray(rle, dtype=np.int64)
+    except (TypeError, ValueError):
+        raise InvalidMaskError("a brush RLE must be a list of integers 0…255") from None
+    if data.ndim != 1 or data.size < 7 or data.min() < 0 or data.max() > 255:
+        raise InvalidMaskError("a brush RLE must be a list of at least 7 integers 0…255")
+    bits = np.unpackbits(data.astype(np.uint8))
+    reader = _BitReader(bits)
+    count = reader.read(32)
+    if count != 4 * height * width:
+        raise InvalidMaskError(
+            f"the brush RLE holds {count} values, but a {width}×{height} mask needs {4 * height * width}"
+        )
+    word = reader.read(5) + 1
+    fields = [reader.read(4) + 1 for _ in range(4)]
+    values, lengths = [], []
+    done = 0
+    while done < count:
+        literal = reader.read(1) == 0
+        run = reader.read(fields[reader.read(2)]) + 1
+        if literal:
+            words = reader.read_many(word, run)
+            values.extend(words.tolist())
+            lengths.extend([1] * run)
+        else:
+            values.append(reader.read(word))
+            lengths.append(run)
+        done += run
+    if done != count:
+        raise InvalidMaskError(f"the brush RLE's chunks hold {done} values, its header says {count}")
+    flat = np.repeat(np.asarray(values, dtype=np.int64), np.asarray(lengths, dtype=np.int64))
+    return flat.reshape(height, width, 4)[:, :, 3] >= 128
+
+
+class _BitReader:
+    """Big-endian unsigned integers from a bit array (one uint8 0/1 per bit)."""
+
+    def __init__(self, bits: np.ndarray) -> None:
+        self.bits = bits
+        self.position = 0
+
+    def read(self, width: int) -> int:
+        end = self.position + width
+        if end > self.bits.size:
+            raise InvalidMaskError("the brush RLE ends in the middle of a chunk")
+        value = 0
+        for bit in self.bits[self.position : end].tolist():
+            value = (value << 1) | bit
+        self.position = end
+        return value
+
+    def read_many(self, width: int, count: int) -> np.ndarray:
+        end = self.position + width * count
+        if end > self.bits.size:
+            raise InvalidMaskError("the brush RLE ends in the middle of a literal chunk")
+        block = self.bits[self.position : end].reshape(count, width).astype(np.int64)
+        self.position = end
+        return block @ (1 << np.arange(width - 1, -1, -1, dtype=np.int64))

@@ -168,6 +168,15 @@ class LabelStudioClient:
                 found[int(task.id)] = holders
         return found
 
+    def annotated_tasks(self, project: int) -> list[tuple[int, dict, list[dict]]]:
+        """(id, data, every annotation as a dict, cancelled ones included) of each task of the project, by id."""
+        found = []
+        with self.calling(f"list the annotations of project {project}"):
+            pages = self.sdk.tasks.list(project=project, fields="all", resolve_uri=False, page_size=100)
+            for task in pages:
+                found.append((int(task.id), dict(task.data or {}), [_as_dict(a) for a in task.annotations or []]))
+        return sorted(found, key=lambda item: item[0])
+
     def our_predictions(self, task_id: int, model_version: str) -> list[tuple[int, int]]:
         """(prediction id, region count) of the task's predictions of ``model_version``."""
         with self.calling(f"read the predictions of task {task_id}"):

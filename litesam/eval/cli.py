@@ -24,7 +24,8 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     """Add ``eval`` to the ``litesam`` sub-commands; returns its parser."""
     parser = subparsers.add_parser(
         "eval",
-        help="1-box / 1-point mIoU, 1-box mask AP and the box-fill baseline (COCO, SA-1B or synthetic data)",
+        help="1-box / 1-point mIoU, 1-box mask AP and the box-fill baseline (COCO, SA-1B, Label Studio or "
+        "synthetic data)",
         description="Evaluate Lite-SAM with the SegAny protocol: every non-crowd ground-truth mask is prompted "
         "once with its tight box and once with its innermost point. Reports mIoU, the 1-box prompt mask AP "
         "(COCOeval) and the box-fill baseline (the box itself as the mask). Prints a JSON report.",
@@ -35,7 +36,7 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     weights.add_argument(
         "--random-weights", metavar="VARIANT", help="evaluate an untrained VARIANT (seed --seed): a baseline"
     )
-    add_data_options(parser)
+    add_data_options(parser, ls_split="held-out")
     parser.add_argument("--variant", help="check that the checkpoint is of this variant")
     parser.add_argument(
         "--synthetic-images", type=positive_int, default=60, help="size of the synthetic held-out set"
@@ -73,7 +74,13 @@ def run_eval(args: argparse.Namespace) -> int:
     else:
         model = build_model(args.variant, checkpoint=args.checkpoint, device=args.device)
         weights = {"checkpoint": str(args.checkpoint)}
-    records = load_eval_records(args.data, args.images, args.synthetic_images, args.synthetic_seed)
+    records = load_eval_records(
+        args.data,
+        args.images,
+        args.synthetic_images,
+        args.synthetic_seed,
+        label_studio=(args.ls_url, args.ls_project, args.ls_split),
+    )
     if args.max_images is not None:
         records = records[: args.max_images]
     report = evaluate_segany(model, records, prompts=tuple(dict.fromkeys(args.prompts)), progress=_report_progress)

@@ -31,7 +31,8 @@ import torch
 from ..modeling.lite_sam import LiteSAM
 from ..predictor import LiteSamPredictor
 from ..train.annotations import ImageRecord, load_records
-from ..train.config import SYNTHETIC
+from ..train.config import LABEL_STUDIO, SYNTHETIC
+from ..train.sources import label_studio_records
 from ..train.synthetic import HELD_OUT_SEED, SyntheticRecord, synthetic_records
 from .coco_ap import MaskAP
 from .metrics import MeanIoU, mask_iou
@@ -159,11 +160,16 @@ def load_eval_records(
     images: str | Path | None = None,
     synthetic_images: int = 60,
     synthetic_seed: int = HELD_OUT_SEED,
+    label_studio: tuple[str | None, int | None, str] = (None, None, "held-out"),
 ) -> list[ImageRecord | SyntheticRecord]:
     """Records to evaluate: a COCO annotation file (with its image folder), SA-1B JSON files (crowd
-    annotations left out), or ``"synthetic"``: generated scenes, by default the held-out set (seed 1)."""
+    annotations left out), ``"synthetic"``: generated scenes, by default the held-out set (seed 1), or
+    ``"labelstudio"``: the tasks of a Label Studio project, ``label_studio`` = (URL, project id, split),
+    by default its held-out tasks (only their brush and polygon masks are scored; rectangles are boxes)."""
     if str(data) == SYNTHETIC:
         return synthetic_records(synthetic_images, synthetic_seed)
+    if str(data) == LABEL_STUDIO:
+        return label_studio_records(*label_studio)
     return load_records(data, images, include_crowd=False)
 
 

@@ -65,8 +65,12 @@ class ImageEncoder(nn.Module):
         Raises:
             InvalidImageError: not B×3×H×W float with sides multiples of 16.
         """
-        embedding = self.neck(self.backbone.forward_features(x)).contiguous()
+        embedding = self.embed(x)
         return embedding, self.autoppn(embedding)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The embedding alone (no AutoPPN): B×3×S×S normalised input → contiguous B×C×S/16×S/16."""
+        return self.neck(self.backbone.forward_features(x)).contiguous()
 
     def fuse_for_inference(self) -> ImageEncoder:
         """Fuse the backbone for inference (:func:`~litesam.modeling.litevit_fused.fuse_for_inference`);

@@ -4,6 +4,10 @@ Only the standard library (and the torch-free :mod:`.config`) is imported at mod
 when the command runs. Every default shown by ``--help`` is the :class:`~litesam.train.config.TrainConfig`
 default.
 
+Settings come in layers (:mod:`.config_file`): the defaults, then ``--config FILE`` (every
+:class:`TrainConfig` field, nested ``prompts`` / ``losses`` tables included), then the flags typed on the
+command line, which win even when they repeat a default. ``--data`` and ``-o`` may come from the file.
+
 ``litesam.cli`` adds the sub-command with :func:`add_train_command`; its ``main`` calls ``args.run(args)``
 and turns a :class:`litesam.errors.LiteSamError` into a one-line message and exit status 2.
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -20,6 +25,7 @@ from pathlib import Path
 from .._cli_options import DefaultsHelpFormatter, add_data_options, positive_int
 from ..errors import LiteSamError
 from .config import LossWeights, PromptConfig, TrainConfig
+from .config_file import build_config, flag_values, load_config_file, track_given_flags
 
 _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 
@@ -28,14 +34,19 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
     """Add ``train`` to the ``litesam`` sub-commands; returns its parser."""
     parser = subparsers.add_parser(
         "train",
-        help="train Lite-SAM end to end on COCO-format, SA-1B or synthetic data",
+        help="train Lite-SAM end to end on COCO-format, SA-1B, Label Studio or synthetic data",
         description="Train a Lite-SAM variant (encoder, AutoPPN, prompt encoder, mask decoder) end to end. "
         "Prints a JSON summary; writes train_log.jsonl and checkpoints into the output folder.",
         formatter_class=DefaultsHelpFormatter,
     )
-    add_data_options(parser)
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="settings file (.json, .yaml, .toml) with TrainConfig's field names; flags given here win over it",
+    )
+    add_data_options(parser, required=False)
     d = _DEFAULTS
-    parser.add_argument("-o", "--output", type=Path, required=True, help="folder for logs and checkpoints")
+    parser.add_argument("-o", "--output", type=Path, help="folder for logs and checkpoints (required here or in --config)")
     parser.add_argument("--variant", default=d["variant"], help="litesam_r640, litesam_r1024 or litesam_tiny")
     parser.add_argument(
         "--synthetic-images", type=positive_int, default=d["synthetic_images"], help="size of the synthetic set"
@@ -52,7 +63,15 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
         type=positive_int,
         help="end this invocation after this many steps in total; --resume continues the same schedule",
     )
-    parser.add_argument("--batch-size", type=positive_int, default=d["batch_size"], help="images per step")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=d["batch_size"], help="images per micro-batch and process"
+    )
+    parser.add_argument(
+        "--accumulate-steps",
+        type=positive_int,
+        default=d["accumulate_steps"],
+        help="micro-batches per optimiser step (loss scaled 1/N; steps and the LR schedule count optimiser steps)",
+    )
     parser.add_argument(
         "--lr", type=float, help="peak AdamW learning rate (default: 2e-3 for litesam_tiny, else 4e-4)"
     )
@@ -85,7 +104,10 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
             help=_LOSS_HELP[weight.name],
         )
     parser.add_argument("--device", default=d["device"], help="auto, cpu, cuda, cuda:N")
-    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
+    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA (ignored on the CPU)")
+    parser.add_argument(
+        "--no-progress", dest="progress", action="store_false", default=None, help="no tqdm bar on stderr"
+    )
     parser.add_argument(
         "--workers", type=int, help="data loader processes (default: 0 on ≤ 2 CPUs, else half the CPUs, ≤ 4)"
     )
@@ -102,7 +124,7 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
     start.add_argument("--resume", action="store_true", help="continue the run in the output folder")
     parser.add_argument("--sam-checkpoint", type=Path, help="official SAM weights for prompt encoder + decoder")
     parser.set_defaults(run=run_train)
-    return parser
+    return track_given_flags(parser)
 
 
 _LOSS_HELP = {
@@ -120,49 +142,47 @@ _LOSS_HELP = {
 }
 
 
+#: Flag destinations whose TrainConfig field has another name ("a.b": field b of the nested field a).
+_FIELD_OF_FLAG = {
+    "output": "output_dir",
+    "workers": "num_workers",
+    "point_fraction": "prompts.point_fraction",
+    "proposals_per_image": "prompts.proposals_per_image",
+    **{f"loss_{f.name}": f"losses.{f.name}" for f in fields(LossWeights)},
+    "ls_url": "label_studio_url",
+    "ls_project": "label_studio_project",
+    "ls_split": "label_studio_split",
+}
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The run's :class:`TrainConfig`: defaults, then ``args.config``'s values, then the flags given.
+
+    Raises:
+        LiteSamError: unreadable or invalid config file, missing data or output folder, invalid settings.
+    """
+    file_values = load_config_file(args.config, TrainConfig) if args.config is not None else {}
+    flags = flag_values(args, _FIELD_OF_FLAG, ignore={"config"})
+    for field_name, flag in (("data", "--data"), ("output_dir", "-o/--output")):
+        if field_name not in flags and field_name not in file_values:
+            raise LiteSamError(f"{flag} is required (on the command line or as {field_name} in --config)")
+    try:
+        return build_config(TrainConfig, file_values, flags)
+    except (TypeError, ValueError) as error:
+        raise LiteSamError(f"invalid training settings: {error}") from None
+
+
 def run_train(args: argparse.Namespace) -> int:
-    """Run ``litesam train`` with parsed arguments; prints the JSON summary and returns the exit status."""
+    """Run ``litesam train`` with parsed arguments; prints the JSON summary (rank 0) and returns the exit status."""
     from .loop import train
 
-    try:
-        config = TrainConfig(
-            data=args.data,
-            images=args.images,
-            output_dir=args.output,
-            variant=args.variant,
-            synthetic_images=args.synthetic_images,
-            synthetic_seed=args.synthetic_seed,
-            epochs=args.epochs,
-            max_steps=args.max_steps,
-            stop_after=args.stop_after,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            weight_decay=args.weight_decay,
-            warmup_steps=args.warmup_steps,
-            grad_clip=args.grad_clip,
-            max_masks=args.max_masks,
-            mask_scale=args.mask_scale,
-            prompts=PromptConfig(point_fraction=args.point_fraction, proposals_per_image=args.proposals_per_image),
-            losses=LossWeights(**{f.name: getattr(args, f"loss_{f.name}") for f in fields(LossWeights)}),
-            device=args.device,
-            amp=args.amp,
-            num_workers=args.workers,
-            seed=args.seed,
-            log_every=args.log_every,
-            checkpoint_every=args.checkpoint_every,
-            init_checkpoint=args.init_checkpoint,
-            sam_checkpoint=args.sam_checkpoint,
-            resume=args.resume,
-        )
-    except LiteSamError:
-        raise
-    except ValueError as error:
-        raise LiteSamError(f"invalid training settings: {error}") from None
+    config = config_from_args(args)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     try:
         summary = train(config)
     except FloatingPointError as error:
         raise LiteSamError(str(error)) from None
-    print(json.dumps(summary))
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(json.dumps(summary))
     return 0

@@ -19,6 +19,8 @@ from typing import Literal
 
 #: ``TrainConfig.data`` value that trains on generated scenes (:mod:`litesam.train.synthetic`).
 SYNTHETIC = "synthetic"
+#: ``TrainConfig.data`` value that trains on a Label Studio project's annotations (:mod:`litesam.train.sources`).
+LABEL_STUDIO = "labelstudio"
 
 #: Peak LR by variant when none is given. 4e-4 for the paper's models is an assumption (SAM's 8e-4 at batch
 #: 256, scaled); for litesam_tiny on synthetic scenes (batch 8) 2e-3 halved the steps to a given mask loss
@@ -105,7 +107,8 @@ class TrainConfig:
             The LR schedule always spans the steps the run makes.
         stop_after: end this invocation after this many steps in total, as if interrupted: the schedule still
             spans the whole run and ``resume`` continues it exactly (for time-sliced or preemptible machines).
-        batch_size: images per step.
+        batch_size: images per micro-batch and process; an optimiser step sees
+            ``batch_size × accumulate_steps × processes`` (:mod:`.runtime`).
         lr: peak AdamW LR; None: the variant's :data:`DEFAULT_LR` (4e-4 for the paper's models).
         weight_decay, betas: AdamW settings.
         warmup_steps: linear warm-up from ~0 to ``lr``, cosine decay to ``lr·min_lr_ratio`` afterwards; None:
@@ -124,6 +127,12 @@ class TrainConfig:
         init_checkpoint: start from one of our checkpoints (same variant).
         sam_checkpoint: initialise the prompt encoder and mask decoder from an official SAM checkpoint.
         resume: continue the run in ``output_dir`` (True) or from the given ``*.state.pt`` file.
+        accumulate_steps: micro-batches of ``batch_size`` images per optimiser step and process (each loss
+            scaled 1/N); steps, the LR schedule and ``log_every``/``checkpoint_every`` count optimiser steps.
+        progress: a tqdm bar on stderr (rank 0 only, and only when stderr is a terminal).
+        label_studio_url, label_studio_project, label_studio_split: the Label Studio project of
+            ``data="labelstudio"`` (URL None: ``LABEL_STUDIO_URL``; the key is read from ``LABEL_STUDIO_API_KEY``)
+            and which of its tasks: "train", "held-out" or "all" (:mod:`backend.training_data`).
     """
 
     data: str | Path
@@ -155,12 +164,17 @@ class TrainConfig:
     init_checkpoint: str | Path | None = None
     sam_checkpoint: str | Path | None = None
     resume: bool | str | Path = False
+    accumulate_steps: int = 1
+    progress: bool = True
+    label_studio_url: str | None = None
+    label_studio_project: int | None = None
+    label_studio_split: str = "train"
 
     def __post_init__(self) -> None:
         from ..build import get_variant  # torch is imported only when a configuration is made
 
         get_variant(self.variant)
-        for name in ("epochs", "batch_size", "synthetic_images"):
+        for name in ("epochs", "batch_size", "synthetic_images", "accumulate_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
         for name in ("max_steps", "stop_after"):
@@ -181,6 +195,11 @@ class TrainConfig:
     def synthetic(self) -> bool:
         """True when the run trains on generated scenes."""
         return str(self.data) == SYNTHETIC
+
+    @property
+    def label_studio(self) -> bool:
+        """True when the run trains on a Label Studio project's annotations."""
+        return str(self.data) == LABEL_STUDIO
 
     def total_steps(self, steps_per_epoch: int) -> int:
         """Optimiser steps of the whole run: ``max_steps``, else ``epochs`` passes over the data."""

@@ -20,15 +20,14 @@ whatever the worker or the order it is loaded in.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Literal
 
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from ..modeling.autoppn import cell_centres
 from .autoppn_targets import build_autoppn_targets
@@ -141,9 +140,11 @@ class SegmentationDataset(Dataset):
     """Training samples of Lite-SAM from annotated images (COCO or SA-1B records).
 
     Args:
-        records: images with instance masks: :func:`litesam.train.annotations.load_records` or
-            :func:`litesam.train.synthetic.synthetic_records` (anything with ``height``, ``width``,
-            ``image()`` and ``instance_masks()``).
+        records: images with instance masks: :func:`litesam.train.annotations.load_records`,
+            :func:`litesam.train.synthetic.synthetic_records` or a Label Studio project
+            (:mod:`litesam.train.sources`): anything with ``height``, ``width``, ``image()`` and
+            ``instance_masks()``, and optionally ``box_masks()``: H×W bool areas of box-only instances
+            (annotated rectangles), which shape the AutoPPN targets but get no prompt and no mask loss.
         image_size: S, the model input side (``model.img_size``).
         stride: AutoPPN stride in input pixels (``model.image_encoder.autoppn.stride``); S must be a multiple.
         max_masks: at most this many masks per image get prompts and mask losses (SA-1B recipe: 64);
@@ -201,15 +202,11 @@ class SegmentationDataset(Dataset):
         h, w = resized.shape[:2]
         s = self.image_size
 
-        # Every mask at input scale, padded to S×S: all of them shape the AutoPPN targets.
-        masks = []
-        for original in record.instance_masks():
-            mask = np.zeros((s, s), dtype=bool)
-            mask[:h, :w] = cv2.resize(original.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) >= 0.5
-            if mask.any():
-                masks.append(mask)
-        masks = np.stack(masks) if masks else np.zeros((0, s, s), dtype=bool)
-        targets = build_autoppn_targets(masks, stride=self.stride, shape=(s, s))
+        # Every mask at input scale, padded to S×S: all of them shape the AutoPPN targets, and so do the
+        # areas of box-only instances (a record's optional box_masks(): rectangles, no mask loss).
+        masks = _input_frame(record.instance_masks(), (h, w), s)
+        box_only = _input_frame(getattr(record, "box_masks", tuple)(), (h, w), s)
+        targets = build_autoppn_targets(np.concatenate([masks, box_only]), stride=self.stride, shape=(s, s))
 
         # Up to max_masks masks in random order, skipping those that vanish in the frame of the loss;
         # checked one by one, stopping once enough are found (no pooled copy of every mask).
@@ -252,23 +249,17 @@ class SegmentationDataset(Dataset):
         )
 
 
-class EpochBatchSampler(Sampler[list[int]]):
-    """Batches of one epoch in a seeded random order, starting after ``skip_batches`` batches.
-
-    The order depends only on (seed, epoch), so an interrupted epoch can be finished exactly.
-    """
-
-    def __init__(self, size: int, batch_size: int, seed: int, epoch: int, skip_batches: int = 0) -> None:
-        self.order = np.random.default_rng([seed, epoch, 1]).permutation(size)
-        self.batch_size = batch_size
-        self.skip_batches = skip_batches
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for start in range(self.skip_batches * self.batch_size, len(self.order), self.batch_size):
-            yield self.order[start : start + self.batch_size].tolist()
-
-    def __len__(self) -> int:
-        return max(0, math.ceil(len(self.order) / self.batch_size) - self.skip_batches)
+def _input_frame(originals, size: tuple[int, int], side: int) -> np.ndarray:
+    """H×W bool masks → N×S×S bool: each resized to the input frame (h'×w', area rule), padded; empty ones
+    dropped."""
+    h, w = size
+    masks = []
+    for original in originals:
+        mask = np.zeros((side, side), dtype=bool)
+        mask[:h, :w] = cv2.resize(original.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) >= 0.5
+        if mask.any():
+            masks.append(mask)
+    return np.stack(masks) if masks else np.zeros((0, side, side), dtype=bool)
 
 
 def _tight_boxes(masks: np.ndarray) -> np.ndarray:

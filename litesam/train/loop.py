@@ -1,5 +1,5 @@
 """The training loop: ``train(config)`` (settings in :mod:`.config`, losses in :mod:`.objective`,
-checkpoints and resuming in :mod:`.state`)."""
+checkpoints and resuming in :mod:`.state`, devices, processes, accumulation and progress in :mod:`.runtime`)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,12 @@ from torch.utils.data import DataLoader
 from ..build import build_model, load_sam_weights
 from .annotations import load_records
 from .config import TrainConfig
-from .data import EpochBatchSampler, SegmentationDataset, collate_samples
+from .data import SegmentationDataset, collate_samples
 from .objective import training_losses
 from .optim import build_optimizer, build_scheduler
-from .state import read_state, write_checkpoint
+from .runtime import RunContext
+from .sources import label_studio_records
+from .state import rank_rng_state, read_state, write_checkpoint, write_config
 from .synthetic import synthetic_records
 
 logger = logging.getLogger(__name__)
@@ -27,22 +29,37 @@ LOG_FILE = "train_log.jsonl"
 
 
 def train(config: TrainConfig) -> dict:
-    """Train a Lite-SAM variant end to end (recipe: :mod:`.config`; output folder: :mod:`.state`).
+    """Train a Lite-SAM variant end to end (recipe: :mod:`.config`; output folder: :mod:`.state`; devices,
+    ``torchrun`` processes, accumulation and progress: :mod:`.runtime`).
 
     Returns:
-        ``{"step", "total_steps", "epoch", "checkpoint" (path of last.pt), "losses" (last logged values),
-        "seconds"}``.
+        ``{"step", "total_steps", "epoch", "checkpoint" (path of last.pt), "losses" (last logged values, mean
+        over processes), "seconds", "world_size", "replica_divergence" (largest weight difference between
+        the processes at the last checkpoint; 0.0 alone)}``, on every process.
     Raises:
         DatasetError: the data cannot be read. CheckpointError: an init/resume file is unusable.
-        FloatingPointError: the loss became NaN or infinite.
+        LiteSamError: the device cannot be used. FloatingPointError: the loss or its gradient became NaN or
+        infinite.
     """
+    ctx = RunContext.start(config.device, config.amp, config.accumulate_steps, config.progress)
+    try:
+        return _train(config, ctx)
+    finally:
+        ctx.close()
+
+
+def _train(config: TrainConfig, ctx: RunContext) -> dict:
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    device = _device(config.device)
+    device = ctx.device
     torch.manual_seed(config.seed)
 
     if config.synthetic:
         records = synthetic_records(config.synthetic_images, config.synthetic_seed)
+    elif config.label_studio:
+        records = label_studio_records(
+            config.label_studio_url, config.label_studio_project, config.label_studio_split
+        )
     else:
         records = load_records(config.data, config.images)  # fail on bad data before building anything
     state = read_state(config) if config.resume else None
@@ -51,6 +68,8 @@ def train(config: TrainConfig) -> dict:
     if config.sam_checkpoint is not None and state is None:
         load_sam_weights(model, config.sam_checkpoint)
     model.to(device).train()
+    ctx.seed_ranks(config.seed)
+    objective = ctx.wrap(_Objective(model, config))
 
     dataset = SegmentationDataset(
         records,
@@ -61,7 +80,7 @@ def train(config: TrainConfig) -> dict:
         prompts=config.prompts,
         seed=config.seed,
     )
-    steps_per_epoch = math.ceil(len(dataset) / config.batch_size)
+    steps_per_epoch = ctx.steps_per_epoch(len(dataset), config.batch_size)
     total_steps = int(state["total_steps"]) if state is not None else config.total_steps(steps_per_epoch)
     stop_step = total_steps if config.stop_after is None else min(total_steps, config.stop_after)
     warmup = config.resolved_warmup(total_steps)
@@ -79,14 +98,20 @@ def train(config: TrainConfig) -> dict:
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(rank_rng_state(state, ctx.rank, ctx.world_size))
         step = int(state["step"])
+    if ctx.is_main:
+        write_config(config)
     workers = config.workers()
     logger.info(
-        "training %s on %d images (%d steps/epoch): steps %d to %d of %d, LR %g, warm-up %d, %d loader workers, %s",
+        "training %s on %d images (%d steps/epoch of %d × %d micro-batches × %d processes): steps %d to %d of %d, "
+        "LR %g, warm-up %d, %d loader workers, %s",
         config.variant,
         len(dataset),
         steps_per_epoch,
+        config.batch_size,
+        config.accumulate_steps,
+        ctx.world_size,
         step,
         stop_step,
         total_steps,
@@ -99,49 +124,60 @@ def train(config: TrainConfig) -> dict:
     start_time = time.perf_counter()
     running: dict[str, float] = {}
     last_logged: dict[str, float] = {}
-    autocast = device.type == "cuda" and config.amp
-    while step < stop_step:
-        epoch, done_in_epoch = divmod(step, steps_per_epoch)
-        dataset.set_epoch(epoch)
-        sampler = EpochBatchSampler(len(dataset), config.batch_size, config.seed, epoch, done_in_epoch)
-        loader = DataLoader(
-            dataset,
-            batch_sampler=sampler,
-            collate_fn=collate_samples,
-            num_workers=workers,
-            pin_memory=device.type == "cuda",
-        )
-        for batch in loader:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                losses = training_losses(model, batch.to(device), config.prompts, config.losses)
-            if not torch.isfinite(losses["loss"]):
-                raise FloatingPointError(
-                    f"the loss became {float(losses['loss'].detach())} at step {step}; lower the LR"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or math.inf)
-            lr = scheduler.get_last_lr()[0]  # the LR of this step
-            optimizer.step()
-            scheduler.step()
-            step += 1
+    divergence, wrote = 0.0, False
+    with ctx.progress(stop_step, initial=step) as bar:
+        while step < stop_step:
+            epoch, done_in_epoch = divmod(step, steps_per_epoch)
+            dataset.set_epoch(epoch)
+            loader = DataLoader(
+                dataset,
+                batch_sampler=ctx.batch_sampler(len(dataset), config.batch_size, config.seed, epoch, done_in_epoch),
+                collate_fn=collate_samples,
+                num_workers=workers,
+                pin_memory=device.type == "cuda",
+            )
+            for micro_batches in ctx.optimiser_steps(loader):
+                optimizer.zero_grad(set_to_none=True)
+                step_losses: dict[str, float] = {}
+                for index, batch in enumerate(micro_batches):
+                    with ctx.micro_batch(objective, index):
+                        with ctx.autocast():
+                            losses = objective(batch.to(device))
+                        ctx.scaled(losses["loss"]).backward()
+                    for key, value in losses.items():
+                        step_losses[key] = step_losses.get(key, 0.0) + float(value.detach()) / len(micro_batches)
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or math.inf)
+                if not torch.isfinite(grad_norm):  # the same on every process: the gradients are all-reduced
+                    raise FloatingPointError(
+                        f"the loss ({step_losses['loss']:.4g}) or its gradient became non-finite at step {step}; "
+                        "lower the LR"
+                    )
+                lr = scheduler.get_last_lr()[0]  # the LR of this step
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                bar.update()
 
-            for key, value in {**losses, "grad_norm": grad_norm}.items():
-                running[key] = running.get(key, 0.0) + float(value.detach())
-            running["_count"] = running.get("_count", 0.0) + 1
-            if step % config.log_every == 0 or step == stop_step:
-                count = running.pop("_count")
-                last_logged = {key: value / count for key, value in running.items()}
-                _log(out, step, epoch, lr, last_logged, time.perf_counter() - start_time)
-                running = {}
-            if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == stop_step:
-                write_checkpoint(model, optimizer, scheduler, config, step, total_steps)
-            if step >= stop_step:
-                break
+                for key, value in {**step_losses, "grad_norm": float(grad_norm)}.items():
+                    running[key] = running.get(key, 0.0) + value
+                running["_count"] = running.get("_count", 0.0) + 1
+                if step % config.log_every == 0 or step == stop_step:
+                    count = running.pop("_count")
+                    last_logged = ctx.mean_over_ranks({key: value / count for key, value in running.items()})
+                    if ctx.is_main:
+                        _log(out, step, epoch, lr, last_logged, time.perf_counter() - start_time)
+                    bar.set_postfix(loss=f"{last_logged['loss']:.4f}", lr=f"{lr:.3g}", refresh=False)
+                    running = {}
+                if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == stop_step:
+                    divergence = _checkpoint(ctx, objective, model, optimizer, scheduler, config, step, total_steps)
+                    wrote = True
+                if step >= stop_step:
+                    break
 
     last = out / "last.pt"
-    if not last.exists():  # resumed at the very end: nothing new to save
-        write_checkpoint(model, optimizer, scheduler, config, step, total_steps)
+    if not wrote and not last.exists():  # resumed at the very end from a state elsewhere: save it here
+        divergence = _checkpoint(ctx, objective, model, optimizer, scheduler, config, step, total_steps)
+    ctx.barrier()  # every process returns once the checkpoint is on disk
     return {
         "step": step,
         "total_steps": total_steps,
@@ -149,16 +185,33 @@ def train(config: TrainConfig) -> dict:
         "checkpoint": str(last),
         "losses": last_logged,
         "seconds": round(time.perf_counter() - start_time, 3),
+        "world_size": ctx.world_size,
+        "replica_divergence": divergence,
     }
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for, but CUDA is not available")
-    return device
+class _Objective(torch.nn.Module):
+    """The model and its loss as one module, so DDP sees the whole forward (``training_losses`` calls the
+    model's parts, not ``model.forward``)."""
+
+    def __init__(self, model: torch.nn.Module, config: TrainConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.prompts, self.weights = config.prompts, config.losses
+
+    def forward(self, batch) -> dict[str, torch.Tensor]:
+        return training_losses(self.model, batch, self.prompts, self.weights)
+
+
+def _checkpoint(ctx: RunContext, objective, model, optimizer, scheduler, config, step, total_steps) -> float:
+    """Check the replicas agree, then write the checkpoint on rank 0 (collective); returns the divergence."""
+    divergence = ctx.replica_divergence(objective)
+    if divergence > 0:
+        logger.warning("the processes' weights differ by up to %g at step %d", divergence, step)
+    rng_states = ctx.rng_states()
+    if ctx.is_main:
+        write_checkpoint(model, optimizer, scheduler, config, step, total_steps, rng_states)
+    return divergence
 
 
 def _log(out: Path, step: int, epoch: int, lr: float, values: dict[str, float], seconds: float) -> None:

@@ -6,15 +6,19 @@ Output folder::
     out/step_0001000.pt         periodic checkpoints (save_checkpoint: weights + variant; build_model loads them)
     out/last.pt                 the latest checkpoint
     out/last.state.pt           optimiser, scheduler, step, planned steps and RNG state of last.pt, for resuming
+    out/config.json             the resolved settings of the latest invocation, ``resume`` left false
+                                (``--config`` with it starts the same run afresh)
 
 Resuming continues from ``last.pt`` / ``last.state.pt`` at the same step with the same LR schedule; the data
 order of every epoch depends only on the seed and the epoch, the already-seen batches of the interrupted epoch
 are skipped, and torch's RNG is restored, so a resumed run computes the same weights as an uninterrupted one
-(on the CPU; tested).
+(on the CPU; tested). Under ``torchrun`` rank 0 writes the files, with every process's RNG state; resume with
+the same number of processes and ``accumulate_steps`` for the same data order.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -29,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 LAST_CHECKPOINT = "last.pt"
 LAST_STATE = "last.state.pt"
+CONFIG_FILE = "config.json"
 STATE_FORMAT = "litesam-train-state/2"
 
 
@@ -39,8 +44,12 @@ def write_checkpoint(
     config: TrainConfig,
     step: int,
     total_steps: int,
+    rng_states: list[torch.Tensor] | None = None,
 ) -> Path:
-    """Write ``step_<step>.pt``, ``last.pt`` and ``last.state.pt`` into the output folder; returns last.pt."""
+    """Write ``step_<step>.pt``, ``last.pt`` and ``last.state.pt`` into the output folder; returns last.pt.
+
+    ``rng_states``: torch's RNG state of every process by rank (default: this process's alone).
+    """
     out = Path(config.output_dir)
     save_checkpoint(model, out / f"step_{step:07d}.pt", config.variant)
     last = save_checkpoint(model, out / LAST_CHECKPOINT, config.variant)
@@ -53,6 +62,7 @@ def write_checkpoint(
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "torch_rng": torch.get_rng_state(),
+        "torch_rng_ranks": rng_states if rng_states is not None else [torch.get_rng_state()],
         "config": config.to_json(),
     }
     # Write-then-rename, so an interruption never leaves a half-written state beside a newer checkpoint.
@@ -87,3 +97,25 @@ def read_state(config: TrainConfig) -> dict:
         )
     state["checkpoint"] = path.parent / state["checkpoint"]
     return state
+
+
+def rank_rng_state(state: dict, rank: int, world_size: int) -> torch.Tensor:
+    """The RNG state process ``rank`` resumes with: its own when the run had as many processes; else rank 0's
+    saved one on rank 0 and a fresh stream seeded by (step, rank) elsewhere (then only stochastic layers, such
+    as drop-path, draw differently from an uninterrupted run)."""
+    ranks = state.get("torch_rng_ranks") or [state["torch_rng"]]
+    if len(ranks) == world_size:
+        return ranks[rank]
+    if rank == 0:
+        logger.warning("resuming with %d processes a run saved by %d: the other ranks' RNG streams restart",
+                       world_size, len(ranks))
+        return ranks[0]
+    return torch.Generator().manual_seed(1_000_003 * int(state["step"]) + rank).get_state()
+
+
+def write_config(config: TrainConfig) -> Path:
+    """Write the resolved settings as ``config.json`` into the output folder (``--config`` reads it back)."""
+    path = Path(config.output_dir) / CONFIG_FILE
+    settings = {**config.to_json(), "resume": False}
+    path.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+    return path
