@@ -18,6 +18,17 @@ probe measured at start-up finds a bfloat16 matrix product of the decoder's shap
 model name; on a model placed on another device ``auto`` means ``fp32``. On the parity images (``tests/test_inference.py``: random weights, whose flat logit maps are the
 worst case for rounding) bf16 click masks of litesam_r640 keep a mean IoU of at least 0.99 with the fp32
 masks; single masks go down to about 0.97.
+
+Other inference backends, rejected by measurement (``bench/backends.py``, fp32, one thread, random weights,
+interleaved with torch eager in one process; AMD EPYC Zen 3, AVX2 only): on the fused encoder no backend
+reached the 1.3× over torch eager that would justify a second inference path to keep in parity. OpenVINO
+2026.4 (ONNX of the ``fuse=False`` build, CPU plugin, f32) 1.0–1.2× at r640 and r1024; ONNX Runtime 1.31
+0.8–1.0× (0.47× from the fused build's dynamo export); ``torch.compile`` (inductor, freezing) 0.90× after
+438 s of compilation per process; ``torch.jit.freeze`` + ``optimize_for_inference`` 0.8–0.9× (and a crash
+on the mask decoder). Decoder exports by tracing lose the decoder's in-place mask writes (outputs wrong, so
+their apparent speed-ups are none); exported with the dynamo exporter the r640 click decoder keeps parity
+and runs 1.36× (OpenVINO) / 1.22× (ONNX Runtime) faster in CPU time, a decoder-only gain not taken up here.
+The README's benchmark section has the figures.
 """
 
 from __future__ import annotations
