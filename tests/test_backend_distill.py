@@ -80,7 +80,8 @@ def test_project_images_are_fetched_with_the_backends_rules(label_studio, tmp_pa
 def test_project_images_refuse_a_url_before_any_download(label_studio, uri, allowed, reason):
     label_studio.add(TASKS_PAGE.format(1), json.dumps({"tasks": [*FETCHABLE, {"id": 13, "data": {"image": uri}}],
                                                         "total": 4}).encode())
-    settings = settings_for(DEMO, label_studio_url=label_studio.url, variant=None, allowed_hosts=(allowed,) if allowed else ())
+    hosts = (allowed,) if allowed else ()
+    settings = settings_for(DEMO, label_studio_url=label_studio.url, variant=None, allowed_hosts=hosts)
     with pytest.raises(DatasetError, match=f"task 13: refusing to fetch .*{reason}"):
         project_images(settings, 7)
     assert not any(path.startswith("/data/") for _, path, _ in label_studio.requests)  # nothing downloaded
