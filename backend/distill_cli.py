@@ -6,6 +6,8 @@ listed with label-studio-sdk (:class:`~backend.labelstudio.client.LabelStudioCli
 backend downloads any task image (:class:`~backend.images.ImageFetcher`: Label Studio's uploads, local files
 and cloud storage, allowed hosts only, the SSRF guard, the size and pixel limits), decoded at the natural,
 EXIF-transposed size. The image field is the one of the project's first image tag (``--image-key`` to choose).
+Every task's image URL is checked against those rules (host policy, SSRF guard, image paths) while the project
+is listed, so a project holding a URL the backend may not fetch is refused before anything is written.
 
 Cache keys: an uploaded file never changes behind its URI, so its key is that stable name; any other URI (a
 cloud object, an http URL) is keyed by project, task id and URI, so the teacher caches follow the project's
@@ -28,11 +30,13 @@ from .settings import Settings
 
 
 def project_images(settings: Settings, project: int, image_key: str | None = None) -> list[ImageItem]:
-    """The images of a project's tasks, in task-id order, as distillation items (nothing is downloaded yet).
+    """The images of a project's tasks, in task-id order, as distillation items (nothing is downloaded yet;
+    every URL is checked as :meth:`~backend.images.ImageFetcher.check` does).
 
     Raises:
         BackendError: Label Studio unreachable or not configured, or a label config without an image tag.
-        DatasetError: no task holds an image in the image field.
+        DatasetError: no task holds an image in the image field, or a task's image URL may not be fetched
+            (named by its task id).
     """
     from .images import ImageFetcher, decode_image
     from .labelstudio.client import LabelStudioClient
@@ -50,6 +54,10 @@ def project_images(settings: Settings, project: int, image_key: str | None = Non
         uri = data.get(image_key)
         if not isinstance(uri, str) or not uri:
             continue
+        try:
+            fetcher.check(uri, task_id)
+        except BackendError as exc:
+            raise DatasetError(f"task {task_id}: {exc.message}") from None
         stable = client.immutable_source(uri)
         key = f"labelstudio:{stable}" if stable else f"labelstudio:{project}:{task_id}:{uri}"
 

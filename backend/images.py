@@ -234,6 +234,18 @@ class ImageFetcher:
                 data = self._read_limited(response, url, deadline)
             return FetchedImage(data=data, sha256=hashlib.sha256(data).hexdigest())
 
+    def check(self, uri: object, task_id: object = None) -> None:
+        """The checks :meth:`fetch` makes before its first request, without sending it: the URI's form, the
+        host policy and SSRF guard on its URL (the host's addresses resolved), Label Studio's image paths.
+        :meth:`fetch` still checks every redirect and the address it connects to.
+
+        Raises:
+            BadRequestError, ForbiddenURLError, UpstreamError (an unresolvable host), ConfigurationError.
+        """
+        url = self.policy.check_url(self._label_studio.image_url(uri, task_id), False)
+        if self.policy.is_label_studio(url):
+            self._label_studio.check_image_path(url)
+
     def _remaining(self, deadline: float, url: str) -> float:
         """Seconds left before ``deadline``.
 

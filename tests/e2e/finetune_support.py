@@ -129,16 +129,21 @@ def task_regions(index: int, masks: list[np.ndarray]) -> tuple[list[dict], Expec
     return regions, ExpectedTask(np.empty(0), tuple(mask_list), tuple(boxes), tuple(kinds))
 
 
+def scene_files(images: list[np.ndarray], exif_index: int | None = 1, prefix: str = "scene") -> list[tuple[str, bytes]]:
+    """(file name, bytes) of each H×W×3 uint8 image as a user would upload it: PNG, except image
+    ``exif_index`` as an EXIF-rotated JPEG (:func:`exif_jpeg`; None: none)."""
+    return [
+        (f"{prefix}{i:03d}.jpg", exif_jpeg(image)) if i == exif_index else (f"{prefix}{i:03d}.png", png(image))
+        for i, image in enumerate(images)
+    ]
+
+
 def build_project(label_studio, count: int, *, exif_index: int = 1, seed: int = PROJECT_SEED) -> tuple[int, dict]:
     """Create the project with ``count`` scenes (scene ``exif_index`` uploaded as an EXIF-rotated JPEG) and one
     annotation each; returns (project id, task id → :class:`ExpectedTask`)."""
     project = label_studio.create_project(CONFIG, title="litesam fine-tune e2e")
     scenes = [project_scene(i, seed) for i in range(count)]
-    files = [
-        (f"scene{i:03d}.jpg", exif_jpeg(image)) if i == exif_index else (f"scene{i:03d}.png", png(image))
-        for i, (image, _) in enumerate(scenes)
-    ]
-    task_ids = label_studio.upload_images(project, files)
+    task_ids = label_studio.upload_images(project, scene_files([image for image, _ in scenes], exif_index))
     ls = label_studio.client()
     expected = {}
     for i, (task, (image, masks)) in enumerate(zip(task_ids, scenes, strict=True)):
