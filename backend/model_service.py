@@ -26,6 +26,7 @@ import torch
 
 from litesam.build import build_model, checkpoint_variant, get_variant
 from litesam.errors import CheckpointError
+from litesam.allocator import keep_freed_memory
 from litesam.inference import apply_precision, cpu_report
 from litesam.predictor import ImageEmbedding, LiteSamPredictor, encode_image
 
@@ -113,7 +114,11 @@ class ModelService:
         return self._model
 
     def _load(self, checkpoint: ResolvedCheckpoint, variant: str):
-        report = cpu_report()  # probed once, before the thread count is fixed (it restores the count it found)
+        try:
+            report = cpu_report()  # probed once, before the thread count is fixed (it restores the count it found)
+        except ValueError as exc:  # LITESAM_FP32_KERNEL holds an unknown kernel
+            raise ConfigurationError(str(exc)) from None
+        keep_freed_memory()
         torch.set_num_threads(self._settings.torch_threads)
         started = time.perf_counter()
         try:

@@ -4,8 +4,9 @@ One process, one 1024×1024 synthetic image, one thread count, RANDOM WEIGHTS fo
 Lite-SAM weights exist; arithmetic cost does not depend on weight values, mask shapes and counts do).
 Candidates and references run interleaved (``bench/benchlib.py``) and are reported as ratios:
 
-* encoder: fused fp32 (the library's default) against the library's own ``fuse=False`` build, and the
-  ``bf16`` inference path (``litesam/inference.py``) where this CPU has bf16 kernels;
+* inference paths, each against ``fp32 mkl`` (the fused fp32 model on torch's default MKL kernel): the same
+  model on oneDNN's float32 kernel (``litesam/kernels.py``) and the ``bf16`` path (``litesam/inference.py``)
+  where this CPU has bf16 kernels; and the fused encoder against the library's own ``fuse=False`` build;
 * one click: one point, best of 3 masks, upscaled to 1024×1024 (what the backend does);
 * SegEvery with N kept masks (``--kept 0 50 100``): random weights propose nothing above AutoPPN's threshold
   and keep almost nothing through SAM's filters, while trained weights keep ~50 masks per image. So the
@@ -30,12 +31,14 @@ import copy
 import sys
 import time
 import types
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from benchlib import header, interleaved, ms, set_threads
+from litesam import kernels
 from litesam.build import VARIANTS, build_model
 from litesam.everything import SegEvery
 from litesam.inference import apply_precision, cpu_report, load_average
@@ -81,32 +84,46 @@ def bench_variant(variant: str, image: np.ndarray, kept: list[int], rounds: int,
     fused = build_model(variant, fuse=True)
     torch.manual_seed(0)
     plain = build_model(variant, fuse=False)  # the same random weights, unfused
-    models = {"fp32": fused}
+    # Inference paths: (model, float32 kernel). "fp32 mkl" is torch's default, the reference.
+    paths = {"fp32 mkl": (fused, "mkl")}
+    if kernels.onednn_linear_available():
+        paths["fp32 onednn"] = (fused, "onednn")
     if bf16:
-        models["bf16"] = copy.deepcopy(fused)
-        apply_precision(models["bf16"], "bf16")
+        bf16_model = copy.deepcopy(fused)
+        apply_precision(bf16_model, "bf16")
+        paths["bf16"] = (bf16_model, kernels.fp32_kernel())  # its float32 parts on this CPU's kernel
     point = (np.array([[512.0, 384.0]]), np.array([1]))
-    jobs = {"encoder fuse=False": lambda: encode_image(plain, image)}
-    for name, model in models.items():
+
+    def on(kernel: str, run: Callable[[], object]) -> Callable[[], object]:
+        def job() -> object:
+            with kernels.forced(kernel):
+                return run()
+
+        return job
+
+    jobs = {"encoder fuse=False, mkl": on("mkl", lambda: encode_image(plain, image))}
+    for name, (model, kernel) in paths.items():
         predictor = LiteSamPredictor(model)
         predictor.set_image(image)
-        jobs[f"encoder {name}"] = lambda m=model: encode_image(m, image)
-        jobs[f"click {name}"] = lambda p=predictor: p.predict(*point, best_only=True)
+        jobs[f"encoder {name}"] = on(kernel, lambda m=model: encode_image(m, image))
+        jobs[f"click {name}"] = on(kernel, lambda p=predictor: p.predict(*point, best_only=True))
         for n in kept:
             segment = forced_segevery(model, n)
-            jobs[f"SegEvery {name}, {n} kept"] = lambda s=segment: s.generate(image)
+            jobs[f"SegEvery {name}, {n} kept"] = on(kernel, lambda s=segment: s.generate(image))
             if n:
-                jobs[f"SegEvery {name}, {n} kept + RLE"] = lambda s=segment: with_rle(s, image)
+                jobs[f"SegEvery {name}, {n} kept + RLE"] = on(kernel, lambda s=segment: with_rle(s, image))
     top_k = VARIANTS[variant].proposals.top_k
     times = interleaved(jobs, rounds)
     print(f"\n{variant} ({top_k} prompts), medians of {rounds} interleaved rounds; {load_average()}")
     for name, seconds in times.items():
         print(f"  {name:<34} {ms(seconds):>11}")
-    print(f"  fused encoder vs fuse=False: {times['encoder fuse=False'] / times['encoder fp32']:.2f}×")
-    if bf16:
+    print(f"  fused encoder vs fuse=False (both mkl): {times['encoder fuse=False, mkl'] / times['encoder fp32 mkl']:.2f}×")
+    for name in paths:
+        if name == "fp32 mkl":
+            continue
         for what in ("encoder", "click", *(f"SegEvery, {n} kept" for n in kept)):
-            fp32, bf16_ = (what.replace(",", f" {p},") if "," in what else f"{what} {p}" for p in ("fp32", "bf16"))
-            print(f"  bf16 vs fp32, {what}: {times[fp32] / times[bf16_]:.2f}×")
+            ref, candidate = (what.replace(",", f" {p},") if "," in what else f"{what} {p}" for p in ("fp32 mkl", name))
+            print(f"  {name} vs fp32 mkl, {what}: {times[ref] / times[candidate]:.2f}×")
     return times
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .allocator import keep_freed_memory
 from .errors import LiteSamError
 from .distill.cli import add_distill_command
 from .eval.cli import add_eval_command
@@ -37,6 +38,7 @@ DEMO_NOTICE = (
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    keep_freed_memory()  # every command runs models on large, repeated temporaries (litesam.allocator)
     try:
         return args.run(args)
     except LiteSamError as error:

@@ -2,7 +2,9 @@
 
 Two paths exist, both plain torch (the measured alternatives are in the README's benchmark section):
 
-- ``fp32`` (the default and the fallback): the model as built; outputs are the torch model's own.
+- ``fp32`` (the default and the fallback): the model as built; outputs are the torch model's own. Its
+  linear layers run on the float32 kernel :mod:`litesam.kernels` picks for this CPU (oneDNN's AVX-512
+  kernels where torch's MKL takes a slower path, as on AMD Zen 4/5), for every path and every caller.
 - ``bf16``: the image encoder's backbone and neck hold bfloat16 weights and compute in bfloat16 (oneDNN's
   AMX or AVX512_BF16 kernels, float32 accumulation inside each matrix product), with the input cast in and
   the embedding cast back to float32 at the encoder's boundary; the mask decoder's output upscaling (two
@@ -43,6 +45,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from . import kernels
 from .modeling.lite_sam import LiteSAM
 
 Precision = Literal["fp32", "bf16"]
@@ -73,6 +76,8 @@ class CpuReport:
         threads: torch intra-op threads.
         fp32_gflops: measured float32 matrix-product speed of the probe shape on one core, GFLOP/s.
         bf16_gflops: the same in bfloat16, or None where oneDNN has no bf16 support.
+        fp32_kernel: the float32 kernel inference runs on (:func:`litesam.kernels.fp32_kernel`).
+        kernel_gflops: the kernel probe's (MKL, oneDNN) float32 speeds, GFLOP/s (oneDNN None where absent).
     """
 
     model: str
@@ -82,6 +87,8 @@ class CpuReport:
     threads: int
     fp32_gflops: float
     bf16_gflops: float | None
+    fp32_kernel: str = "mkl"
+    kernel_gflops: tuple[float, float | None] = (0.0, None)
 
     @property
     def bf16_native(self) -> bool:
@@ -96,10 +103,13 @@ class CpuReport:
     def describe(self) -> str:
         """One line: model, flags, kernels, threads and probe speeds."""
         bf16 = "no bf16" if self.bf16_gflops is None else f"bf16 {self.bf16_gflops:.0f} GFLOP/s"
+        mkl, onednn = self.kernel_gflops
+        linear = f"MKL {mkl:.0f}" + ("" if onednn is None else f" / oneDNN {onednn:.0f}")
         return (
             f"CPU {self.model} [{' '.join(self.flags) or 'no AVX2'}]; torch {torch.__version__} "
             f"{self.capability} kernels, {self.blas}; {self.threads} torch threads; probe matmul "
-            f"fp32 {self.fp32_gflops:.0f} GFLOP/s, {bf16}"
+            f"fp32 {self.fp32_gflops:.0f} GFLOP/s, {bf16}; fp32 linear {linear} GFLOP/s → "
+            f"{self.fp32_kernel} kernel"
         )
 
 
@@ -118,6 +128,8 @@ def cpu_report() -> CpuReport:
         threads=torch.get_num_threads(),
         fp32_gflops=_matmul_gflops(torch.float32),
         bf16_gflops=_matmul_gflops(torch.bfloat16) if bf16_supported else None,
+        fp32_kernel=kernels.fp32_kernel(),
+        kernel_gflops=kernels.probe_gflops(),
     )
 
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import kernels
 from .litevit import AttentionBlock, LiteViT, PoolBlock, attend
 
 #: Pixels of the MLP hidden activation computed at once by fused blocks: 1024 px keep a 4C-wide chunk in
@@ -110,9 +111,9 @@ class FusedPoolBlock(nn.Module):
             self.register_buffer("mix_bias", out_bias.contiguous())
             self.register_buffer("scaled_kernel", scaled.contiguous())
             self.register_buffer("pool_kernel", kernel.clone(), persistent=False)
-            self.register_buffer("w1t", w1.t().contiguous())
+            self.register_buffer("w1", w1.contiguous())
             self.register_buffer("b1", b1.contiguous())
-            self.register_buffer("w2t", w2.t().contiguous())
+            self.register_buffer("w2", w2.contiguous())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -121,7 +122,7 @@ class FusedPoolBlock(nn.Module):
         y = F.conv2d(x, self.mix_kernel, self.mix_bias, padding=pad, groups=c)
         _renormalise_border(y, x, self.scaled_kernel, self.pool_kernel)
         tokens = y.permute(0, 2, 3, 1).reshape(b * h * w, c)
-        return _chunked_mlp_residual(tokens, self.w1t, self.b1, self.w2t).view(b, h, w, c).permute(0, 3, 1, 2)
+        return _chunked_mlp_residual(tokens, self.w1, self.b1, self.w2).view(b, h, w, c).permute(0, 3, 1, 2)
 
 
 def _renormalise_border(y: torch.Tensor, x: torch.Tensor, scaled: torch.Tensor, kernel: torch.Tensor) -> None:
@@ -165,15 +166,13 @@ class FusedStem(nn.Module):
         return self.conv2(_gelu_(self.conv1(x)))
 
 
-def _chunked_mlp_residual(
-    tokens: torch.Tensor, w1t: torch.Tensor, b1: torch.Tensor, w2t: torch.Tensor
-) -> torch.Tensor:
-    """``tokens + GELU(tokens @ w1t + b1) @ w2t`` for N×C tokens, computed in chunks of pixels."""
+def _chunked_mlp_residual(tokens: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    """``tokens + GELU(tokens @ w1.T + b1) @ w2.T`` for N×C tokens (``w1``: 4C×C, ``w2``: C×4C), in chunks of
+    pixels, on the process's float32 kernel (:mod:`litesam.kernels`)."""
     out = torch.empty_like(tokens)
     for start in range(0, tokens.shape[0], _MLP_CHUNK_PIXELS):
         part = tokens[start : start + _MLP_CHUNK_PIXELS]
-        hidden = _gelu_(torch.addmm(b1, part, w1t))
-        torch.addmm(part, hidden, w2t, out=out[start : start + _MLP_CHUNK_PIXELS])
+        out[start : start + _MLP_CHUNK_PIXELS] = kernels.linear_residual(kernels.linear_gelu(part, w1, b1), w2, part)
     return out
 
 
@@ -201,10 +200,10 @@ class FusedAttentionBlock(nn.Module):
             self.register_buffer("proj_b", proj.bias * block.ls1)
             g2, be2 = block.norm2.weight, block.norm2.bias
             fc1 = block.mlp_fc1
-            self.register_buffer("w1t", (fc1.weight * g2[None, :]).t().contiguous())
+            self.register_buffer("w1", (fc1.weight * g2[None, :]).contiguous())
             self.register_buffer("b1", fc1.bias + fc1.weight @ be2)
             fc2 = block.mlp_fc2
-            self.register_buffer("w2t", (fc2.weight * block.ls2[:, None]).t().contiguous())
+            self.register_buffer("w2", (fc2.weight * block.ls2[:, None]).contiguous())
             self.register_buffer("b2", fc2.bias * block.ls2)
         self.dim = dim
         self.num_heads = block.attn.num_heads
@@ -217,9 +216,9 @@ class FusedAttentionBlock(nn.Module):
             memory_format=torch.channels_last
         )
         t = x.permute(0, 2, 3, 1).reshape(b * h * w, c)
-        qkv = F.linear(F.layer_norm(t, (c,), eps=self.eps1), self.qkv_w, self.qkv_b)
+        qkv = kernels.linear(F.layer_norm(t, (c,), eps=self.eps1), self.qkv_w, self.qkv_b)
         attended = attend(qkv.view(b, h * w, 3 * c), self.num_heads).reshape(b * h * w, c)
-        t = torch.addmm(t, attended, self.proj_w.t()).add_(self.proj_b)
-        hidden = _gelu_(torch.addmm(self.b1, F.layer_norm(t, (c,), eps=self.eps2), self.w1t))
-        t = torch.addmm(t, hidden, self.w2t).add_(self.b2)
+        t = kernels.linear_residual(attended, self.proj_w, t).add_(self.proj_b)
+        hidden = kernels.linear_gelu(F.layer_norm(t, (c,), eps=self.eps2), self.w1, self.b1)
+        t = kernels.linear_residual(hidden, self.w2, t).add_(self.b2)
         return t.view(b, h, w, c).permute(0, 3, 1, 2)

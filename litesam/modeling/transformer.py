@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from litesam import kernels
 from litesam.modeling.common import MLPBlock
 
 
@@ -105,9 +106,9 @@ class Attention(nn.Module):
         # The q·bk term is constant along the softmax axis (the image tokens), so it cancels and is skipped.
         q_in = torch.einsum("bhnd,hdc->bhnc", qh, self._head_weights(self.k_proj)).reshape(b, h * n, c)
         image_keys, image_values = image_keys.expand(b, -1, -1), image_values.expand(b, -1, -1)
-        attn = torch.bmm(q_in, image_keys.transpose(1, 2)).softmax(dim=-1)  # B×(H·N)×M
+        attn = kernels.bmm(q_in, image_keys.transpose(1, 2)).softmax(dim=-1)  # B×(H·N)×M
         # softmax(·)·(Wv·x + bv) = Wv·(softmax(·)·x) + bv, since every row of the softmax sums to one.
-        mixed = torch.bmm(attn, image_values).view(b, h, n, c)
+        mixed = kernels.bmm(attn, image_values).view(b, h, n, c)
         out = torch.einsum("bhnc,hdc->bnhd", mixed, self._head_weights(self.v_proj)).reshape(b, n, h * d)
         return self.out_proj(out + self.v_proj.bias)
 
@@ -126,7 +127,7 @@ class Attention(nn.Module):
             # score = (Wq·x + bq)·k = x·(Wqᵀ·k) + bq·k: the keys move to the input space.
             k_in = torch.einsum("bhnd,hdc->bhnc", kh, self._head_weights(self.q_proj)).reshape(b, h * n, c)
             k_bias = (kh * self.q_proj.bias.view(h, 1, d)).sum(-1).reshape(b, h * n, 1)
-            scores = torch.baddbmm(k_bias, k_in, image_queries.expand(b, -1, -1).transpose(1, 2))
+            scores = kernels.bmm(k_in, image_queries.expand(b, -1, -1).transpose(1, 2)).add_(k_bias)
         else:
             qh = self.split_heads(self.q_proj(image_queries))
             scores = kh @ qh.transpose(-1, -2)
