@@ -200,3 +200,25 @@ def test_bad_inputs_raise():
         decoder(image, pe, torch.zeros(2, 3, 128), dense, True)
     with pytest.raises(InvalidPromptError, match="dense prompt embeddings"):
         decoder(image, pe, sparse, torch.zeros(3, 256, 8, 8), True)
+
+
+def test_upscale_channels_set_the_mask_feature_width():
+    """A decoder with its own upscaling widths (litesam_tiny: 32/32 at C = 64) keeps the channels-last
+    upscaling equal to the transposed-convolution stack on the map, and its masks' shapes."""
+    decoder = randomize_(
+        MaskDecoder(transformer_dim=64, transformer=TwoWayTransformer(2, 64, 4, 256), upscale_channels=(32, 24)),
+        seed=7,
+    )
+    assert [decoder.output_upscaling[i].out_channels for i in (0, 3)] == [32, 24]
+    assert all(mlp.layers[-1].out_features == 24 for mlp in decoder.output_hypernetworks_mlps)
+    grid = 8
+    keys = torch.randn(2, grid * grid, 64, generator=torch.Generator().manual_seed(8))
+    with torch.inference_mode():
+        rows = decoder._upscale(keys)  # B×16M×C2, rows (y, x, ky1, kx1, ky2, kx2)
+        maps = decoder.output_upscaling(keys.transpose(1, 2).reshape(2, 64, grid, grid))  # B×C2×4h×4w
+        as_map = rows.view(2, grid, grid, 2, 2, 2, 2, 24).permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(2, 24, 4 * grid, 4 * grid)
+        assert (as_map - maps).abs().max() <= TOLERANCE
+        sparse = torch.randn(3, 2, 64)
+        dense = torch.randn(1, 64, grid, grid).expand(3, -1, -1, -1)
+        masks, iou = decoder(torch.randn(1, 64, grid, grid), torch.randn(1, 64, grid, grid), sparse, dense, True)
+    assert masks.shape == (3, 3, 4 * grid, 4 * grid) and iou.shape == (3, 3)

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from litesam import kernels
 from litesam.errors import InvalidImageError, InvalidPromptError
 from litesam.modeling.common import LayerNorm2d
 from litesam.modeling.transformer import TwoWayTransformer
@@ -48,6 +49,8 @@ class MaskDecoder(nn.Module):
             serves single-mask output.
         activation: activation of the mask upscaling.
         iou_head_depth, iou_head_hidden_dim: layers and width of the IoU prediction MLP (3, 256).
+        upscale_channels: output channels of the two transposed convolutions; None: SAM's ``(C/4, C/8)``.
+            The second is also the width of the per-mask hypernetwork outputs (the mask features' width).
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class MaskDecoder(nn.Module):
         activation: type[nn.Module] = nn.GELU,
         iou_head_depth: int = 3,
         iou_head_hidden_dim: int = 256,
+        upscale_channels: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         self.transformer_dim = transformer_dim
@@ -68,16 +72,17 @@ class MaskDecoder(nn.Module):
         self.num_mask_tokens = num_multimask_outputs + 1
         self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)
 
-        # Two 2×2 stride-2 transposed convolutions: ×4 resolution, C → C/4 → C/8 channels.
+        # Two 2×2 stride-2 transposed convolutions: ×4 resolution, C → C1 → C2 channels (SAM: C/4, C/8).
+        c1, c2 = upscale_channels or (transformer_dim // 4, transformer_dim // 8)
         self.output_upscaling = nn.Sequential(
-            nn.ConvTranspose2d(transformer_dim, transformer_dim // 4, kernel_size=2, stride=2),
-            LayerNorm2d(transformer_dim // 4),
+            nn.ConvTranspose2d(transformer_dim, c1, kernel_size=2, stride=2),
+            LayerNorm2d(c1),
             activation(),
-            nn.ConvTranspose2d(transformer_dim // 4, transformer_dim // 8, kernel_size=2, stride=2),
+            nn.ConvTranspose2d(c1, c2, kernel_size=2, stride=2),
             activation(),
         )
         self.output_hypernetworks_mlps = nn.ModuleList(
-            MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3)
+            MLP(transformer_dim, transformer_dim, c2, 3)
             for _ in range(self.num_mask_tokens)
         )
         self.iou_prediction_head = MLP(
@@ -121,7 +126,8 @@ class MaskDecoder(nn.Module):
 
         masks = tokens.new_empty((b, len(hyper_mlps), 4 * h, 4 * w))
         iou_pred = tokens.new_empty((b, len(hyper_mlps)))
-        chunk = max(1, CHUNK_BYTES // (16 * h * w * (c // 8) * tokens.element_size()))
+        mask_channels = self.output_upscaling[3].out_channels
+        chunk = max(1, CHUNK_BYTES // (16 * h * w * mask_channels * tokens.element_size()))
         for start in range(0, b, chunk):
             part = slice(start, start + chunk)
             if not shared:
@@ -164,7 +170,7 @@ class MaskDecoder(nn.Module):
             )
 
     def _upscale(self, keys: Tensor) -> Tensor:
-        """``B×M×C`` image tokens → ``B×16M×C/8`` upscaled features, rows ordered (y, x, ky1, kx1, ky2, kx2).
+        """``B×M×C`` image tokens → ``B×16M×C2`` upscaled features, rows ordered (y, x, ky1, kx1, ky2, kx2).
 
         Output pixel ``(4y + 2·ky1 + ky2, 4x + 2·kx1 + kx2)``; equal to ``output_upscaling`` on the
         ``B×C×h×w`` map, but computed on channels-last rows without layout changes.
@@ -176,7 +182,7 @@ class MaskDecoder(nn.Module):
 
     @staticmethod
     def _write_masks(hyper_in: Tensor, features: Tensor, h: int, w: int, out: Tensor) -> None:
-        """Mask logits ``hyper_in`` (``B×T×C/8``) · ``features`` (from ``_upscale``) into ``out`` ``B×T×4h×4w``."""
+        """Mask logits ``hyper_in`` (``B×T×C2``) · ``features`` (from ``_upscale``) into ``out`` ``B×T×4h×4w``."""
         b, t, _ = hyper_in.shape
         logits = torch.bmm(hyper_in, features.transpose(1, 2)).view(b, t, h, w, 2, 2, 2, 2)
         out.view(b, t, h, 2, 2, w, 2, 2).copy_(logits.permute(0, 1, 2, 4, 6, 3, 5, 7))
@@ -185,9 +191,9 @@ class MaskDecoder(nn.Module):
 def _stride2_transposed_conv(x: Tensor, conv: nn.ConvTranspose2d) -> Tensor:
     """A 2×2, stride-2 transposed convolution on channels-last pixel rows: ``R×C_in`` → ``4R×C_out``.
 
-    Each input pixel maps to its own 2×2 output block, so the convolution is one matrix product per pixel;
-    output rows are ordered (input row, ky, kx).
+    Each input pixel maps to its own 2×2 output block, so the convolution is one matrix product per pixel
+    (on the process's float32 kernel, :mod:`litesam.kernels`); output rows are ordered (input row, ky, kx).
     """
     c_in, c_out, kh, kw = conv.weight.shape
-    weight = conv.weight.permute(0, 2, 3, 1).reshape(c_in, kh * kw * c_out)
-    return torch.addmm(conv.bias.repeat(kh * kw), x, weight).view(-1, c_out)
+    weight = conv.weight.permute(2, 3, 1, 0).reshape(kh * kw * c_out, c_in)  # rows (ky, kx, c_out)
+    return kernels.linear(x, weight, conv.bias.repeat(kh * kw)).view(-1, c_out)
