@@ -79,11 +79,10 @@ def test_a_click_inside_a_demo_shape_returns_that_shape(shape, tmp_path):
 
 
 def test_everything_on_the_demo_image_finds_both_shapes(tmp_path):
-    # The README's first command: the demo checkpoint (no --checkpoint, no --random-weights), with SAM's
-    # filters lowered to 0.75 / 0.85: the demo model gives the rectangle predicted IoU 0.81 and stability 0.89,
-    # below SAM's 0.88 / 0.95 (the disc: 0.90 / 0.96) (README, "Training and evaluation").
-    assert main(["everything", str(DEMO_IMAGE), "-o", str(tmp_path), "--pred-iou-thresh", "0.75",
-                 "--stability-score-thresh", "0.85"]) == 0
+    # The README's first command: the demo checkpoint (no --checkpoint, no --random-weights) and SAM's own
+    # filters (predicted IoU 0.88, stability 0.95): the demo model gives the disc 0.985 / 0.975 and the
+    # rectangle 0.892 / 0.956 (README, "Training and evaluation").
+    assert main(["everything", str(DEMO_IMAGE), "-o", str(tmp_path)]) == 0
     document = json.loads((tmp_path / "demo.json").read_text())
     assert "synthetic shapes" in document["note"]
     masks = [coco_rle_to_mask(a["segmentation"]) for a in document["annotations"]]
