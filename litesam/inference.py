@@ -38,7 +38,6 @@ from __future__ import annotations
 import functools
 import os
 import platform
-import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -196,27 +195,12 @@ def _cast(value: Any, dtype: torch.dtype) -> Any:
 
 
 def _matmul_gflops(dtype: torch.dtype) -> float:
-    """Best-of-5 speed of one matrix product of :data:`_PROBE_SHAPE` in ``dtype`` on one core, GFLOP/s.
-
-    One thread and the calling thread's CPU time: the kernels' speed, not the machine's load (with two
-    threads a busy neighbour process makes OpenMP spin-wait and the probe measure the wait).
-    """
+    """Speed of one matrix product of :data:`_PROBE_SHAPE` in ``dtype`` on one core, GFLOP/s."""
     m, k, n = _PROBE_SHAPE
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(m, k, generator=generator).to(dtype)
     b = torch.randn(k, n, generator=generator).to(dtype)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        torch.mm(a, b)
-        best = float("inf")
-        for _ in range(5):
-            start = time.thread_time()
-            torch.mm(a, b)
-            best = min(best, time.thread_time() - start)
-    finally:
-        torch.set_num_threads(threads)
-    return 2 * m * k * n / max(best, 1e-9) / 1e9
+    return kernels.gflops_on_one_core(lambda: torch.mm(a, b), 2 * m * k * n)
 
 
 def _cpuinfo() -> tuple[str, set[str]]:

@@ -22,7 +22,7 @@ import contextlib
 import functools
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -45,36 +45,39 @@ def onednn_linear_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+def gflops_on_one_core(run: Callable[[], object], flops: int) -> float:
+    """Best-of-5 speed of ``run`` (``flops`` floating-point operations) on one torch thread, GFLOP/s.
+
+    The calling thread's CPU time: the kernel's speed, not the machine's load (with two threads a busy
+    neighbour process makes OpenMP spin-wait and a probe measure the wait). Restores the thread count.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run()
+        best = float("inf")
+        for _ in range(5):
+            start = time.thread_time()
+            run()
+            best = min(best, time.thread_time() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return flops / max(best, 1e-9) / 1e9
+
+
 @functools.lru_cache(maxsize=1)
 def probe_gflops() -> tuple[float, float | None]:
-    """(MKL, oneDNN) float32 speed of the probe product on one core, GFLOP/s; oneDNN None where absent.
-
-    Best of 5 of the calling thread's CPU time at one torch thread: the kernels' speed, not the machine's
-    load. Restores the caller's thread count.
-    """
+    """(MKL, oneDNN) float32 speed of the probe product on one core, GFLOP/s; oneDNN None where absent."""
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(_PROBE_ROWS, _PROBE_IN, generator=generator)
     weight = torch.randn(_PROBE_OUT, _PROBE_IN, generator=generator)
     bias = torch.randn(_PROBE_OUT, generator=generator)
-    runs = {"mkl": lambda: F.linear(x, weight, bias)}
-    if onednn_linear_available():
-        runs["onednn"] = lambda: torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     flops = 2 * _PROBE_ROWS * _PROBE_IN * _PROBE_OUT
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        speeds = {}
-        for name, run in runs.items():
-            run()
-            best = float("inf")
-            for _ in range(5):
-                start = time.thread_time()
-                run()
-                best = min(best, time.thread_time() - start)
-            speeds[name] = flops / max(best, 1e-9) / 1e9
-    finally:
-        torch.set_num_threads(threads)
-    return speeds["mkl"], speeds.get("onednn")
+    mkl = gflops_on_one_core(lambda: F.linear(x, weight, bias), flops)
+    if not onednn_linear_available():
+        return mkl, None
+    onednn = gflops_on_one_core(lambda: torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], ""), flops)
+    return mkl, onednn
 
 
 def choose_kernel(requested: str, mkl_gflops: float, onednn_gflops: float | None) -> str:

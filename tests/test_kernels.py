@@ -40,7 +40,7 @@ def test_bad_kernel_requests_are_refused():
         kernels.choose_kernel("onednn", 100.0, None)
 
 
-def test_environment_choice_is_read_once_per_process(kernel):
+def test_environment_forces_the_kernel_and_is_checked(kernel):
     kernel("mkl")
     assert kernels.fp32_kernel() == "mkl"
     kernel("bogus")
