@@ -127,6 +127,29 @@ def test_shared_dense_embedding_forms_agree(setup):
         assert torch.allclose(iou, results[0][1], rtol=0, atol=TOLERANCE)
 
 
+def test_one_embedding_per_prompt_equals_decoding_each_image_alone(setup, monkeypatch):
+    """Prompts of two images decoded together (B×C×h×w embeddings) equal each image's prompts decoded alone,
+    with shared (no mask input) and per-prompt dense embeddings, in one chunk and in many."""
+    g = torch.Generator().manual_seed(11)
+    images = [setup["image"], torch.randn(setup["image"].shape, generator=g)]
+    p = random_prompts(setup["size"], setup["grid"], batch=5, num_points=1, seed=12)
+    owner = torch.tensor([0, 1, 1, 0, 1])  # the image each prompt is on
+    ours, encoder, pe = setup["ours"], setup["encoder"], setup["encoder"].get_dense_pe()
+    with torch.inference_mode():
+        for masks in (None, p["masks"]):
+            sparse, dense = encoder((p["coords"], p["labels"]), None, masks)
+            together = ours(torch.cat(images)[owner], pe, sparse, dense, True)
+            monkeypatch.setattr(mask_decoder_module, "CHUNK_BYTES", 1)  # one prompt per chunk
+            chunked = ours(torch.cat(images)[owner], pe, sparse, dense, True)
+            monkeypatch.undo()
+            assert torch.allclose(together[0], chunked[0], rtol=0, atol=TOLERANCE)
+            for i, image in enumerate(images):
+                on = owner == i
+                alone = ours(image, pe, sparse[on], dense[on] if masks is not None else dense[:1], True)
+                assert torch.allclose(together[0][on], alone[0], rtol=0, atol=TOLERANCE)
+                assert torch.allclose(together[1][on], alone[1], rtol=0, atol=TOLERANCE)
+
+
 @pytest.mark.parametrize("shared_image", [True, False])
 def test_transformer_parity_with_sam(shared_image):
     """SAM's transformer on a per-prompt image batch vs ours on one shared (1×C×h×w) or per-prompt image."""
@@ -193,7 +216,7 @@ def test_bad_inputs_raise():
     image, pe = torch.zeros(1, 256, 8, 8), torch.zeros(1, 256, 8, 8)
     sparse, dense = torch.zeros(2, 3, 256), torch.zeros(2, 256, 8, 8)
     with pytest.raises(InvalidImageError, match="one image"):
-        decoder(image.expand(2, -1, -1, -1), pe, sparse, dense, True)
+        decoder(image.expand(3, -1, -1, -1), pe, sparse, dense, True)  # neither 1 nor one per prompt
     with pytest.raises(InvalidImageError, match="image_pe"):
         decoder(image, torch.zeros(1, 256, 4, 4), sparse, dense, True)
     with pytest.raises(InvalidPromptError, match="sparse prompt embeddings"):

@@ -97,10 +97,11 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: Tensor,
         multimask_output: bool,
     ) -> tuple[Tensor, Tensor]:
-        """Predict masks for ``B`` prompts on one image.
+        """Predict masks for ``B`` prompts on one image, or on one embedding per prompt.
 
         Args:
-            image_embeddings: ``1×C×h×w`` float32 embedding of one image.
+            image_embeddings: ``1×C×h×w`` float32 embedding of the image all prompts are on, or ``B×C×h×w``:
+                prompt ``i`` on embedding ``i`` (prompts of several images decoded together, as in training).
             image_pe: ``1×C×h×w`` positional encoding of the embedding grid (``PromptEncoder.get_dense_pe()``).
             sparse_prompt_embeddings: ``B×N×C`` point and box tokens from the prompt encoder (``N`` may be 0).
             dense_prompt_embeddings: ``B×C×h×w`` mask-input embeddings, or ``1×C×h×w`` shared by all prompts.
@@ -120,7 +121,8 @@ class MaskDecoder(nn.Module):
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([output_tokens.expand(b, -1, -1), sparse_prompt_embeddings], dim=1)
         dense = dense_prompt_embeddings
-        shared = dense.shape[0] == 1 or dense.stride(0) == 0
+        per_prompt_image = image_embeddings.shape[0] > 1
+        shared = not per_prompt_image and (dense.shape[0] == 1 or dense.stride(0) == 0)
         if shared:
             image = self.transformer.prepare_image(image_embeddings + dense[:1], image_pe)
 
@@ -131,7 +133,9 @@ class MaskDecoder(nn.Module):
         for start in range(0, b, chunk):
             part = slice(start, start + chunk)
             if not shared:
-                image = self.transformer.prepare_image(image_embeddings + dense[part], image_pe)
+                embedding = image_embeddings[part] if per_prompt_image else image_embeddings
+                prompt_dense = dense[part] if dense.shape[0] > 1 else dense
+                image = self.transformer.prepare_image(embedding + prompt_dense, image_pe)
             # Only the IoU token and the mask tokens up to the last selected one are read.
             hs, keys = self.transformer.forward_prepared(image, tokens[part], num_outputs=1 + selected.stop)
             iou_pred[part] = self.iou_prediction_head(hs[:, 0])[:, selected]
@@ -146,9 +150,14 @@ class MaskDecoder(nn.Module):
         self, image_embeddings: Tensor, image_pe: Tensor, sparse: Tensor, dense: Tensor
     ) -> None:
         c = self.transformer_dim
-        if image_embeddings.ndim != 4 or image_embeddings.shape[:2] != (1, c):
+        if (
+            image_embeddings.ndim != 4
+            or image_embeddings.shape[1] != c
+            or image_embeddings.shape[0] not in (1, sparse.shape[0])
+        ):
             raise InvalidImageError(
-                f"image_embeddings must be 1×{c}×h×w (one image), got shape {tuple(image_embeddings.shape)}"
+                f"image_embeddings must be 1×{c}×h×w (one image) or B×{c}×h×w (one per prompt, "
+                f"B = {sparse.shape[0]}), got shape {tuple(image_embeddings.shape)}"
             )
         grid = tuple(image_embeddings.shape[2:])
         if tuple(image_pe.shape) != (1, c, *grid):

@@ -1,8 +1,9 @@
 """The training objective: one batch through the whole model, every loss term (``training_losses``).
 
-Per image: the encoder gives the embedding and the AutoPPN maps; point-prompted masks are decoded with three
+The encoder gives each image's embedding and AutoPPN maps; point-prompted masks are decoded with three
 outputs (the best one trained), box-prompted masks with one; optionally AutoPPN's own proposals that match a
-ground-truth box are decoded as point + box with three outputs (the best one trained). End to end: the image
+ground-truth box are decoded as point + box with three outputs (the best one trained). Each kind of prompt
+is decoded in one pass for the whole batch, every prompt on its own image's embedding. End to end: the image
 encoder, AutoPPN, prompt encoder and mask decoder all receive gradients. The terms are defined in
 :mod:`litesam.train.losses`, their weights in :class:`litesam.train.config.LossWeights`.
 """
@@ -42,12 +43,12 @@ def training_losses(
     weights = weights or LossWeights()
     embeddings, ppn = model.image_encoder(batch.model_input(model.preprocess))
     image_pe = model.prompt_encoder.get_dense_pe()
-    groups: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {
+    # Prompts of every image of the batch, by kind: (image index, points or None, boxes or None, targets).
+    prompted: dict[str, list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]]] = {
         "point": [],
         "box": [],
         "proposal": [],
     }
-
     proposals = None
     if prompts.proposals_per_image > 0:
         with torch.no_grad():
@@ -58,39 +59,40 @@ def training_losses(
                 for i, size in enumerate(batch.input_sizes)
             ]
     for i in range(len(batch)):
-        embedding, masks, use_point = embeddings[i : i + 1], batch.gt_masks[i], batch.use_point[i]
+        masks, use_point = batch.gt_masks[i], batch.use_point[i]
+        owner = torch.full((len(masks),), i, dtype=torch.int64, device=masks.device)
         if use_point.any():
-            points = _foreground(batch.point_coords[i][use_point])
-            logits, iou = _decode(model, embedding, image_pe, points, None, multimask=True)
-            groups["point"].append((logits, iou, masks[use_point]))
+            prompted["point"].append((owner[use_point], batch.point_coords[i][use_point], None, masks[use_point]))
         if (~use_point).any():
-            boxes = batch.prompt_boxes[i][~use_point]
-            logits, iou = _decode(model, embedding, image_pe, None, boxes, multimask=False)
-            groups["box"].append((logits, iou, masks[~use_point]))
+            prompted["box"].append((owner[~use_point], None, batch.prompt_boxes[i][~use_point], masks[~use_point]))
         if proposals is not None:
             found, gt = match_proposals(
                 proposals[i].boxes, batch.gt_boxes[i], prompts.proposal_match_iou, prompts.proposals_per_image
             )
             if len(found):
-                points = _foreground(proposals[i].points[found])
-                logits, iou = _decode(
-                    model, embedding, image_pe, points, proposals[i].boxes[found], multimask=True
+                prompted["proposal"].append(
+                    (owner[gt], proposals[i].points[found], proposals[i].boxes[found], masks[gt])
                 )
-                groups["proposal"].append((logits, iou, masks[gt]))
+    # One decoder pass per prompt kind over the whole batch (each prompt on its own image's embedding): the
+    # same result as one pass per image and kind, with a quarter of the small operations at batch 4.
+    decoded: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # kind → (logits, iou, targets)
+    for kind, items in prompted.items():
+        if not items:
+            continue
+        owners, point_parts, box_parts, targets = zip(*items)
+        points = None if point_parts[0] is None else _foreground(torch.cat(point_parts))
+        boxes = None if box_parts[0] is None else torch.cat(box_parts)
+        logits, iou = _decode(
+            model, embeddings[torch.cat(owners)], image_pe, points, boxes, multimask=kind != "box"
+        )
+        decoded[kind] = (logits, iou, torch.cat(targets))
 
-    counts = {kind: sum(len(t) for _, _, t in items) for kind, items in groups.items()}
+    counts = {kind: len(decoded[kind][2]) if kind in decoded else 0 for kind in prompted}
     total_prompts = sum(counts.values())
     zero = embeddings.sum() * 0.0
     mask_terms = {"mask": zero, "focal": zero, "dice": zero, "iou": zero}
-    for kind, items in groups.items():
-        if not items:
-            continue
-        terms = mask_losses(
-            torch.cat([logits for logits, _, _ in items]),
-            torch.cat([iou for _, iou, _ in items]),
-            torch.cat([targets for _, _, targets in items]),
-            weights,
-        )
+    for kind, (logits, iou, targets) in decoded.items():
+        terms = mask_losses(logits, iou, targets, weights)
         share = counts[kind] / total_prompts  # every prompt counts equally, whatever its kind
         mask_terms = {key: mask_terms[key] + share * terms[key] for key in mask_terms}
 
@@ -123,7 +125,8 @@ def _decode(
     boxes: torch.Tensor | None,
     multimask: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """K prompts on one 1×C×h×w embedding → (K×C'×4h×4w float32 logits, K×C' float32 predicted IoU)."""
+    """K prompts on K×C×h×w embeddings (prompt i on embedding i) → (K×C'×4h×4w float32 logits, K×C'
+    float32 predicted IoU)."""
     sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=None)
     low_res, iou = model.mask_decoder(
         image_embeddings=embedding,
