@@ -80,8 +80,14 @@ def _parser() -> argparse.ArgumentParser:
         "--proposal-threshold", type=float, help="AutoPPN point-confidence threshold (default: the variant's)"
     )
     everything.add_argument("--top-k", type=int, help="at most this many AutoPPN proposals (default: the variant's)")
-    everything.add_argument("--pred-iou-thresh", type=float, default=0.88)
-    everything.add_argument("--stability-score-thresh", type=float, default=0.95)
+    everything.add_argument(
+        "--pred-iou-thresh", type=float, help="keep masks with predicted IoU ≥ this (default: the variant's; SAM: 0.88)"
+    )
+    everything.add_argument(
+        "--stability-score-thresh",
+        type=float,
+        help="keep masks with stability score ≥ this (default: the variant's; SAM: 0.95)",
+    )
     everything.add_argument("--box-nms-thresh", type=float, default=0.7)
     everything.add_argument("--no-overlay", action="store_true", help="write only the JSON")
     _model_options(everything)
@@ -161,28 +167,35 @@ def _everything(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .build import VARIANTS
-    from .everything import SegEvery, SegEveryConfig
+    from .everything import SegEvery
     from .masks import coco_rle_to_mask
 
     model = _load_model(args)
+    filters = {  # the variant's own unless given (SegEvery's defaults)
+        name: value
+        for name, value in (
+            ("pred_iou_thresh", args.pred_iou_thresh),
+            ("stability_score_thresh", args.stability_score_thresh),
+        )
+        if value is not None
+    }
     try:
         proposals = VARIANTS[model.variant].proposals
         if args.proposal_threshold is not None:
             proposals = replace(proposals, score_threshold=args.proposal_threshold)
         if args.top_k is not None:
             proposals = replace(proposals, top_k=args.top_k)
-        config = SegEveryConfig(
+        generator = SegEvery(
+            model,
             prompt_mode=args.prompt_mode,
             proposals=proposals,
             points_per_side=args.points_per_side,
-            pred_iou_thresh=args.pred_iou_thresh,
-            stability_score_thresh=args.stability_score_thresh,
             box_nms_thresh=args.box_nms_thresh,
             output_mode="coco_rle",
+            **filters,
         )
     except ValueError as error:  # the settings dataclasses check their ranges
         raise LiteSamError(str(error)) from None
-    generator = SegEvery(model, config)
     args.output.mkdir(parents=True, exist_ok=True)
     failures = 0
     for path in tqdm(args.images, desc="segment everything", unit="image", file=sys.stderr):

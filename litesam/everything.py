@@ -43,7 +43,8 @@ from .transforms import ResizeLongestSide
 
 @dataclass
 class SegEveryConfig:
-    """Settings of :class:`SegEvery`. The filter defaults are SAM's automatic-mask-generator defaults.
+    """Settings of :class:`SegEvery`. The filter defaults are SAM's automatic-mask-generator defaults;
+    ``SegEvery(model)`` without a config takes the variant's (:class:`litesam.build.VariantConfig`).
 
     Attributes:
         prompt_mode: "autoppn" (learned proposals: point + box per prompt), "grid" (SAM's point grid), or
@@ -108,8 +109,10 @@ class SegEvery:
     """Segment everything in an image with a shared, read-only :class:`LiteSAM`."""
 
     def __init__(self, model: LiteSAM, config: SegEveryConfig | None = None, **overrides: Any) -> None:
-        if config is None and "proposals" not in overrides and model.variant is not None:
-            overrides["proposals"] = get_variant(model.variant).proposals  # e.g. top-200 at 1024
+        if config is None and model.variant is not None:
+            variant = get_variant(model.variant)
+            for name in ("proposals", "pred_iou_thresh", "stability_score_thresh"):  # e.g. top-200 at 1024
+                overrides.setdefault(name, getattr(variant, name))
         base = config or SegEveryConfig()
         settings = {**base.__dict__, **overrides}
         has_head = model.image_encoder.autoppn is not None

@@ -15,7 +15,7 @@ from litesam.eval.cli import add_eval_command
 from litesam.eval.metrics import MeanIoU, batched_mask_iou, mask_iou, size_bucket
 from litesam.eval.coco_ap import MaskAP
 from litesam.eval.recall import segevery_recall
-from litesam.everything import SegEveryConfig
+from litesam.everything import SegEvery, SegEveryConfig
 from litesam.eval.segany import box_fill, center_point, evaluate_dataset, evaluate_segany, mask_box
 from litesam.train.synthetic import synthetic_records
 from litesam.train.annotations import DatasetError
@@ -202,3 +202,24 @@ def test_the_demo_checkpoint_beats_the_box_fill_floor_on_held_out_scenes():
     # AutoPPN's proposals find most instances once SAM's filters are off (measured 20 of 25).
     opened = SegEveryConfig(pred_iou_thresh=0.0, stability_score_thresh=0.0, proposals=VARIANTS["litesam_tiny"].proposals)
     assert segevery_recall(model, records, config=opened)["recall"] >= 0.6
+    # With the variant's calibrated filters (its SegEvery defaults) most of them stay, and few wrong masks.
+    calibrated = segevery_recall(model, records)
+    assert calibrated["recall"] >= 0.6 and calibrated["precision"] >= 0.9
+
+
+def test_segevery_precision_is_the_share_of_masks_that_match_an_instance():
+    """Checked against a direct count over SegEvery's own masks (the demo checkpoint, filters open)."""
+    model = build_model(checkpoint=DEMO_CHECKPOINT)
+    records = synthetic_records(4, seed=1)
+    opened = SegEveryConfig(pred_iou_thresh=0.0, stability_score_thresh=0.0, proposals=VARIANTS["litesam_tiny"].proposals)
+    result = segevery_recall(model, records, config=opened)
+    correct = masks = 0
+    for record in records:
+        for found in SegEvery(model, opened).generate(record.image()):
+            mask = found["segmentation"]
+            masks += 1
+            correct += any(
+                (mask & gt).sum() >= 0.5 * (mask | gt).sum() for gt in record.instance_masks() if gt.any()
+            )
+    assert masks > 0 and result["masks"] == masks and result["correct"] == correct
+    assert result["precision"] == correct / masks

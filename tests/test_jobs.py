@@ -31,13 +31,14 @@ from backend.jobs.layout import KEY_PREFIX, active_key, queue
 from backend.jobs.locks import TASK_LOCK_TTL_S, TaskLocks
 from backend.jobs.options import QUEUE_NAME, JobOptions
 from backend.services import build_services
-from litesam.build import build_model
+from litesam.build import VARIANTS, build_model
 from litesam.everything import SegEvery
 from tests.backend_support import (
     FakeLabelStudio,
     settings_for,
 )
 from tests.jobs_support import OPEN_FILTERS
+from litesam.build import VARIANTS
 
 
 def planned_job(board: JobBoard, project: int, task_ids: list[int]) -> str:
@@ -94,8 +95,15 @@ def test_segevery_config_opens_filters_on_top_of_the_variant_proposals():
     config = JobOptions.from_json(OPEN_FILTERS).segevery_config("litesam_tiny")
     assert config.pred_iou_thresh == 0.0 and config.stability_score_thresh == 0.0
     assert config.proposals.score_threshold == 0.0
-    default = JobOptions().segevery_config("litesam_tiny")
-    assert default.pred_iou_thresh == 0.88 and default.proposals.score_threshold > 0
+    for variant in ("litesam_tiny", "litesam_r640", "sam_vit_b"):  # null filters: the variant's own
+        default = JobOptions().segevery_config(variant)
+        expected = VARIANTS[variant]
+        assert default.pred_iou_thresh == expected.pred_iou_thresh
+        assert default.stability_score_thresh == expected.stability_score_thresh
+        assert default.proposals.score_threshold > 0
+    assert VARIANTS["litesam_r640"].pred_iou_thresh == 0.88 and VARIANTS["litesam_tiny"].pred_iou_thresh < 0.88
+    explicit = JobOptions.from_json({"pred_iou_thresh": None, "stability_score_thresh": 0.9})
+    assert explicit.segevery_config("litesam_tiny").stability_score_thresh == 0.9
 
 
 def test_points_per_side_sets_the_grid_of_engines_and_autoppn_variants_ignore_it():

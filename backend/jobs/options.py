@@ -38,8 +38,9 @@ class JobOptions:
         chunk_size: tasks per chunk job (the unit of parallelism and of retries).
         write_batch: predictions per ``import_predictions`` call (a batch is also cut at ~16 MB of RLE).
         max_masks: most regions written per image (SegEvery ranks them best first).
-        pred_iou_thresh, stability_score_thresh, box_nms_thresh, points_per_batch: SegEvery's filters and
-            batch size (defaults: SegEvery's own, i.e. SAM's automatic-mask-generator values).
+        pred_iou_thresh, stability_score_thresh: SegEvery's mask filters; None: the served variant's
+            (:class:`litesam.build.VariantConfig`: SAM's automatic-mask-generator values unless calibrated).
+        box_nms_thresh, points_per_batch: SegEvery's box NMS and batch size (defaults: SegEvery's own).
         points_per_side: n of SegEvery's n×n point grid, the prompts of engines without an AutoPPN head
             (official SAM-family checkpoints; SAM's default 32 → 1,024 prompts); AutoPPN variants ignore it.
         proposal_score_thresh: AutoPPN's minimum proposal confidence; None = the variant's default.
@@ -57,8 +58,8 @@ class JobOptions:
     chunk_size: int = 8
     write_batch: int = 8
     max_masks: int = 100
-    pred_iou_thresh: float = SegEveryConfig.pred_iou_thresh
-    stability_score_thresh: float = SegEveryConfig.stability_score_thresh
+    pred_iou_thresh: float | None = None
+    stability_score_thresh: float | None = None
     box_nms_thresh: float = SegEveryConfig.box_nms_thresh
     points_per_batch: int = SegEveryConfig.points_per_batch
     points_per_side: int = SegEveryConfig.points_per_side
@@ -99,9 +100,10 @@ class JobOptions:
         return Retry(max=self.retries, interval=list(self.retry_intervals))
 
     def segevery_config(self, variant: str) -> SegEveryConfig:
-        """SegEvery settings: our filters and grid on top of the variant's AutoPPN proposal defaults; the
-        prompt mode stays "auto" (AutoPPN when the model has a head, else the grid)."""
-        proposals = get_variant(variant).proposals
+        """SegEvery settings: our filters and grid on top of the variant's AutoPPN proposal and filter
+        defaults; the prompt mode stays "auto" (AutoPPN when the model has a head, else the grid)."""
+        defaults = get_variant(variant)
+        proposals = defaults.proposals
         if self.proposal_score_thresh is not None:
             proposals = type(proposals)(
                 **{**asdict(proposals), "score_threshold": self.proposal_score_thresh}
@@ -109,8 +111,8 @@ class JobOptions:
         return SegEveryConfig(
             points_per_batch=self.points_per_batch,
             points_per_side=self.points_per_side,
-            pred_iou_thresh=self.pred_iou_thresh,
-            stability_score_thresh=self.stability_score_thresh,
+            pred_iou_thresh=_given(self.pred_iou_thresh, defaults.pred_iou_thresh),
+            stability_score_thresh=_given(self.stability_score_thresh, defaults.stability_score_thresh),
             box_nms_thresh=self.box_nms_thresh,
             proposals=proposals,
             max_masks=self.max_masks,
@@ -123,6 +125,8 @@ class JobOptions:
         return cls.from_json(json.loads(text))
 
 
+#: Options whose null means "the served variant's default".
+_VARIANT_DEFAULTS = ("pred_iou_thresh", "stability_score_thresh", "proposal_score_thresh")
 _UNIT_FLOATS = ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "proposal_score_thresh")
 _POSITIVE_INTS = (
     "chunk_size",
@@ -135,6 +139,10 @@ _POSITIVE_INTS = (
     "failure_ttl",
     "retries",
 )
+
+
+def _given(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 def _option_value(name: str, value: object) -> object:
@@ -165,7 +173,7 @@ def _option_value(name: str, value: object) -> object:
             )
         return tuple(value)
     if name in _UNIT_FLOATS:
-        if value is None and name == "proposal_score_thresh":
+        if value is None and name in _VARIANT_DEFAULTS:
             return None
         if not is_number(value) or not 0.0 <= value <= 1.0:
             raise BadRequestError(f"option {name!r} must be a number from 0 to 1, got {value!r}")

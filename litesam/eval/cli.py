@@ -106,7 +106,9 @@ def summary_line(report: dict) -> str:
         parts.append(f"1-point mIoU {report['point']['miou']:.3f}")
     parts.append(f"box-fill baseline mIoU {fill['miou']:.3f} AP {fill['ap']:.3f}")
     if "segevery" in report:
-        parts.append(f"SegEvery recall@0.5 {report['segevery']['recall']:.3f}")
+        segevery = report["segevery"]
+        precision = "n/a" if segevery["precision"] is None else f"{segevery['precision']:.3f}"
+        parts.append(f"SegEvery recall@0.5 {segevery['recall']:.3f} ({segevery['masks']} masks, precision {precision})")
     return f"eval: {report['masks']} masks in {report['images']} images: " + "; ".join(parts)
 
 

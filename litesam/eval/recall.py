@@ -1,8 +1,9 @@
 """SegEvery instance recall: the share of ground-truth instances that "segment everything" recovers.
 
 An instance is recovered when at least one SegEvery mask overlaps it with IoU ≥ ``iou_threshold`` (0.5, as
-in COCO's AP50 matching, but without one-to-one assignment: recall only, so duplicates are not penalised;
-``masks`` reports how many SegEvery returned).
+in COCO's AP50 matching, but without one-to-one assignment, so duplicates are not penalised). Beside it,
+``precision``: the share of SegEvery's masks that overlap some instance with IoU ≥ ``iou_threshold`` (a
+filter that keeps everything has high recall and low precision; both are read together).
 """
 
 from __future__ import annotations
@@ -30,30 +31,34 @@ def segevery_recall(
         iou_threshold: smallest mask IoU for an instance to count as recovered.
         config: SegEvery settings; None: the defaults (the variant's AutoPPN decoding, SAM's filters).
     Returns:
-        ``{"images", "instances", "recovered", "recall", "masks" (SegEvery masks in all), "seconds"}``.
+        ``{"images", "instances", "recovered", "recall", "masks" (SegEvery masks in all), "correct" (masks
+        matching an instance), "precision", "seconds"}``; recall / precision are None without instances /
+        masks.
     """
     generator = SegEvery(model, config) if config is not None else SegEvery(model)
-    images = instances = recovered = found = 0
+    images = instances = recovered = found = correct = 0
     start = time.perf_counter()
     for record in records:
         predicted = [r["segmentation"] for r in generator.generate(record.image())]
         found += len(predicted)
-        pred = np.stack(predicted).reshape(len(predicted), -1) if predicted else None
-        for gt in record.instance_masks():
-            if not gt.any():
-                continue
-            instances += 1
-            if pred is not None:
-                flat = gt.reshape(1, -1)
-                intersection = (pred & flat).sum(axis=1)
-                union = (pred | flat).sum(axis=1)
-                recovered += bool((intersection >= iou_threshold * union).any())
+        truths = [gt.reshape(-1) for gt in record.instance_masks() if gt.any()]
+        instances += len(truths)
         images += 1
+        if not predicted or not truths:
+            continue
+        pred = np.stack(predicted).reshape(len(predicted), -1)
+        matched = np.stack(  # masks × instances, one instance at a time (memory: masks × pixels)
+            [(pred & truth).sum(axis=1) >= iou_threshold * (pred | truth).sum(axis=1) for truth in truths], axis=1
+        )
+        recovered += int(matched.any(axis=0).sum())
+        correct += int(matched.any(axis=1).sum())
     return {
         "images": images,
         "instances": instances,
         "recovered": recovered,
         "recall": recovered / instances if instances else None,
         "masks": found,
+        "correct": correct,
+        "precision": correct / found if found else None,
         "seconds": round(time.perf_counter() - start, 3),
     }
