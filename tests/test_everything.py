@@ -117,6 +117,22 @@ def test_default_proposals_follow_the_variant():
     assert SegEvery(tiny_model()).config.proposals == VARIANTS["litesam_tiny"].proposals
 
 
+def test_default_filters_follow_the_variant_unless_given():
+    from litesam.build import VARIANTS
+
+    variant = VARIANTS["litesam_tiny"]
+    default = SegEvery(tiny_model()).config
+    assert (default.pred_iou_thresh, default.stability_score_thresh) == (
+        variant.pred_iou_thresh,
+        variant.stability_score_thresh,
+    )
+    assert default.pred_iou_thresh != SegEveryConfig().pred_iou_thresh  # calibrated, not SAM's
+    assert SegEvery(tiny_model(), pred_iou_thresh=0.9).config.pred_iou_thresh == 0.9
+    assert SegEvery(tiny_model(), pred_iou_thresh=0.9).config.stability_score_thresh == variant.stability_score_thresh
+    given = SegEvery(tiny_model(), SegEveryConfig()).config  # a whole config is taken as it is
+    assert (given.pred_iou_thresh, given.stability_score_thresh) == (0.88, 0.95)
+
+
 def test_max_masks_keeps_the_best_ranked(image):
     everything = SegEvery(tiny_model(), **{**OPEN, "box_nms_thresh": 1.0}).generate(image)
     two = SegEvery(tiny_model(), max_masks=2, **{**OPEN, "box_nms_thresh": 1.0}).generate(image)
