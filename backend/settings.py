@@ -30,6 +30,9 @@ LITESAM_INFERENCE_SLOTS        cores ÷ (workers × torch     inferences one pro
                                threads), at least 1         (so threads never oversubscribe the cores)
 LITESAM_PRECISION              fp32                         fp32, bf16 or auto (litesam.inference: bf16 where
                                                             the CPU has native bf16 and measures it faster)
+LITESAM_FP32_KERNEL            auto                         mkl, onednn or auto: the float32 kernel of inference
+                                                            (litesam.kernels reads it; auto: oneDNN where a
+                                                            start-up probe measures it ≥ 1.2× MKL)
 BASIC_AUTH_USER                (none)                       basic auth required on every route when both
 BASIC_AUTH_PASS                (none)                       user and password are set
 LITESAM_EMBEDDING_TTL          604800 (7 days)              seconds an image embedding stays in Redis
@@ -114,6 +117,7 @@ class Settings:
     torch_threads: int = 1
     inference_slots: int | None = None
     precision: str = "fp32"
+    fp32_kernel: str = "auto"
     basic_auth_user: str | None = None
     basic_auth_pass: Secret | None = None
     embedding_ttl: int = 7 * 24 * 3600
@@ -171,6 +175,9 @@ class Settings:
             torch_threads=env.int("LITESAM_TORCH_THREADS", defaults.torch_threads, minimum=1),
             inference_slots=env.int("LITESAM_INFERENCE_SLOTS", None, minimum=1),
             precision=_precision(env.str("LITESAM_PRECISION") or defaults.precision),
+            fp32_kernel=_choice(
+                env.str("LITESAM_FP32_KERNEL") or defaults.fp32_kernel, "LITESAM_FP32_KERNEL", _KERNELS
+            ),
             basic_auth_user=user,
             basic_auth_pass=Secret(password) if password is not None else None,
             embedding_ttl=env.int("LITESAM_EMBEDDING_TTL", defaults.embedding_ttl, minimum=1),
@@ -214,8 +221,10 @@ class Settings:
         return sorted({v for v in values if v})
 
 
-#: ``litesam.inference.PRECISIONS``, spelled out so that reading settings does not import torch.
+#: ``litesam.inference.PRECISIONS`` and ``litesam.kernels.KERNELS``, spelled out so that reading settings does
+#: not import torch.
 _PRECISIONS = ("fp32", "bf16", "auto")
+_KERNELS = ("mkl", "onednn", "auto")
 
 
 def _precision(value: str) -> str:

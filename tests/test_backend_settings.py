@@ -155,3 +155,17 @@ def test_precision_choices_are_the_librarys():
     from litesam.inference import PRECISIONS
 
     assert _PRECISIONS == PRECISIONS
+
+
+def test_fp32_kernel_is_checked_when_settings_are_read():
+    assert Settings.from_env({}).fp32_kernel == "auto"
+    assert Settings.from_env({"LITESAM_FP32_KERNEL": "oneDNN"}).fp32_kernel == "onednn"
+    with pytest.raises(ConfigurationError, match="LITESAM_FP32_KERNEL must be one of mkl, onednn, auto, got 'avx512'"):
+        Settings.from_env({"LITESAM_FP32_KERNEL": "avx512"})
+
+
+def test_fp32_kernel_choices_are_the_librarys():
+    from backend.settings import _KERNELS
+    from litesam.kernels import KERNELS
+
+    assert _KERNELS == KERNELS
