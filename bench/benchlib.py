@@ -14,12 +14,18 @@ from collections.abc import Callable
 
 import torch
 
+from litesam.allocator import keep_freed_memory
 from litesam.inference import cpu_report, load_average
 
 
 def header(title: str) -> str:
-    """Lines describing the run: title, CPU and kernel paths, torch threads, load average now."""
-    return f"{title}\n{cpu_report().describe()}\n{load_average()} (at start)"
+    """Lines describing the run: title, CPU and kernel paths, torch threads, malloc, load average now.
+
+    Also applies the serving processes' malloc settings (:func:`litesam.allocator.keep_freed_memory`, as
+    ``litesam-backend`` and the ``litesam`` CLI do at start-up), so a benchmark measures what they run.
+    """
+    malloc = "malloc thresholds fixed" if keep_freed_memory() else "malloc defaults (settings refused)"
+    return f"{title}\n{cpu_report().describe()}; {malloc}\n{load_average()} (at start)"
 
 
 def interleaved(jobs: dict[str, Callable[[], object]], rounds: int, warmup: int = 1) -> dict[str, float]:
