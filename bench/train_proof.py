@@ -16,7 +16,7 @@ One run on the CPU:
 Machines shared with other work inflate the wall time; the CPU seconds of the training process (all its
 threads) and the load average are printed beside it, so the figure on a quiet machine can be judged.
 
-    python bench/train_proof.py [--steps 5500] [--batch-size 4] [--threads 2] [--output runs/proof]
+    python bench/train_proof.py [--steps 8000] [--batch-size 4] [--threads 2] [--output runs/proof]
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ SAM_FILTERS = SegEveryConfig(proposals=VARIANTS["litesam_tiny"].proposals)
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=5500, help="--max-steps of the training run")
+    parser.add_argument("--steps", type=int, default=8000, help="--max-steps of the training run")
     parser.add_argument("--batch-size", type=int, default=4, help="--batch-size of the training run")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of every process")
     parser.add_argument("--held-out", type=int, default=60, help="held-out scenes")

@@ -118,7 +118,7 @@ VARIANTS: dict[str, VariantConfig] = {
         # Calibrated for the demo checkpoint (litesam/weights) on 60 synthetic scenes of seed 2 (neither the
         # training seed 0 nor the held-out seed 1): the pair with the highest instance recall whose kept masks
         # are ≥ 95 % correct (bench/calibrate_filters.py; README, "Training").
-        pred_iou_thresh=0.7,
+        pred_iou_thresh=0.8,
         stability_score_thresh=0.85,
         embed_dim=64,
         decoder_depth=2,

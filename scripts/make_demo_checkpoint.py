@@ -3,7 +3,7 @@
 The demo checkpoint is what ``litesam segment`` and ``litesam everything`` use when no ``--checkpoint`` is
 given: ``litesam_tiny`` trained from scratch on synthetic scenes (:mod:`litesam.train.synthetic`) with the
 learning proof's recipe (``bench/train_proof.py``): ``litesam train --data synthetic --variant litesam_tiny
---max-steps 5500 --batch-size 4``, every other setting the CLI's default (seed 0). **Trained on synthetic
+--max-steps 8000 --batch-size 4``, every other setting the CLI's default (seed 0). **Trained on synthetic
 shapes; not for real photos.** The backend never serves it unless it is named as ``LITESAM_CHECKPOINT``.
 
 Steps: train (or take the finished run given with ``--from-run``), store the weights in float16 (half the
@@ -13,7 +13,7 @@ file, then load the stored file back and score it on the held-out scenes.
 Reproducible: the same seed on the same CPU kind and torch version gives the same weights (the trainer's
 resume test checks bit-equality on the CPU); other CPUs may differ in float rounding.
 
-    python scripts/make_demo_checkpoint.py [--from-run runs/proof] [--steps 5500] [--batch-size 4]
+    python scripts/make_demo_checkpoint.py [--from-run runs/proof] [--steps 8000] [--batch-size 4]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "litesam" / "weights" 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--from-run", type=Path, help="a finished `litesam train` run folder to convert")
-    parser.add_argument("--steps", type=int, default=5500, help="--max-steps of the training run")
+    parser.add_argument("--steps", type=int, default=8000, help="--max-steps of the training run")
     parser.add_argument("--batch-size", type=int, default=4, help="--batch-size of the training run")
     parser.add_argument("--run", type=Path, default=Path("runs/demo"), help="folder of a new training run")
     parser.add_argument("-o", "--output", type=Path, default=DEFAULT_OUTPUT, help="the checkpoint to write")
