@@ -30,6 +30,7 @@ import torch
 
 from litesam.build import build_model
 from litesam.cli import DEMO_CHECKPOINT
+from litesam.eval.recall import instance_matches
 from litesam.eval.segany import load_eval_records
 from litesam.everything import SegEvery
 from litesam.masks import box_nms
@@ -80,10 +81,7 @@ def main() -> int:
             instances += len(truths)
             masks += len(kept)
             if kept and truths:
-                pred = np.stack([k["segmentation"].reshape(-1) for k in kept])
-                matched = np.stack(
-                    [(pred & t).sum(axis=1) >= 0.5 * (pred | t).sum(axis=1) for t in truths], axis=1
-                )
+                matched = instance_matches(np.stack([k["segmentation"].reshape(-1) for k in kept]), truths)
                 recovered += int(matched.any(axis=0).sum())
                 correct += int(matched.any(axis=1).sum())
         rows.append({

@@ -46,10 +46,7 @@ def segevery_recall(
         images += 1
         if not predicted or not truths:
             continue
-        pred = np.stack(predicted).reshape(len(predicted), -1)
-        matched = np.stack(  # masks × instances, one instance at a time (memory: masks × pixels)
-            [(pred & truth).sum(axis=1) >= iou_threshold * (pred | truth).sum(axis=1) for truth in truths], axis=1
-        )
+        matched = instance_matches(np.stack(predicted).reshape(len(predicted), -1), truths, iou_threshold)
         recovered += int(matched.any(axis=0).sum())
         correct += int(matched.any(axis=1).sum())
     return {
@@ -62,3 +59,15 @@ def segevery_recall(
         "precision": correct / found if found else None,
         "seconds": round(time.perf_counter() - start, 3),
     }
+
+
+def instance_matches(masks: np.ndarray, truths: list[np.ndarray], iou_threshold: float = 0.5) -> np.ndarray:
+    """Which masks match which instances: ``M×N`` bool, True where mask IoU ≥ ``iou_threshold``.
+
+    Args:
+        masks: ``M×P`` bool, predicted masks flattened to P pixels.
+        truths: N instance masks, each P bool (flattened alike).
+    Computed one instance at a time, so memory stays at ``M×P``.
+    """
+    columns = [(masks & truth).sum(axis=1) >= iou_threshold * (masks | truth).sum(axis=1) for truth in truths]
+    return np.stack(columns, axis=1) if columns else np.zeros((len(masks), 0), dtype=bool)
