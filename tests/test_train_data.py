@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 
 from litesam.train.annotations import DatasetError, decode_mask, load_records, read_image
-from litesam.train.data import collate_samples
+from litesam.train.data import SegmentationDataset, collate_samples
 from litesam.train.prompts import jitter_boxes, match_proposals, sample_points
 from tests.coco_support import coco, disc, rectangle, tiny_dataset  # noqa: F401 (coco: a fixture)
 
@@ -183,6 +184,49 @@ def test_samples_are_deterministic_and_capped(coco):
     assert len(capped.gt_masks) == 2 and capped.num_peaks == 3  # all masks still shape the heat target
     batch = collate_samples([first[0], first[1]])
     assert len(batch) == 2 and batch.heat_target.shape == (2, 32, 32) and batch.num_peaks.tolist() == [3, 3]
+
+
+def test_image_cache_gives_the_same_samples_reads_each_image_once_and_keeps_its_budget(coco):
+    annotation_file, image_dir, _ = coco
+    reads = []
+
+    class Counted:  # the records of the set, counting image reads
+        def __init__(self, record):
+            self.record = record
+            self.height, self.width = record.height, record.width
+
+        def image(self):
+            reads.append(self.record.image_id)
+            return self.record.image()
+
+        def instance_masks(self):
+            return self.record.instance_masks()
+
+    records = [Counted(r) for r in load_records(annotation_file, image_dir)]
+    plain = SegmentationDataset(records, image_size=256, stride=8, seed=3)
+    cached = SegmentationDataset(records, image_size=256, stride=8, seed=3, cache_bytes=2**30)
+    for epoch in (0, 1):
+        plain.set_epoch(epoch)
+        cached.set_epoch(epoch)
+        for index in range(len(records)):
+            a, b = plain[index], cached[index]
+            for f in dataclasses.fields(a):
+                x, y = getattr(a, f.name), getattr(b, f.name)
+                assert torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y, (epoch, index, f.name)
+    assert len(reads) == 3 * len(records)  # plain: every epoch; cached: the first only
+
+    one_image = cached._prepare(0).nbytes
+    small = SegmentationDataset(records, image_size=256, stride=8, cache_bytes=one_image + 1)
+    for index in range(len(records)):
+        small[index]
+    assert small.cache_left == 1 and len(small._prepared) == 1  # the budget holds, and is used
+    reads.clear()
+    small[0], small[1]
+    assert len(reads) == 1  # the kept image is not read again, the others are
+    cached[0].heat_target.fill_(7.0)
+    assert torch.equal(cached[0].heat_target, plain[0].heat_target)  # a sample does not alias the cache
+    with pytest.raises(ValueError, match="cache_bytes"):
+        SegmentationDataset(records, image_size=256, stride=8, cache_bytes=-1)
 
 
 # --- prompts ----------------------------------------------------------------------------------------------

@@ -111,6 +111,12 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
     parser.add_argument(
         "--workers", type=int, help="data loader processes (default: 0 on ≤ 2 CPUs, else half the CPUs, ≤ 4)"
     )
+    parser.add_argument(
+        "--cache-mb",
+        type=int,
+        default=d["cache_mb"],
+        help="RAM (MiB) keeping prepared images from their first read (0: off; only without loader workers)",
+    )
     parser.add_argument("--seed", type=int, default=d["seed"], help="data order, prompts and initialisation")
     parser.add_argument("--log-every", type=positive_int, default=d["log_every"], help="steps between log lines")
     parser.add_argument(

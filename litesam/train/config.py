@@ -123,6 +123,9 @@ class TrainConfig:
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, …
         amp: bfloat16 autocast on CUDA (ignored on the CPU).
         num_workers: DataLoader worker processes; None: :func:`default_workers`.
+        cache_mb: RAM (MiB) for prepared images, kept from their first read so later epochs skip decoding,
+            resizing and target building (``SegmentationDataset(cache_bytes=)``); 0: off. Used only without
+            loader workers (a worker's cache would end with its epoch).
         seed: data order, mask sampling, prompt noise and model initialisation.
         log_every: steps between log lines.
         checkpoint_every: steps between checkpoints (0: only at the end of training).
@@ -160,6 +163,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = False
     num_workers: int | None = None
+    cache_mb: int = 1024
     seed: int = 0
     log_every: int = 20
     checkpoint_every: int = 1000
@@ -188,6 +192,8 @@ class TrainConfig:
             raise ValueError(f"warmup_steps must be ≥ 0 or None, got {self.warmup_steps}")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be ≥ 0, got {self.checkpoint_every}")
+        if self.cache_mb < 0:
+            raise ValueError(f"cache_mb must be ≥ 0, got {self.cache_mb}")
         if self.num_workers is not None and self.num_workers < 0:
             raise ValueError(f"num_workers must be ≥ 0 or None, got {self.num_workers}")
         if self.init_checkpoint is not None and self.resume:

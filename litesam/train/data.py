@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..modeling.autoppn import cell_centres
-from .autoppn_targets import build_autoppn_targets
+from .autoppn_targets import AutoPPNTargets, build_autoppn_targets
 from ..transforms import ResizeLongestSide
 from .annotations import DatasetError, ImageRecord
 from .config import PromptConfig
@@ -153,6 +153,12 @@ class SegmentationDataset(Dataset):
             ``"input"`` (S; the loss then upsamples the logits).
         prompts: prompt simulation settings.
         seed: base seed; see :meth:`set_epoch`.
+        cache_bytes: RAM budget of the prepared-image cache (0: off). What a sample needs before any random
+            draw (the resized image, its masks at input scale, bit-packed, and the AutoPPN targets) is the
+            same every epoch; the first read of each image keeps it while the budget lasts, so later epochs
+            neither decode nor re-render the image, resize its masks or recompute the targets (on synthetic
+            scenes at S = 256: ~16 → ~3 ms a sample, ~0.2 MB an image; README, "Training"). Samples are
+            identical with or without the cache. Each loader worker process keeps its own.
 
     Memory: a sample holds every mask of its image at input scale while it is built (N×S×S bool, about
     100 MB for 100 masks at S = 1024), because the AutoPPN target needs all of them.
@@ -167,6 +173,7 @@ class SegmentationDataset(Dataset):
         mask_scale: Literal["low_res", "input"] = "low_res",
         prompts: PromptConfig | None = None,
         seed: int = 0,
+        cache_bytes: int = 0,
     ) -> None:
         if not records:
             raise DatasetError("the dataset has no images")
@@ -178,6 +185,8 @@ class SegmentationDataset(Dataset):
             )
         if max_masks < 1:
             raise ValueError(f"max_masks must be ≥ 1, got {max_masks}")
+        if cache_bytes < 0:
+            raise ValueError(f"cache_bytes must be ≥ 0, got {cache_bytes}")
         self.records = list(records)
         self.image_size = image_size
         self.stride = stride
@@ -187,6 +196,8 @@ class SegmentationDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.transform = ResizeLongestSide(image_size)
+        self.cache_left = cache_bytes
+        self._prepared: dict[int, _Prepared] = {}
 
     def __len__(self) -> int:
         return len(self.records)
@@ -196,17 +207,12 @@ class SegmentationDataset(Dataset):
         self.epoch = int(epoch)
 
     def __getitem__(self, index: int) -> TrainSample:
-        record = self.records[index]
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        resized = self.transform.apply_image(record.image())
+        record = self.records[index]
+        prepared = self._prepare(index)
+        resized, masks, targets = prepared.image, prepared.masks(self.image_size), prepared.targets
         h, w = resized.shape[:2]
         s = self.image_size
-
-        # Every mask at input scale, padded to S×S: all of them shape the AutoPPN targets, and so do the
-        # areas of box-only instances (a record's optional box_masks(): rectangles, no mask loss).
-        masks = _input_frame(record.instance_masks(), (h, w), s)
-        box_only = _input_frame(getattr(record, "box_masks", tuple)(), (h, w), s)
-        targets = build_autoppn_targets(np.concatenate([masks, box_only]), stride=self.stride, shape=(s, s))
 
         # Up to max_masks masks in random order, skipping those that vanish in the frame of the loss;
         # checked one by one, stopping once enough are found (no pooled copy of every mask).
@@ -242,11 +248,57 @@ class SegmentationDataset(Dataset):
             point_coords=torch.from_numpy(points),
             prompt_boxes=torch.from_numpy(prompt_boxes),
             use_point=torch.from_numpy(use_point),
-            heat_target=torch.from_numpy(targets.heat),
-            box_target=torch.from_numpy(targets.box_ltrb),
+            heat_target=torch.from_numpy(targets.heat.copy()),  # copies: the cache keeps the arrays
+            box_target=torch.from_numpy(targets.box_ltrb.copy()),
             heat_valid=heat_valid,
             num_peaks=targets.num_peaks,
         )
+
+
+    def _prepare(self, index: int) -> _Prepared:
+        """The image's resized pixels, masks and AutoPPN targets: from the cache, or computed (and kept while
+        the cache budget lasts)."""
+        if index in self._prepared:
+            return self._prepared[index]
+        record = self.records[index]
+        resized = self.transform.apply_image(record.image())
+        h, w = resized.shape[:2]
+        s = self.image_size
+        # Every mask at input scale, padded to S×S: all of them shape the AutoPPN targets, and so do the
+        # areas of box-only instances (a record's optional box_masks(): rectangles, no mask loss).
+        masks = _input_frame(record.instance_masks(), (h, w), s)
+        box_only = _input_frame(getattr(record, "box_masks", tuple)(), (h, w), s)
+        targets = build_autoppn_targets(np.concatenate([masks, box_only]), stride=self.stride, shape=(s, s))
+        prepared = _Prepared(resized, np.packbits(masks, axis=-1), targets)
+        if prepared.nbytes <= self.cache_left:
+            self._prepared[index] = prepared
+            self.cache_left -= prepared.nbytes
+        return prepared
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """What a sample of one image needs before any random draw (see ``SegmentationDataset(cache_bytes=)``).
+
+    Attributes:
+        image: h'×w'×3 uint8, resized (longest side S).
+        packed_masks: N×S×⌈S/8⌉ uint8, the S×S bool input-frame masks packed along the last axis.
+        targets: the AutoPPN targets of every mask and box-only area.
+    """
+
+    image: np.ndarray
+    packed_masks: np.ndarray
+    targets: AutoPPNTargets
+
+    def masks(self, side: int) -> np.ndarray:
+        """N×S×S bool input-frame masks (a new array)."""
+        return np.unpackbits(self.packed_masks, axis=-1, count=side).view(bool)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the arrays."""
+        t = self.targets
+        return self.image.nbytes + self.packed_masks.nbytes + t.heat.nbytes + t.box_ltrb.nbytes + t.owner.nbytes
 
 
 def _input_frame(originals, size: tuple[int, int], side: int) -> np.ndarray:

@@ -79,6 +79,7 @@ def _train(config: TrainConfig, ctx: RunContext) -> dict:
         mask_scale=config.mask_scale,
         prompts=config.prompts,
         seed=config.seed,
+        cache_bytes=config.cache_mb * 2**20 if config.workers() == 0 else 0,
     )
     steps_per_epoch = ctx.steps_per_epoch(len(dataset), config.batch_size)
     total_steps = int(state["total_steps"]) if state is not None else config.total_steps(steps_per_epoch)
@@ -105,7 +106,7 @@ def _train(config: TrainConfig, ctx: RunContext) -> dict:
     workers = config.workers()
     logger.info(
         "training %s on %d images (%d steps/epoch of %d × %d micro-batches × %d processes): steps %d to %d of %d, "
-        "LR %g, warm-up %d, %d loader workers, %s",
+        "LR %g, warm-up %d, %d loader workers, image cache %d MiB, %s",
         config.variant,
         len(dataset),
         steps_per_epoch,
@@ -118,6 +119,7 @@ def _train(config: TrainConfig, ctx: RunContext) -> dict:
         config.resolved_lr(),
         warmup,
         workers,
+        dataset.cache_left // 2**20,
         device,
     )
 
