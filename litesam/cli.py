@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -166,33 +165,21 @@ def _segment(args: argparse.Namespace) -> int:
 def _everything(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .build import VARIANTS
     from .everything import SegEvery
     from .masks import coco_rle_to_mask
 
     model = _load_model(args)
-    filters = {  # the variant's own unless given (SegEvery's defaults)
-        name: value
-        for name, value in (
-            ("pred_iou_thresh", args.pred_iou_thresh),
-            ("stability_score_thresh", args.stability_score_thresh),
-        )
-        if value is not None
-    }
-    try:
-        proposals = VARIANTS[model.variant].proposals
-        if args.proposal_threshold is not None:
-            proposals = replace(proposals, score_threshold=args.proposal_threshold)
-        if args.top_k is not None:
-            proposals = replace(proposals, top_k=args.top_k)
+    try:  # the flags left unset (None) take the variant's values
         generator = SegEvery(
             model,
             prompt_mode=args.prompt_mode,
-            proposals=proposals,
             points_per_side=args.points_per_side,
             box_nms_thresh=args.box_nms_thresh,
+            pred_iou_thresh=args.pred_iou_thresh,
+            stability_score_thresh=args.stability_score_thresh,
+            proposal_score_thresh=args.proposal_threshold,
+            proposal_top_k=args.top_k,
             output_mode="coco_rle",
-            **filters,
         )
     except ValueError as error:  # the settings dataclasses check their ranges
         raise LiteSamError(str(error)) from None
