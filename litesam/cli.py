@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -183,6 +184,7 @@ def _everything(args: argparse.Namespace) -> int:
         )
     except ValueError as error:  # the settings dataclasses check their ranges
         raise LiteSamError(str(error)) from None
+    settings = asdict(generator.config)
     args.output.mkdir(parents=True, exist_ok=True)
     failures = 0
     for path in tqdm(args.images, desc="segment everything", unit="image", file=sys.stderr):
@@ -193,7 +195,7 @@ def _everything(args: argparse.Namespace) -> int:
             failures += 1
             tqdm.write(f"litesam: skipped {path}: {error}", file=sys.stderr)
             continue
-        document = coco_document(path, image.shape[:2], records, note=_weights_note(args))
+        document = coco_document(path, image.shape[:2], records, settings, note=_weights_note(args))
         (args.output / f"{path.stem}.json").write_text(json.dumps(document))
         if not args.no_overlay:
             masks = [coco_rle_to_mask(r["segmentation"]) for r in records]
@@ -234,15 +236,24 @@ def _weights_note(args: argparse.Namespace) -> str | None:
     return DEMO_NOTICE if args.checkpoint is None else None
 
 
-def coco_document(path: Path, size: tuple[int, int], records: list[dict], note: str | None) -> dict:
-    """A COCO-style result document for one image: image info plus one annotation per mask (and a note on
-    the weights when they are random or the demo's)."""
+def coco_document(
+    path: Path, size: tuple[int, int], records: list[dict], settings: dict, note: str | None
+) -> dict:
+    """A COCO-style result document for one image: image info plus one annotation per mask, the SegEvery
+    settings the masks were made with (``settings``: :class:`litesam.everything.SegEveryConfig` as a dict,
+    kept under ``"segevery"``), and a note on the weights when they are random or the demo's.
+
+    Args:
+        path: the image file (its name is recorded). size: (height, width) of the image in pixels.
+        records: SegEvery's records in ``coco_rle`` mode.
+    """
     height, width = size
     annotations = [{"id": i + 1, "image_id": 1, "category_id": 1, "iscrowd": 0, **r} for i, r in enumerate(records)]
     document = {
         "images": [{"id": 1, "file_name": path.name, "height": height, "width": width}],
         "categories": [{"id": 1, "name": "object"}],
         "annotations": annotations,
+        "segevery": settings,
     }
     if note is not None:
         document["note"] = note
