@@ -45,7 +45,8 @@ sys.path.insert(0, str(REPO))  # the reference packages' import shim lives in te
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from litesam.build import build_model, get_variant  # noqa: E402
+from litesam.build import build_model  # noqa: E402
+from litesam.variants import get_variant  # noqa: E402
 from litesam.everything import SegEvery  # noqa: E402
 from litesam.predictor import LiteSamPredictor  # noqa: E402
 

@@ -39,7 +39,8 @@ import torch.nn.functional as F
 
 from benchlib import header, interleaved, ms, set_threads
 from litesam import kernels
-from litesam.build import VARIANTS, build_model
+from litesam.build import build_model
+from litesam.variants import VARIANTS
 from litesam.everything import SegEvery
 from litesam.inference import apply_precision, cpu_report, load_average
 from backend.labelstudio.brush_rle import mask_to_brush_rle

@@ -204,7 +204,8 @@ def _everything(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .build import build_model, get_variant
+    from .build import build_model
+    from .variants import get_variant
     from .complexity import complexity_report
 
     report = complexity_report(build_model(args.variant), resolutions=args.resolutions)

@@ -25,7 +25,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .build import get_variant
 from .errors import NoProposalHeadError
 from .masks import (
     batched_mask_to_box,
@@ -39,13 +38,14 @@ from .modeling.lite_sam import LiteSAM
 from .postprocess import mask_area_and_box, mask_upscaler
 from .predictor import ImageEmbedding, encode_image, propose
 from .transforms import ResizeLongestSide
+from .variants import get_variant
 
 
 @dataclass
 class SegEveryConfig:
     """Settings of :class:`SegEvery`. The filter defaults are SAM's automatic-mask-generator defaults;
     :meth:`for_variant` (what ``SegEvery(model)`` without a config uses) takes a variant's own
-    (:class:`litesam.build.VariantConfig`).
+    (:class:`litesam.variants.VariantConfig`).
 
     Attributes:
         prompt_mode: "autoppn" (learned proposals: point + box per prompt), "grid" (SAM's point grid), or
@@ -103,7 +103,7 @@ class SegEveryConfig:
         Args:
             variant: registry name; None (a model built without one) takes SAM's defaults of this class.
             pred_iou_thresh, stability_score_thresh: mask filters in [0, 1]; None: the variant's calibrated
-                values (:class:`litesam.build.VariantConfig`).
+                values (:class:`litesam.variants.VariantConfig`).
             proposals: AutoPPN decoding; None: the variant's (e.g. top-200 at 1024).
             proposal_score_thresh: when given, replaces the proposals' ``score_threshold`` (in [0, 1]).
             proposal_top_k: when given, replaces the proposals' ``top_k`` (proposals per image).

@@ -114,7 +114,7 @@ def test_autoppn_boxes_become_pixel_index_prompts(image):
 
 
 def test_default_proposals_follow_the_variant():
-    from litesam.build import VARIANTS
+    from litesam.variants import VARIANTS
 
     assert SegEvery(tiny_model()).config.proposals == VARIANTS["litesam_tiny"].proposals
     opened = SegEveryConfig.for_variant("litesam_r1024", proposal_score_thresh=0.0, proposal_top_k=7).proposals
@@ -123,7 +123,7 @@ def test_default_proposals_follow_the_variant():
 
 
 def test_default_filters_follow_the_variant_unless_given():
-    from litesam.build import VARIANTS
+    from litesam.variants import VARIANTS
 
     variant = VARIANTS["litesam_tiny"]
     default = SegEvery(tiny_model()).config

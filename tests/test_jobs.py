@@ -31,14 +31,14 @@ from backend.jobs.layout import KEY_PREFIX, active_key, queue
 from backend.jobs.locks import TASK_LOCK_TTL_S, TaskLocks
 from backend.jobs.options import QUEUE_NAME, JobOptions
 from backend.services import build_services
-from litesam.build import VARIANTS, build_model
+from litesam.build import build_model
 from litesam.everything import SegEvery
+from litesam.variants import VARIANTS
 from tests.backend_support import (
     FakeLabelStudio,
     settings_for,
 )
 from tests.jobs_support import OPEN_FILTERS
-from litesam.build import VARIANTS
 
 
 def planned_job(board: JobBoard, project: int, task_ids: list[int]) -> str:

@@ -38,7 +38,7 @@ class JobOptions:
         write_batch: predictions per ``import_predictions`` call (a batch is also cut at ~16 MB of RLE).
         max_masks: most regions written per image (SegEvery ranks them best first).
         pred_iou_thresh, stability_score_thresh: SegEvery's mask filters; None: the served variant's
-            (:class:`litesam.build.VariantConfig`: SAM's automatic-mask-generator values unless calibrated).
+            (:class:`litesam.variants.VariantConfig`: SAM's automatic-mask-generator values unless calibrated).
         box_nms_thresh, points_per_batch: SegEvery's box NMS and batch size (defaults: SegEvery's own).
         points_per_side: n of SegEvery's n×n point grid, the prompts of engines without an AutoPPN head
             (official SAM-family checkpoints; SAM's default 32 → 1,024 prompts); AutoPPN variants ignore it.
