@@ -14,7 +14,7 @@ are not implemented (their encoders are whole other networks).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .errors import CheckpointError
 from .modeling.autoppn import AutoPPNConfig
@@ -112,28 +112,14 @@ VARIANTS: dict[str, VariantConfig] = {
 #: A student of another layout for distilling ``litesam_tiny`` (``litesam distill``): three LiteViT stages
 #: instead of four, a deeper attention stage, and ``litesam_tiny``'s prompt encoder and mask decoder
 #: (embed_dim 64), so the teacher's decoder copies into it.
-VARIANTS["litesam_tiny_student"] = VariantConfig(
+_TINY = VARIANTS["litesam_tiny"]
+VARIANTS["litesam_tiny_student"] = replace(
+    _TINY,
     name="litesam_tiny_student",
-    image_size=256,
-    encoder=LiteViTConfig(
-        stem_channels=(16, 32),
-        channels=(48, 64, 64),
-        depths=(2, 2, 1),
-        mixers=("pool", "attn", "attn"),
-        strides=(2, 2, 1),
-        mlp_ratio=2.0,
-        head_dim=16,
-        layer_scale_init=0.1,
-    ),
-    autoppn=AutoPPNConfig(hidden_channels=16),
-    proposals=ProposalConfig(top_k=32),
-    embed_dim=64,
-    decoder_depth=2,
-    decoder_heads=4,
-    decoder_mlp_dim=256,
-    mask_in_chans=4,
-    iou_head_hidden_dim=64,
-    decoder_upscale_channels=(32, 32),
+    encoder=replace(_TINY.encoder, channels=(48, 64, 64), depths=(2, 2, 1), mixers=("pool", "attn", "attn"),
+                    strides=(2, 2, 1)),
+    pred_iou_thresh=VariantConfig.pred_iou_thresh,  # not calibrated: SAM's filters
+    stability_score_thresh=VariantConfig.stability_score_thresh,
     title="Lite-SAM tiny student (three-stage LiteViT; distillation proofs)",
 )
 
