@@ -24,7 +24,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from litesam.build import build_model, checkpoint_variant, get_variant
+from litesam.build import build_model, checkpoint_variant
+from litesam.variants import get_variant
 from litesam.errors import CheckpointError
 from litesam.allocator import keep_freed_memory
 from litesam.inference import apply_precision, cpu_report

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from litesam.build import build_model, get_variant
+from litesam.build import build_model
 from litesam.distill.student import build_student
 from litesam.everything import SegEveryConfig
 from litesam.eval.recall import segevery_recall
@@ -67,8 +67,8 @@ def main() -> int:
     held_out = load_eval_records("synthetic", synthetic_images=args.held_out)
     teacher = build_model(checkpoint=args.teacher)
     filters = dict(pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_score_thresh)
-    pseudo = SegEveryConfig(prompt_mode=args.pseudo_prompts, points_per_side=args.points_per_side,
-                            proposals=get_variant(teacher.variant).proposals, **filters)
+    pseudo = SegEveryConfig.for_variant(teacher.variant, prompt_mode=args.pseudo_prompts,
+                                        points_per_side=args.points_per_side, **filters)
     t_report = evaluate_segany(teacher, held_out, prompts=("box",))
     t_recall = segevery_recall(teacher, held_out, config=pseudo)
     print("teacher:  ", _figures(t_report, t_recall))
@@ -82,7 +82,7 @@ def main() -> int:
               f"{run['load_before']} → {run['load_after']}\n  {run['command']}")
     student = build_model(checkpoint=args.output / "last.pt")
     s_report = evaluate_segany(student, held_out, prompts=("box",))
-    own = SegEveryConfig(prompt_mode="autoppn", proposals=get_variant(student.variant).proposals, **filters)
+    own = SegEveryConfig.for_variant(student.variant, prompt_mode="autoppn", **filters)
     s_recall = segevery_recall(student, held_out, config=own)
     print("student:  ", _figures(s_report, s_recall))
 

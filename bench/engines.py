@@ -45,9 +45,9 @@ sys.path.insert(0, str(REPO))  # the reference packages' import shim lives in te
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from litesam.build import build_model, get_variant  # noqa: E402
+from litesam.build import build_model  # noqa: E402
+from litesam.variants import get_variant  # noqa: E402
 from litesam.everything import SegEvery  # noqa: E402
-from litesam.proposals import ProposalConfig  # noqa: E402
 from litesam.predictor import LiteSamPredictor  # noqa: E402
 
 
@@ -163,7 +163,7 @@ def bench_segevery(cached: dict, points_per_side: int) -> None:
             print(f"SegEvery {name} (and every engine at {cfg.image_size}): SAM grid {points_per_side}² ×3 masks, "
                   f"AMG thresholds: {seconds_grid:.1f} s, {CPU_SECONDS[-1]:.1f} CPU s  (load {os.getloadavg()[0]:.1f})")
         else:
-            autoppn = SegEvery(model, proposals=ProposalConfig(score_threshold=0.0, top_k=cfg.proposals.top_k))
+            autoppn = SegEvery(model, proposal_score_thresh=0.0)
             grid = SegEvery(model, prompt_mode="grid", points_per_side=points_per_side)
             seconds_autoppn = seconds(lambda: autoppn.generate_from_embedding(embedding))
             cpu_autoppn = CPU_SECONDS[-1]

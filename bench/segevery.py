@@ -39,12 +39,12 @@ import torch.nn.functional as F
 
 from benchlib import header, interleaved, ms, set_threads
 from litesam import kernels
-from litesam.build import VARIANTS, build_model
+from litesam.build import build_model
+from litesam.variants import VARIANTS
 from litesam.everything import SegEvery
 from litesam.inference import apply_precision, cpu_report, load_average
 from backend.labelstudio.brush_rle import mask_to_brush_rle
 from litesam.masks import batched_mask_to_box, box_nms
-from litesam.proposals import ProposalConfig
 from litesam.postprocess import mask_area_and_box, mask_upscaler
 from litesam.predictor import LiteSamPredictor, encode_image
 
@@ -63,10 +63,9 @@ def synthetic_image(side: int = 1024, seed: int = 0) -> np.ndarray:
 
 def forced_segevery(model, kept: int) -> SegEvery:
     """SegEvery that decodes the variant's full top-K of prompts and keeps exactly ``kept`` masks."""
-    top_k = VARIANTS[model.variant].proposals.top_k
     return SegEvery(
         model,
-        proposals=ProposalConfig(score_threshold=0.0, top_k=top_k),
+        proposal_score_thresh=0.0,
         pred_iou_thresh=0.0,
         stability_score_thresh=0.0,
         box_nms_thresh=1.0,

@@ -33,7 +33,8 @@ from pathlib import Path
 
 import torch
 
-from litesam.build import VARIANTS, build_model
+from litesam.build import build_model
+from litesam.variants import VARIANTS
 from litesam.eval.recall import segevery_recall
 from litesam.eval.segany import evaluate_segany, load_eval_records
 from litesam.everything import SegEveryConfig

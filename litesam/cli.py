@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -166,36 +166,25 @@ def _segment(args: argparse.Namespace) -> int:
 def _everything(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .build import VARIANTS
     from .everything import SegEvery
     from .masks import coco_rle_to_mask
 
     model = _load_model(args)
-    filters = {  # the variant's own unless given (SegEvery's defaults)
-        name: value
-        for name, value in (
-            ("pred_iou_thresh", args.pred_iou_thresh),
-            ("stability_score_thresh", args.stability_score_thresh),
-        )
-        if value is not None
-    }
-    try:
-        proposals = VARIANTS[model.variant].proposals
-        if args.proposal_threshold is not None:
-            proposals = replace(proposals, score_threshold=args.proposal_threshold)
-        if args.top_k is not None:
-            proposals = replace(proposals, top_k=args.top_k)
+    try:  # the flags left unset (None) take the variant's values
         generator = SegEvery(
             model,
             prompt_mode=args.prompt_mode,
-            proposals=proposals,
             points_per_side=args.points_per_side,
             box_nms_thresh=args.box_nms_thresh,
+            pred_iou_thresh=args.pred_iou_thresh,
+            stability_score_thresh=args.stability_score_thresh,
+            proposal_score_thresh=args.proposal_threshold,
+            proposal_top_k=args.top_k,
             output_mode="coco_rle",
-            **filters,
         )
     except ValueError as error:  # the settings dataclasses check their ranges
         raise LiteSamError(str(error)) from None
+    settings = asdict(generator.config)
     args.output.mkdir(parents=True, exist_ok=True)
     failures = 0
     for path in tqdm(args.images, desc="segment everything", unit="image", file=sys.stderr):
@@ -206,7 +195,7 @@ def _everything(args: argparse.Namespace) -> int:
             failures += 1
             tqdm.write(f"litesam: skipped {path}: {error}", file=sys.stderr)
             continue
-        document = coco_document(path, image.shape[:2], records, note=_weights_note(args))
+        document = coco_document(path, image.shape[:2], records, settings, note=_weights_note(args))
         (args.output / f"{path.stem}.json").write_text(json.dumps(document))
         if not args.no_overlay:
             masks = [coco_rle_to_mask(r["segmentation"]) for r in records]
@@ -215,7 +204,8 @@ def _everything(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .build import build_model, get_variant
+    from .build import build_model
+    from .variants import get_variant
     from .complexity import complexity_report
 
     report = complexity_report(build_model(args.variant), resolutions=args.resolutions)
@@ -247,15 +237,24 @@ def _weights_note(args: argparse.Namespace) -> str | None:
     return DEMO_NOTICE if args.checkpoint is None else None
 
 
-def coco_document(path: Path, size: tuple[int, int], records: list[dict], note: str | None) -> dict:
-    """A COCO-style result document for one image: image info plus one annotation per mask (and a note on
-    the weights when they are random or the demo's)."""
+def coco_document(
+    path: Path, size: tuple[int, int], records: list[dict], settings: dict, note: str | None
+) -> dict:
+    """A COCO-style result document for one image: image info plus one annotation per mask, the SegEvery
+    settings the masks were made with (``settings``: :class:`litesam.everything.SegEveryConfig` as a dict,
+    kept under ``"segevery"``), and a note on the weights when they are random or the demo's.
+
+    Args:
+        path: the image file (its name is recorded). size: (height, width) of the image in pixels.
+        records: SegEvery's records in ``coco_rle`` mode.
+    """
     height, width = size
     annotations = [{"id": i + 1, "image_id": 1, "category_id": 1, "iscrowd": 0, **r} for i, r in enumerate(records)]
     document = {
         "images": [{"id": 1, "file_name": path.name, "height": height, "width": width}],
         "categories": [{"id": 1, "name": "object"}],
         "annotations": annotations,
+        "segevery": settings,
     }
     if note is not None:
         document["note"] = note

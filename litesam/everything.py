@@ -19,13 +19,12 @@ harmless for thresholds and NMS and saves the dominant cost.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from .build import get_variant
 from .errors import NoProposalHeadError
 from .masks import (
     batched_mask_to_box,
@@ -39,12 +38,14 @@ from .modeling.lite_sam import LiteSAM
 from .postprocess import mask_area_and_box, mask_upscaler
 from .predictor import ImageEmbedding, encode_image, propose
 from .transforms import ResizeLongestSide
+from .variants import get_variant
 
 
 @dataclass
 class SegEveryConfig:
     """Settings of :class:`SegEvery`. The filter defaults are SAM's automatic-mask-generator defaults;
-    ``SegEvery(model)`` without a config takes the variant's (:class:`litesam.build.VariantConfig`).
+    :meth:`for_variant` (what ``SegEvery(model)`` without a config uses) takes a variant's own
+    (:class:`litesam.variants.VariantConfig`).
 
     Attributes:
         prompt_mode: "autoppn" (learned proposals: point + box per prompt), "grid" (SAM's point grid), or
@@ -85,6 +86,46 @@ class SegEveryConfig:
         if self.max_masks is not None and self.max_masks < 0:
             raise ValueError(f"max_masks must be >= 0 or None, got {self.max_masks}")
 
+    @classmethod
+    def for_variant(
+        cls,
+        variant: str | None,
+        *,
+        pred_iou_thresh: float | None = None,
+        stability_score_thresh: float | None = None,
+        proposals: ProposalConfig | None = None,
+        proposal_score_thresh: float | None = None,
+        proposal_top_k: int | None = None,
+        **settings: Any,
+    ) -> SegEveryConfig:
+        """Settings for a model of ``variant``: the one place a variant's SegEvery defaults are resolved.
+
+        Args:
+            variant: registry name; None (a model built without one) takes SAM's defaults of this class.
+            pred_iou_thresh, stability_score_thresh: mask filters in [0, 1]; None: the variant's calibrated
+                values (:class:`litesam.variants.VariantConfig`).
+            proposals: AutoPPN decoding; None: the variant's (e.g. top-200 at 1024).
+            proposal_score_thresh: when given, replaces the proposals' ``score_threshold`` (in [0, 1]).
+            proposal_top_k: when given, replaces the proposals' ``top_k`` (proposals per image).
+            settings: any other field of this class.
+        Raises:
+            CheckpointError: unknown variant. ValueError: a setting out of range.
+        """
+        defaults = cls() if variant is None else get_variant(variant)
+        proposals = defaults.proposals if proposals is None else proposals
+        if proposal_score_thresh is not None:
+            proposals = replace(proposals, score_threshold=proposal_score_thresh)
+        if proposal_top_k is not None:
+            proposals = replace(proposals, top_k=proposal_top_k)
+        return cls(
+            pred_iou_thresh=defaults.pred_iou_thresh if pred_iou_thresh is None else pred_iou_thresh,
+            stability_score_thresh=(
+                defaults.stability_score_thresh if stability_score_thresh is None else stability_score_thresh
+            ),
+            proposals=proposals,
+            **settings,
+        )
+
 
 @dataclass
 class _Prompts:
@@ -108,22 +149,26 @@ class _Candidates:
 class SegEvery:
     """Segment everything in an image with a shared, read-only :class:`LiteSAM`."""
 
-    def __init__(self, model: LiteSAM, config: SegEveryConfig | None = None, **overrides: Any) -> None:
-        if config is None and model.variant is not None:
-            variant = get_variant(model.variant)
-            for name in ("proposals", "pred_iou_thresh", "stability_score_thresh"):  # e.g. top-200 at 1024
-                overrides.setdefault(name, getattr(variant, name))
-        base = config or SegEveryConfig()
-        settings = {**base.__dict__, **overrides}
+    def __init__(self, model: LiteSAM, config: SegEveryConfig | None = None, **settings: Any) -> None:
+        """``config`` is taken as it is, its fields replaced by ``settings``; without one the settings are
+        :meth:`SegEveryConfig.for_variant` of the model's variant and ``settings`` (its keyword arguments).
+
+        Raises:
+            NoProposalHeadError: ``prompt_mode`` "autoppn" for a model without an AutoPPN head.
+        """
+        if config is None:
+            config = SegEveryConfig.for_variant(model.variant, **settings)
+        else:
+            config = replace(config, **settings)
         has_head = model.image_encoder.autoppn is not None
-        if settings["prompt_mode"] == "auto":
-            settings["prompt_mode"] = "autoppn" if has_head else "grid"
-        elif settings["prompt_mode"] == "autoppn" and not has_head:
+        if config.prompt_mode == "auto":
+            config = replace(config, prompt_mode="autoppn" if has_head else "grid")
+        elif config.prompt_mode == "autoppn" and not has_head:
             raise NoProposalHeadError(
                 f"variant {model.variant} has no AutoPPN head (official checkpoints carry none): use prompt_mode 'grid'"
             )
         #: The settings in force; ``prompt_mode`` is resolved to "autoppn" or "grid".
-        self.config = SegEveryConfig(**settings)
+        self.config = config
         self.model = model
 
     def generate(self, image: np.ndarray) -> list[dict[str, Any]]:

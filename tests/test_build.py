@@ -2,7 +2,6 @@ import pytest
 import torch
 
 from litesam.build import (
-    VARIANTS,
     build_model,
     checkpoint_sha256,
     load_checkpoint,
@@ -10,6 +9,7 @@ from litesam.build import (
     save_checkpoint,
 )
 from litesam.errors import CheckpointError
+from litesam.variants import VARIANTS
 from tests.sam_reference import MaskDecoder as RefMaskDecoder
 from tests.sam_reference import PromptEncoder as RefPromptEncoder
 from tests.sam_reference import TwoWayTransformer as RefTransformer

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from litesam.build import VARIANTS, build_model, save_checkpoint
+from litesam.build import build_model, save_checkpoint
+from litesam.variants import VARIANTS
 from litesam.cli import DEMO_CHECKPOINT
 from litesam.eval.cli import add_eval_command
 from litesam.eval.metrics import MeanIoU, batched_mask_iou, mask_iou, size_bucket

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -112,13 +114,16 @@ def test_autoppn_boxes_become_pixel_index_prompts(image):
 
 
 def test_default_proposals_follow_the_variant():
-    from litesam.build import VARIANTS
+    from litesam.variants import VARIANTS
 
     assert SegEvery(tiny_model()).config.proposals == VARIANTS["litesam_tiny"].proposals
+    opened = SegEveryConfig.for_variant("litesam_r1024", proposal_score_thresh=0.0, proposal_top_k=7).proposals
+    assert opened == replace(VARIANTS["litesam_r1024"].proposals, score_threshold=0.0, top_k=7)
+    assert SegEveryConfig.for_variant(None) == SegEveryConfig()  # no variant: SAM's defaults
 
 
 def test_default_filters_follow_the_variant_unless_given():
-    from litesam.build import VARIANTS
+    from litesam.variants import VARIANTS
 
     variant = VARIANTS["litesam_tiny"]
     default = SegEvery(tiny_model()).config
@@ -129,6 +134,7 @@ def test_default_filters_follow_the_variant_unless_given():
     assert default.pred_iou_thresh != SegEveryConfig().pred_iou_thresh  # calibrated, not SAM's
     assert SegEvery(tiny_model(), pred_iou_thresh=0.9).config.pred_iou_thresh == 0.9
     assert SegEvery(tiny_model(), pred_iou_thresh=0.9).config.stability_score_thresh == variant.stability_score_thresh
+    assert SegEvery(tiny_model(), pred_iou_thresh=None).config.pred_iou_thresh == variant.pred_iou_thresh
     given = SegEvery(tiny_model(), SegEveryConfig()).config  # a whole config is taken as it is
     assert (given.pred_iou_thresh, given.stability_score_thresh) == (0.88, 0.95)
 

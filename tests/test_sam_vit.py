@@ -5,7 +5,8 @@ from functools import partial
 import pytest
 import torch
 
-from litesam.build import _build, get_variant
+from litesam.build import _build
+from litesam.variants import get_variant
 from litesam.modeling import sam_vit
 from litesam.modeling.sam_vit import SamViT, SamViTConfig
 from tests import sam_reference as ref

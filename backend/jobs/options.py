@@ -10,7 +10,6 @@ from typing import Any
 
 from rq import Retry
 
-from litesam.build import get_variant
 from litesam.everything import SegEveryConfig
 
 from ..errors import BadRequestError
@@ -39,7 +38,7 @@ class JobOptions:
         write_batch: predictions per ``import_predictions`` call (a batch is also cut at ~16 MB of RLE).
         max_masks: most regions written per image (SegEvery ranks them best first).
         pred_iou_thresh, stability_score_thresh: SegEvery's mask filters; None: the served variant's
-            (:class:`litesam.build.VariantConfig`: SAM's automatic-mask-generator values unless calibrated).
+            (:class:`litesam.variants.VariantConfig`: SAM's automatic-mask-generator values unless calibrated).
         box_nms_thresh, points_per_batch: SegEvery's box NMS and batch size (defaults: SegEvery's own).
         points_per_side: n of SegEvery's n×n point grid, the prompts of engines without an AutoPPN head
             (official SAM-family checkpoints; SAM's default 32 → 1,024 prompts); AutoPPN variants ignore it.
@@ -101,20 +100,16 @@ class JobOptions:
 
     def segevery_config(self, variant: str) -> SegEveryConfig:
         """SegEvery settings: our filters and grid on top of the variant's AutoPPN proposal and filter
-        defaults; the prompt mode stays "auto" (AutoPPN when the model has a head, else the grid)."""
-        defaults = get_variant(variant)
-        proposals = defaults.proposals
-        if self.proposal_score_thresh is not None:
-            proposals = type(proposals)(
-                **{**asdict(proposals), "score_threshold": self.proposal_score_thresh}
-            )
-        return SegEveryConfig(
+        defaults (:meth:`SegEveryConfig.for_variant`: a None option is the variant's); the prompt mode stays
+        "auto" (AutoPPN when the model has a head, else the grid)."""
+        return SegEveryConfig.for_variant(
+            variant,
+            pred_iou_thresh=self.pred_iou_thresh,
+            stability_score_thresh=self.stability_score_thresh,
+            proposal_score_thresh=self.proposal_score_thresh,
             points_per_batch=self.points_per_batch,
             points_per_side=self.points_per_side,
-            pred_iou_thresh=_given(self.pred_iou_thresh, defaults.pred_iou_thresh),
-            stability_score_thresh=_given(self.stability_score_thresh, defaults.stability_score_thresh),
             box_nms_thresh=self.box_nms_thresh,
-            proposals=proposals,
             max_masks=self.max_masks,
         )
 
@@ -139,10 +134,6 @@ _POSITIVE_INTS = (
     "failure_ttl",
     "retries",
 )
-
-
-def _given(value: float | None, default: float) -> float:
-    return default if value is None else value
 
 
 def _option_value(name: str, value: object) -> object:

@@ -29,7 +29,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..build import ENGINE_AUTOPPN, build_model, get_variant
+from ..build import build_model
+from ..variants import ENGINE_AUTOPPN, get_variant
 from ..errors import DatasetError
 from ..modeling.autoppn import AutoPPN
 from ..train.config import default_workers

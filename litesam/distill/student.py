@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from ..build import build_model, get_variant
+from ..build import build_model
+from ..variants import get_variant
 from ..errors import CheckpointError
 from ..modeling.lite_sam import LiteSAM
 

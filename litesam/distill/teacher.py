@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from ..build import build_model, checkpoint_sha256, get_variant
+from ..build import build_model, checkpoint_sha256
 from ..everything import SegEvery, SegEveryConfig
 from ..modeling.lite_sam import LiteSAM
 from ..predictor import ImageEmbedding, encode_image
@@ -80,9 +80,14 @@ def pseudo_mask_config(
 ) -> SegEveryConfig:
     """The teacher's SegEvery for pseudo-masks: SAM's point grid (``prompts="grid"``) or, with ``"auto"``, the
     teacher's own AutoPPN when it has one (its variant's decoding); the given filters; COCO RLE output."""
-    return SegEveryConfig(prompt_mode=prompts, points_per_side=points_per_side, pred_iou_thresh=pred_iou_thresh,
-                          stability_score_thresh=stability_score_thresh, output_mode="coco_rle",
-                          proposals=get_variant(teacher.variant).proposals)
+    return SegEveryConfig.for_variant(
+        teacher.variant,
+        prompt_mode=prompts,
+        points_per_side=points_per_side,
+        pred_iou_thresh=pred_iou_thresh,
+        stability_score_thresh=stability_score_thresh,
+        output_mode="coco_rle",
+    )
 
 
 def teacher_caches(

@@ -48,7 +48,7 @@ class LiteSAM(nn.Module):
         resize: str = "opencv",
     ) -> None:
         super().__init__()
-        #: Registry name of the variant this model was built as (see :mod:`litesam.build`), if any.
+        #: Registry name of the variant this model was built as (see :mod:`litesam.variants`), if any.
         self.variant = variant
         #: Image resizing filter of the variant (see :class:`litesam.transforms.ResizeLongestSide`).
         self.resize = resize
