@@ -177,7 +177,7 @@ class TrainConfig:
     label_studio_split: str = "train"
 
     def __post_init__(self) -> None:
-        from ..build import get_variant  # torch is imported only when a configuration is made
+        from ..variants import get_variant  # torch is imported only when a configuration is made
 
         get_variant(self.variant)
         for name in ("epochs", "batch_size", "synthetic_images", "accumulate_steps"):
