@@ -54,6 +54,7 @@ _OPTIONS = {
     "max_masks": ("--max-masks", positive_int, "pseudo-masks prompted per image (decoder fine-tuning)"),
     "device": ("--device", str, "auto, cpu, cuda, cuda:N"),
     "num_workers": ("--workers", int, "data loader processes (default: 0 on ≤ 2 CPUs, else half, ≤ 4)"),
+    "cache_mb": ("--cache-mb", int, "RAM (MiB) keeping prepared images (0: off; no loader workers)"),
     "seed": ("--seed", int, "student initialisation and data order"),
     "log_every": ("--log-every", positive_int, "steps between log lines"),
     "checkpoint_every": ("--checkpoint-every", int, "steps between checkpoints; 0: only at the end"),

@@ -69,6 +69,8 @@ class DistillConfig:
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` (under torchrun: the local rank's GPU).
         amp: bfloat16 autocast on CUDA (ignored on the CPU).
         num_workers: DataLoader processes; None: none on ≤ 2 CPUs, else half the CPUs (≤ 4).
+        cache_mb: RAM (MiB) keeping the student's prepared images from their first read (0: off; used only
+            without loader workers), as ``litesam train --cache-mb``.
         seed: student initialisation and data order.
         log_every, checkpoint_every: steps between log lines / checkpoints (0: only at the end).
         resume: continue the run in ``output_dir``.
@@ -108,6 +110,7 @@ class DistillConfig:
     device: str = "auto"
     amp: bool = False
     num_workers: int | None = None
+    cache_mb: int = 1024
     seed: int = 0
     log_every: int = 20
     checkpoint_every: int = 500
@@ -125,7 +128,7 @@ class DistillConfig:
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         for name in ("weight_decay", "grad_clip", "embedding_weight", "autoppn_weight", "decoder_weight",
-                     "checkpoint_every"):
+                     "checkpoint_every", "cache_mb"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
         if self.warmup_steps is not None and self.warmup_steps < 0:

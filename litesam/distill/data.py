@@ -126,6 +126,7 @@ class DistillDataset(Dataset):
         max_masks: pseudo-masks per image given prompts (decoder fine-tuning).
         seed: base seed of the per-sample draws.
         teacher_frame: (teacher input side, teacher AutoPPN stride) to add :class:`TeacherTargets`; None: none.
+        cache_bytes: RAM budget for the student's prepared images (``SegmentationDataset(cache_bytes=)``).
     """
 
     def __init__(
@@ -139,6 +140,7 @@ class DistillDataset(Dataset):
         max_masks: int = 16,
         seed: int = 0,
         teacher_frame: tuple[int, int] | None = None,
+        cache_bytes: int = 0,
     ) -> None:
         self.shards = list(embedding_shards)
         self.shard_size = shard_size
@@ -148,7 +150,9 @@ class DistillDataset(Dataset):
             height, width = (int(v) for v in payload["original_sizes"][index % shard_size])
             records.append(PseudoLabelledImage(index, height, width, item, tuple(masks[index]) if masks else ()))
         prompts = PromptConfig(proposals_per_image=0)
-        self.student = SegmentationDataset(records, image_size, stride, max_masks=max_masks, prompts=prompts, seed=seed)
+        self.student = SegmentationDataset(
+            records, image_size, stride, max_masks=max_masks, prompts=prompts, seed=seed, cache_bytes=cache_bytes
+        )
         self.teacher_frame = teacher_frame
 
     def __len__(self) -> int:

@@ -130,6 +130,7 @@ def _distill(config: DistillConfig, source: ImageSource | None, out: Path, run: 
     objective = _Objective(student, teacher_head, config).to(run.device)
     wrapped = run.wrap(objective)
 
+    workers = default_workers() if config.num_workers is None else config.num_workers
     dataset = DistillDataset(
         source,
         shards,
@@ -140,6 +141,7 @@ def _distill(config: DistillConfig, source: ImageSource | None, out: Path, run: 
         max_masks=config.max_masks,
         seed=config.seed,
         teacher_frame=None if teacher_head is None else (teacher.model.img_size, teacher_head.stride),
+        cache_bytes=config.cache_mb * 2**20 if workers == 0 else 0,
     )
     per_epoch = DistillBatchSampler.batches_per_epoch(len(dataset), config.batch_size, run.world_size)
     if per_epoch < 1:
@@ -163,7 +165,6 @@ def _distill(config: DistillConfig, source: ImageSource | None, out: Path, run: 
             config.accumulate, config.batch_size, config.resolved_lr(), warmup, run.device, run.world_size,
         )
 
-    workers = default_workers() if config.num_workers is None else config.num_workers
     batches = _micro_batches(dataset, config, run, step * config.accumulate, per_epoch, workers)
     running: dict[str, float] = {}
     last_logged: dict[str, float] = {}
