@@ -157,7 +157,7 @@ class SegmentationDataset(Dataset):
             draw (the resized image, its masks at input scale, bit-packed, and the AutoPPN targets) is the
             same every epoch; the first read of each image keeps it while the budget lasts, so later epochs
             neither decode nor re-render the image, resize its masks or recompute the targets (on synthetic
-            scenes at S = 256: ~16 → ~3 ms a sample, ~0.2 MB an image; README, "Training"). Samples are
+            scenes at S = 256: 16–18 → 4 ms a sample, ~0.2 MB an image; README, "Training"). Samples are
             identical with or without the cache. Each loader worker process keeps its own.
 
     Memory: a sample holds every mask of its image at input scale while it is built (N×S×S bool, about
@@ -253,7 +253,6 @@ class SegmentationDataset(Dataset):
             heat_valid=heat_valid,
             num_peaks=targets.num_peaks,
         )
-
 
     def _prepare(self, index: int) -> _Prepared:
         """The image's resized pixels, masks and AutoPPN targets: from the cache, or computed (and kept while

@@ -70,6 +70,7 @@ def _train(config: TrainConfig, ctx: RunContext) -> dict:
     model.to(device).train()
     ctx.seed_ranks(config.seed)
     objective = ctx.wrap(_Objective(model, config))
+    workers = config.workers()
 
     dataset = SegmentationDataset(
         records,
@@ -79,7 +80,7 @@ def _train(config: TrainConfig, ctx: RunContext) -> dict:
         mask_scale=config.mask_scale,
         prompts=config.prompts,
         seed=config.seed,
-        cache_bytes=config.cache_mb * 2**20 if config.workers() == 0 else 0,
+        cache_bytes=config.cache_mb * 2**20 if workers == 0 else 0,
     )
     steps_per_epoch = ctx.steps_per_epoch(len(dataset), config.batch_size)
     total_steps = int(state["total_steps"]) if state is not None else config.total_steps(steps_per_epoch)
@@ -103,7 +104,6 @@ def _train(config: TrainConfig, ctx: RunContext) -> dict:
         step = int(state["step"])
     if ctx.is_main:
         write_config(config)
-    workers = config.workers()
     logger.info(
         "training %s on %d images (%d steps/epoch of %d × %d micro-batches × %d processes): steps %d to %d of %d, "
         "LR %g, warm-up %d, %d loader workers, image cache %d MiB, %s",
