@@ -13,7 +13,7 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 
 from litesam.train.annotations import DatasetError, decode_mask, load_records, read_image
-from litesam.train.data import SegmentationDataset, collate_samples
+from litesam.train.data import SegmentationDataset, _area_downsample, collate_samples
 from litesam.train.prompts import jitter_boxes, match_proposals, sample_points
 from tests.coco_support import coco, disc, rectangle, tiny_dataset  # noqa: F401 (coco: a fixture)
 
@@ -159,6 +159,17 @@ def test_low_res_masks_are_the_decoder_scale(coco):
     pooled = torch.nn.functional.avg_pool2d(full.gt_masks.float()[:, None], 4)[:, 0] >= 0.5
     assert torch.equal(low.gt_masks, pooled)
     assert torch.equal(low.point_coords, full.point_coords)
+
+
+def test_low_res_cells_are_on_from_half_of_their_pixels():
+    """The area rule at its edge: random masks whose 4×4 cells hold every count from 0 to 16, 8 included."""
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 17, size=(64, 64))
+    cells = np.arange(16)[None, None, :] < counts[..., None]  # the first `count` pixels of each cell on
+    cells = rng.permuted(cells, axis=-1).reshape(64, 64, 4, 4)
+    mask = cells.transpose(0, 2, 1, 3).reshape(256, 256)
+    assert np.array_equal(_area_downsample(mask, 4), counts >= 8)
+    assert (counts == 8).sum() > 100
 
 
 def test_samples_are_deterministic_and_capped(coco):

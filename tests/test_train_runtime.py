@@ -216,7 +216,7 @@ def test_accumulating_two_batches_of_two_gives_the_gradient_of_a_batch_of_four()
         torch.testing.assert_close(accumulated[name], whole[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_train_with_accumulation_counts_optimiser_steps_and_resumes_exactly(tmp_path):
+def test_train_with_accumulation_counts_optimiser_steps_and_resumes_exactly(tmp_path, one_torch_thread):
     common = dict(data="synthetic", synthetic_images=8, variant="litesam_tiny", device="cpu", lr=1e-3,
                   warmup_steps=1, max_steps=3, log_every=1, checkpoint_every=0)
     big = train(TrainConfig(output_dir=tmp_path / "big", batch_size=4, **common))
@@ -248,7 +248,7 @@ def _torchrun(out: Path, *flags: str) -> dict:
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_equal_one_process_accumulating_two(tmp_path):
+def test_torchrun_two_processes_equal_one_process_accumulating_two(tmp_path, one_torch_thread):
     flags = ["--data", "synthetic", "--synthetic-images", "6", "--variant", "litesam_tiny", "--batch-size", "2",
              "--max-steps", "4", "--lr", "1e-3", "--warmup-steps", "1", "--log-every", "1", "--checkpoint-every",
              "0", "--device", "cpu", "--workers", "0"]
