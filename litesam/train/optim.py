@@ -12,15 +12,16 @@ def build_optimizer(
 ) -> torch.optim.AdamW:
     """AdamW with weight decay on the ≥ 2-D weights only (biases, norm scales and 1-D vectors are not decayed).
 
-    ``foreach`` (one multi-tensor update for all parameters) also on the CPU, where torch's default is a loop
-    over the tensors: 9 ms instead of 16 ms a step for ``litesam_tiny``'s 234 tensors (one thread, AMD EPYC).
+    ``fused`` (one kernel updates each tensor's weight and both moments in one pass), on the CPU as on CUDA:
+    for ``litesam_tiny``'s 234 tensors 1.9 ms a step against 4.8 ms with ``foreach`` (2 threads, Intel Xeon
+    with AVX-512, inside a training step) and ~16 ms with torch's per-tensor loop (one thread, AMD EPYC).
     """
     decay, no_decay = [], []
     for parameter in model.parameters():
         if parameter.requires_grad:
             (decay if parameter.dim() >= 2 else no_decay).append(parameter)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, foreach=True)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:
