@@ -10,9 +10,8 @@ Steps: train (or take the finished run given with ``--from-run``), store the wei
 size; they are loaded into float32 models) with the label, the recipe and the held-out figures in the
 file, then load the stored file back and score it on the held-out scenes.
 
-Reproducible: the same seed on the same CPU kind and torch version at one torch thread gives the same weights
-(the trainer's resume test checks bit-equality there); at two threads an Intel Xeon with AVX-512 gives
-rounding differences between identical runs, and other CPUs differ in float rounding too.
+Reproducible: the same seed on the same CPU kind, torch version and thread count gives the same weights (the
+trainer's resume test checks bit-equality on the CPU); other CPUs may differ in float rounding.
 
     python scripts/make_demo_checkpoint.py [--from-run runs/proof] [--steps 8000] [--batch-size 4]
 """

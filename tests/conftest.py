@@ -24,16 +24,3 @@ def redis_db():
 
     yield from flushed_redis_at(TEST_REDIS_URL, socket_timeout=10)
 
-
-@pytest.fixture
-def one_torch_thread():
-    """Run the test at one torch thread (restored after): for tests that expect two training runs to give
-    bit-identical weights. With two threads on an Intel Xeon (AVX-512, AMX) even two uninterrupted runs of the
-    same seed differ by float rounding (measured: 3-step litesam_tiny runs differed in 48-172 of 268 tensors in
-    6 of 8 pairs; 0 of 4 pairs at one thread), and Adam's first steps, close to sign(gradient), amplify it."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -36,7 +36,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["state_dict"]
 
 
-def test_resumed_run_gives_the_weights_of_an_uninterrupted_one(tmp_path, one_torch_thread):
+def test_resumed_run_gives_the_weights_of_an_uninterrupted_one(tmp_path):
     options = dict(accumulate=2, teacher_autoppn=True, finetune_decoder=True)
     whole = distill(_config(tmp_path, "whole", **options))
     assert whole["step"] == 4 and whole["cache"]["embedding_shards"] == 2 and whole["cache"]["mask_shards"] == 2

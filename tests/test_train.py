@@ -170,7 +170,7 @@ def test_autoppn_proposals_matched_to_ground_truth_are_trained(coco):
     assert model.mask_decoder.iou_token.weight.grad.abs().sum() > 0
 
 
-def test_train_writes_loadable_checkpoints_and_resumes_to_the_same_weights(coco, tmp_path, one_torch_thread):
+def test_train_writes_loadable_checkpoints_and_resumes_to_the_same_weights(coco, tmp_path):
     annotation_file, image_dir, _ = coco
     common = dict(
         data=annotation_file,

@@ -216,7 +216,7 @@ def test_accumulating_two_batches_of_two_gives_the_gradient_of_a_batch_of_four()
         torch.testing.assert_close(accumulated[name], whole[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_train_with_accumulation_counts_optimiser_steps_and_resumes_exactly(tmp_path, one_torch_thread):
+def test_train_with_accumulation_counts_optimiser_steps_and_resumes_exactly(tmp_path):
     common = dict(data="synthetic", synthetic_images=8, variant="litesam_tiny", device="cpu", lr=1e-3,
                   warmup_steps=1, max_steps=3, log_every=1, checkpoint_every=0)
     big = train(TrainConfig(output_dir=tmp_path / "big", batch_size=4, **common))
@@ -248,7 +248,7 @@ def _torchrun(out: Path, *flags: str) -> dict:
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_equal_one_process_accumulating_two(tmp_path, one_torch_thread):
+def test_torchrun_two_processes_equal_one_process_accumulating_two(tmp_path):
     flags = ["--data", "synthetic", "--synthetic-images", "6", "--variant", "litesam_tiny", "--batch-size", "2",
              "--max-steps", "4", "--lr", "1e-3", "--warmup-steps", "1", "--log-every", "1", "--checkpoint-every",
              "0", "--device", "cpu", "--workers", "0"]
@@ -261,8 +261,15 @@ def test_torchrun_two_processes_equal_one_process_accumulating_two(tmp_path, one
     assert len(state["torch_rng_ranks"]) == 2
 
     # One process with the same micro-batches: rank r's batch is micro-batch r of the same step.
+    # At one torch thread, as each rank ran: products summed in another order (two threads) differ by rounding,
+    # which Adam's first steps (close to sign(gradient)) can blow past the tolerance.
     args = _parser().parse_args(["train", *flags, "--accumulate-steps", "2", "-o", str(tmp_path / "one")])
-    train(config_from_args(args))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(config_from_args(args))
+    finally:
+        torch.set_num_threads(threads)
     ddp, one = load_checkpoint(tmp_path / "ddp" / "last.pt")[1], load_checkpoint(tmp_path / "one" / "last.pt")[1]
     # Parameters only: BatchNorm running statistics are buffers, which DDP broadcasts from rank 0 at each
     # forward, so in the DDP run they follow rank 0's micro-batches alone (the training forward uses batch

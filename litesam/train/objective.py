@@ -82,8 +82,11 @@ def training_losses(
         owners, point_parts, box_parts, targets = zip(*items)
         points = None if point_parts[0] is None else _foreground(torch.cat(point_parts))
         boxes = None if box_parts[0] is None else torch.cat(box_parts)
+        # index_select, not embeddings[owners]: the indexing's backward (index_put_ with accumulation) adds
+        # with atomics on the CPU at two or more threads, so identical runs differed in rounding;
+        # index_select's backward (index_add_) adds in a fixed order.
         logits, iou = _decode(
-            model, embeddings[torch.cat(owners)], image_pe, points, boxes, multimask=kind != "box"
+            model, embeddings.index_select(0, torch.cat(owners)), image_pe, points, boxes, multimask=kind != "box"
         )
         decoded[kind] = (logits, iou, torch.cat(targets))
 
