@@ -14,8 +14,8 @@ database (so every embedding is computed), starts the workers, queues the job an
 its end (listing, downloads, encoder, SegEvery, RLE, writes). The machine's cores are shared out evenly
 (``LITESAM_TORCH_THREADS`` = cores ÷ workers). Usage::
 
-    .venv/bin/python bench/preannotate.py [--tasks 50] [--workers 1 2] [--masks 50] [--variant litesam_r640] [--precision fp32]
-        [--redis-url redis://127.0.0.1:6379/14] [--json results.json]
+    .venv/bin/python bench/preannotate.py [--tasks 50] [--workers 1 2] [--masks 50] [--variant litesam_r640]
+        [--precision fp32] [--redis-url redis://127.0.0.1:6379/14] [--json results.json]
 """
 
 from __future__ import annotations
@@ -144,7 +144,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--variant", default="litesam_r640")
     parser.add_argument("--masks", type=int, default=0, help="keep exactly this many masks per task (NMS off)")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"), help="LITESAM_PRECISION")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
+                        help="LITESAM_PRECISION of the workers")
     parser.add_argument("--chunk-size", type=int, default=5, help="tasks per chunk job (default 5)")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14", help="flushed before and after")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -153,7 +154,8 @@ def main() -> int:
     kept = f"exactly {args.masks} masks per task (NMS off)" if args.masks else "the masks NMS leaves"
     print(header(
         f"Pre-annotation benchmark: {args.variant} with RANDOM weights (masks are meaningless), {args.tasks} tasks "
-        f"of {WIDTH}×{HEIGHT} JPEG, SegEvery filters opened for random weights, {kept}, LITESAM_PRECISION={args.precision}"
+        f"of {WIDTH}×{HEIGHT} JPEG, SegEvery filters opened for random weights, {kept}, "
+        f"LITESAM_PRECISION={args.precision}"
     ))
     images = [photo(seed) for seed in range(args.tasks)]
     results = []

@@ -23,4 +23,3 @@ def redis_db():
     from tests.backend_support import TEST_REDIS_URL, flushed_redis_at
 
     yield from flushed_redis_at(TEST_REDIS_URL, socket_timeout=10)
-

@@ -261,8 +261,8 @@ def test_torchrun_two_processes_equal_one_process_accumulating_two(tmp_path):
     assert len(state["torch_rng_ranks"]) == 2
 
     # One process with the same micro-batches: rank r's batch is micro-batch r of the same step.
-    # At one torch thread, as each rank ran: products summed in another order (two threads) differ by rounding,
-    # which Adam's first steps (close to sign(gradient)) can blow past the tolerance.
+    # At one torch thread, as each rank ran: products summed in another order (two threads) differ by
+    # rounding, which Adam's first steps (close to sign(gradient)) can blow past the tolerance.
     args = _parser().parse_args(["train", *flags, "--accumulate-steps", "2", "-o", str(tmp_path / "one")])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -85,9 +85,8 @@ def training_losses(
         # index_select, not embeddings[owners]: the indexing's backward (index_put_ with accumulation) adds
         # with atomics on the CPU at two or more threads, so identical runs differed in rounding;
         # index_select's backward (index_add_) adds in a fixed order.
-        logits, iou = _decode(
-            model, embeddings.index_select(0, torch.cat(owners)), image_pe, points, boxes, multimask=kind != "box"
-        )
+        embedding = embeddings.index_select(0, torch.cat(owners))
+        logits, iou = _decode(model, embedding, image_pe, points, boxes, multimask=kind != "box")
         decoded[kind] = (logits, iou, torch.cat(targets))
 
     counts = {kind: len(decoded[kind][2]) if kind in decoded else 0 for kind in prompted}
