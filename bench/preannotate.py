@@ -6,7 +6,10 @@ filters keep no mask of an untrained model, so the filters are opened (predicted
 AutoPPN proposals ≥ 0): every task then gets the masks that survive NMS, and they are encoded and written
 like real ones. Random-weight masks all look alike, so NMS leaves about one per task; ``--masks 50`` (the
 realistic mode: trained weights keep ~50 masks per image) also turns NMS off and keeps exactly 50 masks
-per task, so upscaling, brush RLE and the writes to Label Studio carry a trained model's load.
+per task, so upscaling, brush RLE and the writes to Label Studio carry a trained model's load — except that
+random-weight masks are pixel noise, whose RLE is ~100× a real mask's. ``--checkpoint`` runs trained
+weights instead (e.g. the demo checkpoint, trained on synthetic shapes) with their variant's own filters
+(``--masks N`` still forces N): real, smooth masks, so the Label Studio side carries a real mask's load.
 
 What runs is the real thing: a real Label Studio 1.23.2 (the test harness's, started from its template), a
 50-task project of 1024×768 JPEG uploads, ``litesam-backend worker`` processes, Redis. For each worker count the script uploads a fresh project, flushes its Redis
@@ -15,7 +18,8 @@ its end (listing, downloads, encoder, SegEvery, RLE, writes). The machine's core
 (``LITESAM_TORCH_THREADS`` = cores ÷ workers). Usage::
 
     .venv/bin/python bench/preannotate.py [--tasks 50] [--workers 1 2] [--masks 50] [--variant litesam_r640]
-        [--precision fp32] [--redis-url redis://127.0.0.1:6379/14] [--json results.json]
+        [--checkpoint litesam/weights/litesam_tiny_synthetic.pt] [--precision fp32]
+        [--redis-url redis://127.0.0.1:6379/14] [--json results.json]
 """
 
 from __future__ import annotations
@@ -87,7 +91,7 @@ def run_once(
         LABEL_STUDIO_API_KEY=ls.pat,
         REDIS_URL=args.redis_url,
         LITESAM_CHECKPOINT=str(checkpoint),
-        LITESAM_VARIANT=args.variant,
+        LITESAM_VARIANT="" if args.checkpoint else args.variant,
         LITESAM_TORCH_THREADS=str(threads),
         LITESAM_PRECISION=args.precision,
         OMP_NUM_THREADS=str(threads),
@@ -109,7 +113,9 @@ def run_once(
             process.wait_log(r"model \S+ loaded", timeout=180)
         board = JobBoard(client)
         forced = {"box_nms_thresh": 1.0, "max_masks": args.masks} if args.masks else {}
-        options = JobOptions.from_json({**OPEN_FILTERS, **forced, "chunk_size": args.chunk_size})
+        # Random weights need the filters opened; trained weights keep their variant's unless N masks are forced.
+        opened = OPEN_FILTERS if args.checkpoint is None or args.masks else {}
+        options = JobOptions.from_json({**opened, **forced, "chunk_size": args.chunk_size})
         started = time.perf_counter()
         status, _ = board.start(project, options=options, source="bench")
         while status["state"] not in ("finished", "failed"):
@@ -142,7 +148,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=50)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--variant", default="litesam_r640")
+    parser.add_argument("--variant", default="litesam_r640", help="of the random-weight checkpoint")
+    parser.add_argument("--checkpoint", type=Path, help="trained weights to run instead of random ones")
     parser.add_argument("--masks", type=int, default=0, help="keep exactly this many masks per task (NMS off)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
                         help="LITESAM_PRECISION of the workers")
@@ -152,9 +159,13 @@ def main() -> int:
     args = parser.parse_args()
 
     kept = f"exactly {args.masks} masks per task (NMS off)" if args.masks else "the masks NMS leaves"
+    if args.checkpoint is None:
+        weights = f"{args.variant} with RANDOM weights (masks are meaningless), SegEvery filters opened"
+    else:
+        filters = "filters opened" if args.masks else "their variant's filters"
+        weights = f"trained weights {args.checkpoint}, {filters}"
     print(header(
-        f"Pre-annotation benchmark: {args.variant} with RANDOM weights (masks are meaningless), {args.tasks} tasks "
-        f"of {WIDTH}×{HEIGHT} JPEG, SegEvery filters opened for random weights, {kept}, "
+        f"Pre-annotation benchmark: {weights}, {args.tasks} tasks of {WIDTH}×{HEIGHT} JPEG, {kept}, "
         f"LITESAM_PRECISION={args.precision}"
     ))
     images = [photo(seed) for seed in range(args.tasks)]
@@ -162,7 +173,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-preannotate-") as tmp:
         workdir = Path(tmp)
         torch.manual_seed(0)
-        checkpoint = save_checkpoint(build_model(args.variant), workdir / "random.pt", args.variant)
+        checkpoint = args.checkpoint or save_checkpoint(
+            build_model(args.variant), workdir / "random.pt", args.variant
+        )
         ls = LabelStudioServer.start(workdir / "label-studio")
         try:
             for workers in args.workers:
