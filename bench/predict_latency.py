@@ -11,9 +11,11 @@ measures:
 * burst: ``--burst`` warm clicks sent at once from as many clients (several annotators, or a fast one).
 
 Each request is timed by the client from send to full answer. The first click after start-up (model loading)
-is not counted. Usage::
+is not counted. ``--checkpoint`` serves trained weights instead (e.g. the demo checkpoint), so the answers
+carry a real mask's RLE (a few KB) instead of a random-weight noise mask's (hundreds of KB). Usage::
 
     .venv/bin/python bench/predict_latency.py [--variants litesam_r640 litesam_r1024]
+        [--checkpoint litesam/weights/litesam_tiny_synthetic.pt]
         [--cold 10] [--warm 30] [--burst 10] [--torch-threads 1] [--precision fp32]
         [--redis-url redis://127.0.0.1:6379/12]
 """
@@ -152,12 +154,17 @@ def summary(values: list[float]) -> dict:
     }
 
 
-def bench_variant(variant: str, args: argparse.Namespace, workdir: Path) -> dict:
+def random_checkpoint(variant: str, workdir: Path) -> Path:
+    """A seeded random-weight checkpoint of ``variant`` in ``workdir``."""
     from litesam.build import build_model, save_checkpoint
 
     torch.manual_seed(0)
-    checkpoint = workdir / f"{variant}-random.pt"
-    save_checkpoint(build_model(variant), checkpoint, variant)
+    return save_checkpoint(build_model(variant), workdir / f"{variant}-random.pt", variant)
+
+
+def bench_variant(name: str, checkpoint: Path, variant: str, args: argparse.Namespace, workdir: Path) -> dict:
+    """Cold, warm and burst clicks on a backend serving ``checkpoint``; ``variant`` is LITESAM_VARIANT
+    ("": the checkpoint's own)."""
     images = {f"/data/upload/1/{i}.jpg": make_image(i) for i in range(args.cold + 2)}
     server = ImageServer(images)
     redis.Redis.from_url(args.redis_url).flushdb()
@@ -174,7 +181,7 @@ def bench_variant(variant: str, args: argparse.Namespace, workdir: Path) -> dict
         "LITESAM_CACHE_DIR": str(workdir / "cache"),
     }
     try:
-        served = serve_backend(workdir, env, threads=args.threads, name=f"{variant}-backend", timeout=120)
+        served = serve_backend(workdir, env, threads=args.threads, name=f"{name}-backend", timeout=120)
         with served as (url, _):
             session = requests.Session()
             rng = np.random.default_rng(0)
@@ -195,7 +202,7 @@ def bench_variant(variant: str, args: argparse.Namespace, workdir: Path) -> dict
         redis.Redis.from_url(args.redis_url).flushdb()
     image_kb = statistics.fmean(len(b) for b in images.values()) / 1024
     return {
-        "variant": variant,
+        "variant": name,
         "cold": summary(cold),
         "warm": summary(warm),
         "burst": summary(burst),
@@ -207,6 +214,7 @@ def bench_variant(variant: str, args: argparse.Namespace, workdir: Path) -> dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", nargs="+", default=["litesam_r640", "litesam_r1024"])
+    parser.add_argument("--checkpoint", type=Path, help="serve these trained weights instead (real masks)")
     parser.add_argument("--cold", type=int, default=10, help="clicks on new images per variant")
     parser.add_argument("--warm", type=int, default=30, help="clicks on a cached image per variant")
     parser.add_argument("--burst", type=int, default=10, help="warm clicks sent at once per variant")
@@ -219,30 +227,43 @@ def main() -> None:
 
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        results = [bench_variant(v, args, Path(tmp)) for v in args.variants]
+        if args.checkpoint is not None:
+            results = [bench_variant(args.checkpoint.stem, args.checkpoint, "", args, Path(tmp))]
+        else:
+            results = [
+                bench_variant(v, random_checkpoint(v, Path(tmp)), v, args, Path(tmp)) for v in args.variants
+            ]
     load_after = os.getloadavg()[0]
     if args.json:
         print(json.dumps(results, indent=2))
         return
-    print(header("bench/predict_latency.py: RANDOM WEIGHTS (checkpoints written by this script; latency does "
-                 "not depend on the weight values, the masks are meaningless)"))
+    weights = (
+        f"trained weights {args.checkpoint} (real masks)" if args.checkpoint is not None else
+        "RANDOM WEIGHTS (checkpoints written by this script; latency does not depend on the weight values, "
+        "the masks are meaningless)"
+    )
+    print(header(f"bench/predict_latency.py: {weights}"))
     print(
         f"backend: 1 gunicorn worker × {args.threads} threads, {args.torch_threads} torch thread(s) per inference, "
         f"LITESAM_PRECISION={args.precision}; one click = POST /predict over HTTP, {WIDTH}×{HEIGHT} JPEG, "
         "keypoint → brush RLE; a warm click on a Label Studio upload needs no download"
     )
     print(f"1-minute load average before / after the run: {load_before:.2f} / {load_after:.2f}; {load_average()}")
-    print(f"{'variant':<15}{'click':<7}{'n':>4}{'p50 ms':>10}{'p95 ms':>10}{'mean ms':>10}")
+    width = max(15, *(len(r["variant"]) + 2 for r in results))
+    print(f"{'variant':<{width}}{'click':<7}{'n':>4}{'p50 ms':>10}{'p95 ms':>10}{'mean ms':>10}")
     for result in results:
         for kind in ("warm", "burst", "cold"):
             s = result[kind]
             print(
-                f"{result['variant']:<15}{kind:<7}{s['n']:>4}{s['p50_ms']:>10}{s['p95_ms']:>10}{s['mean_ms']:>10}"
+                f"{result['variant']:<{width}}{kind:<7}{s['n']:>4}"
+                f"{s['p50_ms']:>10}{s['p95_ms']:>10}{s['mean_ms']:>10}"
             )
     print(
         "mean image size: "
         + ", ".join(f"{r['variant']} {r['image_kb']} KB" for r in results)
-        + "; mean answer size (random-weight masks are noisy, so their RLE is far longer than a real mask's): "
+        + "; mean answer size"
+        + ("" if args.checkpoint else " (random-weight masks are noisy: their RLE is far longer than a real mask's)")
+        + ": "
         + ", ".join(f"{r['variant']} {r['answer_kb']} KB" for r in results)
     )
 
