@@ -13,7 +13,7 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 
 from litesam.train.annotations import DatasetError, decode_mask, load_records, read_image
-from litesam.train.data import SegmentationDataset, _area_downsample, collate_samples
+from litesam.train.data import SegmentationDataset, _area_downsample, cache_budget, collate_samples
 from litesam.train.prompts import jitter_boxes, match_proposals, sample_points
 from tests.coco_support import coco, disc, rectangle, tiny_dataset  # noqa: F401 (coco: a fixture)
 
@@ -241,6 +241,12 @@ def test_image_cache_gives_the_same_samples_reads_each_image_once_and_keeps_its_
 
 
 # --- prompts ----------------------------------------------------------------------------------------------
+
+
+def test_the_cache_is_used_only_where_the_training_process_builds_the_samples():
+    assert cache_budget(1024, loader_workers=0) == 2**30
+    assert cache_budget(1024, loader_workers=2) == 0  # a worker's cache would die with its epoch's DataLoader
+    assert cache_budget(0, loader_workers=0) == 0
 
 
 def test_prompt_simulation():

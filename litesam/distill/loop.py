@@ -34,6 +34,7 @@ from ..variants import ENGINE_AUTOPPN, get_variant
 from ..errors import DatasetError
 from ..modeling.autoppn import AutoPPN
 from ..train.config import default_workers
+from ..train.data import cache_budget
 from ..train.optim import build_optimizer, build_scheduler
 from ..train.runtime import RunContext
 from .config import DistillConfig
@@ -141,7 +142,7 @@ def _distill(config: DistillConfig, source: ImageSource | None, out: Path, run: 
         max_masks=config.max_masks,
         seed=config.seed,
         teacher_frame=None if teacher_head is None else (teacher.model.img_size, teacher_head.stride),
-        cache_bytes=config.cache_mb * 2**20 if workers == 0 else 0,
+        cache_bytes=cache_budget(config.cache_mb, workers),
     )
     per_epoch = DistillBatchSampler.batches_per_epoch(len(dataset), config.batch_size, run.world_size)
     if per_epoch < 1:

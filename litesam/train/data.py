@@ -136,6 +136,13 @@ def collate_samples(samples: Sequence[TrainSample]) -> TrainBatch:
     )
 
 
+def cache_budget(cache_mb: int, loader_workers: int) -> int:
+    """Bytes for ``SegmentationDataset(cache_bytes=)`` in a run: ``cache_mb`` MiB when the training process
+    builds its own samples, 0 with loader workers (the loops make a new DataLoader every epoch, so a worker
+    process's cache would be lost with it at the epoch's end)."""
+    return cache_mb * 2**20 if loader_workers == 0 else 0
+
+
 class SegmentationDataset(Dataset):
     """Training samples of Lite-SAM from annotated images (COCO or SA-1B records).
 
