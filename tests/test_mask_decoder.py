@@ -173,7 +173,8 @@ def test_transformer_parity_with_sam(shared_image):
 
 
 def test_gradients_match_sam():
-    """The rearranged arithmetic is trainable: parameter gradients equal SAM's (tiny 8×8 grid)."""
+    """The rearranged arithmetic is trainable: with gradients on (the decoder's training orientation of the
+    mask product), masks and parameter gradients equal SAM's (tiny 8×8 grid)."""
     ref = randomize_(make_reference(), seed=11)
     ours = make_decoder()
     ours.load_state_dict(ref.state_dict(), strict=True)
@@ -182,11 +183,13 @@ def test_gradients_match_sam():
     sparse, dense = torch.randn(3, 7, 256, generator=g), torch.randn(1, 256, 1, 1, generator=g).expand(
         3, -1, 8, 8
     )
-    grads = []
+    grads, outputs = [], []
     for model in (ref, ours):
         masks, iou = model(image, pe, sparse, dense, multimask_output=True)
         (masks.square().mean() + iou.sum()).backward()
         grads.append({name: p.grad for name, p in model.named_parameters()})
+        outputs.append(masks.detach())
+    assert (outputs[1] - outputs[0]).abs().max() <= TOLERANCE
     for name, ref_grad in grads[0].items():
         # Parameters that cannot affect these outputs get no gradient here (SAM's are zero up to rounding).
         grad = grads[1][name] if grads[1][name] is not None else torch.zeros_like(ref_grad)

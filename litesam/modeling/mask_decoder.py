@@ -193,8 +193,17 @@ class MaskDecoder(nn.Module):
     def _write_masks(hyper_in: Tensor, features: Tensor, h: int, w: int, out: Tensor) -> None:
         """Mask logits ``hyper_in`` (``B×T×C2``) · ``features`` (from ``_upscale``) into ``out`` ``B×T×4h×4w``."""
         b, t, _ = hyper_in.shape
-        logits = torch.bmm(hyper_in, features.transpose(1, 2)).view(b, t, h, w, 2, 2, 2, 2)
-        out.view(b, t, h, 2, 2, w, 2, 2).copy_(logits.permute(0, 1, 2, 4, 6, 3, 5, 7))
+        target = out.view(b, t, h, 2, 2, w, 2, 2)
+        if torch.is_grad_enabled() and features.requires_grad:
+            # Training: pixels × masks, so that the gradient reaching ``features`` is a plain product
+            # (B×16M×T · B×T×C2) rather than a transposed one that autograd copies before the upscaling's
+            # backward (litesam_tiny's training step: 3 % faster at two threads, 1 % at one).
+            logits = torch.bmm(features, hyper_in.transpose(1, 2)).view(b, h, w, 2, 2, 2, 2, t)
+            target.copy_(logits.permute(0, 7, 1, 3, 5, 2, 4, 6))
+        else:
+            # Inference: masks × pixels, 1.2–1.5× faster than the other orientation in forward only.
+            logits = torch.bmm(hyper_in, features.transpose(1, 2)).view(b, t, h, w, 2, 2, 2, 2)
+            target.copy_(logits.permute(0, 1, 2, 4, 6, 3, 5, 7))
 
 
 def _stride2_transposed_conv(x: Tensor, conv: nn.ConvTranspose2d) -> Tensor:
