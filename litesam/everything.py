@@ -7,7 +7,8 @@ Pipeline (one image):
    head: with SAM's automatic-mask-generator defaults, 32×32 points, three masks each);
 2. one mask-decoder pass per chunk of ``points_per_batch`` prompts, all on the same embedding;
 3. filters on the *low-resolution* logits (predicted IoU, stability score), before any upscaling: most of
-   SAM's everything-mode time goes into upscaling masks that are then thrown away;
+   SAM's everything-mode time goes into upscaling masks that are then thrown away. The predicted IoU needs
+   no mask, so the decoder skips the mask upscaling of prompts whose every output fails it (``min_iou``);
 4. box NMS between the surviving masks (boxes measured on the low-resolution masks), ranked by predicted
    IoU × proposal score;
 5. only the survivors are upscaled to the original size and turned into records.
@@ -232,6 +233,7 @@ class SegEvery:
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
                 multimask_output=cfg.multimask_output,
+                min_iou=cfg.pred_iou_thresh if cfg.pred_iou_thresh > 0 else None,
             )
             if cfg.prompt_mode == "autoppn":
                 best = iou.argmax(dim=1)
@@ -241,10 +243,13 @@ class SegEvery:
                 prompt_index = index.repeat_interleave(low_res.shape[1])
                 low_res, iou = low_res.flatten(0, 1), iou.flatten(0, 1)
             iou = iou.clamp(0.0, 1.0)
+            # The predicted-IoU filter first: the decoder computed no mask for prompts it drops entirely.
+            passed = iou >= cfg.pred_iou_thresh
+            low_res, iou, prompt_index = low_res[passed], iou[passed], prompt_index[passed.cpu()]
             stability = calculate_stability_score(
                 low_res[:, :valid_h, :valid_w], model.mask_threshold, cfg.stability_score_offset
             )
-            keep = (iou >= cfg.pred_iou_thresh) & (stability >= cfg.stability_score_thresh)
+            keep = stability >= cfg.stability_score_thresh
             kept.append(_Candidates(low_res[keep], iou[keep], stability[keep], prompt_index[keep.cpu()]))
         return _Candidates(
             torch.cat([c.low_res for c in kept]),

@@ -3,11 +3,15 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from litesam.build import build_model
+from litesam.cli import DEMO_CHECKPOINT
 from litesam.errors import InvalidImageError
 from litesam.everything import SegEvery, SegEveryConfig
 from litesam.masks import coco_rle_to_mask
+from litesam.modeling.mask_decoder import MaskDecoder
 from litesam.proposals import ProposalConfig
 from litesam.predictor import encode_image
+from litesam.train.synthetic import render_scene
 from tests.tiny import synthetic_image, tiny_model
 
 # Random weights score nothing highly: open every filter so the pipeline itself is exercised.
@@ -144,3 +148,27 @@ def test_max_masks_keeps_the_best_ranked(image):
     two = SegEvery(tiny_model(), max_masks=2, **{**OPEN, "box_nms_thresh": 1.0}).generate(image)
     assert len(everything) > 2 and len(two) == 2
     assert [r["bbox"] for r in two] == [r["bbox"] for r in everything[:2]]
+
+
+def test_skipping_the_masks_the_iou_filter_drops_changes_no_record(monkeypatch):
+    """Trained weights (the demo checkpoint) on held-out synthetic scenes, the variant's filters: some prompts
+    fail the predicted-IoU filter, and SegEvery's records equal those of a decoder that computes every mask."""
+    model = build_model("litesam_tiny", checkpoint=DEMO_CHECKPOINT).eval()
+    scenes = [render_scene(1, index)[0] for index in range(4)]
+    decode = MaskDecoder.forward
+    calls = []
+
+    def every_mask(self, *args, min_iou=None, **kwargs):
+        masks, iou = decode(self, *args, **kwargs)
+        calls.append(bool((iou.clamp(0, 1).max(dim=1).values < min_iou).any()))
+        return masks, iou
+
+    skipping = [SegEvery(model).generate(scene) for scene in scenes]
+    monkeypatch.setattr(MaskDecoder, "forward", every_mask)
+    computing = [SegEvery(model).generate(scene) for scene in scenes]
+    assert any(calls)  # some prompt was dropped by the predicted IoU, so its mask was skipped above
+    for a, b in zip(skipping, computing, strict=True):
+        assert len(a) == len(b) > 0
+        for ra, rb in zip(a, b):
+            np.testing.assert_array_equal(ra["segmentation"], rb["segmentation"])
+            assert (ra["predicted_iou"], ra["stability_score"]) == (rb["predicted_iou"], rb["stability_score"])

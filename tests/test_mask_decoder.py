@@ -112,6 +112,25 @@ def test_chunked_batches_equal_one_chunk(setup, monkeypatch):
                 assert torch.allclose(whole[0][i : i + 1], alone[0], rtol=0, atol=TOLERANCE)
 
 
+@pytest.mark.parametrize("one_prompt_per_chunk", [False, True])
+def test_min_iou_skips_only_the_masks_of_prompts_it_drops(setup, monkeypatch, one_prompt_per_chunk):
+    p = random_prompts(setup["size"], setup["grid"], batch=6, num_points=1, seed=9)
+    ours, encoder, pe = setup["ours"], setup["encoder"], setup["encoder"].get_dense_pe()
+    if one_prompt_per_chunk:
+        monkeypatch.setattr(mask_decoder_module, "CHUNK_BYTES", 1)
+    with torch.inference_mode():
+        sparse, dense = encoder((p["coords"], p["labels"]), None, None)
+        masks, iou = ours(setup["image"], pe, sparse, dense, True)
+        best = iou.clamp(0, 1).max(dim=1).values
+        threshold = float(best.median())  # some prompts pass, some do not
+        skipped_masks, skipped_iou = ours(setup["image"], pe, sparse, dense, True, min_iou=threshold)
+    needed = best >= threshold
+    assert 0 < int(needed.sum()) < len(needed)
+    assert torch.equal(skipped_iou, iou)
+    assert torch.allclose(skipped_masks[needed], masks[needed], rtol=0, atol=TOLERANCE)
+    assert bool((skipped_masks[~needed] == float("-inf")).all())
+
+
 def test_shared_dense_embedding_forms_agree(setup):
     """A 1×C×h×w dense embedding, its stride-0 expansion and a materialised copy give the same masks."""
     p = random_prompts(setup["size"], setup["grid"], batch=3, num_points=1, seed=9)

@@ -96,6 +96,7 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: Tensor,
         dense_prompt_embeddings: Tensor,
         multimask_output: bool,
+        min_iou: float | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Predict masks for ``B`` prompts on one image, or on one embedding per prompt.
 
@@ -107,6 +108,10 @@ class MaskDecoder(nn.Module):
             dense_prompt_embeddings: ``B×C×h×w`` mask-input embeddings, or ``1×C×h×w`` shared by all prompts.
                 A batch that is a stride-0 expansion (the prompt encoder's no-mask embedding) counts as shared.
             multimask_output: true → the ``num_multimask_outputs`` ambiguity masks; false → the single mask.
+            min_iou: if set, the masks of a prompt none of whose returned outputs has a predicted IoU (clipped
+                to [0, 1]) ≥ ``min_iou`` are not computed: their logits are −inf (empty masks). For callers that
+                drop such masks anyway (SegEvery's first filter): the upscaling, half of a prompt's cost, is
+                skipped for them. Predicted IoUs and the other prompts' masks are unchanged.
 
         Returns:
             ``masks``: ``B×T×4h×4w`` float32 mask logits (``T`` = 3 or 1), covering the padded input frame at
@@ -138,12 +143,23 @@ class MaskDecoder(nn.Module):
                 image = self.transformer.prepare_image(embedding + prompt_dense, image_pe)
             # Only the IoU token and the mask tokens up to the last selected one are read.
             hs, keys = self.transformer.forward_prepared(image, tokens[part], num_outputs=1 + selected.stop)
-            iou_pred[part] = self.iou_prediction_head(hs[:, 0])[:, selected]
+            part_iou = self.iou_prediction_head(hs[:, 0])[:, selected]
+            iou_pred[part] = part_iou
             mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens][:, selected]
             hyper_in = torch.stack([mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(hyper_mlps)], dim=1)
             # The upscaling computes in its weights' dtype (bfloat16 on litesam.inference's bf16 path).
             upscale_dtype = self.output_upscaling[0].weight.dtype
-            self._write_masks(hyper_in.to(upscale_dtype), self._upscale(keys.to(upscale_dtype)), h, w, masks[part])
+            hyper_in, keys = hyper_in.to(upscale_dtype), keys.to(upscale_dtype)
+            needed = None if min_iou is None else (part_iou.clamp(0.0, 1.0) >= min_iou).any(dim=1)
+            if needed is None or bool(needed.all()):
+                self._write_masks(hyper_in, self._upscale(keys), h, w, masks[part])
+                continue
+            masks[part].fill_(float("-inf"))
+            rows = needed.nonzero().flatten()
+            if len(rows):
+                kept = masks.new_empty((len(rows), *masks.shape[1:]))
+                self._write_masks(hyper_in[rows], self._upscale(keys[rows]), h, w, kept)
+                masks[part][rows] = kept
         return masks, iou_pred
 
     def _check_inputs(
