@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from benchlib import header
 from litesam.build import build_model
 from litesam.variants import VARIANTS
 from litesam.eval.recall import segevery_recall
@@ -60,8 +60,7 @@ def main() -> int:
     parser.add_argument("--skip-training", action="store_true", help="score the run already in --output")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{args.threads} threads; load average {os.getloadavg()}")
+    print(header(f"Learning proof: litesam_tiny, {args.steps} steps × {args.batch_size} images"))
 
     held_out = load_eval_records("synthetic", synthetic_images=args.held_out)
     torch.manual_seed(0)
