@@ -233,7 +233,7 @@ class SegEvery:
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
                 multimask_output=cfg.multimask_output,
-                min_iou=cfg.pred_iou_thresh if cfg.pred_iou_thresh > 0 else None,
+                min_iou=cfg.pred_iou_thresh,
             )
             if cfg.prompt_mode == "autoppn":
                 best = iou.argmax(dim=1)

@@ -150,9 +150,11 @@ def test_max_masks_keeps_the_best_ranked(image):
     assert [r["bbox"] for r in two] == [r["bbox"] for r in everything[:2]]
 
 
-def test_skipping_the_masks_the_iou_filter_drops_changes_no_record(monkeypatch):
-    """Trained weights (the demo checkpoint) on held-out synthetic scenes, the variant's filters: some prompts
-    fail the predicted-IoU filter, and SegEvery's records equal those of a decoder that computes every mask."""
+@pytest.mark.parametrize("mode", [{}, {"prompt_mode": "grid", "points_per_side": 8}], ids=["autoppn", "grid"])
+def test_skipping_the_masks_the_iou_filter_drops_changes_no_record(monkeypatch, mode):
+    """Trained weights (the demo checkpoint) on held-out synthetic scenes, the variant's filters, AutoPPN
+    prompts (best of three masks) or a point grid (all three kept): some prompts fail the predicted-IoU filter,
+    and SegEvery's records equal those of a decoder that computes every mask."""
     model = build_model("litesam_tiny", checkpoint=DEMO_CHECKPOINT).eval()
     scenes = [render_scene(1, index)[0] for index in range(4)]
     decode = MaskDecoder.forward
@@ -163,9 +165,9 @@ def test_skipping_the_masks_the_iou_filter_drops_changes_no_record(monkeypatch):
         calls.append(bool((iou.clamp(0, 1).max(dim=1).values < min_iou).any()))
         return masks, iou
 
-    skipping = [SegEvery(model).generate(scene) for scene in scenes]
+    skipping = [SegEvery(model, **mode).generate(scene) for scene in scenes]
     monkeypatch.setattr(MaskDecoder, "forward", every_mask)
-    computing = [SegEvery(model).generate(scene) for scene in scenes]
+    computing = [SegEvery(model, **mode).generate(scene) for scene in scenes]
     assert any(calls)  # some prompt was dropped by the predicted IoU, so its mask was skipped above
     for a, b in zip(skipping, computing, strict=True):
         assert len(a) == len(b) > 0

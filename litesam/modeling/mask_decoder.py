@@ -154,7 +154,7 @@ class MaskDecoder(nn.Module):
             if needed is None or bool(needed.all()):
                 self._write_masks(hyper_in, self._upscale(keys), h, w, masks[part])
                 continue
-            masks[part].fill_(float("-inf"))
+            masks[part][~needed] = float("-inf")
             rows = needed.nonzero().flatten()
             if len(rows):
                 kept = masks.new_empty((len(rows), *masks.shape[1:]))
