@@ -118,13 +118,13 @@ def add_preannotate_command(subparsers: argparse._SubParsersAction, settings: Se
         "--pred-iou-thresh",
         type=float,
         default=None,
-        help="SegEvery: keep masks with predicted IoU ≥ this (default: the variant's; SAM: 0.88)",
+        help="SegEvery: keep masks with predicted IoU ≥ this (default: the checkpoint's calibrated value, else SAM's 0.88)",
     )
     parser.add_argument(
         "--stability-score-thresh",
         type=float,
         default=None,
-        help="SegEvery: keep masks with stability ≥ this (default: the variant's; SAM: 0.95)",
+        help="SegEvery: keep masks with stability ≥ this (default: the checkpoint's calibrated value, else SAM's 0.95)",
     )
     parser.add_argument(
         "--box-nms-thresh",

@@ -162,7 +162,7 @@ def main() -> int:
     if args.checkpoint is None:
         weights = f"{args.variant} with RANDOM weights (masks are meaningless), SegEvery filters opened"
     else:
-        filters = "filters opened" if args.masks else "their variant's filters"
+        filters = "filters opened" if args.masks else "the checkpoint's calibrated filters (else SAM's)"
         weights = f"trained weights {args.checkpoint}, {filters}"
     print(header(
         f"Pre-annotation benchmark: {weights}, {args.tasks} tasks of {WIDTH}×{HEIGHT} JPEG, {kept}, "

@@ -3,8 +3,9 @@
 The variants themselves (their settings) are the registry of :mod:`litesam.variants`.
 
 No pretrained Lite-SAM weights are published. A checkpoint is one of ours (``save_checkpoint``, which records
-the variant inside) or an official SAM-family file, which :func:`build_model` recognises by its keys and
-shapes (:mod:`litesam.official`); the prompt encoder and mask decoder of a Lite-SAM model can also be
+the variant inside, and optionally the SegEvery mask filters calibrated for its weights:
+:func:`write_calibrated_filters`, ``litesam calibrate``) or an official SAM-family file, which
+:func:`build_model` recognises by its keys and shapes (:mod:`litesam.official`); the prompt encoder and mask decoder of a Lite-SAM model can also be
 initialised from an official file (``load_sam_weights``). EfficientViT-SAM and RepViT-SAM files are refused
 with the closest engine named.
 """
@@ -14,6 +15,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import math
+import os
 from pathlib import Path
 
 import torch
@@ -33,6 +36,11 @@ from .variants import ENGINE_AUTOPPN, ENGINE_VARIANTS, VARIANTS, VariantConfig, 
 
 #: Marks a file written by :func:`save_checkpoint`.
 CHECKPOINT_FORMAT = "litesam-checkpoint/1"
+#: The key of one of our checkpoints that holds its calibrated SegEvery filters (optional):
+#: ``{"pred_iou_thresh": float, "stability_score_thresh": float, "calibration": {how they were chosen}}``.
+FILTERS_KEY = "segevery_filters"
+#: The filter names a checkpoint may carry (fields of :class:`litesam.everything.SegEveryConfig`).
+FILTER_NAMES = ("pred_iou_thresh", "stability_score_thresh")
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +69,14 @@ def build_model(
     """
     if variant is None and checkpoint is None:
         raise CheckpointError("give a variant name or a checkpoint")
-    state = None
+    state = filters = None
     if checkpoint is not None:
-        variant, state = load_checkpoint(checkpoint, variant)
+        variant, state, filters = _load(checkpoint, variant)
     cfg = get_variant(variant)
     model = _build(cfg, with_autoppn=None if state is None else _carries_autoppn(state))
     if state is not None:
         _load_state(model, state, f"checkpoint {checkpoint}")
+    model.segevery_filters = filters
     if fuse:
         model.image_encoder.fuse_for_inference()
     return model.to(device).eval()
@@ -125,7 +134,10 @@ def _build(cfg: VariantConfig, with_autoppn: bool | None = None) -> LiteSAM:
 
 
 def save_checkpoint(model: LiteSAM, path: str | Path, variant: str) -> Path:
-    """Write the model's weights and its variant name to ``path`` (a ``torch.save`` file)."""
+    """Write the model's weights and its variant name to ``path`` (a ``torch.save`` file).
+
+    Calibrated SegEvery filters are not written: they belong to the weights they were measured on, and a
+    model saved here has usually been trained since (calibrate the new weights: ``litesam calibrate``)."""
     get_variant(variant)
     encoder = model.image_encoder
     if getattr(encoder, "fused", False) or getattr(getattr(encoder, "backbone", None), "fused", False):
@@ -150,18 +162,82 @@ def load_checkpoint(path: str | Path, variant: str | None = None) -> tuple[str, 
             file; a state dict that fits no engine (naming the closest engine and the missing / unexpected /
             mis-shaped keys); or another variant than ``variant``.
     """
+    stored, state, _ = _load(path, variant)
+    return stored, state
+
+
+def checkpoint_filters(path: str | Path) -> dict[str, float] | None:
+    """The SegEvery filters calibrated for a checkpoint's weights (``{"pred_iou_thresh": …,
+    "stability_score_thresh": …}``), or None when it carries none (official files never do).
+
+    Raises:
+        CheckpointError: as :func:`load_checkpoint`, or stored filters that are not two numbers in [0, 1].
+    """
+    return _load(path)[2]
+
+
+def write_calibrated_filters(
+    checkpoint: str | Path, output: str | Path, filters: dict[str, float], calibration: dict
+) -> Path:
+    """Write ``checkpoint`` to ``output`` (which may be the same file) carrying calibrated SegEvery filters.
+
+    One of our checkpoints keeps everything else it holds (weights, label, recipe); an official SAM-family
+    file becomes one of ours (its weights under the recognised engine variant). The file is replaced
+    atomically, so a failed write leaves the old one.
+
+    Args:
+        filters: ``pred_iou_thresh`` and ``stability_score_thresh``, each in [0, 1].
+        calibration: how they were chosen (rule, scenes, recall, precision), stored beside them.
+    Raises:
+        CheckpointError: an unreadable checkpoint, or filters out of range.
+    """
+    entry = {**_checked_filters(filters, "filters"), "calibration": calibration}
+    contents = _read(checkpoint)
+    if isinstance(contents, dict) and contents.get("format") == CHECKPOINT_FORMAT:
+        contents = {k: v for k, v in contents.items() if k != FILTERS_KEY}
+    else:
+        variant, state, _ = _load(checkpoint)
+        contents = {"format": CHECKPOINT_FORMAT, "variant": variant, "state_dict": dict(state)}
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(output.name + ".partial")
+    torch.save({**contents, FILTERS_KEY: entry}, partial)
+    os.replace(partial, output)
+    return output
+
+
+def _load(path: str | Path, variant: str | None = None) -> tuple[str, dict[str, torch.Tensor], dict | None]:
+    """(variant, state dict, calibrated filters or None) of a checkpoint; see :func:`load_checkpoint`."""
     contents = _read(path)
+    filters = None
     if isinstance(contents, dict) and contents.get("format") == CHECKPOINT_FORMAT:
         stored = contents.get("variant")
         get_variant(stored)
         state = contents["state_dict"]
+        if contents.get(FILTERS_KEY) is not None:
+            filters = _checked_filters(contents[FILTERS_KEY], f"{path}: {FILTERS_KEY}")
     else:
         state = official_state_dict(contents, str(path))
         stored = _recognise(state, str(path), variant)
         log.info("checkpoint %s: official weights of engine %s, %s", path, stored, VARIANTS[stored].title)
     if variant is not None and variant != stored:
         raise CheckpointError(f"{path} holds weights of variant {stored!r}, but variant {variant!r} was asked for")
-    return stored, state
+    return stored, state, filters
+
+
+def _checked_filters(entry: object, source: str) -> dict[str, float]:
+    """``{"pred_iou_thresh", "stability_score_thresh"}`` of ``entry``, each a number in [0, 1]."""
+    if not isinstance(entry, dict):
+        raise CheckpointError(f"{source} must be a mapping of {', '.join(FILTER_NAMES)}")
+    checked = {}
+    for name in FILTER_NAMES:
+        value = entry.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            math.isfinite(value) and 0.0 <= value <= 1.0
+        ):
+            raise CheckpointError(f"{source}: {name} must be a number in [0, 1], got {value!r}")
+        checked[name] = float(value)
+    return checked
 
 
 def checkpoint_variant(path: str | Path) -> str:

@@ -1,4 +1,5 @@
-"""The ``litesam`` command line: ``segment``, ``everything``, ``info``, ``train``, ``eval`` and ``distill``.
+"""The ``litesam`` command line: ``segment``, ``everything``, ``info``, ``train``, ``eval``, ``calibrate`` and
+``distill``.
 
 ``segment`` and ``everything`` take their weights from ``--checkpoint`` (one of ours). Without one they use
 the **demo checkpoint** shipped in the package (:data:`DEMO_CHECKPOINT`: ``litesam_tiny`` trained on
@@ -21,6 +22,7 @@ import numpy as np
 from .allocator import keep_freed_memory
 from .errors import LiteSamError
 from .distill.cli import add_distill_command
+from .eval.calibrate_cli import add_calibrate_command
 from .eval.cli import add_eval_command
 from .train.cli import add_train_command
 
@@ -81,12 +83,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     everything.add_argument("--top-k", type=int, help="at most this many AutoPPN proposals (default: the variant's)")
     everything.add_argument(
-        "--pred-iou-thresh", type=float, help="keep masks with predicted IoU ≥ this (default: the variant's; SAM: 0.88)"
+        "--pred-iou-thresh", type=float, help="keep masks with predicted IoU ≥ this (default: the checkpoint's calibrated value, else SAM's 0.88)"
     )
     everything.add_argument(
         "--stability-score-thresh",
         type=float,
-        help="keep masks with stability score ≥ this (default: the variant's; SAM: 0.95)",
+        help="keep masks with stability score ≥ this (default: the checkpoint's calibrated value, else SAM's 0.95)",
     )
     everything.add_argument("--box-nms-thresh", type=float, default=0.7)
     everything.add_argument("--no-overlay", action="store_true", help="write only the JSON")
@@ -103,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_train_command(commands)
     add_eval_command(commands)
+    add_calibrate_command(commands)
     add_distill_command(commands)
     return parser
 

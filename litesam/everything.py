@@ -45,8 +45,9 @@ from .variants import get_variant
 @dataclass
 class SegEveryConfig:
     """Settings of :class:`SegEvery`. The filter defaults are SAM's automatic-mask-generator defaults;
-    :meth:`for_variant` (what ``SegEvery(model)`` without a config uses) takes a variant's own
-    (:class:`litesam.variants.VariantConfig`).
+    :meth:`for_variant` takes a variant's AutoPPN decoding (:class:`litesam.variants.VariantConfig`), and
+    :meth:`for_model` (what ``SegEvery(model)`` without a config uses) also the filters calibrated for the
+    model's weights when its checkpoint carries them (``litesam calibrate``).
 
     Attributes:
         prompt_mode: "autoppn" (learned proposals: point + box per prompt), "grid" (SAM's point grid), or
@@ -88,6 +89,16 @@ class SegEveryConfig:
             raise ValueError(f"max_masks must be >= 0 or None, got {self.max_masks}")
 
     @classmethod
+    def for_model(cls, model: LiteSAM, **settings: Any) -> SegEveryConfig:
+        """:meth:`for_variant` of the model's variant, with the filters calibrated for its weights
+        (``model.segevery_filters``, from its checkpoint) where ``settings`` leave them unset (None); SAM's
+        where the checkpoint carries none."""
+        for name, value in (model.segevery_filters or {}).items():
+            if settings.get(name) is None:
+                settings[name] = value
+        return cls.for_variant(model.variant, **settings)
+
+    @classmethod
     def for_variant(
         cls,
         variant: str | None,
@@ -103,8 +114,8 @@ class SegEveryConfig:
 
         Args:
             variant: registry name; None (a model built without one) takes SAM's defaults of this class.
-            pred_iou_thresh, stability_score_thresh: mask filters in [0, 1]; None: the variant's calibrated
-                values (:class:`litesam.variants.VariantConfig`).
+            pred_iou_thresh, stability_score_thresh: mask filters in [0, 1]; None: SAM's (this class's
+                defaults; :meth:`for_model` takes a checkpoint's calibrated ones).
             proposals: AutoPPN decoding; None: the variant's (e.g. top-200 at 1024).
             proposal_score_thresh: when given, replaces the proposals' ``score_threshold`` (in [0, 1]).
             proposal_top_k: when given, replaces the proposals' ``top_k`` (proposals per image).
@@ -112,17 +123,16 @@ class SegEveryConfig:
         Raises:
             CheckpointError: unknown variant. ValueError: a setting out of range.
         """
-        defaults = cls() if variant is None else get_variant(variant)
-        proposals = defaults.proposals if proposals is None else proposals
+        sam = cls()
+        if proposals is None:
+            proposals = sam.proposals if variant is None else get_variant(variant).proposals
         if proposal_score_thresh is not None:
             proposals = replace(proposals, score_threshold=proposal_score_thresh)
         if proposal_top_k is not None:
             proposals = replace(proposals, top_k=proposal_top_k)
         return cls(
-            pred_iou_thresh=defaults.pred_iou_thresh if pred_iou_thresh is None else pred_iou_thresh,
-            stability_score_thresh=(
-                defaults.stability_score_thresh if stability_score_thresh is None else stability_score_thresh
-            ),
+            pred_iou_thresh=sam.pred_iou_thresh if pred_iou_thresh is None else pred_iou_thresh,
+            stability_score_thresh=sam.stability_score_thresh if stability_score_thresh is None else stability_score_thresh,
             proposals=proposals,
             **settings,
         )
@@ -152,13 +162,13 @@ class SegEvery:
 
     def __init__(self, model: LiteSAM, config: SegEveryConfig | None = None, **settings: Any) -> None:
         """``config`` is taken as it is, its fields replaced by ``settings``; without one the settings are
-        :meth:`SegEveryConfig.for_variant` of the model's variant and ``settings`` (its keyword arguments).
+        :meth:`SegEveryConfig.for_model` and ``settings`` (its keyword arguments).
 
         Raises:
             NoProposalHeadError: ``prompt_mode`` "autoppn" for a model without an AutoPPN head.
         """
         if config is None:
-            config = SegEveryConfig.for_variant(model.variant, **settings)
+            config = SegEveryConfig.for_model(model, **settings)
         else:
             config = replace(config, **settings)
         has_head = model.image_encoder.autoppn is not None

@@ -36,9 +36,6 @@ class VariantConfig:
         autoppn: AutoPPN head layout; None for engines, whose official checkpoints carry no head (a checkpoint
             with ``image_encoder.autoppn.*`` keys gets a default-layout head).
         proposals: default AutoPPN decoding for this input size.
-        pred_iou_thresh, stability_score_thresh: SegEvery's default mask filters for this variant's weights:
-            SAM's automatic-mask-generator values (0.88, 0.95) unless measured otherwise (a small model's
-            masks are good enough to keep well below SAM's bar; see ``bench/calibrate_filters.py``).
         embed_dim: channels of the image embedding and of the prompt/mask decoder (SAM: 256).
         decoder_depth, decoder_heads, decoder_mlp_dim: two-way transformer (SAM-B: 2, 8, 2048).
         mask_in_chans: hidden channels of the prompt encoder's mask downscaling (SAM: 16).
@@ -56,8 +53,6 @@ class VariantConfig:
     encoder: LiteViTConfig | SamViTConfig | TinyViTConfig = field(default_factory=LiteViTConfig)
     autoppn: AutoPPNConfig | None = field(default_factory=AutoPPNConfig)
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
-    pred_iou_thresh: float = 0.88
-    stability_score_thresh: float = 0.95
     embed_dim: int = 256
     decoder_depth: int = 2
     decoder_heads: int = 8
@@ -94,11 +89,6 @@ VARIANTS: dict[str, VariantConfig] = {
         ),
         autoppn=AutoPPNConfig(hidden_channels=16),
         proposals=ProposalConfig(top_k=32),
-        # Calibrated for the demo checkpoint (litesam/weights) on 60 synthetic scenes of seed 2 (neither the
-        # training seed 0 nor the held-out seed 1): the pair with the highest instance recall whose kept masks
-        # are ≥ 95 % correct (bench/calibrate_filters.py; README, "Training").
-        pred_iou_thresh=0.8,
-        stability_score_thresh=0.85,
         embed_dim=64,
         decoder_depth=2,
         decoder_heads=4,
@@ -118,8 +108,6 @@ VARIANTS["litesam_tiny_student"] = replace(
     name="litesam_tiny_student",
     encoder=replace(_TINY.encoder, channels=(48, 64, 64), depths=(2, 2, 1), mixers=("pool", "attn", "attn"),
                     strides=(2, 2, 1)),
-    pred_iou_thresh=VariantConfig.pred_iou_thresh,  # not calibrated: SAM's filters
-    stability_score_thresh=VariantConfig.stability_score_thresh,
     title="Lite-SAM tiny student (three-stage LiteViT; distillation proofs)",
 )
 

@@ -203,7 +203,7 @@ def test_the_demo_checkpoint_beats_the_box_fill_floor_on_held_out_scenes():
     # AutoPPN's proposals find most instances once SAM's filters are off (measured 23 of 25).
     opened = SegEveryConfig(pred_iou_thresh=0.0, stability_score_thresh=0.0, proposals=VARIANTS["litesam_tiny"].proposals)
     assert segevery_recall(model, records, config=opened)["recall"] >= 0.6
-    # With the variant's calibrated filters (its SegEvery defaults) most of them stay (measured 21 of 25, and
+    # With the filters calibrated into the checkpoint (its SegEvery defaults) most of them stay (measured 21 of 25, and
     # 21 of its 21 masks right).
     calibrated = segevery_recall(model, records)
     assert calibrated["recall"] >= 0.6 and calibrated["precision"] >= 0.9

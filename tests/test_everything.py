@@ -126,20 +126,18 @@ def test_default_proposals_follow_the_variant():
     assert SegEveryConfig.for_variant(None) == SegEveryConfig()  # no variant: SAM's defaults
 
 
-def test_default_filters_follow_the_variant_unless_given():
-    from litesam.variants import VARIANTS
-
-    variant = VARIANTS["litesam_tiny"]
-    default = SegEvery(tiny_model()).config
-    assert (default.pred_iou_thresh, default.stability_score_thresh) == (
-        variant.pred_iou_thresh,
-        variant.stability_score_thresh,
-    )
-    assert default.pred_iou_thresh != SegEveryConfig().pred_iou_thresh  # calibrated, not SAM's
-    assert SegEvery(tiny_model(), pred_iou_thresh=0.9).config.pred_iou_thresh == 0.9
-    assert SegEvery(tiny_model(), pred_iou_thresh=0.9).config.stability_score_thresh == variant.stability_score_thresh
-    assert SegEvery(tiny_model(), pred_iou_thresh=None).config.pred_iou_thresh == variant.pred_iou_thresh
-    given = SegEvery(tiny_model(), SegEveryConfig()).config  # a whole config is taken as it is
+def test_default_filters_are_the_checkpoints_calibrated_ones_else_sams():
+    sam = SegEveryConfig()
+    model = build_model("litesam_tiny")  # its own: the shared tiny_model() must not be changed
+    assert model.segevery_filters is None  # built without a checkpoint: nothing calibrated
+    default = SegEvery(model).config
+    assert (default.pred_iou_thresh, default.stability_score_thresh) == (sam.pred_iou_thresh, sam.stability_score_thresh)
+    model.segevery_filters = {"pred_iou_thresh": 0.7, "stability_score_thresh": 0.8}
+    assert (SegEvery(model).config.pred_iou_thresh, SegEvery(model).config.stability_score_thresh) == (0.7, 0.8)
+    one_given = SegEvery(model, pred_iou_thresh=0.9).config  # a given filter wins; the other stays calibrated
+    assert (one_given.pred_iou_thresh, one_given.stability_score_thresh) == (0.9, 0.8)
+    assert SegEvery(model, pred_iou_thresh=None).config.pred_iou_thresh == 0.7
+    given = SegEvery(model, SegEveryConfig()).config  # a whole config is taken as it is
     assert (given.pred_iou_thresh, given.stability_score_thresh) == (0.88, 0.95)
 
 

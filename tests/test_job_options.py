@@ -1,5 +1,5 @@
 """A pre-annotation job's options (backend.jobs.options): JSON in and out, the refused values, and the SegEvery
-settings they make for a served variant. No Redis: options are plain data until a job is started.
+settings they make for a served model. No Redis: options are plain data until a job is started.
 """
 
 from __future__ import annotations
@@ -43,27 +43,30 @@ def test_options_round_trip_through_json_and_refuse_bad_values():
             JobOptions.from_json(bad)
 
 
-def test_segevery_config_opens_filters_on_top_of_the_variant_proposals():
-    config = JobOptions.from_json(OPEN_FILTERS).segevery_config("litesam_tiny")
+def test_segevery_config_opens_filters_on_top_of_the_model_defaults():
+    tiny = build_model("litesam_tiny")
+    config = JobOptions.from_json(OPEN_FILTERS).segevery_config(tiny)
     assert config.pred_iou_thresh == 0.0 and config.stability_score_thresh == 0.0
     assert config.proposals.score_threshold == 0.0
-    for variant in ("litesam_tiny", "litesam_r640", "sam_vit_b"):  # null filters: the variant's own
-        default = JobOptions().segevery_config(variant)
-        expected = VARIANTS[variant]
-        assert default.pred_iou_thresh == expected.pred_iou_thresh
-        assert default.stability_score_thresh == expected.stability_score_thresh
-        assert default.proposals.score_threshold > 0
-    assert VARIANTS["litesam_r640"].pred_iou_thresh == 0.88 and VARIANTS["litesam_tiny"].pred_iou_thresh < 0.88
-    explicit = JobOptions.from_json({"pred_iou_thresh": None, "stability_score_thresh": 0.9})
-    assert explicit.segevery_config("litesam_tiny").stability_score_thresh == 0.9
+    for variant in ("litesam_tiny", "litesam_r640", "sam_vit_tiny"):  # null filters, none calibrated: SAM's
+        default = JobOptions().segevery_config(build_model(variant))
+        assert (default.pred_iou_thresh, default.stability_score_thresh) == (0.88, 0.95)
+        assert default.proposals == VARIANTS[variant].proposals and default.proposals.score_threshold > 0
+    tiny.segevery_filters = {"pred_iou_thresh": 0.7, "stability_score_thresh": 0.8}  # as a checkpoint carries
+    calibrated = JobOptions().segevery_config(tiny)
+    assert (calibrated.pred_iou_thresh, calibrated.stability_score_thresh) == (0.7, 0.8)
+    explicit = JobOptions.from_json({"pred_iou_thresh": None, "stability_score_thresh": 0.9}).segevery_config(tiny)
+    assert (explicit.pred_iou_thresh, explicit.stability_score_thresh) == (0.7, 0.9)
 
 
 def test_points_per_side_sets_the_grid_of_engines_and_autoppn_variants_ignore_it():
     options = JobOptions.from_json({"points_per_side": 4})
     assert JobOptions().points_per_side == 32  # SAM's automatic-mask-generator default
-    engine = SegEvery(build_model("sam_vit_tiny"), options.segevery_config("sam_vit_tiny"))
+    engine_model = build_model("sam_vit_tiny")
+    engine = SegEvery(engine_model, options.segevery_config(engine_model))
     assert (engine.config.prompt_mode, engine.config.points_per_side) == ("grid", 4)
-    lite = SegEvery(build_model("litesam_tiny"), options.segevery_config("litesam_tiny"))
+    lite_model = build_model("litesam_tiny")
+    lite = SegEvery(lite_model, options.segevery_config(lite_model))
     assert lite.config.prompt_mode == "autoppn"
     for bad in (0, 2.5, "4"):
         with pytest.raises(BadRequestError, match="'points_per_side' must be a positive integer"):

@@ -79,7 +79,8 @@ def handle_batch_predict(
         return []
     planned = output_plan(parse_label_config(label_config), options, settings)
     version = services.model.model_version
-    segment = SegEvery(services.model.model(), options.segevery_config(services.model.variant))
+    model = services.model.model()
+    segment = SegEvery(model, options.segevery_config(model))
     ls = services.label_studio if services.label_studio.configured else None
     answers = []
     for task in tasks:

@@ -11,6 +11,7 @@ from typing import Any
 from rq import Retry
 
 from litesam.everything import SegEveryConfig
+from litesam.modeling.lite_sam import LiteSAM
 
 from ..errors import BadRequestError
 from ..labelstudio.label_config import OUTPUTS
@@ -37,8 +38,8 @@ class JobOptions:
         chunk_size: tasks per chunk job (the unit of parallelism and of retries).
         write_batch: predictions per ``import_predictions`` call (a batch is also cut at ~16 MB of RLE).
         max_masks: most regions written per image (SegEvery ranks them best first).
-        pred_iou_thresh, stability_score_thresh: SegEvery's mask filters; None: the served variant's
-            (:class:`litesam.variants.VariantConfig`: SAM's automatic-mask-generator values unless calibrated).
+        pred_iou_thresh, stability_score_thresh: SegEvery's mask filters; None: the served checkpoint's
+            calibrated ones (``litesam calibrate``), else SAM's automatic-mask-generator values.
         box_nms_thresh, points_per_batch: SegEvery's box NMS and batch size (defaults: SegEvery's own).
         points_per_side: n of SegEvery's n×n point grid, the prompts of engines without an AutoPPN head
             (official SAM-family checkpoints; SAM's default 32 → 1,024 prompts); AutoPPN variants ignore it.
@@ -98,12 +99,13 @@ class JobOptions:
     def retry(self) -> Retry:
         return Retry(max=self.retries, interval=list(self.retry_intervals))
 
-    def segevery_config(self, variant: str) -> SegEveryConfig:
-        """SegEvery settings: our filters and grid on top of the variant's AutoPPN proposal and filter
-        defaults (:meth:`SegEveryConfig.for_variant`: a None option is the variant's); the prompt mode stays
-        "auto" (AutoPPN when the model has a head, else the grid)."""
-        return SegEveryConfig.for_variant(
-            variant,
+    def segevery_config(self, model: LiteSAM) -> SegEveryConfig:
+        """SegEvery settings for the served model: our filters and grid on top of its defaults
+        (:meth:`SegEveryConfig.for_model`: a None filter is the one calibrated for its weights, else the
+        variant's; the variant's AutoPPN decoding); the prompt mode stays "auto" (AutoPPN when the model has a
+        head, else the grid)."""
+        return SegEveryConfig.for_model(
+            model,
             pred_iou_thresh=self.pred_iou_thresh,
             stability_score_thresh=self.stability_score_thresh,
             proposal_score_thresh=self.proposal_score_thresh,
@@ -120,7 +122,7 @@ class JobOptions:
         return cls.from_json(json.loads(text))
 
 
-#: Options whose null means "the served variant's default".
+#: Options whose null means "the served model's default" (its calibrated filters, its variant's AutoPPN threshold).
 _VARIANT_DEFAULTS = ("pred_iou_thresh", "stability_score_thresh", "proposal_score_thresh")
 _UNIT_FLOATS = ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "proposal_score_thresh")
 _POSITIVE_INTS = (

@@ -182,7 +182,8 @@ def run_chunk(job_id: str, index: int, tasks: list[dict]) -> dict:
     options = record.options
     segment = None
     if record.mode == "segevery":
-        segment = SegEvery(services.model.model(), options.segevery_config(services.model.variant))
+        model = services.model.model()
+        segment = SegEvery(model, options.segevery_config(model))
         side = segment.config.points_per_side
         prompts = f"a {side}×{side} point grid" if segment.config.prompt_mode == "grid" else "AutoPPN proposals"
         logger.info(

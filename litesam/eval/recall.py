@@ -23,13 +23,13 @@ def segevery_recall(
     iou_threshold: float = 0.5,
     config: SegEveryConfig | None = None,
 ) -> dict[str, object]:
-    """Run SegEvery (the variant's default settings unless ``config``) over images with ground truth.
+    """Run SegEvery (the model's default settings unless ``config``) over images with ground truth.
 
     Args:
         model: the Lite-SAM to evaluate.
         records: images with instance masks (``image()``, ``instance_masks()``).
         iou_threshold: smallest mask IoU for an instance to count as recovered.
-        config: SegEvery settings; None: the defaults (the variant's AutoPPN decoding, SAM's filters).
+        config: SegEvery settings; None: the model's defaults (its variant's AutoPPN decoding, its checkpoint's calibrated filters or SAM's).
     Returns:
         ``{"images", "instances", "recovered", "recall", "masks" (SegEvery masks in all), "correct" (masks
         matching an instance), "precision", "seconds"}``; recall / precision are None without instances /

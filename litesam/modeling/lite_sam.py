@@ -52,6 +52,9 @@ class LiteSAM(nn.Module):
         self.variant = variant
         #: Image resizing filter of the variant (see :class:`litesam.transforms.ResizeLongestSide`).
         self.resize = resize
+        #: SegEvery mask filters calibrated for these weights (``{"pred_iou_thresh": …,
+        #: "stability_score_thresh": …}``, read from the checkpoint by ``build_model``), or None: SAM's.
+        self.segevery_filters: dict[str, float] | None = None
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder

@@ -1,0 +1,163 @@
+"""Choosing the SegEvery mask filters for a model's weights by measurement (``litesam calibrate``).
+
+SAM's automatic-mask-generator thresholds (predicted IoU ≥ 0.88, stability ≥ 0.95) were set for SAM ViT-H. A
+smaller or differently trained model's masks can be right (IoU ≥ 0.5 with an instance) far below that bar,
+and its IoU head predicts lower values for them, so the filters are a property of the weights. The rule:
+
+    on calibration scenes (never the held-out scenes that are reported), among the pairs of
+    :data:`PRED_IOU_GRID` × :data:`STABILITY_GRID`, take the pair with the highest instance recall at mask
+    IoU 0.5 whose kept masks are at least ``min_precision`` right (the share of SegEvery's masks, after box
+    NMS, that match an instance at IoU 0.5); ties go to the stricter pair.
+
+The instances are either annotations (any labelled set) or, label-free, a teacher's own SegEvery masks on
+unlabeled images (:func:`teacher_scenes`): a distilled student is calibrated against the teacher it mimics.
+
+SegEvery runs once per image with the filters open and NMS off; each pair is then applied to those
+candidates with SegEvery's own filters and box NMS (:func:`apply_filters`), so the grid costs one pass.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import LiteSamError
+from ..everything import SegEvery, SegEveryConfig
+from ..masks import box_nms
+from ..modeling.lite_sam import LiteSAM
+from .recall import instance_matches
+
+#: Candidate predicted-IoU thresholds (SAM's 0.88 first).
+PRED_IOU_GRID = (0.88, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5)
+#: Candidate stability-score thresholds (SAM's 0.95 first).
+STABILITY_GRID = (0.95, 0.9, 0.85, 0.8, 0.7)
+
+#: One calibration scene: the H×W×3 uint8 RGB image and its instances, each a flattened H·W bool mask.
+Scene = tuple[np.ndarray, list[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class FilterScore:
+    """What one filter pair keeps on the calibration scenes (``recall``/``precision`` in [0, 1])."""
+
+    pred_iou_thresh: float
+    stability_score_thresh: float
+    recall: float
+    precision: float
+    masks: int
+    instances: int
+
+    @property
+    def filters(self) -> dict[str, float]:
+        """The pair as SegEvery settings."""
+        return {"pred_iou_thresh": self.pred_iou_thresh, "stability_score_thresh": self.stability_score_thresh}
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The outcome of :func:`calibrate`: every pair's score (grid order) and the chosen one."""
+
+    table: list[FilterScore]
+    chosen: FilterScore
+    scenes: int
+    min_precision: float
+    box_nms_thresh: float
+
+    def record(self, truth: str) -> dict:
+        """What a checkpoint stores about how its filters were chosen; ``truth`` names the instances used."""
+        return {
+            "rule": f"highest recall at mask IoU 0.5 with precision ≥ {self.min_precision}",
+            "truth": truth,
+            "scenes": self.scenes,
+            "instances": self.chosen.instances,
+            "recall": round(self.chosen.recall, 4),
+            "precision": round(self.chosen.precision, 4),
+            "masks": self.chosen.masks,
+            "box_nms_thresh": self.box_nms_thresh,
+        }
+
+
+def calibrate(
+    model: LiteSAM,
+    scenes: Iterable[Scene],
+    min_precision: float = 0.95,
+    box_nms_thresh: float = 0.7,
+) -> Calibration:
+    """Score every filter pair on ``scenes`` and choose one by the module's rule.
+
+    The model's other SegEvery settings are its defaults (:meth:`SegEveryConfig.for_model`): its prompt mode
+    and AutoPPN decoding. Raises :class:`LiteSamError` when no scene has an instance, no pair reaches
+    ``min_precision``, or those that do recover nothing.
+    """
+    if not 0.0 <= min_precision <= 1.0:
+        raise ValueError(f"min_precision must be in [0, 1], got {min_precision}")
+    # Filters open and NMS off: every candidate, so each pair can be applied afterwards.
+    config = SegEveryConfig.for_model(model, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
+    generator = SegEvery(model, config)
+    candidates = [(generator.generate(image), truths) for image, truths in scenes]
+    instances = sum(len(truths) for _, truths in candidates)
+    if instances == 0:
+        raise LiteSamError("the calibration scenes hold no instance")
+    table = [
+        _score(candidates, pred_iou, stability, box_nms_thresh)
+        for pred_iou, stability in itertools.product(PRED_IOU_GRID, STABILITY_GRID)
+    ]
+    eligible = [row for row in table if row.precision >= min_precision]
+    if not eligible:
+        best = max(table, key=lambda row: row.precision)
+        raise LiteSamError(
+            f"no filter pair keeps ≥ {min_precision:.2f} of its masks right on these {len(candidates)} scenes "
+            f"(best: {best.precision:.3f} at predicted IoU ≥ {best.pred_iou_thresh}, stability ≥ "
+            f"{best.stability_score_thresh})"
+        )
+    chosen = max(eligible, key=lambda row: (row.recall, row.pred_iou_thresh, row.stability_score_thresh))
+    if chosen.recall == 0.0:
+        raise LiteSamError(
+            f"no filter pair with ≥ {min_precision:.2f} of its masks right recovers any instance on these "
+            f"{len(candidates)} scenes (weights that segment nothing yet?)"
+        )
+    return Calibration(table, chosen, len(candidates), min_precision, box_nms_thresh)
+
+
+def apply_filters(candidates: list[dict], pred_iou: float, stability: float, nms: float) -> list[dict]:
+    """SegEvery's filters and box NMS on its open-filter records (the same ranking: predicted IoU × proposal
+    score; boxes XYWH image px as SegEvery returns them)."""
+    kept = [c for c in candidates if c["predicted_iou"] >= pred_iou and c["stability_score"] >= stability]
+    if not kept:
+        return []
+    boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (c["bbox"] for c in kept)], dtype=torch.float32)
+    scores = torch.tensor([c["predicted_iou"] * (c["proposal_score"] or 1.0) for c in kept])
+    return [kept[i] for i in box_nms(boxes, scores, nms).tolist()]
+
+
+def annotated_scenes(records: Iterable) -> Iterator[Scene]:
+    """Scenes from annotated records (``image()``, ``instance_masks()``; empty masks left out)."""
+    for record in records:
+        yield record.image(), [mask.reshape(-1) for mask in record.instance_masks() if mask.any()]
+
+
+def teacher_scenes(teacher: LiteSAM, images: Iterable[np.ndarray]) -> Iterator[Scene]:
+    """Label-free scenes: each image with the teacher's SegEvery masks (its own default settings) as the
+    instances."""
+    generator = SegEvery(teacher, output_mode="binary_mask")
+    for image in images:
+        yield image, [record["segmentation"].reshape(-1) for record in generator.generate(image)]
+
+
+def _score(candidates: list[tuple[list[dict], list[np.ndarray]]], pred_iou: float, stability: float,
+           nms: float) -> FilterScore:
+    instances = recovered = masks = correct = 0
+    for records, truths in candidates:
+        kept = apply_filters(records, pred_iou, stability, nms)
+        instances += len(truths)
+        masks += len(kept)
+        if kept and truths:
+            matched = instance_matches(np.stack([k["segmentation"].reshape(-1) for k in kept]), truths)
+            recovered += int(matched.any(axis=0).sum())
+            correct += int(matched.any(axis=1).sum())
+    return FilterScore(pred_iou, stability, recovered / instances if instances else 0.0,
+                       correct / masks if masks else 1.0, masks, instances)

@@ -1,0 +1,205 @@
+"""Calibrated SegEvery filters (litesam.eval.calibration, ``litesam calibrate``) and how a checkpoint carries
+them (litesam.build.write_calibrated_filters): the rule, its agreement with SegEvery and the recall metric, the
+refusals, and the resolution order explicit > checkpoint's > SAM's.
+
+The demo checkpoint (litesam_tiny trained on synthetic shapes) is the model that segments; the calibration
+scenes are synthetic scenes of seed 2 (its filters were calibrated on 60 of them).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from litesam.build import (
+    FILTERS_KEY,
+    build_model,
+    checkpoint_filters,
+    checkpoint_variant,
+    save_checkpoint,
+    write_calibrated_filters,
+)
+from litesam.cli import DEMO_CHECKPOINT, main
+from litesam.errors import CheckpointError, LiteSamError
+from litesam.eval.calibration import (
+    PRED_IOU_GRID,
+    STABILITY_GRID,
+    annotated_scenes,
+    apply_filters,
+    calibrate,
+    teacher_scenes,
+)
+from litesam.eval.recall import segevery_recall
+from litesam.everything import SegEvery, SegEveryConfig
+from litesam.train.synthetic import render_scene, synthetic_records
+from tests.engine_support import save_official, tiny_vit_sam
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return build_model(checkpoint=DEMO_CHECKPOINT)
+
+
+def test_the_chosen_pair_has_the_highest_recall_among_those_precise_enough(demo):
+    records = synthetic_records(8, seed=2)
+    result = calibrate(demo, annotated_scenes(records), min_precision=0.95)
+    assert [(r.pred_iou_thresh, r.stability_score_thresh) for r in result.table] == [
+        (p, s) for p in PRED_IOU_GRID for s in STABILITY_GRID
+    ]
+    eligible = [r for r in result.table if r.precision >= 0.95]
+    best = max(r.recall for r in eligible)
+    assert result.chosen.recall == best > 0 and result.chosen.precision >= 0.95
+    ties = [r for r in eligible if r.recall == best]
+    assert all(  # ties go to the stricter pair
+        (result.chosen.pred_iou_thresh, result.chosen.stability_score_thresh)
+        >= (r.pred_iou_thresh, r.stability_score_thresh)
+        for r in ties
+    )
+    # The open-filter pair keeps more masks than SAM's and never recovers fewer instances.
+    by_pair = {(r.pred_iou_thresh, r.stability_score_thresh): r for r in result.table}
+    assert by_pair[(0.5, 0.7)].masks >= by_pair[(0.88, 0.95)].masks
+    assert by_pair[(0.5, 0.7)].recall >= by_pair[(0.88, 0.95)].recall
+    # The chosen row is what SegEvery with those filters scores (litesam.eval.recall, its own pass).
+    config = SegEveryConfig.for_model(demo, **result.chosen.filters)
+    measured = segevery_recall(demo, records, config=config)
+    assert measured["recall"] == pytest.approx(result.chosen.recall)
+    assert measured["precision"] == pytest.approx(result.chosen.precision)
+    assert measured["masks"] == result.chosen.masks
+    record = result.record("annotations of synthetic (seed 2)")
+    assert record["scenes"] == 8 and record["recall"] == round(result.chosen.recall, 4)
+
+
+def test_filters_applied_afterwards_keep_what_segevery_keeps(demo):
+    opened = SegEveryConfig.for_model(demo, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
+    compared = 0
+    for index in range(3):
+        image = render_scene(2, index)[0]
+        candidates = SegEvery(demo, opened).generate(image)
+        for pred_iou, stability in [(0.8, 0.85), (0.88, 0.95), (0.5, 0.7)]:
+            kept = apply_filters(candidates, pred_iou, stability, 0.7)
+            direct = SegEvery(
+                demo, SegEveryConfig.for_model(demo, pred_iou_thresh=pred_iou, stability_score_thresh=stability)
+            ).generate(image)
+            assert sorted(r["bbox"] for r in kept) == sorted(r["bbox"] for r in direct)
+            compared += len(direct)
+    assert compared > 0
+
+
+def test_calibration_refuses_scenes_without_instances_and_weights_that_segment_nothing(demo):
+    image = render_scene(2, 0)[0]
+    with pytest.raises(LiteSamError, match="no instance"):
+        calibrate(demo, [(image, [])])
+    with pytest.raises(ValueError, match="min_precision"):
+        calibrate(demo, [(image, [])], min_precision=1.5)
+    torch.manual_seed(0)
+    untrained = build_model("litesam_tiny")
+    with pytest.raises(LiteSamError, match="no filter pair"):
+        calibrate(untrained, annotated_scenes(synthetic_records(3, seed=2)))
+
+
+def test_a_teacher_calibrates_itself_to_full_recall(demo):
+    # Label-free: the teacher's own SegEvery masks are the instances. The teacher as its own student keeps
+    # exactly them with the filters that made them (the checkpoint's 0.80 / 0.85), so some pair scores 1 / 1.
+    images = [render_scene(2, index)[0] for index in range(4)]
+    result = calibrate(demo, teacher_scenes(demo, images))
+    by_pair = {(r.pred_iou_thresh, r.stability_score_thresh): r for r in result.table}
+    own = by_pair[(0.8, 0.85)]
+    assert own.instances > 0 and (own.recall, own.precision, own.masks) == (1.0, 1.0, own.instances)
+    assert (result.chosen.recall, result.chosen.precision) == (1.0, 1.0)
+
+
+def test_our_checkpoint_keeps_its_contents_and_gains_filters(tmp_path):
+    record = {"rule": "test", "scenes": 1}
+    out = write_calibrated_filters(DEMO_CHECKPOINT, tmp_path / "c.pt", {"pred_iou_thresh": 0.7,
+                                   "stability_score_thresh": 0.75}, record)
+    source = torch.load(DEMO_CHECKPOINT, weights_only=False)
+    written = torch.load(out, weights_only=False)
+    assert {k: v for k, v in written.items() if k not in ("state_dict", FILTERS_KEY)} == {
+        k: v for k, v in source.items() if k not in ("state_dict", FILTERS_KEY)
+    }
+    assert all(torch.equal(written["state_dict"][k], v) for k, v in source["state_dict"].items())
+    assert written[FILTERS_KEY] == {"pred_iou_thresh": 0.7, "stability_score_thresh": 0.75, "calibration": record}
+    model = build_model(checkpoint=out)
+    assert model.segevery_filters == {"pred_iou_thresh": 0.7, "stability_score_thresh": 0.75}
+    assert checkpoint_filters(out) == model.segevery_filters
+    # In place (output = input) replaces the filters; nothing is left beside the file.
+    write_calibrated_filters(out, out, {"pred_iou_thresh": 0.6, "stability_score_thresh": 0.9}, record)
+    assert checkpoint_filters(out) == {"pred_iou_thresh": 0.6, "stability_score_thresh": 0.9}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
+    # Weights saved after training are new weights: no filters travel with them.
+    save_checkpoint(model, tmp_path / "trained.pt", "litesam_tiny")
+    assert checkpoint_filters(tmp_path / "trained.pt") is None
+    assert build_model(checkpoint=tmp_path / "trained.pt").segevery_filters is None
+
+
+def test_an_official_file_becomes_ours_with_its_filters(tmp_path):
+    official = save_official(tiny_vit_sam(seed=3), tmp_path / "sam_vit_tiny.pth")
+    assert checkpoint_filters(official) is None
+    out = write_calibrated_filters(official, tmp_path / "calibrated.pt",
+                                   {"pred_iou_thresh": 0.5, "stability_score_thresh": 0.8}, {"rule": "test"})
+    assert checkpoint_variant(out) == "sam_vit_tiny"
+    before, after = build_model(checkpoint=official), build_model(checkpoint=out)
+    assert after.segevery_filters == {"pred_iou_thresh": 0.5, "stability_score_thresh": 0.8}
+    assert all(torch.equal(a, b) for a, b in zip(before.state_dict().values(), after.state_dict().values()))
+    config = SegEvery(after).config
+    assert (config.prompt_mode, config.pred_iou_thresh, config.stability_score_thresh) == ("grid", 0.5, 0.8)  # no AutoPPN head: the grid
+
+
+@pytest.mark.parametrize("bad", [{"pred_iou_thresh": 1.5, "stability_score_thresh": 0.9},
+                                 {"pred_iou_thresh": 0.8},
+                                 {"pred_iou_thresh": True, "stability_score_thresh": 0.9},
+                                 {"pred_iou_thresh": float("nan"), "stability_score_thresh": 0.9}])
+def test_filters_out_of_range_are_refused_on_write_and_on_load(tmp_path, bad):
+    with pytest.raises(CheckpointError, match="must be a number in"):
+        write_calibrated_filters(DEMO_CHECKPOINT, tmp_path / "c.pt", bad, {})
+    assert not any(tmp_path.iterdir())
+    contents = torch.load(DEMO_CHECKPOINT, weights_only=False)
+    torch.save({**contents, FILTERS_KEY: bad}, tmp_path / "tampered.pt")
+    with pytest.raises(CheckpointError, match=FILTERS_KEY):
+        build_model(checkpoint=tmp_path / "tampered.pt")
+
+
+def test_calibrate_command_writes_filters_that_everything_then_uses(tmp_path, capsys):
+    out = tmp_path / "calibrated.pt"
+    args = ["calibrate", "--checkpoint", str(DEMO_CHECKPOINT), "--synthetic-images", "6", "--min-precision", "0.9"]
+    assert main(args) == 0  # without -o nothing is written
+    report = json.loads(capsys.readouterr().out)
+    assert "written" not in report and not out.exists()
+    assert main([*args, "-o", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    chosen = report["chosen"]
+    assert report["written"] == str(out) and len(report["table"]) == len(PRED_IOU_GRID) * len(STABILITY_GRID)
+    assert report["calibration"]["truth"] == "annotations of synthetic (seed 2)" and report["calibration"]["scenes"] == 6
+    assert checkpoint_filters(out) == chosen
+    image = tmp_path / "scene.png"
+    Image.fromarray(render_scene(2, 0)[0]).save(image)
+    assert main(["everything", str(image), "--checkpoint", str(out), "-o", str(tmp_path / "ev"), "--no-overlay"]) == 0
+    used = json.loads((tmp_path / "ev" / "scene.json").read_text())["segevery"]
+    assert {k: used[k] for k in chosen} == chosen
+
+
+def test_calibrate_command_with_a_teacher_needs_no_labels(tmp_path, capsys):
+    folder = tmp_path / "unlabeled"
+    folder.mkdir()
+    for index in range(3):
+        Image.fromarray(render_scene(2, index)[0]).save(folder / f"{index}.png")
+    assert main(["calibrate", "--checkpoint", str(DEMO_CHECKPOINT), "--teacher", str(DEMO_CHECKPOINT),
+                 "--data", str(folder)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["calibration"]["truth"].startswith("SegEvery masks of teacher litesam_tiny_synthetic.pt")
+    assert report["calibration"]["scenes"] == 3 and report["calibration"]["recall"] == 1.0
+
+
+def test_calibrate_command_refuses_bad_arguments_with_a_clear_message(capsys):
+    demo = str(DEMO_CHECKPOINT)
+    for args, message in [
+        (["--min-precision", "2"], "--min-precision must be in [0, 1]"),
+        (["--teacher", demo, "--data", "labelstudio"], "against its annotations"),
+    ]:
+        assert main(["calibrate", "--checkpoint", demo, *args]) != 0
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
