@@ -223,6 +223,18 @@ def test_pseudo_masks_become_listing_1_1_targets_in_the_student_and_teacher_fram
     unlabeled = DistillDataset(source, shards, 2, None, image_size=256, stride=8)
     assert unlabeled[1].student.num_peaks == 0 and len(unlabeled[1].student.gt_masks) == 0
 
+    # With a cache budget the teacher-frame targets are made once and drawn from the same budget as the
+    # student's prepared images; without one they are made again, equal.
+    cached = DistillDataset(source, shards, 2, pseudo, image_size=256, stride=8, teacher_frame=(256, 8),
+                            cache_bytes=2**24)
+    first = cached[1].teacher_targets
+    assert cached[1].teacher_targets is first and cached.student.cache_left < 2**24 - first.nbytes
+    again = dataset[1].teacher_targets
+    assert again is not sample.teacher_targets
+    for made in (first, again):
+        assert torch.equal(made.heat, sample.teacher_targets.heat) and torch.equal(made.box, sample.teacher_targets.box)
+        assert torch.equal(made.valid, sample.teacher_targets.valid) and made.num_peaks == sample.teacher_targets.num_peaks
+
 
 def _resized(mask, h, w):
     import cv2
