@@ -132,8 +132,9 @@ class ModelService:
             precision = apply_precision(model, self._settings.precision)
         except ValueError as exc:  # bf16 asked for where torch has no bf16 kernels
             raise ConfigurationError(f"LITESAM_PRECISION: {exc}") from None
+        filters = model.segevery_filters
         logger.info(
-            "loaded %s (%s) from %s on %s in %.1f s; %s path, %d inference(s) at once; %s",
+            "loaded %s (%s) from %s on %s in %.1f s; %s path, %d inference(s) at once; SegEvery filters %s; %s",
             model_version_string(variant, checkpoint.sha256),
             get_variant(variant).title,
             checkpoint.path.name,
@@ -141,6 +142,8 @@ class ModelService:
             time.perf_counter() - started,
             precision,
             self._settings.inference_concurrency,
+            "SAM's (none calibrated: litesam calibrate)" if filters is None else
+            f"calibrated {filters['pred_iou_thresh']} / {filters['stability_score_thresh']}",
             report.describe(),
         )
         return model

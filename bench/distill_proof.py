@@ -18,8 +18,8 @@ One run on the CPU:
 6. the student as it would be served: its SegEvery filters calibrated label-free against the teacher
    (``litesam calibrate --teacher``'s rule on 60 unlabeled synthetic scenes of seed 2, neither trained on nor
    held out; written to ``calibrated.pt`` in the run folder), then its held-out recall and precision with
-   those filters beside the teacher's with its own (the filters in its checkpoint, else SAM's). Reported,
-   not a target.
+   those filters beside the teacher's with its own (the filters in its checkpoint, else SAM's) and the
+   student's with SAM's (what it gets served uncalibrated). Reported, not a target.
 
     python bench/distill_proof.py --teacher litesam/weights/litesam_tiny_synthetic.pt [--threads 1]
 """
@@ -143,14 +143,15 @@ def _served(args: argparse.Namespace, teacher, student, held_out) -> dict:
         args.output / "last.pt", args.output / "calibrated.pt", calibration.chosen.filters, record))
     served = {"student_filters": calibration.chosen.filters, "calibration": record, "calibration_s": seconds,
               "teacher_filters": teacher.segevery_filters, "teacher_recall": segevery_recall(teacher, held_out),
-              "student_recall": segevery_recall(calibrated, held_out)}
+              "student_recall": segevery_recall(calibrated, held_out),
+              "student_sam_filters_recall": segevery_recall(student, held_out, config=SegEveryConfig.for_model(student))}
     print(f"label-free calibration against the teacher ({len(images)} unlabeled scenes, {seconds:.0f} s): "
           f"predicted IoU ≥ {calibration.chosen.pred_iou_thresh}, stability ≥ "
           f"{calibration.chosen.stability_score_thresh} (agreement with the teacher: recall "
           f"{calibration.chosen.recall:.3f}, precision {calibration.chosen.precision:.3f})")
-    for name in ("teacher", "student"):
+    for name in ("teacher", "student", "student_sam_filters"):
         recall = served[f"{name}_recall"]
-        print(f"as served, {name}: held-out SegEvery recall {recall['recall']:.3f} ({recall['masks']} masks, "
+        print(f"as served, {name.replace('_', ' ')}: held-out SegEvery recall {recall['recall']:.3f} ({recall['masks']} masks, "
               f"precision {recall['precision']:.3f})")
     return served
 

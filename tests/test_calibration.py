@@ -92,9 +92,9 @@ def test_filters_applied_afterwards_keep_what_segevery_keeps(demo):
 def test_calibration_refuses_scenes_without_instances_and_weights_that_segment_nothing(demo):
     image = render_scene(2, 0)[0]
     with pytest.raises(LiteSamError, match="no instance"):
-        calibrate(demo, [(image, [])])
+        calibrate(demo, [(image, [], [])])
     with pytest.raises(ValueError, match="min_precision"):
-        calibrate(demo, [(image, [])], min_precision=1.5)
+        calibrate(demo, [(image, [], [])], min_precision=1.5)
     torch.manual_seed(0)
     untrained = build_model("litesam_tiny")
     with pytest.raises(LiteSamError, match="no filter pair"):
@@ -203,3 +203,51 @@ def test_calibrate_command_refuses_bad_arguments_with_a_clear_message(capsys):
         assert main(["calibrate", "--checkpoint", demo, *args]) != 0
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
+
+
+def test_box_only_instances_are_ignored_not_counted_wrong():
+    from litesam.eval.recall import match_counts
+
+    def square(y, x, side=20):
+        mask = np.zeros((64, 64), dtype=bool)
+        mask[y : y + side, x : x + side] = True
+        return mask.reshape(-1)
+
+    instance, boxed = square(2, 2), square(40, 40)
+    predicted = [square(3, 3), square(41, 41), square(2, 40)]  # matches the instance, the box, nothing
+    assert match_counts(predicted, [instance], [boxed]) == (1, 1, 1)
+    assert match_counts(predicted, [instance], []) == (1, 1, 0)  # without the box its match counts wrong
+    assert match_counts([], [instance], [boxed]) == (0, 0, 0)
+
+
+class _OneInstanceAsABox:
+    """A synthetic record whose first instance is known only as its filled box (as a Label Studio rectangle)."""
+
+    def __init__(self, record):
+        self.record = record
+        self.masks = [m for m in record.instance_masks() if m.any()]
+
+    def image(self):
+        return self.record.image()
+
+    def instance_masks(self):
+        return iter(self.masks[1:])
+
+    def box_masks(self):
+        ys, xs = np.nonzero(self.masks[0])
+        area = np.zeros_like(self.masks[0])
+        area[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1] = True
+        yield area
+
+
+def test_recall_and_calibration_leave_box_only_instances_out_alike(demo):
+    records = synthetic_records(6, seed=2)
+    boxed = [_OneInstanceAsABox(r) for r in records]
+    full, partial = segevery_recall(demo, records), segevery_recall(demo, boxed)
+    assert partial["instances"] == full["instances"] - len(records) and partial["masks"] == full["masks"]
+    assert partial["ignored"] > 0 and partial["correct"] + partial["ignored"] <= full["correct"]
+    assert partial["precision"] == partial["correct"] / (partial["masks"] - partial["ignored"])
+    chosen = calibrate(demo, annotated_scenes(boxed), min_precision=0.9).chosen
+    measured = segevery_recall(demo, boxed, config=SegEveryConfig.for_model(demo, **chosen.filters))
+    assert (chosen.ignored, chosen.masks) == (measured["ignored"], measured["masks"])
+    assert measured["precision"] == pytest.approx(chosen.precision)

@@ -124,6 +124,8 @@ def test_cli_runs_with_a_config_file_whose_settings_flags_override(tmp_path, cap
     assert summary["step"] == 2 and summary["total_steps"] == 2  # the flag won over the file
     assert summary["cache"]["masks"] is None  # autoppn = false in the file: no pseudo-masks computed
     assert build_model(checkpoint=summary["checkpoint"]).variant == "litesam_tiny_student"
+    hint = f"litesam calibrate --checkpoint {summary['checkpoint']} --teacher {DEMO} --data synthetic"
+    assert hint in err  # the student's filters are calibrated against the teacher, without labels
 
 
 @pytest.mark.parametrize(

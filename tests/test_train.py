@@ -305,8 +305,10 @@ def test_cli_train_command(coco, tmp_path, capsys):
         ]
     )
     assert args.run(args) == 0
-    summary = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
     assert summary["step"] == 1 and Path(summary["checkpoint"]) == out / "last.pt"
+    assert f"litesam calibrate --checkpoint {out / 'last.pt'}" in captured.err  # new weights: no filters yet
 
     args = parser.parse_args(
         [

@@ -141,4 +141,8 @@ def run_distill(args: argparse.Namespace) -> int:
             raise
         raise LiteSamError(str(error)) from None
     print(json.dumps(summary))
+    print(f"new weights carry no SegEvery filters (SAM's apply); to calibrate them against the teacher, without "
+          f"labels: litesam calibrate --checkpoint {summary['checkpoint']} --teacher {config.teacher} --data "
+          f"{config.data}{f' --images {config.images}' if config.images else ''} -o {summary['checkpoint']}",
+          file=sys.stderr)
     return 0

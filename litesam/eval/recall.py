@@ -4,6 +4,11 @@ An instance is recovered when at least one SegEvery mask overlaps it with IoU �
 in COCO's AP50 matching, but without one-to-one assignment, so duplicates are not penalised). Beside it,
 ``precision``: the share of SegEvery's masks that overlap some instance with IoU ≥ ``iou_threshold`` (a
 filter that keeps everything has high recall and low precision; both are read together).
+
+Box-only instances (a record's ``box_masks()``, e.g. Label Studio rectangles: their extent is known, not their
+mask) are ignored, as COCO ignores crowd regions: they are not instances to recover, and a mask that matches
+one of their filled boxes at IoU ≥ ``iou_threshold`` and no instance is neither right nor wrong (left out of
+the precision).
 """
 
 from __future__ import annotations
@@ -32,23 +37,21 @@ def segevery_recall(
         config: SegEvery settings; None: the model's defaults (its variant's AutoPPN decoding, its checkpoint's calibrated filters or SAM's).
     Returns:
         ``{"images", "instances", "recovered", "recall", "masks" (SegEvery masks in all), "correct" (masks
-        matching an instance), "precision", "seconds"}``; recall / precision are None without instances /
-        masks.
+        matching an instance), "ignored" (masks matching only a box-only instance), "precision" (correct /
+        (masks − ignored)), "seconds"}``; recall / precision are None without instances / scored masks.
     """
     generator = SegEvery(model, config) if config is not None else SegEvery(model)
-    images = instances = recovered = found = correct = 0
+    images = instances = recovered = found = correct = ignored = 0
     start = time.perf_counter()
     for record in records:
-        predicted = [r["segmentation"] for r in generator.generate(record.image())]
-        found += len(predicted)
-        truths = [gt.reshape(-1) for gt in record.instance_masks() if gt.any()]
-        instances += len(truths)
+        predicted = [r["segmentation"].reshape(-1) for r in generator.generate(record.image())]
+        truths, boxes = instances_and_ignored(record)
+        counts = match_counts(predicted, truths, boxes, iou_threshold)
         images += 1
-        if not predicted or not truths:
-            continue
-        matched = instance_matches(np.stack(predicted).reshape(len(predicted), -1), truths, iou_threshold)
-        recovered += int(matched.any(axis=0).sum())
-        correct += int(matched.any(axis=1).sum())
+        instances += len(truths)
+        found += len(predicted)
+        recovered, correct, ignored = recovered + counts[0], correct + counts[1], ignored + counts[2]
+    scored = found - ignored
     return {
         "images": images,
         "instances": instances,
@@ -56,9 +59,35 @@ def segevery_recall(
         "recall": recovered / instances if instances else None,
         "masks": found,
         "correct": correct,
-        "precision": correct / found if found else None,
+        "ignored": ignored,
+        "precision": correct / scored if scored else None,
         "seconds": round(time.perf_counter() - start, 3),
     }
+
+
+def instances_and_ignored(record) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """A record's non-empty instance masks and box-only areas (``box_masks()`` when it has them), each
+    flattened to H·W bool."""
+    truths = [gt.reshape(-1) for gt in record.instance_masks() if gt.any()]
+    boxes = [area.reshape(-1) for area in getattr(record, "box_masks", tuple)() if area.any()]
+    return truths, boxes
+
+
+def match_counts(
+    masks: list[np.ndarray], truths: list[np.ndarray], ignored: list[np.ndarray] = (), iou_threshold: float = 0.5
+) -> tuple[int, int, int]:
+    """(instances recovered, masks matching an instance, masks matching only an ignored area) of one image.
+
+    Args:
+        masks, truths, ignored: flattened P-pixel bool masks: predicted, instances, box-only areas.
+    """
+    if not masks:
+        return 0, 0, 0
+    stacked = np.stack(masks)
+    matched = instance_matches(stacked, truths, iou_threshold)
+    right = matched.any(axis=1)
+    boxed = instance_matches(stacked, list(ignored), iou_threshold).any(axis=1) & ~right
+    return int(matched.any(axis=0).sum()), int(right.sum()), int(boxed.sum())
 
 
 def instance_matches(masks: np.ndarray, truths: list[np.ndarray], iou_threshold: float = 0.5) -> np.ndarray:

@@ -191,4 +191,6 @@ def run_train(args: argparse.Namespace) -> int:
         raise LiteSamError(str(error)) from None
     if int(os.environ.get("RANK", 0)) == 0:
         print(json.dumps(summary))
+        print(f"new weights carry no SegEvery filters (SAM's apply); to calibrate them: litesam calibrate "
+              f"--checkpoint {summary['checkpoint']} -o {summary['checkpoint']} [--data …]", file=sys.stderr)
     return 0

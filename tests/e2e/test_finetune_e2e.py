@@ -131,3 +131,23 @@ def test_fine_tune_on_the_project_trains_and_evaluates_through_the_cli(
     assert (after["images"], after["masks"]) == (before["images"], before["masks"])
     assert 0.0 < after["box"]["miou"] <= 1.0
     assert label_studio.pat not in capsys.readouterr().err  # the key is never printed
+
+
+@pytest.mark.e2e
+def test_calibrate_on_the_project_writes_filters_measured_on_its_annotations(label_studio, project, tmp_path,
+                                                                             monkeypatch, capsys):
+    # ``litesam calibrate --data labelstudio``: the project's brush and polygon masks are the instances, its
+    # rectangles box-only areas that are ignored (a mask on one is neither right nor wrong).
+    project_id, expected = project
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.pat)
+    monkeypatch.setenv("LITESAM_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "calibrated.pt"
+    argv = ["calibrate", "--checkpoint", str(DEMO_CHECKPOINT), "--data", "labelstudio", "--ls-url", label_studio.url,
+            "--ls-project", str(project_id), "--min-precision", "0.5", "-o", str(out)]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["calibration"]["scenes"] >= SCENES and report["calibration"]["truth"] == "annotations of labelstudio"
+    assert report["calibration"]["recall"] > 0 and any(row["ignored"] > 0 for row in report["table"])
+    assert build_model(checkpoint=out).segevery_filters == report["chosen"]
+    assert label_studio.pat not in captured.out + captured.err  # the key is never printed
