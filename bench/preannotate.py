@@ -8,7 +8,7 @@ like real ones. Random-weight masks all look alike, so NMS leaves about one per 
 realistic mode: trained weights keep ~50 masks per image) also turns NMS off and keeps exactly 50 masks
 per task, so upscaling, brush RLE and the writes to Label Studio carry a trained model's load — except that
 random-weight masks are pixel noise, whose RLE is ~100× a real mask's. ``--checkpoint`` runs trained
-weights instead (e.g. the demo checkpoint, trained on synthetic shapes) with their variant's own filters
+weights instead (e.g. the demo checkpoint, trained on synthetic shapes) with their checkpoint's calibrated filters
 (``--masks N`` still forces N): real, smooth masks, so the Label Studio side carries a real mask's load.
 
 What runs is the real thing: a real Label Studio 1.23.2 (the test harness's, started from its template), a

@@ -179,6 +179,7 @@ def test_cli_eval_scores_random_weights_on_synthetic_scenes_with_the_baseline(tm
     assert report["masks"] == masks
     assert report["box_fill"]["miou"] > 0.4 and report["box"]["miou"] < report["box_fill"]["miou"]
     assert report["segevery"]["instances"] == masks
+    assert report["segevery"]["filters"] == {"pred_iou_thresh": 0.88, "stability_score_thresh": 0.95}  # SAM's
     assert "box-fill baseline mIoU" in captured.err
     with pytest.raises(SystemExit):  # weights: a checkpoint or random ones, not both, not neither
         parser.parse_args(["eval", "--data", "synthetic"])
@@ -225,3 +226,18 @@ def test_segevery_precision_is_the_share_of_masks_that_match_an_instance():
             )
     assert masks > 0 and result["masks"] == masks and result["correct"] == correct
     assert result["precision"] == correct / masks
+
+
+def test_cli_eval_segevery_uses_the_checkpoints_filters_unless_given(capsys):
+    parser = argparse.ArgumentParser(prog="litesam")
+    add_eval_command(parser.add_subparsers(dest="command", required=True))
+    argv = ["eval", "--checkpoint", str(DEMO_CHECKPOINT), "--data", "synthetic", "--synthetic-images", "3",
+            "--prompts", "box", "--segevery"]
+    reports = {}
+    for name, flags in [("calibrated", []), ("sam", ["--pred-iou-thresh", "0.88", "--stability-score-thresh", "0.95"])]:
+        args = parser.parse_args([*argv, *flags])
+        assert args.run(args) == 0
+        reports[name] = json.loads(capsys.readouterr().out)["segevery"]
+    assert reports["calibrated"]["filters"] == {"pred_iou_thresh": 0.8, "stability_score_thresh": 0.85}
+    assert reports["sam"]["filters"] == {"pred_iou_thresh": 0.88, "stability_score_thresh": 0.95}
+    assert reports["sam"]["masks"] < reports["calibrated"]["masks"]  # SAM's bar keeps fewer of this model's masks

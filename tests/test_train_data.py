@@ -13,7 +13,7 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 
 from litesam.train.annotations import DatasetError, decode_mask, load_records, read_image
-from litesam.train.data import SegmentationDataset, _area_downsample, cache_budget, collate_samples
+from litesam.train.data import SegmentationDataset, area_downsample, cache_budget, collate_samples
 from litesam.train.prompts import jitter_boxes, match_proposals, sample_points
 from tests.coco_support import coco, disc, rectangle, tiny_dataset  # noqa: F401 (coco: a fixture)
 
@@ -168,7 +168,7 @@ def test_low_res_cells_are_on_from_half_of_their_pixels():
     cells = np.arange(16)[None, None, :] < counts[..., None]  # the first `count` pixels of each cell on
     cells = rng.permuted(cells, axis=-1).reshape(64, 64, 4, 4)
     mask = cells.transpose(0, 2, 1, 3).reshape(256, 256)
-    assert np.array_equal(_area_downsample(mask, 4), counts >= 8)
+    assert np.array_equal(area_downsample(mask, 4), counts >= 8)
     assert (counts == 8).sum() > 100
 
 

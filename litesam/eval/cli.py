@@ -51,6 +51,14 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument(
         "--segevery", action="store_true", help="also measure SegEvery's instance recall at mask IoU 0.5"
     )
+    parser.add_argument(
+        "--pred-iou-thresh", type=float,
+        help="--segevery: keep masks with predicted IoU ≥ this (default: the checkpoint's calibrated value, else SAM's 0.88)",
+    )
+    parser.add_argument(
+        "--stability-score-thresh", type=float,
+        help="--segevery: keep masks with stability ≥ this (default: the checkpoint's calibrated value, else SAM's 0.95)",
+    )
     parser.add_argument("--max-images", type=positive_int, help="evaluate only the first N images")
     parser.add_argument("--seed", type=int, default=0, help="initialisation of --random-weights")
     parser.add_argument("--device", default="cpu", help="torch device")
@@ -64,6 +72,7 @@ def run_eval(args: argparse.Namespace) -> int:
     import torch
 
     from ..build import build_model
+    from ..everything import SegEveryConfig
     from .recall import segevery_recall
     from .segany import evaluate_segany, load_eval_records
 
@@ -86,7 +95,13 @@ def run_eval(args: argparse.Namespace) -> int:
     report = evaluate_segany(model, records, prompts=tuple(dict.fromkeys(args.prompts)), progress=_report_progress)
     report = {**weights, "variant": model.variant, "data": str(args.data), **report}
     if args.segevery:
-        report["segevery"] = segevery_recall(model, records)
+        config = SegEveryConfig.for_model(
+            model, pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_score_thresh
+        )
+        report["segevery"] = segevery_recall(model, records, config=config)
+        report["segevery"]["filters"] = {
+            "pred_iou_thresh": config.pred_iou_thresh, "stability_score_thresh": config.stability_score_thresh
+        }
     text = json.dumps(report, indent=2)
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -225,7 +225,7 @@ class SegmentationDataset(Dataset):
         # checked one by one, stopping once enough are found (no pooled copy of every mask).
         chosen, gt = [], []
         for i in rng.permutation(len(masks)):
-            target = _area_downsample(masks[i], LOW_RES_FACTOR) if self.mask_scale == "low_res" else masks[i]
+            target = area_downsample(masks[i], LOW_RES_FACTOR) if self.mask_scale == "low_res" else masks[i]
             if target.any():
                 chosen.append(i)
                 gt.append(target)
@@ -333,7 +333,7 @@ def _tight_boxes(masks: np.ndarray) -> np.ndarray:
     return np.stack([x1, y1, x2, y2], axis=1).astype(np.float32).reshape(-1, 4)
 
 
-def _area_downsample(mask: np.ndarray, factor: int) -> np.ndarray:
+def area_downsample(mask: np.ndarray, factor: int) -> np.ndarray:
     """S×S bool → (S/f)×(S/f) bool: a cell is on when at least half of its f×f pixels are.
 
     OpenCV's area resize of the 0/1 mask gives each cell's mean exactly (multiples of 1/f², f a power of
