@@ -113,7 +113,7 @@ def run_once(
             process.wait_log(r"model \S+ loaded", timeout=180)
         board = JobBoard(client)
         forced = {"box_nms_thresh": 1.0, "max_masks": args.masks} if args.masks else {}
-        # Random weights need the filters opened; trained weights keep their variant's unless N masks are forced.
+        # Random weights need the filters opened; trained weights keep their checkpoint's unless N masks are forced.
         opened = OPEN_FILTERS if args.checkpoint is None or args.masks else {}
         options = JobOptions.from_json({**opened, **forced, "chunk_size": args.chunk_size})
         started = time.perf_counter()

@@ -189,7 +189,7 @@ def write_calibrated_filters(
         filters: ``pred_iou_thresh`` and ``stability_score_thresh``, each in [0, 1].
         calibration: how they were chosen (rule, scenes, recall, precision), stored beside them.
     Raises:
-        CheckpointError: an unreadable checkpoint, or filters out of range.
+        CheckpointError: an unreadable checkpoint, filters out of range, or an output that cannot be written.
     """
     entry = {**_checked_filters(filters, "filters"), "calibration": calibration}
     contents = _read(checkpoint)
@@ -199,10 +199,16 @@ def write_calibrated_filters(
         variant, state, _ = _load(checkpoint)
         contents = {"format": CHECKPOINT_FORMAT, "variant": variant, "state_dict": dict(state)}
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(output.name + ".partial")
-    torch.save({**contents, FILTERS_KEY: entry}, partial)
-    os.replace(partial, output)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({**contents, FILTERS_KEY: entry}, partial)
+        os.replace(partial, output)
+    except (OSError, RuntimeError) as error:  # torch.save reports a file it cannot open as a RuntimeError
+        if partial.is_file():
+            partial.unlink()
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).split("strerror: ")[-1]
+        raise CheckpointError(f"cannot write {output}: {reason}") from None
     return output
 
 

@@ -173,7 +173,7 @@ def _everything(args: argparse.Namespace) -> int:
     from .masks import coco_rle_to_mask
 
     model = _load_model(args)
-    try:  # the flags left unset (None) take the variant's values
+    try:  # the flags left unset (None) take the model's defaults: its checkpoint's filters, its variant's proposals
         generator = SegEvery(
             model,
             prompt_mode=args.prompt_mode,

@@ -29,7 +29,7 @@ from litesam.eval.calibration import (
     PRED_IOU_GRID,
     STABILITY_GRID,
     annotated_scenes,
-    apply_filters,
+    Candidates,
     calibrate,
     teacher_scenes,
 )
@@ -54,9 +54,9 @@ def test_the_chosen_pair_has_the_highest_recall_among_those_precise_enough(demo)
     best = max(r.recall for r in eligible)
     assert result.chosen.recall == best > 0 and result.chosen.precision >= 0.95
     ties = [r for r in eligible if r.recall == best]
-    assert all(  # ties go to the stricter pair
-        (result.chosen.pred_iou_thresh, result.chosen.stability_score_thresh)
-        >= (r.pred_iou_thresh, r.stability_score_thresh)
+    assert all(  # ties go to the more precise pair, then to the higher thresholds
+        (result.chosen.precision, result.chosen.pred_iou_thresh, result.chosen.stability_score_thresh)
+        >= (r.precision, r.pred_iou_thresh, r.stability_score_thresh)
         for r in ties
     )
     # The open-filter pair keeps more masks than SAM's and never recovers fewer instances.
@@ -78,9 +78,10 @@ def test_filters_applied_afterwards_keep_what_segevery_keeps(demo):
     compared = 0
     for index in range(3):
         image = render_scene(2, index)[0]
-        candidates = SegEvery(demo, opened).generate(image)
+        records = SegEvery(demo, opened).generate(image)
+        candidates = Candidates.of(records, [], [])
         for pred_iou, stability in [(0.8, 0.85), (0.88, 0.95), (0.5, 0.7)]:
-            kept = apply_filters(candidates, pred_iou, stability, 0.7)
+            kept = [records[i] for i in candidates.kept(pred_iou, stability, 0.7)]
             direct = SegEvery(
                 demo, SegEveryConfig.for_model(demo, pred_iou_thresh=pred_iou, stability_score_thresh=stability)
             ).generate(image)
@@ -97,8 +98,16 @@ def test_calibration_refuses_scenes_without_instances_and_weights_that_segment_n
         calibrate(demo, [(image, [], [])], min_precision=1.5)
     torch.manual_seed(0)
     untrained = build_model("litesam_tiny")
-    with pytest.raises(LiteSamError, match="no filter pair"):
+    with pytest.raises(LiteSamError, match="recovers any instance"):  # its few masks keep nothing right
         calibrate(untrained, annotated_scenes(synthetic_records(3, seed=2)))
+    scenes = []
+    for index in range(3):
+        scene = render_scene(2, index)[0]
+        wrong = np.zeros(scene.shape[0] * scene.shape[1], dtype=bool)
+        wrong[0] = True  # an instance no mask matches: every pair's kept masks are all wrong
+        scenes.append((scene, [wrong], []))
+    with pytest.raises(LiteSamError, match="no filter pair keeps ≥ 0.95"):
+        calibrate(demo, scenes)
 
 
 def test_a_teacher_calibrates_itself_to_full_recall(demo):
@@ -149,6 +158,18 @@ def test_an_official_file_becomes_ours_with_its_filters(tmp_path):
     assert (config.prompt_mode, config.pred_iou_thresh, config.stability_score_thresh) == ("grid", 0.5, 0.8)  # no AutoPPN head: the grid
 
 
+def test_a_failed_write_is_a_clear_error_and_leaves_the_old_file(tmp_path):
+    target = tmp_path / "c.pt"
+    write_calibrated_filters(DEMO_CHECKPOINT, target, {"pred_iou_thresh": 0.7, "stability_score_thresh": 0.8}, {})
+    before = target.read_bytes()
+    (tmp_path / "c.pt.partial").mkdir()  # the temporary file cannot be written
+    with pytest.raises(CheckpointError, match="cannot write"):
+        write_calibrated_filters(DEMO_CHECKPOINT, target, {"pred_iou_thresh": 0.5, "stability_score_thresh": 0.5}, {})
+    assert target.read_bytes() == before
+    with pytest.raises(CheckpointError, match="cannot write"):  # the output is a folder
+        write_calibrated_filters(DEMO_CHECKPOINT, tmp_path, {"pred_iou_thresh": 0.5, "stability_score_thresh": 0.5}, {})
+
+
 @pytest.mark.parametrize("bad", [{"pred_iou_thresh": 1.5, "stability_score_thresh": 0.9},
                                  {"pred_iou_thresh": 0.8},
                                  {"pred_iou_thresh": True, "stability_score_thresh": 0.9},
@@ -194,19 +215,21 @@ def test_calibrate_command_with_a_teacher_needs_no_labels(tmp_path, capsys):
     assert report["calibration"]["scenes"] == 3 and report["calibration"]["recall"] == 1.0
 
 
-def test_calibrate_command_refuses_bad_arguments_with_a_clear_message(capsys):
+def test_calibrate_command_refuses_bad_arguments_with_a_clear_message(tmp_path, capsys):
     demo = str(DEMO_CHECKPOINT)
-    for args, message in [
-        (["--min-precision", "2"], "--min-precision must be in [0, 1]"),
-        (["--teacher", demo, "--data", "labelstudio"], "against its annotations"),
-    ]:
-        assert main(["calibrate", "--checkpoint", demo, *args]) != 0
-        err = capsys.readouterr().err
-        assert message in err and "Traceback" not in err
+    assert main(["calibrate", "--checkpoint", demo, "--teacher", demo, "--data", "labelstudio"]) != 0
+    err = capsys.readouterr().err
+    assert "against its annotations" in err and "Traceback" not in err
+    for flag in ("--min-precision", "--box-nms-thresh"):
+        with pytest.raises(SystemExit):  # argparse: usage and the reason, exit status 2
+            main(["calibrate", "--checkpoint", demo, flag, "2"])
+        assert "expected a number from 0 to 1, got 2.0" in capsys.readouterr().err
+    assert main(["calibrate", "--checkpoint", demo, "-o", str(tmp_path)]) != 0  # a folder, refused at once
+    assert "is a folder" in capsys.readouterr().err
 
 
 def test_box_only_instances_are_ignored_not_counted_wrong():
-    from litesam.eval.recall import match_counts
+    from litesam.eval.recall import match_counts, match_matrices
 
     def square(y, x, side=20):
         mask = np.zeros((64, 64), dtype=bool)
@@ -215,9 +238,10 @@ def test_box_only_instances_are_ignored_not_counted_wrong():
 
     instance, boxed = square(2, 2), square(40, 40)
     predicted = [square(3, 3), square(41, 41), square(2, 40)]  # matches the instance, the box, nothing
-    assert match_counts(predicted, [instance], [boxed]) == (1, 1, 1)
-    assert match_counts(predicted, [instance], []) == (1, 1, 0)  # without the box its match counts wrong
-    assert match_counts([], [instance], [boxed]) == (0, 0, 0)
+    assert match_counts(*match_matrices(predicted, [instance], [boxed])) == (1, 1, 1)
+    assert match_counts(*match_matrices(predicted, [instance], [])) == (1, 1, 0)  # without the box: wrong
+    assert match_counts(*match_matrices(predicted, [], [boxed])) == (0, 0, 1)
+    assert match_counts(*match_matrices([], [instance], [boxed])) == (0, 0, 0)
 
 
 class _OneInstanceAsABox:
@@ -246,7 +270,6 @@ def test_recall_and_calibration_leave_box_only_instances_out_alike(demo):
     full, partial = segevery_recall(demo, records), segevery_recall(demo, boxed)
     assert partial["instances"] == full["instances"] - len(records) and partial["masks"] == full["masks"]
     assert partial["ignored"] > 0 and partial["correct"] + partial["ignored"] <= full["correct"]
-    assert partial["precision"] == partial["correct"] / (partial["masks"] - partial["ignored"])
     chosen = calibrate(demo, annotated_scenes(boxed), min_precision=0.9).chosen
     measured = segevery_recall(demo, boxed, config=SegEveryConfig.for_model(demo, **chosen.filters))
     assert (chosen.ignored, chosen.masks) == (measured["ignored"], measured["masks"])

@@ -80,10 +80,10 @@ def test_a_click_inside_a_demo_shape_returns_that_shape(shape, tmp_path):
 
 
 @pytest.mark.parametrize("filters", [[], ["--pred-iou-thresh", "0.88", "--stability-score-thresh", "0.95"]],
-                         ids=["variant-filters", "sam-filters"])
+                         ids=["calibrated-filters", "sam-filters"])
 def test_everything_on_the_demo_image_finds_both_shapes(tmp_path, filters):
     # The README's first command: the demo checkpoint (no --checkpoint, no --random-weights) with the
-    # variant's filters; and with SAM's own (predicted IoU 0.88, stability 0.95), which both shapes pass as
+    # filters calibrated into it; and with SAM's own (predicted IoU 0.88, stability 0.95), which both shapes pass as
     # well: the demo model gives them predicted IoU 0.965 / 0.913 and stability 0.983 / 0.981 (README,
     # "Training").
     assert main(["everything", str(DEMO_IMAGE), "-o", str(tmp_path), *filters]) == 0

@@ -241,3 +241,14 @@ def test_cli_eval_segevery_uses_the_checkpoints_filters_unless_given(capsys):
     assert reports["calibrated"]["filters"] == {"pred_iou_thresh": 0.8, "stability_score_thresh": 0.85}
     assert reports["sam"]["filters"] == {"pred_iou_thresh": 0.88, "stability_score_thresh": 0.95}
     assert reports["sam"]["masks"] < reports["calibrated"]["masks"]  # SAM's bar keeps fewer of this model's masks
+
+
+def test_cli_eval_refuses_filters_without_segevery_or_out_of_range(capsys):
+    from litesam.cli import main
+
+    base = ["eval", "--checkpoint", str(DEMO_CHECKPOINT), "--data", "synthetic", "--synthetic-images", "1"]
+    assert main([*base, "--pred-iou-thresh", "0.5"]) != 0
+    assert "add --segevery" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*base, "--segevery", "--stability-score-thresh", "1.5"])
+    assert "expected a number from 0 to 1" in capsys.readouterr().err

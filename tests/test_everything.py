@@ -150,7 +150,7 @@ def test_max_masks_keeps_the_best_ranked(image):
 
 @pytest.mark.parametrize("mode", [{}, {"prompt_mode": "grid", "points_per_side": 8}], ids=["autoppn", "grid"])
 def test_skipping_the_masks_the_iou_filter_drops_changes_no_record(monkeypatch, mode):
-    """Trained weights (the demo checkpoint) on held-out synthetic scenes, the variant's filters, AutoPPN
+    """Trained weights (the demo checkpoint) on held-out synthetic scenes, its calibrated filters, AutoPPN
     prompts (best of three masks) or a point grid (all three kept): some prompts fail the predicted-IoU filter,
     and SegEvery's records equal those of a decoder that computes every mask."""
     model = build_model("litesam_tiny", checkpoint=DEMO_CHECKPOINT).eval()

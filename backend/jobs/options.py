@@ -101,8 +101,8 @@ class JobOptions:
 
     def segevery_config(self, model: LiteSAM) -> SegEveryConfig:
         """SegEvery settings for the served model: our filters and grid on top of its defaults
-        (:meth:`SegEveryConfig.for_model`: a None filter is the one calibrated for its weights, else the
-        variant's; the variant's AutoPPN decoding); the prompt mode stays "auto" (AutoPPN when the model has a
+        (:meth:`SegEveryConfig.for_model`: a None filter is the one calibrated for its weights, else SAM's;
+        the variant's AutoPPN decoding); the prompt mode stays "auto" (AutoPPN when the model has a
         head, else the grid)."""
         return SegEveryConfig.for_model(
             model,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -141,8 +142,9 @@ def run_distill(args: argparse.Namespace) -> int:
             raise
         raise LiteSamError(str(error)) from None
     print(json.dumps(summary))
+    checkpoint = shlex.quote(summary["checkpoint"])
+    images = f" --images {shlex.quote(str(config.images))}" if config.images else ""
     print(f"new weights carry no SegEvery filters (SAM's apply); to calibrate them against the teacher, without "
-          f"labels: litesam calibrate --checkpoint {summary['checkpoint']} --teacher {config.teacher} --data "
-          f"{config.data}{f' --images {config.images}' if config.images else ''} -o {summary['checkpoint']}",
-          file=sys.stderr)
+          f"labels: litesam calibrate --checkpoint {checkpoint} --teacher {shlex.quote(str(config.teacher))} --data "
+          f"{shlex.quote(str(config.data))}{images} -o {checkpoint}", file=sys.stderr)
     return 0

@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from .._cli_options import DefaultsHelpFormatter, add_data_options, positive_int
+from .._cli_options import DefaultsHelpFormatter, add_data_options, positive_int, unit_float
 
 #: The calibration seed of litesam.train.synthetic (neither training, 0, nor held-out, 1).
 _CALIBRATION_SEED = 2
@@ -41,15 +41,15 @@ def add_calibrate_command(subparsers: argparse._SubParsersAction) -> argparse.Ar
     parser.add_argument(
         "--teacher", type=Path, help="label-free: a checkpoint whose SegEvery masks are the instances"
     )
-    add_data_options(parser, required=False, ls_split="all")
+    add_data_options(parser, required=False, ls_split="train")  # never the tasks litesam eval reports
     parser.set_defaults(data=Path("synthetic"))
     parser.add_argument("--synthetic-images", type=positive_int, default=60, help="size of the synthetic set")
     parser.add_argument(
         "--synthetic-seed", type=int, default=_CALIBRATION_SEED, help="seed of the synthetic set"
     )
     parser.add_argument("--max-images", type=positive_int, help="use only the first N images")
-    parser.add_argument("--min-precision", type=float, default=0.95, help="share of kept masks that must be right")
-    parser.add_argument("--box-nms-thresh", type=float, default=0.7, help="SegEvery's box NMS")
+    parser.add_argument("--min-precision", type=unit_float, default=0.95, help="share of kept masks that must be right")
+    parser.add_argument("--box-nms-thresh", type=unit_float, default=0.7, help="SegEvery's box NMS")
     parser.add_argument("--device", default="cpu", help="torch device")
     parser.set_defaults(run=run_calibrate)
     return parser
@@ -61,8 +61,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from ..errors import LiteSamError
     from .calibration import annotated_scenes, calibrate, teacher_scenes
 
-    if not 0.0 <= args.min_precision <= 1.0:
-        raise LiteSamError(f"--min-precision must be in [0, 1], got {args.min_precision}")
+    if args.output is not None and args.output.is_dir():  # refused before minutes of calibration, not after
+        raise LiteSamError(f"-o {args.output} is a folder: give the checkpoint file to write")
     model = build_model(checkpoint=args.checkpoint, device=args.device)
     if args.teacher is not None:
         if str(args.data) == "labelstudio":
@@ -87,7 +87,11 @@ def run_calibrate(args: argparse.Namespace) -> int:
         records = records[: args.max_images] if args.max_images is not None else records
         scenes = annotated_scenes(records)
         truth = "annotations"
-    truth += f" of {args.data}" + (f" (seed {args.synthetic_seed})" if str(args.data) == "synthetic" else "")
+    truth += f" of {args.data}"
+    if str(args.data) == "synthetic":
+        truth += f" (seed {args.synthetic_seed})"
+    elif str(args.data) == "labelstudio":
+        truth += f" (project {args.ls_project}, {args.ls_split} tasks)"
     result = calibrate(model, scenes, args.min_precision, args.box_nms_thresh)
     record = result.record(truth)
     report = {

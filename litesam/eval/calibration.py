@@ -7,17 +7,21 @@ and its IoU head predicts lower values for them, so the filters are a property o
     on calibration scenes (never the held-out scenes that are reported), among the pairs of
     :data:`PRED_IOU_GRID` × :data:`STABILITY_GRID`, take the pair with the highest instance recall at mask
     IoU 0.5 whose kept masks are at least ``min_precision`` right (the share of SegEvery's masks, after box
-    NMS, that match an instance at IoU 0.5); ties go to the stricter pair.
+    NMS, that match an instance at IoU 0.5); ties go to the more precise pair, then to the higher
+    thresholds.
 
 The instances are either annotations (any labelled set) or, label-free, a teacher's own SegEvery masks on
-unlabeled images (:func:`teacher_scenes`): a distilled student is calibrated against the teacher it mimics.
+unlabeled images (:func:`teacher_scenes`): a distilled student is calibrated against the teacher it mimics,
+as the teacher is served (its own filters: its checkpoint's, else SAM's; ``litesam distill`` may have made
+its pseudo-masks with other filters).
 
 Box-only instances (rectangles) are ignored as in :mod:`litesam.eval.recall`.
 
-SegEvery runs once per image with the filters open and NMS off; each pair is then applied to those
-candidates with SegEvery's own filters and box NMS (:func:`apply_filters`), so the grid costs one pass. The
-one difference: SegEvery's NMS compares the boxes of the low-resolution masks, :func:`apply_filters` those of
-the full-size masks it returned. Measured on 60 held-out synthetic scenes × 3 pairs: the same masks for 179
+SegEvery runs once per image with the filters open and NMS off; each candidate's match with every instance
+is computed once (:class:`Candidates`; the masks are then dropped, so memory holds one image's masks at a
+time), and each pair is applied to the candidates with SegEvery's own filters and box NMS
+(:meth:`Candidates.kept`), so the grid costs one pass. The one difference: SegEvery's NMS compares the boxes
+of the low-resolution masks, :meth:`Candidates.kept` those of the full-size masks it returned. Measured on 60 held-out synthetic scenes × 3 pairs: the same masks for 179
 of 180 (the demo checkpoint) and 176 of 180 (a distilled student) image-pair cases, one mask apart in the rest.
 """
 
@@ -34,7 +38,7 @@ from ..errors import LiteSamError
 from ..everything import SegEvery, SegEveryConfig
 from ..masks import box_nms
 from ..modeling.lite_sam import LiteSAM
-from .recall import instances_and_ignored, match_counts
+from .recall import instances_and_ignored, match_counts, match_matrices
 
 #: Candidate predicted-IoU thresholds (SAM's 0.88 first).
 PRED_IOU_GRID = (0.88, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5)
@@ -106,8 +110,8 @@ def calibrate(
     # Filters open and NMS off: every candidate, so each pair can be applied afterwards.
     config = SegEveryConfig.for_model(model, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
     generator = SegEvery(model, config)
-    candidates = [(generator.generate(image), truths, boxes) for image, truths, boxes in scenes]
-    instances = sum(len(truths) for _, truths, _ in candidates)
+    candidates = [Candidates.of(generator.generate(image), truths, boxes) for image, truths, boxes in scenes]
+    instances = sum(c.instances for c in candidates)
     if instances == 0:
         raise LiteSamError("the calibration scenes hold no instance")
     table = [
@@ -122,7 +126,7 @@ def calibrate(
             f"(best: {best.precision:.3f} at predicted IoU ≥ {best.pred_iou_thresh}, stability ≥ "
             f"{best.stability_score_thresh})"
         )
-    chosen = max(eligible, key=lambda row: (row.recall, row.pred_iou_thresh, row.stability_score_thresh))
+    chosen = max(eligible, key=lambda row: (row.recall, row.precision, row.pred_iou_thresh, row.stability_score_thresh))
     if chosen.recall == 0.0:
         raise LiteSamError(
             f"no filter pair with ≥ {min_precision:.2f} of its masks right recovers any instance on these "
@@ -131,15 +135,52 @@ def calibrate(
     return Calibration(table, chosen, len(candidates), min_precision, box_nms_thresh)
 
 
-def apply_filters(candidates: list[dict], pred_iou: float, stability: float, nms: float) -> list[dict]:
-    """SegEvery's filters and box NMS on its open-filter records (the same ranking: predicted IoU × proposal
-    score; boxes XYWH image px as SegEvery returns them)."""
-    kept = [c for c in candidates if c["predicted_iou"] >= pred_iou and c["stability_score"] >= stability]
-    if not kept:
-        return []
-    boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (c["bbox"] for c in kept)], dtype=torch.float32)
-    scores = torch.tensor([c["predicted_iou"] * (c["proposal_score"] or 1.0) for c in kept])
-    return [kept[i] for i in box_nms(boxes, scores, nms).tolist()]
+@dataclass(frozen=True)
+class Candidates:
+    """One scene's open-filter SegEvery masks (M), reduced to what choosing a filter pair needs; the masks
+    themselves are not kept.
+
+    Attributes:
+        predicted_iou, stability: M float32, the records' scores.
+        ranking: M float32, SegEvery's NMS order: predicted IoU × proposal score (1 for grid prompts).
+        boxes: M×4 float32, XYXY image px (from the records' XYWH boxes).
+        matched: M×N bool, mask ↔ instance at IoU ≥ 0.5; boxed: M×K bool, mask ↔ box-only area.
+    """
+
+    predicted_iou: np.ndarray
+    stability: np.ndarray
+    ranking: torch.Tensor
+    boxes: torch.Tensor
+    matched: np.ndarray
+    boxed: np.ndarray
+
+    @classmethod
+    def of(cls, records: list[dict], truths: list[np.ndarray], ignored: list[np.ndarray]) -> Candidates:
+        """From SegEvery's binary-mask records and the scene's flattened instances and box-only areas."""
+        matched, boxed = match_matrices([r["segmentation"].reshape(-1) for r in records], truths, ignored)
+        scores = [1.0 if r["proposal_score"] is None else r["proposal_score"] for r in records]
+        predicted_iou = np.array([r["predicted_iou"] for r in records], dtype=np.float32)
+        return cls(
+            predicted_iou,
+            np.array([r["stability_score"] for r in records], dtype=np.float32),
+            torch.from_numpy(predicted_iou * np.array(scores, dtype=np.float32)),
+            torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (r["bbox"] for r in records)],
+                         dtype=torch.float32).reshape(-1, 4),
+            matched,
+            boxed,
+        )
+
+    @property
+    def instances(self) -> int:
+        return self.matched.shape[1]
+
+    def kept(self, pred_iou: float, stability: float, nms: float) -> np.ndarray:
+        """Indices of the candidates SegEvery would keep with this pair and box NMS, best first."""
+        passing = np.flatnonzero((self.predicted_iou >= np.float32(pred_iou)) & (self.stability >= np.float32(stability)))
+        if not len(passing):
+            return passing
+        index = torch.from_numpy(passing)
+        return passing[box_nms(self.boxes[index], self.ranking[index], nms).numpy()]
 
 
 def annotated_scenes(records: Iterable) -> Iterator[Scene]:
@@ -157,13 +198,12 @@ def teacher_scenes(teacher: LiteSAM, images: Iterable[np.ndarray]) -> Iterator[S
         yield image, [record["segmentation"].reshape(-1) for record in generator.generate(image)], []
 
 
-def _score(candidates: list[tuple[list[dict], list[np.ndarray], list[np.ndarray]]], pred_iou: float,
-           stability: float, nms: float) -> FilterScore:
+def _score(candidates: list[Candidates], pred_iou: float, stability: float, nms: float) -> FilterScore:
     instances = recovered = masks = correct = ignored = 0
-    for records, truths, boxes in candidates:
-        kept = [k["segmentation"].reshape(-1) for k in apply_filters(records, pred_iou, stability, nms)]
-        counts = match_counts(kept, truths, boxes)
-        instances += len(truths)
+    for scene in candidates:
+        kept = scene.kept(pred_iou, stability, nms)
+        counts = match_counts(scene.matched[kept], scene.boxed[kept])
+        instances += scene.instances
         masks += len(kept)
         recovered, correct, ignored = recovered + counts[0], correct + counts[1], ignored + counts[2]
     scored = masks - ignored

@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from .._cli_options import DefaultsHelpFormatter, add_data_options, positive_int
+from .._cli_options import DefaultsHelpFormatter, add_data_options, positive_int, unit_float
 
 #: The held-out seed of litesam.train.synthetic (spelled out so that building the parser does not import it).
 _HELD_OUT_SEED = 1
@@ -52,11 +52,11 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         "--segevery", action="store_true", help="also measure SegEvery's instance recall at mask IoU 0.5"
     )
     parser.add_argument(
-        "--pred-iou-thresh", type=float,
+        "--pred-iou-thresh", type=unit_float,
         help="--segevery: keep masks with predicted IoU ≥ this (default: the checkpoint's calibrated value, else SAM's 0.88)",
     )
     parser.add_argument(
-        "--stability-score-thresh", type=float,
+        "--stability-score-thresh", type=unit_float,
         help="--segevery: keep masks with stability ≥ this (default: the checkpoint's calibrated value, else SAM's 0.95)",
     )
     parser.add_argument("--max-images", type=positive_int, help="evaluate only the first N images")
@@ -72,10 +72,13 @@ def run_eval(args: argparse.Namespace) -> int:
     import torch
 
     from ..build import build_model
+    from ..errors import LiteSamError
     from ..everything import SegEveryConfig
     from .recall import segevery_recall
     from .segany import evaluate_segany, load_eval_records
 
+    if not args.segevery and (args.pred_iou_thresh, args.stability_score_thresh) != (None, None):
+        raise LiteSamError("--pred-iou-thresh and --stability-score-thresh are SegEvery's filters: add --segevery")
     if args.random_weights is not None:
         torch.manual_seed(args.seed)
         model = build_model(args.random_weights, device=args.device)

@@ -6,9 +6,10 @@ in COCO's AP50 matching, but without one-to-one assignment, so duplicates are no
 filter that keeps everything has high recall and low precision; both are read together).
 
 Box-only instances (a record's ``box_masks()``, e.g. Label Studio rectangles: their extent is known, not their
-mask) are ignored, as COCO ignores crowd regions: they are not instances to recover, and a mask that matches
-one of their filled boxes at IoU ≥ ``iou_threshold`` and no instance is neither right nor wrong (left out of
-the precision).
+mask) are ignored, as COCO's evaluation ignores crowd regions: they are not instances to recover, and a mask
+that matches one of their filled boxes at IoU ≥ ``iou_threshold`` and no instance is neither right nor wrong
+(left out of the precision). (COCO's crowd annotations themselves are left out of the records,
+:func:`litesam.eval.segany.load_eval_records`, so a mask on a crowd region counts as wrong.)
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def segevery_recall(
     for record in records:
         predicted = [r["segmentation"].reshape(-1) for r in generator.generate(record.image())]
         truths, boxes = instances_and_ignored(record)
-        counts = match_counts(predicted, truths, boxes, iou_threshold)
+        counts = match_counts(*match_matrices(predicted, truths, boxes, iou_threshold))
         images += 1
         instances += len(truths)
         found += len(predicted)
@@ -73,21 +74,22 @@ def instances_and_ignored(record) -> tuple[list[np.ndarray], list[np.ndarray]]:
     return truths, boxes
 
 
-def match_counts(
+def match_matrices(
     masks: list[np.ndarray], truths: list[np.ndarray], ignored: list[np.ndarray] = (), iou_threshold: float = 0.5
-) -> tuple[int, int, int]:
-    """(instances recovered, masks matching an instance, masks matching only an ignored area) of one image.
-
-    Args:
-        masks, truths, ignored: flattened P-pixel bool masks: predicted, instances, box-only areas.
-    """
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which masks match which instances (M×N bool) and which ignored areas (M×K bool) at IoU ≥
+    ``iou_threshold``; ``masks``, ``truths``, ``ignored``: flattened P-pixel bool masks."""
     if not masks:
-        return 0, 0, 0
+        return np.zeros((0, len(truths)), dtype=bool), np.zeros((0, len(ignored)), dtype=bool)
     stacked = np.stack(masks)
-    matched = instance_matches(stacked, truths, iou_threshold)
+    return instance_matches(stacked, truths, iou_threshold), instance_matches(stacked, list(ignored), iou_threshold)
+
+
+def match_counts(matched: np.ndarray, boxed: np.ndarray) -> tuple[int, int, int]:
+    """(instances recovered, masks matching an instance, masks matching only an ignored area) from
+    :func:`match_matrices`' M×N and M×K matrices."""
     right = matched.any(axis=1)
-    boxed = instance_matches(stacked, list(ignored), iou_threshold).any(axis=1) & ~right
-    return int(matched.any(axis=0).sum()), int(right.sum()), int(boxed.sum())
+    return int(matched.any(axis=0).sum()), int(right.sum()), int((boxed.any(axis=1) & ~right).sum())
 
 
 def instance_matches(masks: np.ndarray, truths: list[np.ndarray], iou_threshold: float = 0.5) -> np.ndarray:

@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -191,6 +192,7 @@ def run_train(args: argparse.Namespace) -> int:
         raise LiteSamError(str(error)) from None
     if int(os.environ.get("RANK", 0)) == 0:
         print(json.dumps(summary))
+        checkpoint = shlex.quote(summary["checkpoint"])
         print(f"new weights carry no SegEvery filters (SAM's apply); to calibrate them: litesam calibrate "
-              f"--checkpoint {summary['checkpoint']} -o {summary['checkpoint']} [--data …]", file=sys.stderr)
+              f"--checkpoint {checkpoint} -o {checkpoint} [--data …]", file=sys.stderr)
     return 0

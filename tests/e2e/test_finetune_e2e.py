@@ -137,7 +137,8 @@ def test_fine_tune_on_the_project_trains_and_evaluates_through_the_cli(
 def test_calibrate_on_the_project_writes_filters_measured_on_its_annotations(label_studio, project, tmp_path,
                                                                              monkeypatch, capsys):
     # ``litesam calibrate --data labelstudio``: the project's brush and polygon masks are the instances, its
-    # rectangles box-only areas that are ignored (a mask on one is neither right nor wrong).
+    # rectangles box-only areas that are ignored (a mask on one is neither right nor wrong); by default on the
+    # train tasks only.
     project_id, expected = project
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.pat)
     monkeypatch.setenv("LITESAM_CACHE_DIR", str(tmp_path / "cache"))
@@ -147,7 +148,9 @@ def test_calibrate_on_the_project_writes_filters_measured_on_its_annotations(lab
     assert main(argv) == 0
     captured = capsys.readouterr()
     report = json.loads(captured.out)
-    assert report["calibration"]["scenes"] >= SCENES and report["calibration"]["truth"] == "annotations of labelstudio"
+    train_tasks = [task for task in expected if task % 5]  # the default split: never eval's held-out tasks
+    assert report["calibration"]["scenes"] >= len(train_tasks) and report["calibration"]["scenes"] < SCENES
+    assert report["calibration"]["truth"] == f"annotations of labelstudio (project {project_id}, train tasks)"
     assert report["calibration"]["recall"] > 0 and any(row["ignored"] > 0 for row in report["table"])
     assert build_model(checkpoint=out).segevery_filters == report["chosen"]
     assert label_studio.pat not in captured.out + captured.err  # the key is never printed
