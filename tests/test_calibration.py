@@ -71,6 +71,7 @@ def test_the_chosen_pair_has_the_highest_recall_among_those_precise_enough(demo)
     assert measured["masks"] == result.chosen.masks
     record = result.record("annotations of synthetic (seed 2)")
     assert record["scenes"] == 8 and record["recall"] == round(result.chosen.recall, 4)
+    assert record["prompts"] == "AutoPPN"
 
 
 def test_filters_applied_afterwards_keep_what_segevery_keeps(demo):
@@ -274,3 +275,13 @@ def test_recall_and_calibration_leave_box_only_instances_out_alike(demo):
     measured = segevery_recall(demo, boxed, config=SegEveryConfig.for_model(demo, **chosen.filters))
     assert (chosen.ignored, chosen.masks) == (measured["ignored"], measured["masks"])
     assert measured["precision"] == pytest.approx(chosen.precision)
+
+
+
+def test_an_engine_runs_on_the_grid_it_is_given(tmp_path, capsys):
+    # An official file (random weights: no mask is right) on a 2×2 grid, three small scenes: the grid path
+    # runs and ends in the clear refusal, not a traceback.
+    official = save_official(tiny_vit_sam(seed=3), tmp_path / "sam_vit_tiny.pth")
+    code = main(["calibrate", "--checkpoint", str(official), "--points-per-side", "2", "--synthetic-images", "3"])
+    err = capsys.readouterr().err
+    assert code != 0 and "no filter pair" in err and "Traceback" not in err

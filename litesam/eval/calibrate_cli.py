@@ -50,6 +50,10 @@ def add_calibrate_command(subparsers: argparse._SubParsersAction) -> argparse.Ar
     parser.add_argument("--max-images", type=positive_int, help="use only the first N images")
     parser.add_argument("--min-precision", type=unit_float, default=0.95, help="share of kept masks that must be right")
     parser.add_argument("--box-nms-thresh", type=unit_float, default=0.7, help="SegEvery's box NMS")
+    parser.add_argument(
+        "--points-per-side", type=positive_int,
+        help="n×n point grid of a model without an AutoPPN head (official SAM-family files; default SAM's 32)",
+    )
     parser.add_argument("--device", default="cpu", help="torch device")
     parser.set_defaults(run=run_calibrate)
     return parser
@@ -92,7 +96,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         truth += f" (seed {args.synthetic_seed})"
     elif str(args.data) == "labelstudio":
         truth += f" (project {args.ls_project}, {args.ls_split} tasks)"
-    result = calibrate(model, scenes, args.min_precision, args.box_nms_thresh)
+    result = calibrate(model, scenes, args.min_precision, args.box_nms_thresh, args.points_per_side)
     record = result.record(truth)
     report = {
         "checkpoint": str(args.checkpoint),

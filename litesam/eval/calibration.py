@@ -78,6 +78,8 @@ class Calibration:
     scenes: int
     min_precision: float
     box_nms_thresh: float
+    prompt_mode: str
+    points_per_side: int
 
     def record(self, truth: str) -> dict:
         """What a checkpoint stores about how its filters were chosen; ``truth`` names the instances used."""
@@ -90,6 +92,7 @@ class Calibration:
             "precision": round(self.chosen.precision, 4),
             "masks": self.chosen.masks,
             "box_nms_thresh": self.box_nms_thresh,
+            "prompts": "AutoPPN" if self.prompt_mode == "autoppn" else f"{self.points_per_side}×{self.points_per_side} grid",
         }
 
 
@@ -98,17 +101,22 @@ def calibrate(
     scenes: Iterable[Scene],
     min_precision: float = 0.95,
     box_nms_thresh: float = 0.7,
+    points_per_side: int | None = None,
 ) -> Calibration:
     """Score every filter pair on ``scenes`` and choose one by the module's rule.
 
     The model's other SegEvery settings are its defaults (:meth:`SegEveryConfig.for_model`): its prompt mode
-    and AutoPPN decoding. Raises :class:`LiteSamError` when no scene has an instance, no pair reaches
+    and AutoPPN decoding; ``points_per_side`` replaces the point grid of a model without an AutoPPN head (SAM's
+    32 → 3,072 candidate masks an image, all held at once, ~0.9 GB at 640×480). Raises :class:`LiteSamError` when no scene has an instance, no pair reaches
     ``min_precision``, or those that do recover nothing.
     """
     if not 0.0 <= min_precision <= 1.0:
         raise ValueError(f"min_precision must be in [0, 1], got {min_precision}")
     # Filters open and NMS off: every candidate, so each pair can be applied afterwards.
-    config = SegEveryConfig.for_model(model, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
+    grid = {} if points_per_side is None else {"points_per_side": points_per_side}
+    config = SegEveryConfig.for_model(
+        model, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0, **grid
+    )
     generator = SegEvery(model, config)
     candidates = [Candidates.of(generator.generate(image), truths, boxes) for image, truths, boxes in scenes]
     instances = sum(c.instances for c in candidates)
@@ -132,7 +140,8 @@ def calibrate(
             f"no filter pair with ≥ {min_precision:.2f} of its masks right recovers any instance on these "
             f"{len(candidates)} scenes (weights that segment nothing yet?)"
         )
-    return Calibration(table, chosen, len(candidates), min_precision, box_nms_thresh)
+    return Calibration(table, chosen, len(candidates), min_precision, box_nms_thresh, generator.config.prompt_mode,
+                       generator.config.points_per_side)
 
 
 @dataclass(frozen=True)
