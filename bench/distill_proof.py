@@ -45,11 +45,10 @@ from litesam.eval.calibration import calibrate, teacher_scenes
 from litesam.everything import SegEveryConfig
 from litesam.eval.recall import segevery_recall
 from litesam.eval.segany import evaluate_segany, load_eval_records
+from litesam.train.synthetic import CALIBRATION_SEED
 
 DEMO = Path(__file__).resolve().parent.parent / "litesam" / "weights" / "litesam_tiny_synthetic.pt"
 TARGETS = {"box_ratio": 0.9, "recall_ratio": 0.8}
-#: Unlabeled synthetic scenes the student's filters are calibrated on (training: 0, held-out: 1).
-CALIBRATION_SEED = 2
 
 
 def main() -> int:

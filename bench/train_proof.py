@@ -39,10 +39,9 @@ from litesam.variants import VARIANTS
 from litesam.eval.calibration import annotated_scenes, calibrate
 from litesam.eval.recall import segevery_recall
 from litesam.eval.segany import evaluate_segany, load_eval_records
+from litesam.train.synthetic import CALIBRATION_SEED
 from litesam.everything import SegEveryConfig
 
-#: Synthetic scenes the trained checkpoint's SegEvery filters are calibrated on (training: 0, held-out: 1).
-CALIBRATION_SEED = 2
 TARGETS = {
     "box_miou": 0.85,
     "box_over_fill": 0.15,

@@ -166,16 +166,6 @@ def load_checkpoint(path: str | Path, variant: str | None = None) -> tuple[str, 
     return stored, state
 
 
-def checkpoint_filters(path: str | Path) -> dict[str, float] | None:
-    """The SegEvery filters calibrated for a checkpoint's weights (``{"pred_iou_thresh": …,
-    "stability_score_thresh": …}``), or None when it carries none (official files never do).
-
-    Raises:
-        CheckpointError: as :func:`load_checkpoint`, or stored filters that are not two numbers in [0, 1].
-    """
-    return _load(path)[2]
-
-
 def write_calibrated_filters(
     checkpoint: str | Path, output: str | Path, filters: dict[str, float], calibration: dict
 ) -> Path:
@@ -193,10 +183,10 @@ def write_calibrated_filters(
     """
     entry = {**_checked_filters(filters, "filters"), "calibration": calibration}
     contents = _read(checkpoint)
-    if isinstance(contents, dict) and contents.get("format") == CHECKPOINT_FORMAT:
+    if _is_ours(contents):
         contents = {k: v for k, v in contents.items() if k != FILTERS_KEY}
     else:
-        variant, state, _ = _load(checkpoint)
+        variant, state, _ = _parse(contents, checkpoint)
         contents = {"format": CHECKPOINT_FORMAT, "variant": variant, "state_dict": dict(state)}
     output = Path(output)
     partial = output.with_name(output.name + ".partial")
@@ -214,9 +204,19 @@ def write_calibrated_filters(
 
 def _load(path: str | Path, variant: str | None = None) -> tuple[str, dict[str, torch.Tensor], dict | None]:
     """(variant, state dict, calibrated filters or None) of a checkpoint; see :func:`load_checkpoint`."""
-    contents = _read(path)
+    return _parse(_read(path), path, variant)
+
+
+def _is_ours(contents: object) -> bool:
+    return isinstance(contents, dict) and contents.get("format") == CHECKPOINT_FORMAT
+
+
+def _parse(
+    contents: object, path: str | Path, variant: str | None = None
+) -> tuple[str, dict[str, torch.Tensor], dict | None]:
+    """:func:`_load` of a checkpoint file's loaded ``contents``."""
     filters = None
-    if isinstance(contents, dict) and contents.get("format") == CHECKPOINT_FORMAT:
+    if _is_ours(contents):
         stored = contents.get("variant")
         get_variant(stored)
         state = contents["state_dict"]

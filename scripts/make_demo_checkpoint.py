@@ -30,10 +30,9 @@ import torch
 from litesam.build import CHECKPOINT_FORMAT, build_model, load_checkpoint, write_calibrated_filters
 from litesam.eval.calibration import annotated_scenes, calibrate
 from litesam.eval.segany import evaluate_segany, load_eval_records
+from litesam.train.synthetic import CALIBRATION_SEED
 
 LABEL = "trained on synthetic shapes; not for real photos"
-#: Synthetic scenes the SegEvery filters are calibrated on: neither the training seed 0 nor the held-out seed 1.
-CALIBRATION_SEED = 2
 DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "litesam" / "weights" / "litesam_tiny_synthetic.pt"
 
 

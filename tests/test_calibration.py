@@ -18,7 +18,6 @@ from PIL import Image
 from litesam.build import (
     FILTERS_KEY,
     build_model,
-    checkpoint_filters,
     checkpoint_variant,
     save_checkpoint,
     write_calibrated_filters,
@@ -135,20 +134,18 @@ def test_our_checkpoint_keeps_its_contents_and_gains_filters(tmp_path):
     assert written[FILTERS_KEY] == {"pred_iou_thresh": 0.7, "stability_score_thresh": 0.75, "calibration": record}
     model = build_model(checkpoint=out)
     assert model.segevery_filters == {"pred_iou_thresh": 0.7, "stability_score_thresh": 0.75}
-    assert checkpoint_filters(out) == model.segevery_filters
     # In place (output = input) replaces the filters; nothing is left beside the file.
     write_calibrated_filters(out, out, {"pred_iou_thresh": 0.6, "stability_score_thresh": 0.9}, record)
-    assert checkpoint_filters(out) == {"pred_iou_thresh": 0.6, "stability_score_thresh": 0.9}
+    assert build_model(checkpoint=out).segevery_filters == {"pred_iou_thresh": 0.6, "stability_score_thresh": 0.9}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
     # Weights saved after training are new weights: no filters travel with them.
     save_checkpoint(model, tmp_path / "trained.pt", "litesam_tiny")
-    assert checkpoint_filters(tmp_path / "trained.pt") is None
     assert build_model(checkpoint=tmp_path / "trained.pt").segevery_filters is None
 
 
 def test_an_official_file_becomes_ours_with_its_filters(tmp_path):
     official = save_official(tiny_vit_sam(seed=3), tmp_path / "sam_vit_tiny.pth")
-    assert checkpoint_filters(official) is None
+    assert build_model(checkpoint=official).segevery_filters is None
     out = write_calibrated_filters(official, tmp_path / "calibrated.pt",
                                    {"pred_iou_thresh": 0.5, "stability_score_thresh": 0.8}, {"rule": "test"})
     assert checkpoint_variant(out) == "sam_vit_tiny"
@@ -196,7 +193,7 @@ def test_calibrate_command_writes_filters_that_everything_then_uses(tmp_path, ca
     chosen = report["chosen"]
     assert report["written"] == str(out) and len(report["table"]) == len(PRED_IOU_GRID) * len(STABILITY_GRID)
     assert report["calibration"]["truth"] == "annotations of synthetic (seed 2)" and report["calibration"]["scenes"] == 6
-    assert checkpoint_filters(out) == chosen
+    assert build_model(checkpoint=out).segevery_filters == chosen
     image = tmp_path / "scene.png"
     Image.fromarray(render_scene(2, 0)[0]).save(image)
     assert main(["everything", str(image), "--checkpoint", str(out), "-o", str(tmp_path / "ev"), "--no-overlay"]) == 0
@@ -285,3 +282,10 @@ def test_an_engine_runs_on_the_grid_it_is_given(tmp_path, capsys):
     code = main(["calibrate", "--checkpoint", str(official), "--points-per-side", "2", "--synthetic-images", "3"])
     err = capsys.readouterr().err
     assert code != 0 and "no filter pair" in err and "Traceback" not in err
+
+
+def test_the_command_default_seed_is_the_calibration_seed():
+    from litesam.eval.calibrate_cli import _CALIBRATION_SEED
+    from litesam.train.synthetic import CALIBRATION_SEED, HELD_OUT_SEED, TRAIN_SEED
+
+    assert _CALIBRATION_SEED == CALIBRATION_SEED and CALIBRATION_SEED not in (TRAIN_SEED, HELD_OUT_SEED)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .._cli_options import DefaultsHelpFormatter, add_data_options, positive_int, unit_float
 
-#: The calibration seed of litesam.train.synthetic (neither training, 0, nor held-out, 1).
+#: litesam.train.synthetic.CALIBRATION_SEED, spelled out so that building the parser does not import numpy.
 _CALIBRATION_SEED = 2
 
 
@@ -78,8 +78,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
         teacher = build_model(checkpoint=args.teacher, device=args.device)
         items = open_source(args.data, args.images, args.synthetic_images, args.synthetic_seed)
-        items = items[: args.max_images] if args.max_images is not None else items
-        scenes = teacher_scenes(teacher, (item.load() for item in items))
+        scenes = teacher_scenes(teacher, (item.load() for item in items[: args.max_images]))
         truth = f"SegEvery masks of teacher {args.teacher.name} (sha256 {checkpoint_sha256(args.teacher)[:12]})"
     else:
         from .segany import load_eval_records
@@ -88,8 +87,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
             args.data, args.images, args.synthetic_images, args.synthetic_seed,
             label_studio=(args.ls_url, args.ls_project, args.ls_split),
         )
-        records = records[: args.max_images] if args.max_images is not None else records
-        scenes = annotated_scenes(records)
+        scenes = annotated_scenes(records[: args.max_images])
         truth = "annotations"
     truth += f" of {args.data}"
     if str(args.data) == "synthetic":

@@ -61,7 +61,7 @@ class FilterScore:
     precision: float
     masks: int
     instances: int
-    ignored: int = 0
+    ignored: int
 
     @property
     def filters(self) -> dict[str, float]:

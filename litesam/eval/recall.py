@@ -41,7 +41,7 @@ def segevery_recall(
         matching an instance), "ignored" (masks matching only a box-only instance), "precision" (correct /
         (masks − ignored)), "seconds"}``; recall / precision are None without instances / scored masks.
     """
-    generator = SegEvery(model, config) if config is not None else SegEvery(model)
+    generator = SegEvery(model, config)
     images = instances = recovered = found = correct = ignored = 0
     start = time.perf_counter()
     for record in records:

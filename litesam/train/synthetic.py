@@ -36,6 +36,8 @@ import numpy as np
 #: Seed of ``litesam train --data synthetic`` and of the held-out set of ``litesam eval --data synthetic``.
 TRAIN_SEED = 0
 HELD_OUT_SEED = 1
+#: Seed of the calibration scenes of SegEvery's filters (``litesam calibrate``): neither trained on nor held out.
+CALIBRATION_SEED = 2
 
 #: Smallest distance (RGB, 0–255 scale) between the mean colours of any two things in a scene.
 MIN_COLOUR_DISTANCE = 60.0
