@@ -226,7 +226,7 @@ def test_calibrate_command_refuses_bad_arguments_with_a_clear_message(tmp_path, 
     assert "is a folder" in capsys.readouterr().err
 
 
-def test_box_only_instances_are_ignored_not_counted_wrong():
+def test_masks_inside_ignored_areas_are_neither_right_nor_wrong():
     from litesam.eval.recall import match_counts, match_matrices
 
     def square(y, x, side=20):
@@ -240,6 +240,25 @@ def test_box_only_instances_are_ignored_not_counted_wrong():
     assert match_counts(*match_matrices(predicted, [instance], [])) == (1, 1, 0)  # without the box: wrong
     assert match_counts(*match_matrices(predicted, [], [boxed])) == (0, 0, 1)
     assert match_counts(*match_matrices([], [instance], [boxed])) == (0, 0, 0)
+    # COCO's crowd rule: a part inside the area (IoU with it 0.16) and a mask half inside are ignored, a mask
+    # mostly outside (400 of its 900 px inside) is wrong
+    part, half_in, spilling = square(44, 44, side=8), square(40, 30), square(30, 30, side=30)
+    assert match_counts(*match_matrices([part, half_in, spilling], [instance], [boxed])) == (0, 0, 2)
+    assert match_counts(*match_matrices([spilling], [], [boxed])) == (0, 0, 0)
+
+
+def test_coco_crowd_regions_are_ignored_areas(tmp_path):
+    from litesam.eval.recall import instances_and_ignored, match_counts, match_matrices
+    from litesam.eval.segany import load_eval_records
+    from tests.coco_support import write_synthetic_coco
+
+    annotation_file, image_dir, _ = write_synthetic_coco(tmp_path)
+    records = load_eval_records(annotation_file, image_dir)
+    truths, areas = instances_and_ignored(records[0])
+    assert len(truths) == 3 and len(areas) == 1 and areas[0].sum() == 400  # the 20×20 crowd region
+    on_crowd = areas[0].copy()
+    assert match_counts(*match_matrices([on_crowd], truths, areas)) == (0, 0, 1)
+    assert all(not instances_and_ignored(r)[1] for r in records[1:])
 
 
 class _OneInstanceAsABox:

@@ -15,7 +15,7 @@ unlabeled images (:func:`teacher_scenes`): a distilled student is calibrated aga
 as the teacher is served (its own filters: its checkpoint's, else SAM's; ``litesam distill`` may have made
 its pseudo-masks with other filters).
 
-Box-only instances (rectangles) are ignored as in :mod:`litesam.eval.recall`.
+Masks inside ignored areas (box-only instances, COCO crowd regions) are left out as in :mod:`litesam.eval.recall`.
 
 SegEvery runs once per image with the filters open and NMS off; each candidate's match with every instance
 is computed once (:class:`Candidates`; the masks are then dropped, so memory holds one image's masks at a
@@ -45,15 +45,16 @@ PRED_IOU_GRID = (0.88, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5)
 #: Candidate stability-score thresholds (SAM's 0.95 first).
 STABILITY_GRID = (0.95, 0.9, 0.85, 0.8, 0.7)
 
-#: One calibration scene: the H×W×3 uint8 RGB image, its instances and its ignored box-only areas, each a
-#: flattened H·W bool mask.
+#: One calibration scene: the H×W×3 uint8 RGB image, its instances and its ignored areas (box-only
+#: instances, crowd regions), each a flattened H·W bool mask.
 Scene = tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]
 
 
 @dataclass(frozen=True)
 class FilterScore:
     """What one filter pair keeps on the calibration scenes (``recall``/``precision`` in [0, 1]; ``masks``
-    counts every kept mask, ``ignored`` those matching only a box-only area, left out of the precision)."""
+    counts every kept mask, ``ignored`` those matching no instance but inside an ignored area, left out of
+    the precision)."""
 
     pred_iou_thresh: float
     stability_score_thresh: float
@@ -153,7 +154,7 @@ class Candidates:
         predicted_iou, stability: M float32, the records' scores.
         ranking: M float32, SegEvery's NMS order: predicted IoU × proposal score (1 for grid prompts).
         boxes: M×4 float32, XYXY image px (from the records' XYWH boxes).
-        matched: M×N bool, mask ↔ instance at IoU ≥ 0.5; boxed: M×K bool, mask ↔ box-only area.
+        matched: M×N bool, mask ↔ instance at IoU ≥ 0.5; inside: M×K bool, mask ≥ half inside ignored area.
     """
 
     predicted_iou: np.ndarray
@@ -161,12 +162,12 @@ class Candidates:
     ranking: torch.Tensor
     boxes: torch.Tensor
     matched: np.ndarray
-    boxed: np.ndarray
+    inside: np.ndarray
 
     @classmethod
     def of(cls, records: list[dict], truths: list[np.ndarray], ignored: list[np.ndarray]) -> Candidates:
-        """From SegEvery's binary-mask records and the scene's flattened instances and box-only areas."""
-        matched, boxed = match_matrices([r["segmentation"].reshape(-1) for r in records], truths, ignored)
+        """From SegEvery's binary-mask records and the scene's flattened instances and ignored areas."""
+        matched, inside = match_matrices([r["segmentation"].reshape(-1) for r in records], truths, ignored)
         scores = [1.0 if r["proposal_score"] is None else r["proposal_score"] for r in records]
         predicted_iou = np.array([r["predicted_iou"] for r in records], dtype=np.float32)
         return cls(
@@ -176,7 +177,7 @@ class Candidates:
             torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (r["bbox"] for r in records)],
                          dtype=torch.float32).reshape(-1, 4),
             matched,
-            boxed,
+            inside,
         )
 
     @property
@@ -193,8 +194,8 @@ class Candidates:
 
 
 def annotated_scenes(records: Iterable) -> Iterator[Scene]:
-    """Scenes from annotated records (``image()``, ``instance_masks()``, optionally ``box_masks()``; empty
-    masks left out)."""
+    """Scenes from annotated records (``image()``, ``instance_masks()``, optionally ``box_masks()`` and
+    ``crowd_masks()``; empty masks left out)."""
     for record in records:
         yield record.image(), *instances_and_ignored(record)
 
@@ -211,7 +212,7 @@ def _score(candidates: list[Candidates], pred_iou: float, stability: float, nms:
     instances = recovered = masks = correct = ignored = 0
     for scene in candidates:
         kept = scene.kept(pred_iou, stability, nms)
-        counts = match_counts(scene.matched[kept], scene.boxed[kept])
+        counts = match_counts(scene.matched[kept], scene.inside[kept])
         instances += scene.instances
         masks += len(kept)
         recovered, correct, ignored = recovered + counts[0], correct + counts[1], ignored + counts[2]

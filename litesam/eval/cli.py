@@ -126,8 +126,8 @@ def summary_line(report: dict) -> str:
     if "segevery" in report:
         segevery = report["segevery"]
         precision = "n/a" if segevery["precision"] is None else f"{segevery['precision']:.3f}"
-        boxed = f", {segevery['ignored']} on box-only instances" if segevery["ignored"] else ""
-        parts.append(f"SegEvery recall@0.5 {segevery['recall']:.3f} ({segevery['masks']} masks{boxed}, precision {precision})")
+        ignored = f", {segevery['ignored']} in ignored areas" if segevery["ignored"] else ""
+        parts.append(f"SegEvery recall@0.5 {segevery['recall']:.3f} ({segevery['masks']} masks{ignored}, precision {precision})")
     return f"eval: {report['masks']} masks in {report['images']} images: " + "; ".join(parts)
 
 

@@ -5,11 +5,12 @@ in COCO's AP50 matching, but without one-to-one assignment, so duplicates are no
 ``precision``: the share of SegEvery's masks that overlap some instance with IoU ≥ ``iou_threshold`` (a
 filter that keeps everything has high recall and low precision; both are read together).
 
-Box-only instances (a record's ``box_masks()``, e.g. Label Studio rectangles: their extent is known, not their
-mask) are ignored, as COCO's evaluation ignores crowd regions: they are not instances to recover, and a mask
-that matches one of their filled boxes at IoU ≥ ``iou_threshold`` and no instance is neither right nor wrong
-(left out of the precision). (COCO's crowd annotations themselves are left out of the records,
-:func:`litesam.eval.segany.load_eval_records`, so a mask on a crowd region counts as wrong.)
+Ignored areas, as COCO's evaluation ignores crowd regions: box-only instances (a record's ``box_masks()``,
+e.g. Label Studio rectangles: their extent is known, not their mask) and COCO crowd regions (a record's
+``crowd_masks()``: groups of objects not delineated one by one). They are not instances to recover, and a
+mask that matches no instance but lies inside one of them (at least ``iou_threshold`` of the mask's area;
+COCO's crowd rule) is neither right nor wrong: left out of the precision. So a mask of a box-only object,
+or of a part of it, costs nothing, and a mask spilling well beyond the area still counts as wrong.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def segevery_recall(
         config: SegEvery settings; None: the model's defaults (its variant's AutoPPN decoding, its checkpoint's calibrated filters or SAM's).
     Returns:
         ``{"images", "instances", "recovered", "recall", "masks" (SegEvery masks in all), "correct" (masks
-        matching an instance), "ignored" (masks matching only a box-only instance), "precision" (correct /
+        matching an instance), "ignored" (masks matching none but inside an ignored area), "precision" (correct /
         (masks − ignored)), "seconds"}``; recall / precision are None without instances / scored masks.
     """
     generator = SegEvery(model, config)
@@ -46,8 +47,8 @@ def segevery_recall(
     start = time.perf_counter()
     for record in records:
         predicted = [r["segmentation"].reshape(-1) for r in generator.generate(record.image())]
-        truths, boxes = instances_and_ignored(record)
-        counts = match_counts(*match_matrices(predicted, truths, boxes, iou_threshold))
+        truths, areas = instances_and_ignored(record)
+        counts = match_counts(*match_matrices(predicted, truths, areas, iou_threshold))
         images += 1
         instances += len(truths)
         found += len(predicted)
@@ -67,29 +68,35 @@ def segevery_recall(
 
 
 def instances_and_ignored(record) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """A record's non-empty instance masks and box-only areas (``box_masks()`` when it has them), each
-    flattened to H·W bool."""
+    """A record's non-empty instance masks and ignored areas (``box_masks()`` and ``crowd_masks()`` when it
+    has them), each flattened to H·W bool."""
     truths = [gt.reshape(-1) for gt in record.instance_masks() if gt.any()]
-    boxes = [area.reshape(-1) for area in getattr(record, "box_masks", tuple)() if area.any()]
-    return truths, boxes
+    areas = [
+        area.reshape(-1)
+        for kind in ("box_masks", "crowd_masks")
+        for area in getattr(record, kind, tuple)()
+        if area.any()
+    ]
+    return truths, areas
 
 
 def match_matrices(
     masks: list[np.ndarray], truths: list[np.ndarray], ignored: list[np.ndarray] = (), iou_threshold: float = 0.5
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Which masks match which instances (M×N bool) and which ignored areas (M×K bool) at IoU ≥
-    ``iou_threshold``; ``masks``, ``truths``, ``ignored``: flattened P-pixel bool masks."""
+    """Which masks match which instances (M×N bool, mask IoU ≥ ``iou_threshold``) and which lie inside which
+    ignored areas (M×K bool, ≥ ``iou_threshold`` of the mask's pixels in the area); ``masks``, ``truths``,
+    ``ignored``: flattened P-pixel bool masks."""
     if not masks:
         return np.zeros((0, len(truths)), dtype=bool), np.zeros((0, len(ignored)), dtype=bool)
     stacked = np.stack(masks)
-    return instance_matches(stacked, truths, iou_threshold), instance_matches(stacked, list(ignored), iou_threshold)
+    return instance_matches(stacked, truths, iou_threshold), _inside(stacked, list(ignored), iou_threshold)
 
 
-def match_counts(matched: np.ndarray, boxed: np.ndarray) -> tuple[int, int, int]:
-    """(instances recovered, masks matching an instance, masks matching only an ignored area) from
-    :func:`match_matrices`' M×N and M×K matrices."""
+def match_counts(matched: np.ndarray, inside: np.ndarray) -> tuple[int, int, int]:
+    """(instances recovered, masks matching an instance, masks matching none but inside an ignored area)
+    from :func:`match_matrices`' M×N and M×K matrices."""
     right = matched.any(axis=1)
-    return int(matched.any(axis=0).sum()), int(right.sum()), int((boxed.any(axis=1) & ~right).sum())
+    return int(matched.any(axis=0).sum()), int(right.sum()), int((inside.any(axis=1) & ~right).sum())
 
 
 def instance_matches(masks: np.ndarray, truths: list[np.ndarray], iou_threshold: float = 0.5) -> np.ndarray:
@@ -101,4 +108,12 @@ def instance_matches(masks: np.ndarray, truths: list[np.ndarray], iou_threshold:
     Computed one instance at a time, so memory stays at ``M×P``.
     """
     columns = [(masks & truth).sum(axis=1) >= iou_threshold * (masks | truth).sum(axis=1) for truth in truths]
+    return np.stack(columns, axis=1) if columns else np.zeros((len(masks), 0), dtype=bool)
+
+
+def _inside(masks: np.ndarray, areas: list[np.ndarray], share: float) -> np.ndarray:
+    """``M×K`` bool: True where at least ``share`` of a mask's pixels lie in the area (``masks`` M×P bool,
+    ``areas`` K masks of P bool)."""
+    sizes = masks.sum(axis=1)
+    columns = [(masks & area).sum(axis=1) >= share * sizes for area in areas]
     return np.stack(columns, axis=1) if columns else np.zeros((len(masks), 0), dtype=bool)

@@ -162,15 +162,15 @@ def load_eval_records(
     synthetic_seed: int = HELD_OUT_SEED,
     label_studio: tuple[str | None, int | None, str] = (None, None, "held-out"),
 ) -> list[ImageRecord | SyntheticRecord]:
-    """Records to evaluate: a COCO annotation file (with its image folder), SA-1B JSON files (crowd
-    annotations left out), ``"synthetic"``: generated scenes, by default the held-out set (seed 1), or
+    """Records to evaluate: a COCO annotation file (with its image folder; crowd regions are no trials, kept
+    as the ignored areas of SegEvery recall), SA-1B JSON files, ``"synthetic"``: generated scenes, by default the held-out set (seed 1), or
     ``"labelstudio"``: the tasks of a Label Studio project, ``label_studio`` = (URL, project id, split),
     by default its held-out tasks (only their brush and polygon masks are scored; rectangles are boxes)."""
     if str(data) == SYNTHETIC:
         return synthetic_records(synthetic_images, synthetic_seed)
     if str(data) == LABEL_STUDIO:
         return label_studio_records(*label_studio)
-    return load_records(data, images, include_crowd=False)
+    return load_records(data, images)
 
 
 def evaluate_dataset(

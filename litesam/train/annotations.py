@@ -10,7 +10,8 @@ Formats:
   "annotations": [{"id", "image_id", "segmentation", "iscrowd"}, …]}``; image files live in a separate
   folder. ``segmentation`` is a list of polygons (each a flat ``[x0, y0, x1, y1, …]`` list in pixel
   coordinates), an uncompressed RLE (``counts`` a list of run lengths) or a compressed RLE (``counts`` a
-  string). Crowd annotations (``iscrowd = 1``) cover groups of objects and are skipped unless asked for.
+  string). Crowd annotations (``iscrowd = 1``) cover groups of objects, not one: they are never instances
+  (neither trained on nor prompted) and are kept apart, as the areas evaluation ignores (``crowd``).
 * **SA-1B** (one JSON per image, next to the image): ``{"image": {"image_id", "file_name", "height",
   "width"}, "annotations": [{"id", "segmentation": {"size": [H, W], "counts": str}}, …]}``.
 
@@ -40,12 +41,10 @@ class Annotation:
     Attributes:
         id: the annotation id from the file (or its position when the file gives none).
         segmentation: polygons or a COCO RLE dict, as stored.
-        iscrowd: COCO's crowd flag (always False for SA-1B).
     """
 
     id: int | str
     segmentation: Any
-    iscrowd: bool = False
 
 
 @dataclass(frozen=True)
@@ -57,6 +56,7 @@ class ImageRecord:
         path: image file.
         height, width: (H, W) of the image in pixels, as the annotation file gives them.
         annotations: its instance masks, in file order.
+        crowd: its COCO crowd regions (areas whose objects are not delineated), in file order.
     """
 
     image_id: int | str
@@ -64,6 +64,7 @@ class ImageRecord:
     height: int
     width: int
     annotations: tuple[Annotation, ...]
+    crowd: tuple[Annotation, ...] = ()
 
     def image(self) -> np.ndarray:
         """The image, H×W×3 uint8 RGB (:func:`read_image`)."""
@@ -74,17 +75,19 @@ class ImageRecord:
         for annotation in self.annotations:
             yield decode_mask(annotation, self.height, self.width)
 
+    def crowd_masks(self) -> Iterator[np.ndarray]:
+        """The crowd regions' H×W bool masks (ignored areas of :mod:`litesam.eval.recall`), one at a time."""
+        for annotation in self.crowd:
+            yield decode_mask(annotation, self.height, self.width)
 
-def load_records(
-    data: str | Path, images: str | Path | None = None, include_crowd: bool = False
-) -> list[ImageRecord]:
+
+def load_records(data: str | Path, images: str | Path | None = None) -> list[ImageRecord]:
     """Read a dataset, detecting its format.
 
     Args:
         data: a COCO annotation file, a single SA-1B JSON file, or a folder of SA-1B JSON files.
         images: folder of the image files. Required for COCO; for SA-1B it defaults to the folder of
             each JSON file.
-        include_crowd: keep COCO crowd annotations.
     Returns:
         The images that have at least one annotation, in file order (COCO) or sorted file-name order (SA-1B).
     Raises:
@@ -100,13 +103,12 @@ def load_records(
         return load_sa1b([data], images)
     if images is None:
         raise DatasetError(f"{data} looks like a COCO annotation file: give the image folder too")
-    return load_coco(data, images, include_crowd=include_crowd, document=document)
+    return load_coco(data, images, document=document)
 
 
 def load_coco(
     annotation_file: str | Path,
     images: str | Path,
-    include_crowd: bool = False,
     document: Any = None,
 ) -> list[ImageRecord]:
     """Read a COCO-format instance annotation file (see the module docstring).
@@ -114,10 +116,10 @@ def load_coco(
     Args:
         annotation_file: the JSON file.
         images: folder holding the ``file_name`` of every image.
-        include_crowd: keep annotations with ``iscrowd = 1``.
         document: the already parsed JSON (to avoid reading a large file twice); read from the file if None.
     Returns:
-        Records of the images with at least one kept annotation, in the file's image order.
+        Records of the images with at least one instance (non-crowd annotation), in the file's image order;
+        crowd annotations go to their image's ``crowd``.
     Raises:
         DatasetError: unreadable JSON, missing keys, duplicate or unknown image ids, missing image files.
     """
@@ -144,6 +146,7 @@ def load_coco(
         infos[info["id"]] = info
 
     per_image: dict[Any, list[Annotation]] = {image_id: [] for image_id in infos}
+    crowd: dict[Any, list[Annotation]] = {image_id: [] for image_id in infos}
     for position, entry in enumerate(document["annotations"]):
         where = f"{annotation_file}: annotations[{position}]"
         if not isinstance(entry, dict) or "image_id" not in entry or "segmentation" not in entry:
@@ -152,12 +155,8 @@ def load_coco(
             raise DatasetError(
                 f"{where} refers to image id {entry['image_id']!r}, which 'images' does not list"
             )
-        annotation = Annotation(
-            entry.get("id", position), entry["segmentation"], bool(entry.get("iscrowd", 0))
-        )
-        if annotation.iscrowd and not include_crowd:
-            continue
-        per_image[entry["image_id"]].append(annotation)
+        annotation = Annotation(entry.get("id", position), entry["segmentation"])
+        (crowd if entry.get("iscrowd", 0) else per_image)[entry["image_id"]].append(annotation)
 
     records = []
     for image_id, info in infos.items():
@@ -165,7 +164,14 @@ def load_coco(
             continue
         height, width = _image_size(info, f"{annotation_file}: image {image_id!r}")
         records.append(
-            ImageRecord(image_id, images / info["file_name"], height, width, tuple(per_image[image_id]))
+            ImageRecord(
+                image_id,
+                images / info["file_name"],
+                height,
+                width,
+                tuple(per_image[image_id]),
+                tuple(crowd[image_id]),
+            )
         )
     return _checked(records, str(annotation_file))
 
