@@ -7,7 +7,9 @@ AutoPPN proposals ≥ 0): every task then gets the masks that survive NMS, and t
 like real ones. Random-weight masks all look alike, so NMS leaves about one per task; ``--masks 50`` (the
 realistic mode: trained weights keep ~50 masks per image) also turns NMS off and keeps exactly 50 masks
 per task, so upscaling, brush RLE and the writes to Label Studio carry a trained model's load — except that
-random-weight masks are pixel noise, whose RLE is ~100× a real mask's. ``--checkpoint`` runs trained
+random-weight masks are pixel noise, whose RLE is ~100× a real mask's. ``--output polygon`` writes
+polygon regions instead of brush RLE (the project's config gains a ``<PolygonLabels>`` with the same labels);
+noise masks make pathological polygons, so that mode is meant for trained weights. ``--checkpoint`` runs trained
 weights instead (e.g. the demo checkpoint, trained on synthetic shapes) with their checkpoint's calibrated filters
 (``--masks N`` still forces N): real, smooth masks, so the Label Studio side carries a real mask's load.
 
@@ -18,7 +20,7 @@ its end (listing, downloads, encoder, SegEvery, RLE, writes). The machine's core
 (``LITESAM_TORCH_THREADS`` = cores ÷ workers). Usage::
 
     .venv/bin/python bench/preannotate.py [--tasks 50] [--workers 1 2] [--masks 50] [--variant litesam_r640]
-        [--checkpoint litesam/weights/litesam_tiny_synthetic.pt] [--precision fp32]
+        [--checkpoint litesam/weights/litesam_tiny_synthetic.pt] [--precision fp32] [--output brush|polygon]
         [--redis-url redis://127.0.0.1:6379/14] [--json results.json]
 """
 
@@ -55,6 +57,13 @@ from litesam.inference import load_average  # noqa: E402
 
 WIDTH, HEIGHT = 1024, 768
 CONFIG = (REPO / "label_config.xml").read_text()
+#: The recommended config with polygon output beside the brush (``--output polygon``).
+POLYGON_CONFIG = CONFIG.replace(
+    '  <KeyPointLabels name="point"',
+    '  <PolygonLabels name="polygon" toName="image">\n    <Label value="Object"/>\n    <Label value="Person"/>\n'
+    '    <Label value="Vehicle"/>\n  </PolygonLabels>\n  <KeyPointLabels name="point"',
+    1,
+)
 OPEN_FILTERS = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "proposal_score_thresh": 0.0}
 
 
@@ -82,7 +91,7 @@ def run_once(
 ) -> dict:
     client = redis.Redis.from_url(args.redis_url)
     client.flushdb()
-    project = ls.create_project(CONFIG, title=f"bench {workers} worker(s)")
+    project = ls.create_project(POLYGON_CONFIG if args.output == "polygon" else CONFIG, title=f"bench {workers} worker(s)")
     ls.upload_images(project, [(f"photo{i:03d}.jpg", data) for i, data in enumerate(images)])
     threads = max(1, (os.cpu_count() or 1) // workers)
     env = base_env(
@@ -115,7 +124,7 @@ def run_once(
         forced = {"box_nms_thresh": 1.0, "max_masks": args.masks} if args.masks else {}
         # Random weights need the filters opened; trained weights keep their checkpoint's unless N masks are forced.
         opened = OPEN_FILTERS if args.checkpoint is None or args.masks else {}
-        options = JobOptions.from_json({**opened, **forced, "chunk_size": args.chunk_size})
+        options = JobOptions.from_json({**opened, **forced, "chunk_size": args.chunk_size, "output": args.output})
         started = time.perf_counter()
         status, _ = board.start(project, options=options, source="bench")
         while status["state"] not in ("finished", "failed"):
@@ -137,7 +146,8 @@ def run_once(
         "tasks": len(images),
         "seconds": round(seconds, 2),
         "tasks_per_minute": round(len(images) / seconds * 60, 1),
-        "masks_per_task": round(status["regions"] / len(images), 1),
+        "output": args.output,
+        "regions_per_task": round(status["regions"] / len(images), 1),
         "embeddings_stored": len(keys),
         "embedding_bytes_per_image": int(statistics.mean(stored)) if stored else 0,
         "redis_memory_bytes_per_embedding": int(statistics.mean(in_memory)) if in_memory else 0,
@@ -153,6 +163,7 @@ def main() -> int:
     parser.add_argument("--masks", type=int, default=0, help="keep exactly this many masks per task (NMS off)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
                         help="LITESAM_PRECISION of the workers")
+    parser.add_argument("--output", default="brush", choices=("brush", "polygon"), help="regions written")
     parser.add_argument("--chunk-size", type=int, default=5, help="tasks per chunk job (default 5)")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14", help="flushed before and after")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -166,7 +177,7 @@ def main() -> int:
         weights = f"trained weights {args.checkpoint}, {filters}"
     print(header(
         f"Pre-annotation benchmark: {weights}, {args.tasks} tasks of {WIDTH}×{HEIGHT} JPEG, {kept}, "
-        f"LITESAM_PRECISION={args.precision}"
+        f"{args.output} regions, LITESAM_PRECISION={args.precision}"
     ))
     images = [photo(seed) for seed in range(args.tasks)]
     results = []
@@ -184,7 +195,7 @@ def main() -> int:
                 print(
                     f"  {workers} worker(s) × {result['torch_threads_per_worker']} torch thread(s): "
                     f"{result['tasks_per_minute']:.1f} tasks/min ({result['seconds']:.1f} s for {args.tasks} tasks, "
-                    f"{result['masks_per_task']:.1f} masks/task); embedding in Redis "
+                    f"{result['regions_per_task']:.1f} {args.output} regions/task); embedding in Redis "
                     f"{result['embedding_bytes_per_image']} B/image "
                     f"({result['redis_memory_bytes_per_embedding']} B with Redis overhead)"
                 )
