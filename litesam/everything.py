@@ -20,6 +20,8 @@ harmless for thresholds and NMS and saves the dominant cost.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -56,10 +58,12 @@ class SegEveryConfig:
         points_per_batch: prompts per mask-decoder call; bounds memory (activations grow linearly).
         multimask_output: ask the decoder for 3 candidates per prompt. AutoPPN keeps the best by predicted
             IoU; grid mode keeps all three as SAM does.
-        pred_iou_thresh: drop masks whose predicted IoU is below this.
-        stability_score_thresh: drop masks whose stability score is below this.
+        pred_iou_thresh: drop masks whose predicted IoU is below this (any finite number: the IoU head is
+            not bounded, so > 1 keeps nothing and ≤ 0 nearly everything).
+        stability_score_thresh: drop masks whose stability score (in [0, 1]) is below this; in [0, 1].
         stability_score_offset: logit offset used by the stability score.
-        box_nms_thresh: IoU above which the lower-ranked of two overlapping masks' boxes is dropped.
+        box_nms_thresh: IoU above which the lower-ranked of two overlapping masks' boxes is dropped; in
+            [0, 1] (1: NMS off).
         proposals: AutoPPN decoding settings (threshold, top-K, proposal NMS).
         max_masks: keep at most this many masks (the best ranked after NMS); None keeps all. Only kept masks
             are upscaled, so this also bounds time and memory on large images.
@@ -85,6 +89,11 @@ class SegEveryConfig:
             raise ValueError(f"output_mode must be 'binary_mask' or 'coco_rle', got {self.output_mode!r}")
         if self.points_per_batch < 1 or self.points_per_side < 1:
             raise ValueError("points_per_batch and points_per_side must be positive")
+        if not math.isfinite(self.pred_iou_thresh):
+            raise ValueError(f"pred_iou_thresh must be a finite number, got {self.pred_iou_thresh}")
+        for name in ("stability_score_thresh", "box_nms_thresh"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.max_masks is not None and self.max_masks < 0:
             raise ValueError(f"max_masks must be >= 0 or None, got {self.max_masks}")
 

@@ -97,6 +97,10 @@ def test_nms_removes_overlapping_masks(image):
 def test_bad_config_and_image_are_clear_errors():
     with pytest.raises(ValueError, match="prompt_mode"):
         SegEveryConfig(prompt_mode="random")
+    for bad in ({"stability_score_thresh": 1.5}, {"box_nms_thresh": -0.1}, {"pred_iou_thresh": float("nan")}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            SegEveryConfig(**bad)
+    SegEveryConfig(pred_iou_thresh=1.01, stability_score_thresh=0.0, box_nms_thresh=1.0)  # bounds allowed
     with pytest.raises(InvalidImageError):
         SegEvery(tiny_model()).generate(np.zeros((20, 20), np.uint8))
 
