@@ -91,7 +91,8 @@ def run_once(
 ) -> dict:
     client = redis.Redis.from_url(args.redis_url)
     client.flushdb()
-    project = ls.create_project(POLYGON_CONFIG if args.output == "polygon" else CONFIG, title=f"bench {workers} worker(s)")
+    config = POLYGON_CONFIG if args.output == "polygon" else CONFIG
+    project = ls.create_project(config, title=f"bench {workers} worker(s)")
     ls.upload_images(project, [(f"photo{i:03d}.jpg", data) for i, data in enumerate(images)])
     threads = max(1, (os.cpu_count() or 1) // workers)
     env = base_env(

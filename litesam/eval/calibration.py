@@ -38,7 +38,7 @@ from ..errors import LiteSamError
 from ..everything import SegEvery, SegEveryConfig
 from ..masks import box_nms
 from ..modeling.lite_sam import LiteSAM
-from .recall import instances_and_ignored, match_counts, match_matrices
+from .recall import MatchTally, instances_and_ignored, match_matrices
 
 #: Candidate predicted-IoU thresholds (SAM's 0.88 first).
 PRED_IOU_GRID = (0.88, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5)
@@ -119,7 +119,7 @@ def calibrate(
         model, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0, **grid
     )
     generator = SegEvery(model, config)
-    candidates = [Candidates.of(generator.generate(image), truths, boxes) for image, truths, boxes in scenes]
+    candidates = [Candidates.of(generator.generate(image), truths, ignored) for image, truths, ignored in scenes]
     instances = sum(c.instances for c in candidates)
     if instances == 0:
         raise LiteSamError("the calibration scenes hold no instance")
@@ -209,13 +209,11 @@ def teacher_scenes(teacher: LiteSAM, images: Iterable[np.ndarray]) -> Iterator[S
 
 
 def _score(candidates: list[Candidates], pred_iou: float, stability: float, nms: float) -> FilterScore:
-    instances = recovered = masks = correct = ignored = 0
+    """One pair's counts over the scenes; a pair that keeps no scored mask is precise (1.0), recovering nothing."""
+    tally = MatchTally()
     for scene in candidates:
         kept = scene.kept(pred_iou, stability, nms)
-        counts = match_counts(scene.matched[kept], scene.inside[kept])
-        instances += scene.instances
-        masks += len(kept)
-        recovered, correct, ignored = recovered + counts[0], correct + counts[1], ignored + counts[2]
-    scored = masks - ignored
-    return FilterScore(pred_iou, stability, recovered / instances if instances else 0.0,
-                       correct / scored if scored else 1.0, masks, instances, ignored)
+        tally.add(scene.matched[kept], scene.inside[kept])
+    precision = 1.0 if tally.precision is None else tally.precision
+    return FilterScore(pred_iou, stability, tally.recall or 0.0, precision, tally.masks, tally.instances,
+                       tally.ignored)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -43,28 +44,55 @@ def segevery_recall(
         (masks − ignored)), "seconds"}``; recall / precision are None without instances / scored masks.
     """
     generator = SegEvery(model, config)
-    images = instances = recovered = found = correct = ignored = 0
+    tally = MatchTally()
     start = time.perf_counter()
     for record in records:
         predicted = [r["segmentation"].reshape(-1) for r in generator.generate(record.image())]
         truths, areas = instances_and_ignored(record)
-        counts = match_counts(*match_matrices(predicted, truths, areas, iou_threshold))
-        images += 1
-        instances += len(truths)
-        found += len(predicted)
-        recovered, correct, ignored = recovered + counts[0], correct + counts[1], ignored + counts[2]
-    scored = found - ignored
+        tally.add(*match_matrices(predicted, truths, areas, iou_threshold))
     return {
-        "images": images,
-        "instances": instances,
-        "recovered": recovered,
-        "recall": recovered / instances if instances else None,
-        "masks": found,
-        "correct": correct,
-        "ignored": ignored,
-        "precision": correct / scored if scored else None,
+        "images": tally.images,
+        "instances": tally.instances,
+        "recovered": tally.recovered,
+        "recall": tally.recall,
+        "masks": tally.masks,
+        "correct": tally.correct,
+        "ignored": tally.ignored,
+        "precision": tally.precision,
         "seconds": round(time.perf_counter() - start, 3),
     }
+
+
+@dataclass
+class MatchTally:
+    """Counts summed over images (:meth:`add` one image's :func:`match_matrices`): instances and how many
+    were recovered, masks, those matching an instance (correct) and those only inside an ignored area."""
+
+    images: int = 0
+    instances: int = 0
+    recovered: int = 0
+    masks: int = 0
+    correct: int = 0
+    ignored: int = 0
+
+    def add(self, matched: np.ndarray, inside: np.ndarray) -> None:
+        recovered, correct, ignored = match_counts(matched, inside)
+        self.images += 1
+        self.masks, self.instances = self.masks + matched.shape[0], self.instances + matched.shape[1]
+        self.recovered, self.correct, self.ignored = (
+            self.recovered + recovered, self.correct + correct, self.ignored + ignored
+        )
+
+    @property
+    def recall(self) -> float | None:
+        """Share of instances recovered; None without instances."""
+        return self.recovered / self.instances if self.instances else None
+
+    @property
+    def precision(self) -> float | None:
+        """Share of the masks outside ignored areas that match an instance; None when there are none."""
+        scored = self.masks - self.ignored
+        return self.correct / scored if scored else None
 
 
 def instances_and_ignored(record) -> tuple[list[np.ndarray], list[np.ndarray]]:
