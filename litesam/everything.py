@@ -21,7 +21,7 @@ harmless for thresholds and NMS and saves the dominant cost.
 from __future__ import annotations
 
 import math
-
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -206,8 +206,7 @@ class SegEvery:
             ``point_coords`` ([[x, y]], original pixels), ``box`` (XYXY original pixels, or None in grid
             mode) and ``proposal_score`` (AutoPPN confidence, or None in grid mode).
         """
-        features = embedding.features.to(self.model.device, torch.float32)  # e.g. a cached CPU embedding
-        embedding = ImageEmbedding(features, embedding.input_size, embedding.original_size)
+        embedding = self._float_on_device(embedding)
         prompts = self._prompts(embedding)
         if len(prompts.points) == 0:
             return []
@@ -216,6 +215,22 @@ class SegEvery:
             return []
         keep = self._nms(embedding, prompts, candidates)[: self.config.max_masks]
         return self._records(embedding, prompts, candidates, keep)
+
+    @torch.inference_mode()
+    def candidates(self, image: np.ndarray) -> Iterator[list[dict[str, Any]]]:
+        """Records of every mask of an H×W×3 uint8 RGB image that passes the filters, before box NMS and
+        ``max_masks``, one list per ``points_per_batch`` prompts (records as in
+        :meth:`generate_from_embedding`, in prompt order), so that memory holds one batch's masks: for
+        applying other filters afterwards (:mod:`litesam.eval.calibration` opens them all)."""
+        embedding = self._float_on_device(encode_image(self.model, image))
+        prompts = self._prompts(embedding)
+        for batch in self._decode_batches(embedding, prompts):
+            yield self._records(embedding, prompts, batch, torch.arange(len(batch.iou)))
+
+    def _float_on_device(self, embedding: ImageEmbedding) -> ImageEmbedding:
+        """The embedding as float32 on the model's device (e.g. a cached CPU or bfloat16 one)."""
+        features = embedding.features.to(self.model.device, torch.float32)
+        return ImageEmbedding(features, embedding.input_size, embedding.original_size)
 
     def _prompts(self, embedding: ImageEmbedding) -> _Prompts:
         if self.config.prompt_mode == "grid":
@@ -235,11 +250,20 @@ class SegEvery:
         return _Prompts((proposals.points - 0.5).clamp(min=0.0), boxes, proposals.scores)
 
     def _decode_and_filter(self, embedding: ImageEmbedding, prompts: _Prompts) -> _Candidates:
+        kept = list(self._decode_batches(embedding, prompts))
+        return _Candidates(
+            torch.cat([c.low_res for c in kept]),
+            torch.cat([c.iou for c in kept]),
+            torch.cat([c.stability for c in kept]),
+            torch.cat([c.prompt_index for c in kept]),
+        )
+
+    def _decode_batches(self, embedding: ImageEmbedding, prompts: _Prompts) -> Iterator[_Candidates]:
+        """The masks that pass the filters, one :class:`_Candidates` per ``points_per_batch`` prompts."""
         cfg = self.config
         model = self.model
         image_pe = model.prompt_encoder.get_dense_pe()
         valid_h, valid_w = _valid_low_res(embedding)
-        kept: list[_Candidates] = []
         for start in range(0, len(prompts.points), cfg.points_per_batch):
             index = torch.arange(start, min(start + cfg.points_per_batch, len(prompts.points)))
             points = prompts.points[index][:, None, :]
@@ -269,13 +293,7 @@ class SegEvery:
                 low_res[:, :valid_h, :valid_w], model.mask_threshold, cfg.stability_score_offset
             )
             keep = stability >= cfg.stability_score_thresh
-            kept.append(_Candidates(low_res[keep], iou[keep], stability[keep], prompt_index[keep.cpu()]))
-        return _Candidates(
-            torch.cat([c.low_res for c in kept]),
-            torch.cat([c.iou for c in kept]),
-            torch.cat([c.stability for c in kept]),
-            torch.cat([c.prompt_index for c in kept]),
-        )
+            yield _Candidates(low_res[keep], iou[keep], stability[keep], prompt_index[keep.cpu()])
 
     def _nms(self, embedding: ImageEmbedding, prompts: _Prompts, candidates: _Candidates) -> torch.Tensor:
         valid_h, valid_w = _valid_low_res(embedding)

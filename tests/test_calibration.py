@@ -9,6 +9,8 @@ scenes are synthetic scenes of seed 2 (its filters were calibrated on 60 of them
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -78,8 +80,9 @@ def test_filters_applied_afterwards_keep_what_segevery_keeps(demo):
     compared = 0
     for index in range(3):
         image = render_scene(2, index)[0]
-        records = SegEvery(demo, opened).generate(image)
-        candidates = Candidates.of(records, [], [])
+        batches = list(SegEvery(demo, opened).candidates(image))
+        records = [record for batch in batches for record in batch]
+        candidates = Candidates.of(batches, [], [])
         for pred_iou, stability in [(0.8, 0.85), (0.88, 0.95), (0.5, 0.7)]:
             kept = [records[i] for i in candidates.kept(pred_iou, stability, 0.7)]
             direct = SegEvery(
@@ -88,6 +91,51 @@ def test_filters_applied_afterwards_keep_what_segevery_keeps(demo):
             assert sorted(r["bbox"] for r in kept) == sorted(r["bbox"] for r in direct)
             compared += len(direct)
     assert compared > 0
+
+
+def test_candidates_come_in_prompt_batches_and_are_what_segevery_finds_with_open_filters(demo):
+    # Calibration matches one prompt batch of masks at a time: the batches together are SegEvery's records
+    # with the filters open and NMS off, none left out, none twice.
+    opened = SegEveryConfig.for_model(
+        demo, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0, points_per_batch=2
+    )
+    image = render_scene(2, 1)[0]
+    batches = list(SegEvery(demo, opened).candidates(image))
+    assert len(batches) > 1 and all(len(batch) <= 2 for batch in batches)
+    streamed = sorted((r["bbox"], r["predicted_iou"], r["stability_score"]) for batch in batches for r in batch)
+    whole = sorted((r["bbox"], r["predicted_iou"], r["stability_score"]) for r in SegEvery(demo, opened).generate(image))
+    assert streamed == whole
+
+
+#: Peak-memory probe of calibration's candidates for an engine at SAM's 32×32 grid, in a fresh process: one
+#: 640×480 image, 3 masks a point (3,072 candidates; all of them at once were ~2.7 GB more, measured).
+GRID_MEMORY_PROBE = """
+import json, resource, sys
+import numpy as np, torch
+from litesam.build import build_model
+from litesam.eval.calibration import Candidates
+from litesam.everything import SegEvery, SegEveryConfig
+torch.set_num_threads(1)
+model = build_model("sam_vit_tiny", checkpoint=sys.argv[1])
+image = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+truth = np.zeros((480, 640), dtype=bool)
+truth[100:200, 100:300] = True
+opened = SegEveryConfig.for_model(model, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+candidates = Candidates.of(SegEvery(model, opened).candidates(image), [truth.reshape(-1)], [])
+grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print(json.dumps({"candidates": len(candidates.predicted_iou), "grown_mib": grown / 1024}))
+"""
+
+
+def test_an_engine_grid_is_calibrated_one_prompt_batch_of_masks_at_a_time(tmp_path):
+    checkpoint = save_official(tiny_vit_sam(), tmp_path / "sam_vit_tiny.pth")
+    run = subprocess.run([sys.executable, "-c", GRID_MEMORY_PROBE, str(checkpoint)], capture_output=True, text=True,
+                         timeout=300, check=True)
+    probe = json.loads(run.stdout.strip().splitlines()[-1])
+    # ≥ 2,500 full-size masks (≥ 0.77 GB as bool arrays) were matched; memory grew by a few batches' worth.
+    assert probe["candidates"] >= 2500
+    assert probe["grown_mib"] < 500, probe
 
 
 def test_calibration_refuses_scenes_without_instances_and_weights_that_segment_nothing(demo):

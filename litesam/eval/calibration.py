@@ -18,8 +18,8 @@ its pseudo-masks with other filters).
 Masks inside ignored areas (box-only instances, COCO crowd regions) are left out as in :mod:`litesam.eval.recall`.
 
 SegEvery runs once per image with the filters open and NMS off; each candidate's match with every instance
-is computed once (:class:`Candidates`; the masks are then dropped, so memory holds one image's masks at a
-time), and each pair is applied to the candidates with SegEvery's own filters and box NMS
+is computed once (:class:`Candidates`, one prompt batch at a time, whose masks are then dropped: memory holds
+``points_per_batch`` prompts' masks, not an image's), and each pair is applied to the candidates with SegEvery's own filters and box NMS
 (:meth:`Candidates.kept`), so the grid costs one pass. The one difference: SegEvery's NMS compares the boxes
 of the low-resolution masks, :meth:`Candidates.kept` those of the full-size masks it returned. Measured on 60 held-out synthetic scenes × 3 pairs: the same masks for 179
 of 180 (the demo checkpoint) and 176 of 180 (a distilled student) image-pair cases, one mask apart in the rest.
@@ -108,7 +108,7 @@ def calibrate(
 
     The model's other SegEvery settings are its defaults (:meth:`SegEveryConfig.for_model`): its prompt mode
     and AutoPPN decoding; ``points_per_side`` replaces the point grid of a model without an AutoPPN head (SAM's
-    32 → 3,072 candidate masks an image, all held at once, ~0.9 GB at 640×480). Raises :class:`LiteSamError` when no scene has an instance, no pair reaches
+    32 → 3,072 candidate masks an image, matched one prompt batch at a time). Raises :class:`LiteSamError` when no scene has an instance, no pair reaches
     ``min_precision``, or those that do recover nothing.
     """
     if not 0.0 <= min_precision <= 1.0:
@@ -119,7 +119,7 @@ def calibrate(
         model, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0, **grid
     )
     generator = SegEvery(model, config)
-    candidates = [Candidates.of(generator.generate(image), truths, ignored) for image, truths, ignored in scenes]
+    candidates = [Candidates.of(generator.candidates(image), truths, ignored) for image, truths, ignored in scenes]
     instances = sum(c.instances for c in candidates)
     if instances == 0:
         raise LiteSamError("the calibration scenes hold no instance")
@@ -165,9 +165,15 @@ class Candidates:
     inside: np.ndarray
 
     @classmethod
-    def of(cls, records: list[dict], truths: list[np.ndarray], ignored: list[np.ndarray]) -> Candidates:
-        """From SegEvery's binary-mask records and the scene's flattened instances and ignored areas."""
-        matched, inside = match_matrices([r["segmentation"].reshape(-1) for r in records], truths, ignored)
+    def of(cls, batches: Iterable[list[dict]], truths: list[np.ndarray], ignored: list[np.ndarray]) -> Candidates:
+        """From SegEvery's binary-mask records in batches (:meth:`SegEvery.candidates`; each batch's masks are
+        matched, then dropped) and the scene's flattened instances and ignored areas."""
+        records, matched, inside = [], [np.zeros((0, len(truths)), dtype=bool)], [np.zeros((0, len(ignored)), dtype=bool)]
+        for batch in batches:
+            batch_matched, batch_inside = match_matrices([r["segmentation"].reshape(-1) for r in batch], truths, ignored)
+            matched.append(batch_matched)
+            inside.append(batch_inside)
+            records += [{key: r[key] for key in ("predicted_iou", "stability_score", "proposal_score", "bbox")} for r in batch]
         scores = [1.0 if r["proposal_score"] is None else r["proposal_score"] for r in records]
         predicted_iou = np.array([r["predicted_iou"] for r in records], dtype=np.float32)
         return cls(
@@ -176,8 +182,8 @@ class Candidates:
             torch.from_numpy(predicted_iou * np.array(scores, dtype=np.float32)),
             torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (r["bbox"] for r in records)],
                          dtype=torch.float32).reshape(-1, 4),
-            matched,
-            inside,
+            np.concatenate(matched),
+            np.concatenate(inside),
         )
 
     @property
