@@ -22,7 +22,8 @@ WARM_UP = 200
 #: embedding instead of the LRU's 16 measured (+32.0 MiB with LITESAM_EMBEDDING_LRU=1000; 300 × 64 KiB of
 #: float32 embeddings is 18.75 MiB of it). The bounded LRU measured +0.2 to +1.7 MiB alone (also beside a
 #: CPU hog) and +10.4 / +9.3 MiB in two full suite runs on an AMD EPYC Zen 3 (not explained; not seen in
-#: earlier sessions' suites).
+#: earlier sessions' suites). Since the test records RssAnon / RssFile apart: +0.6 MiB in a full suite run on
+#: an AMD EPYC Zen 2 (all RssAnon), +0.1 to +2.2 MiB alone.
 GROWTH_BOUND = 16 * 1024 * 1024
 
 
