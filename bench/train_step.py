@@ -73,17 +73,17 @@ def main() -> None:
     for index in range(len(dataset)):  # fill the cache: later reads are what a run's second epoch reads
         dataset[index]
     optimizer = build_optimizer(model, config.resolved_lr(), config.weight_decay, config.betas)
-    batches = {
-        size: iter(DataLoader(dataset, batch_size=size, shuffle=True, collate_fn=collate_samples, drop_last=True))
-        for size in args.batch_sizes
-    }
+    def epoch(size: int):
+        loader = DataLoader(dataset, batch_size=size, shuffle=True, collate_fn=collate_samples, drop_last=True)
+        return iter(loader)
+
+    batches = {size: epoch(size) for size in args.batch_sizes}
 
     def step(size: int) -> dict[str, float]:
         marks = [time.perf_counter()]
         batch = next(batches[size], None)
         if batch is None:  # a new epoch of this batch size
-            batches[size] = iter(DataLoader(dataset, batch_size=size, shuffle=True, collate_fn=collate_samples,
-                                            drop_last=True))
+            batches[size] = epoch(size)
             batch = next(batches[size])
         marks.append(time.perf_counter())
         optimizer.zero_grad(set_to_none=True)

@@ -19,10 +19,11 @@ Masks inside ignored areas (box-only instances, COCO crowd regions) are left out
 
 SegEvery runs once per image with the filters open and NMS off; each candidate's match with every instance
 is computed once (:class:`Candidates`, one prompt batch at a time, whose masks are then dropped: memory holds
-``points_per_batch`` prompts' masks, not an image's), and each pair is applied to the candidates with SegEvery's own filters and box NMS
-(:meth:`Candidates.kept`), so the grid costs one pass. The one difference: SegEvery's NMS compares the boxes
-of the low-resolution masks, :meth:`Candidates.kept` those of the full-size masks it returned. Measured on 60 held-out synthetic scenes × 3 pairs: the same masks for 179
-of 180 (the demo checkpoint) and 176 of 180 (a distilled student) image-pair cases, one mask apart in the rest.
+``points_per_batch`` prompts' masks, not an image's), and each pair is applied to the candidates with
+SegEvery's own filters and box NMS (:meth:`Candidates.kept`), so the grid costs one pass. The one difference:
+SegEvery's NMS compares the boxes of the low-resolution masks, :meth:`Candidates.kept` those of the full-size
+masks it returned. Measured on 60 held-out synthetic scenes × 3 pairs: the same masks for 179 of 180 (the
+demo checkpoint) and 176 of 180 (a distilled student) image-pair cases, one mask apart in the rest.
 """
 
 from __future__ import annotations
@@ -108,8 +109,8 @@ def calibrate(
 
     The model's other SegEvery settings are its defaults (:meth:`SegEveryConfig.for_model`): its prompt mode
     and AutoPPN decoding; ``points_per_side`` replaces the point grid of a model without an AutoPPN head (SAM's
-    32 → 3,072 candidate masks an image, matched one prompt batch at a time). Raises :class:`LiteSamError` when no scene has an instance, no pair reaches
-    ``min_precision``, or those that do recover nothing.
+    32 → 3,072 candidate masks an image, matched one prompt batch at a time). Raises :class:`LiteSamError`
+    when no scene has an instance, no pair reaches ``min_precision``, or those that do recover nothing.
     """
     if not 0.0 <= min_precision <= 1.0:
         raise ValueError(f"min_precision must be in [0, 1], got {min_precision}")
@@ -145,6 +146,10 @@ def calibrate(
                        generator.config.points_per_side)
 
 
+#: What :class:`Candidates` keeps of a SegEvery record once its mask is matched.
+_SCORES = ("predicted_iou", "stability_score", "proposal_score", "bbox")
+
+
 @dataclass(frozen=True)
 class Candidates:
     """One scene's open-filter SegEvery masks (M), reduced to what choosing a filter pair needs; the masks
@@ -168,12 +173,15 @@ class Candidates:
     def of(cls, batches: Iterable[list[dict]], truths: list[np.ndarray], ignored: list[np.ndarray]) -> Candidates:
         """From SegEvery's binary-mask records in batches (:meth:`SegEvery.candidates`; each batch's masks are
         matched, then dropped) and the scene's flattened instances and ignored areas."""
-        records, matched, inside = [], [np.zeros((0, len(truths)), dtype=bool)], [np.zeros((0, len(ignored)), dtype=bool)]
+        records: list[dict] = []
+        matched = [np.zeros((0, len(truths)), dtype=bool)]
+        inside = [np.zeros((0, len(ignored)), dtype=bool)]
         for batch in batches:
-            batch_matched, batch_inside = match_matrices([r["segmentation"].reshape(-1) for r in batch], truths, ignored)
+            masks = [r["segmentation"].reshape(-1) for r in batch]
+            batch_matched, batch_inside = match_matrices(masks, truths, ignored)
             matched.append(batch_matched)
             inside.append(batch_inside)
-            records += [{key: r[key] for key in ("predicted_iou", "stability_score", "proposal_score", "bbox")} for r in batch]
+            records += [{key: r[key] for key in _SCORES} for r in batch]
         scores = [1.0 if r["proposal_score"] is None else r["proposal_score"] for r in records]
         predicted_iou = np.array([r["predicted_iou"] for r in records], dtype=np.float32)
         return cls(
