@@ -36,7 +36,7 @@ from benchlib import header, set_threads
 from litesam.build import build_model
 from litesam.inference import load_average
 from litesam.train.config import TrainConfig
-from litesam.train.data import SegmentationDataset, cache_budget, collate_samples
+from litesam.train.data import SegmentationDataset, collate_samples
 from litesam.train.objective import training_losses
 from litesam.train.optim import build_optimizer
 from litesam.train.synthetic import synthetic_records
@@ -60,16 +60,8 @@ def main() -> None:
     config = TrainConfig(output_dir="unused", data="synthetic", variant="litesam_tiny")
     torch.manual_seed(config.seed)
     model = build_model("litesam_tiny", checkpoint=args.checkpoint).train()
-    dataset = SegmentationDataset(
-        synthetic_records(config.synthetic_images, config.synthetic_seed),
-        image_size=model.img_size,
-        stride=model.image_encoder.autoppn.stride,
-        max_masks=config.max_masks,
-        mask_scale=config.mask_scale,
-        prompts=config.prompts,
-        seed=config.seed,
-        cache_bytes=cache_budget(config.cache_mb, 0),
-    )
+    records = synthetic_records(config.synthetic_images, config.synthetic_seed)
+    dataset = SegmentationDataset.for_run(records, model, config, loader_workers=0)
     for index in range(len(dataset)):  # fill the cache: later reads are what a run's second epoch reads
         dataset[index]
     optimizer = build_optimizer(model, config.resolved_lr(), config.weight_decay, config.betas)

@@ -33,7 +33,7 @@ from ..modeling.autoppn import cell_centres
 from .autoppn_targets import AutoPPNTargets, build_autoppn_targets
 from ..transforms import ResizeLongestSide
 from .annotations import DatasetError, ImageRecord
-from .config import PromptConfig
+from .config import PromptConfig, TrainConfig
 from .synthetic import SyntheticRecord
 from .prompts import choose_point_prompts, jitter_boxes, sample_points
 
@@ -205,6 +205,27 @@ class SegmentationDataset(Dataset):
         self.transform = ResizeLongestSide(image_size)
         self.cache_left = cache_bytes
         self._prepared: dict[int, _Prepared] = {}
+
+    @classmethod
+    def for_run(
+        cls,
+        records: Sequence[ImageRecord | SyntheticRecord],
+        model: torch.nn.Module,
+        config: TrainConfig,
+        loader_workers: int,
+    ) -> SegmentationDataset:
+        """The dataset a training run of ``config`` reads: ``model``'s input side and AutoPPN stride, the run's
+        masks, prompts and seed, and its image-cache budget (:func:`cache_budget`)."""
+        return cls(
+            records,
+            image_size=model.img_size,
+            stride=model.image_encoder.autoppn.stride,
+            max_masks=config.max_masks,
+            mask_scale=config.mask_scale,
+            prompts=config.prompts,
+            seed=config.seed,
+            cache_bytes=cache_budget(config.cache_mb, loader_workers),
+        )
 
     def __len__(self) -> int:
         return len(self.records)

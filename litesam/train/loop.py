@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from ..build import build_model, load_sam_weights
 from .annotations import load_records
 from .config import TrainConfig
-from .data import SegmentationDataset, cache_budget, collate_samples
+from .data import SegmentationDataset, collate_samples
 from .objective import training_losses
 from .optim import build_optimizer, build_scheduler
 from .runtime import RunContext
@@ -72,16 +72,7 @@ def _train(config: TrainConfig, ctx: RunContext) -> dict:
     objective = ctx.wrap(_Objective(model, config))
     workers = config.workers()
 
-    dataset = SegmentationDataset(
-        records,
-        image_size=model.img_size,
-        stride=model.image_encoder.autoppn.stride,
-        max_masks=config.max_masks,
-        mask_scale=config.mask_scale,
-        prompts=config.prompts,
-        seed=config.seed,
-        cache_bytes=cache_budget(config.cache_mb, workers),
-    )
+    dataset = SegmentationDataset.for_run(records, model, config, workers)
     steps_per_epoch = ctx.steps_per_epoch(len(dataset), config.batch_size)
     total_steps = int(state["total_steps"]) if state is not None else config.total_steps(steps_per_epoch)
     stop_step = total_steps if config.stop_after is None else min(total_steps, config.stop_after)
