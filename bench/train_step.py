@@ -26,6 +26,7 @@ import argparse
 import math
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +66,9 @@ def main() -> None:
     for index in range(len(dataset)):  # fill the cache: later reads are what a run's second epoch reads
         dataset[index]
     optimizer = build_optimizer(model, config.resolved_lr(), config.weight_decay, config.betas)
-    def epoch(size: int):
+
+    def epoch(size: int) -> Iterator:
+        """A new shuffled pass over the dataset in batches of ``size``."""
         loader = DataLoader(dataset, batch_size=size, shuffle=True, collate_fn=collate_samples, drop_last=True)
         return iter(loader)
 
