@@ -123,24 +123,29 @@ class ModelService:
         torch.set_num_threads(self._settings.torch_threads)
         started = time.perf_counter()
         try:
-            model = build_model(variant, checkpoint=checkpoint.path, device=self._settings.device, fuse=True)
+            model = build_model(variant, checkpoint=checkpoint.path, device=self._settings.device)
         except CheckpointError as exc:
             raise ConfigurationError(f"cannot load the checkpoint: {exc}") from None
         except (RuntimeError, ValueError) as exc:  # e.g. an unavailable LITESAM_DEVICE
             raise ConfigurationError(f"cannot build the model on {self._settings.device!r}: {exc}") from None
         try:
-            precision = apply_precision(model, self._settings.precision)
-        except ValueError as exc:  # bf16 asked for where torch has no bf16 kernels
-            raise ConfigurationError(f"LITESAM_PRECISION: {exc}") from None
+            precision = apply_precision(
+                model, self._settings.precision, self._settings.encoder_runtime, fuse=True,
+                streams=self._settings.inference_concurrency, cache_dir=self._settings.cache_dir,
+            )
+        except ValueError as exc:  # bf16 where torch has no bf16 kernels; openvino where it cannot run
+            raise ConfigurationError(f"LITESAM_PRECISION / LITESAM_ENCODER_RUNTIME: {exc}") from None
         filters = model.segevery_filters
         logger.info(
-            "loaded %s (%s) from %s on %s in %.1f s; %s path, %d inference(s) at once; SegEvery filters %s; %s",
+            "loaded %s (%s) from %s on %s in %.1f s; %s path, %s encoder, %d inference(s) at once; "
+            "SegEvery filters %s; %s",
             model_version_string(variant, checkpoint.sha256),
             get_variant(variant).title,
             checkpoint.path.name,
             self._settings.device,
             time.perf_counter() - started,
             precision,
+            model.encoder_runtime,
             self._settings.inference_concurrency,
             "SAM's (none calibrated: litesam calibrate)" if filters is None else
             f"calibrated {filters['pred_iou_thresh']} / {filters['stability_score_thresh']}",

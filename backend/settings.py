@@ -30,6 +30,10 @@ LITESAM_INFERENCE_SLOTS        cores ÷ (workers × torch     inferences one pro
                                threads), at least 1         (so threads never oversubscribe the cores)
 LITESAM_PRECISION              fp32                         fp32, bf16 or auto (litesam.inference: bf16 where
                                                             the CPU has native bf16 and measures it faster)
+LITESAM_ENCODER_RUNTIME        auto                         torch, openvino or auto (litesam.inference: OpenVINO
+                                                            on the bf16 path when the openvino package is
+                                                            installed; its converted encoder is kept in
+                                                            LITESAM_CACHE_DIR/openvino)
 LITESAM_FP32_KERNEL            auto                         mkl, onednn or auto: the float32 kernel of inference
                                                             (litesam.kernels reads it; auto: oneDNN where a
                                                             start-up probe measures it ≥ 1.2× MKL)
@@ -117,6 +121,7 @@ class Settings:
     torch_threads: int = 1
     inference_slots: int | None = None
     precision: str = "fp32"
+    encoder_runtime: str = "auto"
     fp32_kernel: str = "auto"
     basic_auth_user: str | None = None
     basic_auth_pass: Secret | None = None
@@ -175,6 +180,9 @@ class Settings:
             torch_threads=env.int("LITESAM_TORCH_THREADS", defaults.torch_threads, minimum=1),
             inference_slots=env.int("LITESAM_INFERENCE_SLOTS", None, minimum=1),
             precision=_precision(env.str("LITESAM_PRECISION") or defaults.precision),
+            encoder_runtime=_choice(
+                env.str("LITESAM_ENCODER_RUNTIME") or defaults.encoder_runtime, "LITESAM_ENCODER_RUNTIME", _RUNTIMES
+            ),
             fp32_kernel=_choice(
                 env.str("LITESAM_FP32_KERNEL") or defaults.fp32_kernel, "LITESAM_FP32_KERNEL", _KERNELS
             ),
@@ -221,9 +229,10 @@ class Settings:
         return sorted({v for v in values if v})
 
 
-#: ``litesam.inference.PRECISIONS`` and ``litesam.kernels.KERNELS``, spelled out so that reading settings does
-#: not import torch.
+#: ``litesam.inference.PRECISIONS``, ``litesam.inference.RUNTIMES`` and ``litesam.kernels.KERNELS``, spelled out
+#: so that reading settings does not import torch.
 _PRECISIONS = ("fp32", "bf16", "auto")
+_RUNTIMES = ("torch", "openvino", "auto")
 _KERNELS = ("mkl", "onednn", "auto")
 
 

@@ -18,10 +18,14 @@ Backends (each skipped with its reason when its package is missing or its conver
 * ``onnxruntime``: ``torch.onnx.export`` (opset 18) run by ONNX Runtime's CPU execution provider, all graph
   optimisations, one intra-op and one inter-op thread;
 * ``openvino``: the same ONNX file read by OpenVINO's CPU plugin: one stream, one thread, latency hint and an
-  explicit ``f32`` inference precision (OpenVINO would take bf16 on a CPU that has it).
+  explicit ``f32`` inference precision (OpenVINO would take bf16 on a CPU that has it);
+* ``torch-bf16``: the library's own bf16 path (``litesam.inference.apply_precision(model, "bf16")``: the
+  encoder and the decoder's upscaling in bfloat16), skipped where the CPU has no native bf16;
+* ``openvino-bf16``: OpenVINO with inference precision ``bf16`` (skipped where it does not take it).
 
 Parity against torch eager, per graph: the largest absolute difference of each output divided by the largest
-absolute value of torch's output ("rel. max diff"; fp32 paths must stay within 1e-4), and for the encoder
+absolute value of torch's output ("rel. max diff"; fp32 paths must stay within 1e-4; the bf16 backends are
+held to the mask IoU instead, as the library's bf16 rule is), and for the encoder
 the IoU of a click's three low-resolution masks (logits > 0) decoded by the torch decoder from each backend's
 embedding against torch's own (the smallest of the three); for the decoders the IoU of their masks.
 
@@ -48,14 +52,16 @@ from torch import nn
 
 from benchlib import header, interleaved_timings, ms, set_threads
 from litesam.build import build_model
-from litesam.inference import load_average
+from litesam.inference import apply_precision, cpu_report, load_average
 from litesam.modeling.lite_sam import LiteSAM
 from segevery import synthetic_image
 from litesam.transforms import ResizeLongestSide
 
-BACKENDS = ("torch", "jit-freeze", "compile", "onnxruntime", "openvino")
+BACKENDS = ("torch", "jit-freeze", "compile", "onnxruntime", "openvino", "torch-bf16", "openvino-bf16")
 #: Backends that run an exported ONNX file (of ``--export-from``'s build).
-ONNX_BACKENDS = ("onnxruntime", "openvino")
+ONNX_BACKENDS = ("onnxruntime", "openvino", "openvino-bf16")
+#: Backends that compute in bfloat16: parity is their masks' IoU, not the fp32 tolerance.
+BF16_BACKENDS = ("torch-bf16", "openvino-bf16")
 #: ``torch.onnx.export``'s exporter: "dynamo" (torch.export) or "torchscript" (tracing); set by ``--exporter``.
 EXPORTER = "dynamo"
 #: fp32 parity: every output's max abs difference from torch eager, relative to its max abs value.
@@ -174,7 +180,7 @@ def onnxruntime_session(graph: nn.Module, inputs: Outputs, folder: Path) -> Call
     return lambda: tuple(torch.from_numpy(out) for out in session.run(None, feeds))
 
 
-def openvino_model(graph: nn.Module, inputs: Outputs, folder: Path) -> Callable[[], Outputs]:
+def openvino_model(graph: nn.Module, inputs: Outputs, folder: Path, precision: str = "f32") -> Callable[[], Outputs]:
     if importlib.util.find_spec("openvino") is None:
         raise SkipBackend("openvino not installed")
     import openvino as ov
@@ -184,12 +190,12 @@ def openvino_model(graph: nn.Module, inputs: Outputs, folder: Path) -> Callable[
         "PERFORMANCE_HINT": "LATENCY",
         "NUM_STREAMS": "1",
         "INFERENCE_NUM_THREADS": "1",
-        "INFERENCE_PRECISION_HINT": "f32",
+        "INFERENCE_PRECISION_HINT": precision,
     }
     compiled = ov.Core().compile_model(str(path), "CPU", config)
-    precision = compiled.get_property("INFERENCE_PRECISION_HINT")
-    if str(precision).lower() not in ("f32", "<type: 'float32'>", "float32") and "f32" not in str(precision):
-        raise SkipBackend(f"OpenVINO took inference precision {precision}, not f32")
+    taken = str(compiled.get_property("INFERENCE_PRECISION_HINT")).lower()  # e.g. "<type: 'bfloat16'>"
+    if not any(name in taken for name in {"f32": ("f32", "float32"), "bf16": ("bf16", "bfloat16")}[precision]):
+        raise SkipBackend(f"OpenVINO took inference precision {taken}, not {precision}")
     request = compiled.create_infer_request()
     feeds = [value.numpy() for value in inputs]
 
@@ -200,12 +206,27 @@ def openvino_model(graph: nn.Module, inputs: Outputs, folder: Path) -> Callable[
     return run
 
 
+def openvino_bf16(graph: nn.Module, inputs: Outputs, folder: Path) -> Callable[[], Outputs]:
+    if not cpu_report().bf16_native:
+        raise SkipBackend("this CPU has no native bf16 (avx512_bf16 / amx_bf16)")
+    return openvino_model(graph, inputs, folder, precision="bf16")
+
+
+def torch_bf16(graph: nn.Module, inputs: Outputs, folder: Path) -> Callable[[], Outputs]:
+    """``graph`` is already the bf16 model's (``bench_graph`` passes it); skipped without native bf16."""
+    if not cpu_report().bf16_native:
+        raise SkipBackend("this CPU has no native bf16 (avx512_bf16 / amx_bf16)")
+    return lambda: graph(*inputs)
+
+
 MAKERS = {
     "torch": torch_eager,
     "jit-freeze": jit_freeze,
     "compile": inductor,
     "onnxruntime": onnxruntime_session,
     "openvino": openvino_model,
+    "torch-bf16": torch_bf16,
+    "openvino-bf16": openvino_bf16,
 }
 
 
@@ -239,10 +260,10 @@ def click_iou(model: LiteSAM, embedding: torch.Tensor, reference: torch.Tensor) 
 
 
 def bench_graph(title: str, graph: nn.Module, inputs: Outputs, backends: list[str], rounds: int, model: LiteSAM,
-                folder: Path, exported: nn.Module) -> dict[str, tuple[float, float]]:
+                folder: Path, exported: nn.Module, bf16: nn.Module) -> dict[str, tuple[float, float]]:
     """Set up every backend for ``graph`` (the ONNX ones from ``exported``, the same graph of the build
-    ``--export-from`` names), check parity against torch eager on ``graph``, time them interleaved; print and
-    return {backend: (wall s, CPU s)}."""
+    ``--export-from`` names; ``torch-bf16`` runs ``bf16``, the same graph of the bf16 model), check parity
+    against torch eager on ``graph``, time them interleaved; print and return {backend: (wall s, CPU s)}."""
     print(f"\n{title} — {load_average()}")
     reference = graph(*inputs)
     runners: dict[str, Callable[[], Outputs]] = {}
@@ -250,7 +271,8 @@ def bench_graph(title: str, graph: nn.Module, inputs: Outputs, backends: list[st
     for name in backends:
         start = time.perf_counter()
         try:
-            runner = MAKERS[name](exported if name in ONNX_BACKENDS else graph, inputs, folder)
+            source = exported if name in ONNX_BACKENDS else bf16 if name == "torch-bf16" else graph
+            runner = MAKERS[name](source, inputs, folder)
             outputs = runner()
         except SkipBackend as skipped:
             print(f"  {name:<12} skipped: {skipped}")
@@ -260,7 +282,7 @@ def bench_graph(title: str, graph: nn.Module, inputs: Outputs, backends: list[st
             continue
         setup = time.perf_counter() - start
         diff = relative_max_diff(outputs, reference)
-        if diff > PARITY_TOLERANCE:
+        if diff > PARITY_TOLERANCE and name not in BF16_BACKENDS:
             failed.add(name)
         parity = f"rel. max diff {diff:.1e}"
         if title.startswith("encoder"):
@@ -308,20 +330,26 @@ def main() -> None:
             model = build_model(variant, fuse=True)
             torch.manual_seed(0)
             source = build_model(variant, fuse=args.export_from == "fused")  # the same random weights
+            torch.manual_seed(0)
+            bf16_model = build_model(variant, fuse=True)
+            if "torch-bf16" in args.backends and cpu_report().bf16_native:
+                apply_precision(bf16_model, "bf16")
             x = encoder_input(model)
             embedding = model.image_encoder(x)[0]
             graphs = {
-                "encoder": (EncoderGraph(model).eval(), (x,), EncoderGraph(source).eval()),
-                "click": (DecoderGraph(model).eval(), (embedding, prompt_tokens(model, 1)), DecoderGraph(source)),
-                "batch": (DecoderGraph(model).eval(), (embedding, prompt_tokens(model, 32)), DecoderGraph(source)),
+                "encoder": (EncoderGraph(model).eval(), (x,), EncoderGraph(source), EncoderGraph(bf16_model)),
+                "click": (DecoderGraph(model).eval(), (embedding, prompt_tokens(model, 1)), DecoderGraph(source),
+                          DecoderGraph(bf16_model)),
+                "batch": (DecoderGraph(model).eval(), (embedding, prompt_tokens(model, 32)), DecoderGraph(source),
+                          DecoderGraph(bf16_model)),
             }
             titles = {"encoder": "encoder", "click": "decoder, 1 click", "batch": "decoder, 32 prompts"}
             for key in args.graphs:
-                graph, inputs, exported = graphs[key]
+                graph, inputs, exported, bf16 = graphs[key]
                 folder = Path(tmp) / f"{variant}-{key}"
                 folder.mkdir()
                 bench_graph(f"{titles[key]} ({variant})", graph, inputs, args.backends, args.rounds, model, folder,
-                            exported.eval())
+                            exported.eval(), bf16.eval())
                 torch._dynamo.reset()
 
 

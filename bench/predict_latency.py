@@ -177,6 +177,7 @@ def bench_variant(name: str, checkpoint: Path, variant: str, args: argparse.Name
         "LABEL_STUDIO_API_KEY": "bench-legacy-token",
         "LITESAM_TORCH_THREADS": str(args.torch_threads),
         "LITESAM_PRECISION": args.precision,
+        "LITESAM_ENCODER_RUNTIME": args.encoder_runtime,
         "LOG_LEVEL": "WARNING",
         "LITESAM_CACHE_DIR": str(workdir / "cache"),
     }
@@ -221,6 +222,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=4, help="gunicorn threads (1 worker)")
     parser.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads in the backend")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"), help="LITESAM_PRECISION")
+    parser.add_argument("--encoder-runtime", default="auto", choices=("torch", "openvino", "auto"),
+                        help="LITESAM_ENCODER_RUNTIME")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/12", help="flushed before and after")
     parser.add_argument("--json", action="store_true", help="print the results as JSON only")
     args = parser.parse_args()
@@ -245,7 +248,7 @@ def main() -> None:
     print(header(f"bench/predict_latency.py: {weights}"))
     print(
         f"backend: 1 gunicorn worker × {args.threads} threads, {args.torch_threads} torch thread(s) per inference, "
-        f"LITESAM_PRECISION={args.precision}; one click = POST /predict over HTTP, {WIDTH}×{HEIGHT} JPEG, "
+        f"LITESAM_PRECISION={args.precision}, LITESAM_ENCODER_RUNTIME={args.encoder_runtime}; one click = POST /predict over HTTP, {WIDTH}×{HEIGHT} JPEG, "
         "keypoint → brush RLE; a warm click on a Label Studio upload needs no download"
     )
     print(f"1-minute load average before / after the run: {load_before:.2f} / {load_after:.2f}; {load_average()}")

@@ -6,7 +6,8 @@ Candidates and references run interleaved (``bench/benchlib.py``) and are report
 
 * inference paths, each against ``fp32 mkl`` (the fused fp32 model on torch's default MKL kernel): the same
   model on oneDNN's float32 kernel (``litesam/kernels.py``) and the ``bf16`` path (``litesam/inference.py``)
-  where this CPU has bf16 kernels; and the fused encoder against the library's own ``fuse=False`` build;
+  where this CPU has bf16 kernels, with torch's encoder and, where ``openvino`` is installed, OpenVINO's
+  (``bf16 openvino``: what ``auto`` serves there); and the fused encoder against the library's own ``fuse=False`` build;
 * one click: one point, best of 3 masks, upscaled to 1024×1024 (what the backend does);
 * SegEvery with N kept masks (``--kept 0 50 100``): random weights propose nothing above AutoPPN's threshold
   and keep almost nothing through SAM's filters, while trained weights keep ~50 masks per image. So the
@@ -43,6 +44,7 @@ from litesam.build import build_model
 from litesam.variants import VARIANTS
 from litesam.everything import SegEvery
 from litesam.inference import apply_precision, cpu_report, load_average
+from litesam.openvino_encoder import openvino_version
 from backend.labelstudio.brush_rle import mask_to_brush_rle
 from litesam.masks import batched_mask_to_box, box_nms
 from litesam.postprocess import mask_area_and_box, mask_upscaler
@@ -91,6 +93,11 @@ def bench_variant(variant: str, image: np.ndarray, kept: list[int], rounds: int,
         bf16_model = copy.deepcopy(fused)
         apply_precision(bf16_model, "bf16")
         paths["bf16"] = (bf16_model, kernels.fp32_kernel())  # its float32 parts on this CPU's kernel
+        if openvino_version() is not None:
+            torch.manual_seed(0)
+            openvino_model = build_model(variant)  # OpenVINO converts the unfused encoder
+            apply_precision(openvino_model, "bf16", "openvino")
+            paths["bf16 openvino"] = (openvino_model, kernels.fp32_kernel())
     point = (np.array([[512.0, 384.0]]), np.array([1]))
 
     def on(kernel: str, run: Callable[[], object]) -> Callable[[], object]:

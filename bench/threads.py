@@ -8,6 +8,7 @@ a second process beside the child that keeps one core busy with float32 matrix p
 SegEvery, another gunicorn process's encoder).
 
     python bench/threads.py [--variant litesam_r640] [--kept 50] [--rounds 3] [--precision fp32]
+                            [--encoder-runtime torch]
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ CONFIGS = {
 BUSY = "import torch\ntorch.set_num_threads(1)\na = torch.randn(512, 512)\nwhile True:\n    a @ a\n"
 
 
-def child(variant: str, kept: int, threads: int, precision: str) -> None:
+def child(variant: str, kept: int, threads: int, precision: str, runtime: str) -> None:
     """Measure once in this process and print one JSON line (seconds)."""
     import numpy as np
     import torch
@@ -42,8 +43,8 @@ def child(variant: str, kept: int, threads: int, precision: str) -> None:
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = build_model(variant, fuse=True)
-    apply_precision(model, precision)
+    model = build_model(variant)
+    apply_precision(model, precision, runtime, fuse=True)
     image = synthetic_image()
     predictor = LiteSamPredictor(model)
     predictor.set_image(image)
@@ -66,16 +67,17 @@ def main() -> None:
     parser.add_argument("--kept", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"))
+    parser.add_argument("--encoder-runtime", default="torch", choices=("torch", "openvino", "auto"))
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)  # internal: threads of a child run
     args = parser.parse_args()
     if args.child is not None:
-        child(args.variant, args.kept, args.child, args.precision)
+        child(args.variant, args.kept, args.child, args.precision, args.encoder_runtime)
         return
     from benchlib import header
     from litesam.inference import load_average
 
     print(header(f"bench/threads.py: RANDOM WEIGHTS, {args.variant}, SegEvery with {args.kept} kept masks, "
-                 f"{args.precision}"))
+                 f"{args.precision}, {args.encoder_runtime} encoder"))
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
     for _ in range(args.rounds):
         for load in ("quiet", "co-load"):
@@ -83,7 +85,8 @@ def main() -> None:
             try:
                 for name, config in CONFIGS.items():
                     command = [sys.executable, __file__, "--child", str(config["threads"]), "--variant", args.variant,
-                               "--kept", str(args.kept), "--precision", args.precision]
+                               "--kept", str(args.kept), "--precision", args.precision,
+                               "--encoder-runtime", args.encoder_runtime]
                     env = {**os.environ, **config["env"]}
                     out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
                     results.setdefault((load, name), []).append(json.loads(out.strip().splitlines()[-1]))

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import backend.model_service as model_module
 from backend.checkpoint import resolve_checkpoint
@@ -162,8 +163,22 @@ def test_inference_slots_bound_concurrent_inferences(checkpoint):
 def test_the_model_is_put_on_the_configured_inference_path(checkpoint):
     service = ModelService(Settings(checkpoint=checkpoint, variant="litesam_tiny", precision="fp32"))
     assert service.model().inference_precision == "fp32"
+    assert service.model().encoder_runtime == "torch" and service.model().image_encoder.backbone.fused
     auto = ModelService(Settings(checkpoint=checkpoint, variant="litesam_tiny", precision="auto"))
     assert auto.model().inference_precision in ("fp32", "bf16")
+    # On the bf16 path (where this CPU has it) auto's encoder is OpenVINO's, else torch's fused one.
+    expected = "openvino" if auto.model().inference_precision == "bf16" else "torch"
+    assert auto.model().encoder_runtime == expected
+
+
+def test_the_encoder_runtime_setting_is_served_and_logged(checkpoint, tmp_path, caplog):
+    with caplog.at_level("INFO", logger=model_module.__name__):
+        model = ModelService(Settings(checkpoint=checkpoint, variant="litesam_tiny", precision="fp32",
+                                      encoder_runtime="openvino", cache_dir=tmp_path)).model()
+    assert model.encoder_runtime == "openvino" and list((tmp_path / "openvino").glob("*.xml"))
+    assert "fp32 path, openvino encoder" in caplog.text
+    with pytest.raises(ConfigurationError, match="LITESAM_ENCODER_RUNTIME: runtime openvino: .*engine"):
+        ModelService(Settings(checkpoint=_engine_checkpoint(tmp_path), encoder_runtime="openvino")).model()
 
 
 def test_the_served_model_carries_the_checkpoints_filters_and_the_load_log_names_them(checkpoint, caplog):
@@ -177,3 +192,11 @@ def test_the_served_model_carries_the_checkpoints_filters_and_the_load_log_names
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded ")]
     assert "SegEvery filters calibrated 0.8 / 0.85" in lines[0]
     assert "SegEvery filters SAM's (none calibrated: litesam calibrate)" in lines[1]
+
+
+def _engine_checkpoint(folder: Path) -> str:
+    """A random-weight ``sam_vit_tiny`` checkpoint (an engine: no Lite-SAM encoder for OpenVINO)."""
+    from litesam.build import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    return str(save_checkpoint(build_model("sam_vit_tiny"), folder / "engine.pt", "sam_vit_tiny"))

@@ -169,3 +169,14 @@ def test_fp32_kernel_choices_are_the_librarys():
     from litesam.kernels import KERNELS
 
     assert _KERNELS == KERNELS
+
+
+def test_encoder_runtime_is_checked_when_settings_are_read():
+    from backend.settings import _RUNTIMES
+    from litesam.inference import RUNTIMES
+
+    assert _RUNTIMES == RUNTIMES
+    assert Settings.from_env({}).encoder_runtime == "auto"
+    assert Settings.from_env({"LITESAM_ENCODER_RUNTIME": "OpenVINO"}).encoder_runtime == "openvino"
+    with pytest.raises(ConfigurationError, match="LITESAM_ENCODER_RUNTIME must be one of torch, openvino, auto"):
+        Settings.from_env({"LITESAM_ENCODER_RUNTIME": "onnx"})

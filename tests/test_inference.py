@@ -102,15 +102,18 @@ def test_bf16_path_keeps_float32_interfaces_and_near_fp32_outputs():
 
 
 @pytest.mark.slow
-def test_bf16_click_masks_keep_mean_iou_099_with_fp32_at_r640():
+@pytest.mark.parametrize("runtime", ["torch", "openvino"])
+def test_bf16_click_masks_keep_mean_iou_099_with_fp32_at_r640(runtime):
     torch.manual_seed(0)
     reference = build_model("litesam_r640", fuse=True)
-    model = copy.deepcopy(reference)
+    torch.manual_seed(0)
+    model = build_model("litesam_r640")  # the same weights, unfused: each runtime starts from it
     if not _bf16_available():
         with pytest.raises(ValueError, match="oneDNN bf16"):
-            apply_precision(model, "bf16")
+            apply_precision(model, "bf16", runtime, fuse=True)
         return
-    apply_precision(model, "bf16")
+    apply_precision(model, "bf16", runtime, fuse=True)
+    assert model.encoder_runtime == runtime
     ious = []
     for (height, width), seed in PARITY_IMAGES:
         image = synthetic_image(height, width, seed=seed)
