@@ -1,8 +1,8 @@
 """Lite-SAM's image embedding (LiteViT backbone + neck) compiled by OpenVINO's CPU plugin.
 
-Chosen by measurement (``bench/backends.py``, README "Inference backends"): on an AMD EPYC Zen 4 with
-AVX512_BF16 at one thread, OpenVINO 2026.4 in bf16 ran the r640 encoder 1.44× faster than torch's own bf16
-path (250 against 360 ms; r1024 736 against 1,068 ms) and 2.1× faster than torch fp32, keeping closer to the
+Chosen by measurement (``bench/backends.py``, README "OpenVINO encoder on the bf16 path"): on an AMD EPYC
+Zen 4 with AVX512_BF16 at one thread, OpenVINO 2026.4 in bf16 ran the r640 encoder 1.44× faster than torch's
+own bf16 path (250 against 360 ms; r1024 736 against 1,068 ms) and 2.1× faster than torch fp32, keeping closer to the
 fp32 embedding than torch's bf16 path does (relative max difference 7.6e-3 against 1.0e-2); in f32 it was
 only 1.15–1.19× faster than torch, below the 1.3× that a second inference path has to earn, so
 :mod:`litesam.inference` takes it for bf16 only unless asked for explicitly.
@@ -11,9 +11,10 @@ The graph is converted from the *unfused* encoder (OpenVINO folds the normalisat
 build's chunked layers convert into a slower graph) for one 1×3×S×S image, through ONNX (torch's TorchScript
 exporter, which needs the ``onnx`` package): OpenVINO's own PyTorch front end gave a graph with run-time
 shape arithmetic and fewer fused element-wise subgraphs that ran slower (r640 bf16: 304 against 237 ms, same
-process). A batch of B images runs image by image. The export costs 3–15 s (r640–r1024); with a cache folder
-the converted model is written there once (named by a hash of the weights, the encoder's source code and the
-library versions) and later processes read it in well under a second. AutoPPN is not converted: it stays a
+process). A batch of B images runs image by image. Export and compilation cost 3.1 / 3.8 s (r640 / r1024, one
+thread, Zen 4); with a cache folder the converted model is written there once (named by a hash of the
+weights, the encoder's source code and the library versions) and later processes read and compile it in
+0.4–0.5 s. AutoPPN is not converted: it stays a
 float32 torch module reading the float32 embedding, as on torch's bf16 path.
 """
 
