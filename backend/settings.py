@@ -19,7 +19,8 @@ LITESAM_CACHE_REDIS_URL        REDIS_URL                    embedding cache; giv
 LITESAM_CHECKPOINT             (none)                       checkpoint path, or http(s) URL downloaded once
                                                             into LITESAM_CACHE_DIR
 LITESAM_CHECKPOINT_SHA256      (none)                       expected sha256 of the checkpoint file (checked)
-LITESAM_CACHE_DIR              ~/.cache/litesam             where downloaded checkpoints are kept
+LITESAM_CACHE_DIR              ~/.cache/litesam             where downloaded checkpoints (and OpenVINO's
+                                                            converted encoder) are kept
 LITESAM_VARIANT                (from the checkpoint)        model variant (litesam_r640, sam_vit_b, mobile_sam, …);
                                                             when set, the checkpoint must hold it
 LITESAM_DEVICE                 cpu                          torch device (cpu, cuda, cuda:1, …)
@@ -30,9 +31,9 @@ LITESAM_INFERENCE_SLOTS        cores ÷ (workers × torch     inferences one pro
                                threads), at least 1         (so threads never oversubscribe the cores)
 LITESAM_PRECISION              fp32                         fp32, bf16 or auto (litesam.inference: bf16 where
                                                             the CPU has native bf16 and measures it faster)
-LITESAM_ENCODER_RUNTIME        auto                         torch, openvino or auto (litesam.inference: OpenVINO
-                                                            on the bf16 path when the openvino package is
-                                                            installed; its converted encoder is kept in
+LITESAM_ENCODER_RUNTIME        auto                         torch, openvino or auto (litesam.inference:
+                                                            OpenVINO on the bf16 path where installed;
+                                                            its converted encoder is kept in
                                                             LITESAM_CACHE_DIR/openvino)
 LITESAM_FP32_KERNEL            auto                         mkl, onednn or auto: the float32 kernel of inference
                                                             (litesam.kernels reads it; auto: oneDNN where a
@@ -181,7 +182,9 @@ class Settings:
             inference_slots=env.int("LITESAM_INFERENCE_SLOTS", None, minimum=1),
             precision=_precision(env.str("LITESAM_PRECISION") or defaults.precision),
             encoder_runtime=_choice(
-                env.str("LITESAM_ENCODER_RUNTIME") or defaults.encoder_runtime, "LITESAM_ENCODER_RUNTIME", _RUNTIMES
+                env.str("LITESAM_ENCODER_RUNTIME") or defaults.encoder_runtime,
+                "LITESAM_ENCODER_RUNTIME",
+                _RUNTIMES,
             ),
             fp32_kernel=_choice(
                 env.str("LITESAM_FP32_KERNEL") or defaults.fp32_kernel, "LITESAM_FP32_KERNEL", _KERNELS
@@ -229,8 +232,8 @@ class Settings:
         return sorted({v for v in values if v})
 
 
-#: ``litesam.inference.PRECISIONS``, ``litesam.inference.RUNTIMES`` and ``litesam.kernels.KERNELS``, spelled out
-#: so that reading settings does not import torch.
+#: ``litesam.inference.PRECISIONS`` and ``RUNTIMES`` and ``litesam.kernels.KERNELS``, spelled out so that
+#: reading settings does not import torch.
 _PRECISIONS = ("fp32", "bf16", "auto")
 _RUNTIMES = ("torch", "openvino", "auto")
 _KERNELS = ("mkl", "onednn", "auto")

@@ -180,7 +180,9 @@ def onnxruntime_session(graph: nn.Module, inputs: Outputs, folder: Path) -> Call
     return lambda: tuple(torch.from_numpy(out) for out in session.run(None, feeds))
 
 
-def openvino_model(graph: nn.Module, inputs: Outputs, folder: Path, precision: str = "f32") -> Callable[[], Outputs]:
+def openvino_model(
+    graph: nn.Module, inputs: Outputs, folder: Path, precision: str = "f32"
+) -> Callable[[], Outputs]:
     if importlib.util.find_spec("openvino") is None:
         raise SkipBackend("openvino not installed")
     import openvino as ov
@@ -194,7 +196,8 @@ def openvino_model(graph: nn.Module, inputs: Outputs, folder: Path, precision: s
     }
     compiled = ov.Core().compile_model(str(path), "CPU", config)
     taken = str(compiled.get_property("INFERENCE_PRECISION_HINT")).lower()  # e.g. "<type: 'bfloat16'>"
-    if not any(name in taken for name in {"f32": ("f32", "float32"), "bf16": ("bf16", "bfloat16")}[precision]):
+    names = {"f32": ("f32", "float32"), "bf16": ("bf16", "bfloat16")}[precision]
+    if not any(name in taken for name in names):
         raise SkipBackend(f"OpenVINO took inference precision {taken}, not {precision}")
     request = compiled.create_infer_request()
     feeds = [value.numpy() for value in inputs]

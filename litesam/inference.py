@@ -24,8 +24,8 @@ masks; single masks go down to about 0.97.
 The encoder's runtime (``runtime``): ``torch`` (the modules above) or ``openvino``
 (:mod:`litesam.openvino_encoder`: the backbone and neck compiled by OpenVINO's CPU plugin in the chosen
 precision; AutoPPN and the decoder stay torch). ``auto`` takes OpenVINO when the path is ``bf16``, the
-``openvino`` package is installed and the model is an unfused Lite-SAM (engines keep torch): on an AMD Zen 4
-its bf16 encoder ran 1.44× faster than torch's bf16 one and kept closer to fp32; its f32 encoder was only
+``openvino`` and ``onnx`` packages are installed and the model is an unfused Lite-SAM (engines keep torch):
+on an AMD Zen 4 its bf16 encoder ran 1.44× faster than torch's bf16 one and kept closer to fp32; its f32 encoder was only
 1.15–1.19× faster than torch's, below the 1.3× a second path has to earn, so fp32 stays torch unless
 ``openvino`` is asked for (then its f32 embedding equals torch's within 1e-4, tested).
 
@@ -175,7 +175,8 @@ def choose_runtime(requested: str, precision: Precision, model: LiteSAM) -> Runt
         raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {requested!r}")
     encoder = model.image_encoder
     unfit = (
-        "the openvino package is not installed" if openvino_version() is None
+        "openvino and onnx are not installed (pip install -r requirements-openvino.txt)"
+        if openvino_version() is None
         else "it compiles Lite-SAM's encoder only, not an engine's" if not isinstance(encoder, ImageEncoder)
         else "the encoder is fused (build the model with fuse=False)" if encoder.backbone.fused
         else "the model is not on the CPU" if model.device.type != "cpu"
@@ -225,8 +226,9 @@ def apply_precision(model: LiteSAM, precision: str = "auto", runtime: str = "tor
             model.image_encoder.fuse_for_inference()
         if chosen == "bf16":
             _compute_in(model.image_encoder, torch.bfloat16)
-            if model.image_encoder.autoppn is not None:  # engines (SAM ViT, TinyViT) may have no AutoPPN head
-                _compute_in(model.image_encoder.autoppn, torch.float32)  # proposals read the float32 embedding
+            autoppn = model.image_encoder.autoppn  # engines (SAM ViT, TinyViT) may have no AutoPPN head
+            if autoppn is not None:
+                _compute_in(autoppn, torch.float32)  # proposals read the float32 embedding
     if chosen == "bf16":
         model.mask_decoder.output_upscaling.to(torch.bfloat16)  # the decoder casts to its weights' dtype
     model.inference_precision = chosen

