@@ -1,6 +1,7 @@
-"""The inference path: the number format the encoder and mask decoder compute in, chosen from this CPU.
+"""The inference path: the number format the encoder and mask decoder compute in, chosen from this CPU, and
+what runs the encoder.
 
-Two paths exist, both plain torch (the measured alternatives are in the README's benchmark section):
+Two number formats exist (the measured alternatives are in the README's benchmark section):
 
 - ``fp32`` (the default and the fallback): the model as built; outputs are the torch model's own. Its
   linear layers run on the float32 kernel :mod:`litesam.kernels` picks for this CPU (oneDNN's AVX-512
