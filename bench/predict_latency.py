@@ -248,7 +248,8 @@ def main() -> None:
     print(header(f"bench/predict_latency.py: {weights}"))
     print(
         f"backend: 1 gunicorn worker × {args.threads} threads, {args.torch_threads} torch thread(s) per inference, "
-        f"LITESAM_PRECISION={args.precision}, LITESAM_ENCODER_RUNTIME={args.encoder_runtime}; one click = POST /predict over HTTP, {WIDTH}×{HEIGHT} JPEG, "
+        f"LITESAM_PRECISION={args.precision}, LITESAM_ENCODER_RUNTIME={args.encoder_runtime}; "
+        f"one click = POST /predict over HTTP, {WIDTH}×{HEIGHT} JPEG, "
         "keypoint → brush RLE; a warm click on a Label Studio upload needs no download"
     )
     print(f"1-minute load average before / after the run: {load_before:.2f} / {load_after:.2f}; {load_average()}")

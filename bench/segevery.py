@@ -7,7 +7,8 @@ Candidates and references run interleaved (``bench/benchlib.py``) and are report
 * inference paths, each against ``fp32 mkl`` (the fused fp32 model on torch's default MKL kernel): the same
   model on oneDNN's float32 kernel (``litesam/kernels.py``) and the ``bf16`` path (``litesam/inference.py``)
   where this CPU has bf16 kernels, with torch's encoder and, where ``openvino`` is installed, OpenVINO's
-  (``bf16 openvino``: what ``auto`` serves there); and the fused encoder against the library's own ``fuse=False`` build;
+  (``bf16 openvino``: what ``auto`` serves there); and the fused encoder against the library's own
+  ``fuse=False`` build;
 * one click: one point, best of 3 masks, upscaled to 1024×1024 (what the backend does);
 * SegEvery with N kept masks (``--kept 0 50 100``): random weights propose nothing above AutoPPN's threshold
   and keep almost nothing through SAM's filters, while trained weights keep ~50 masks per image. So the

@@ -26,9 +26,9 @@ The encoder's runtime (``runtime``): ``torch`` (the modules above) or ``openvino
 (:mod:`litesam.openvino_encoder`: the backbone and neck compiled by OpenVINO's CPU plugin in the chosen
 precision; AutoPPN and the decoder stay torch). ``auto`` takes OpenVINO when the path is ``bf16``, the
 ``openvino`` and ``onnx`` packages are installed and the model is an unfused Lite-SAM (engines keep torch):
-on an AMD Zen 4 its bf16 encoder ran 1.44× faster than torch's bf16 one and kept closer to fp32; its f32 encoder was only
-1.15–1.19× faster than torch's, below the 1.3× a second path has to earn, so fp32 stays torch unless
-``openvino`` is asked for (then its f32 embedding equals torch's within 1e-4, tested).
+on an AMD Zen 4 its bf16 encoder ran 1.44× faster than torch's bf16 one and kept closer to fp32; its f32
+encoder was only 1.15–1.19× faster than torch's, below the 1.3× a second path has to earn, so fp32 stays
+torch unless ``openvino`` is asked for (then its f32 embedding equals torch's within 1e-4, tested).
 
 Other inference backends, rejected by measurement (``bench/backends.py``, fp32, one thread, random weights,
 interleaved with torch eager in one process; AMD EPYC Zen 3, AVX2 only): on the fused encoder no backend
@@ -55,9 +55,8 @@ import torch
 from torch import nn
 
 from . import kernels
-from .modeling.image_encoder import ImageEncoder
 from .modeling.lite_sam import LiteSAM
-from .openvino_encoder import OpenVinoImageEncoder, openvino_version
+from .openvino_encoder import OpenVinoImageEncoder, why_not_convertible
 
 Precision = Literal["fp32", "bf16"]
 PRECISIONS = ("fp32", "bf16", "auto")
@@ -174,15 +173,9 @@ def choose_runtime(requested: str, precision: Precision, model: LiteSAM) -> Runt
     """
     if requested not in RUNTIMES:
         raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {requested!r}")
-    encoder = model.image_encoder
-    unfit = (
-        "openvino and onnx are not installed (pip install -r requirements-openvino.txt)"
-        if openvino_version() is None
-        else "it compiles Lite-SAM's encoder only, not an engine's" if not isinstance(encoder, ImageEncoder)
-        else "the encoder is fused (build the model with fuse=False)" if encoder.backbone.fused
-        else "the model is not on the CPU" if model.device.type != "cpu"
-        else None
-    )
+    unfit = why_not_convertible(model.image_encoder)
+    if unfit is None and model.device.type != "cpu":
+        unfit = "the model is not on the CPU"
     if requested == "openvino" and unfit is not None:
         raise ValueError(f"runtime openvino: {unfit}")
     if requested == "auto":

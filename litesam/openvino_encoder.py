@@ -3,9 +3,9 @@
 Chosen by measurement (``bench/backends.py``, README "OpenVINO encoder on the bf16 path"): on an AMD EPYC
 Zen 4 with AVX512_BF16 at one thread, OpenVINO 2026.4 in bf16 ran the r640 encoder 1.44× faster than torch's
 own bf16 path (250 against 360 ms; r1024 736 against 1,068 ms) and 2.1× faster than torch fp32, keeping
-closer to the fp32 embedding than torch's bf16 path does (relative max difference 7.6e-3 against 1.0e-2); in f32 it was
-only 1.15–1.19× faster than torch, below the 1.3× that a second inference path has to earn, so
-:mod:`litesam.inference` takes it for bf16 only unless asked for explicitly.
+closer to the fp32 embedding than torch's bf16 path does (relative max difference 7.6e-3 against 1.0e-2);
+in f32 it was only 1.15–1.19× faster than torch, below the 1.3× that a second inference path has to earn,
+so :mod:`litesam.inference` takes it for bf16 only unless asked for explicitly.
 
 The graph is converted from the *unfused* encoder (OpenVINO folds the normalisations itself; the fused
 build's chunked layers convert into a slower graph) for one 1×3×S×S image, through ONNX (torch's TorchScript
@@ -14,8 +14,8 @@ shape arithmetic and fewer fused element-wise subgraphs that ran slower (r640 bf
 process). A batch of B images runs image by image. Export and compilation cost 3.1 / 3.8 s (r640 / r1024, one
 thread, Zen 4); with a cache folder the converted model is written there once (named by a hash of the
 weights, the encoder's source code and the library versions) and later processes read and compile it in
-0.4–0.5 s. AutoPPN is not converted: it stays a
-float32 torch module reading the float32 embedding, as on torch's bf16 path.
+0.4–0.5 s. AutoPPN is not converted: it stays a float32 torch module reading the float32 embedding, as on
+torch's bf16 path.
 """
 
 from __future__ import annotations
@@ -54,6 +54,17 @@ def openvino_version() -> str | None:
     return version("openvino")
 
 
+def why_not_convertible(encoder: nn.Module) -> str | None:
+    """Why :class:`OpenVinoImageEncoder` cannot take ``encoder`` here, or None when it can."""
+    if openvino_version() is None:
+        return "openvino and onnx are not installed (pip install -r requirements-openvino.txt)"
+    if not isinstance(encoder, ImageEncoder):
+        return "it compiles Lite-SAM's encoder only, not an engine's"
+    if encoder.backbone.fused:
+        return "the encoder is fused (build the model with fuse=False)"
+    return None
+
+
 class _Embedding(nn.Module):
     """The converted graph: B×3×S×S normalised input → B×C×S/16×S/16 embedding."""
 
@@ -79,7 +90,7 @@ class OpenVinoImageEncoder(nn.Module):
             threads run side by side; OpenVINO releases the GIL while it computes).
         cache_dir: folder for the converted model (``openvino/<hash>.xml`` and ``.bin``); None converts anew.
     Raises:
-        ValueError: OpenVINO is not installed, or the encoder is fused.
+        ValueError: :func:`why_not_convertible` names a reason.
     """
 
     fused = True
@@ -87,18 +98,14 @@ class OpenVinoImageEncoder(nn.Module):
     def __init__(self, encoder: ImageEncoder, precision: OpenVinoPrecision, threads: int = 1,
                  streams: int = 1, cache_dir: Path | None = None) -> None:
         super().__init__()
-        if openvino_version() is None:
-            raise ValueError("the OpenVINO encoder needs the openvino and onnx packages "
-                             "(pip install openvino==2026.4.1 onnx==1.23.2)")
-        if not isinstance(encoder, ImageEncoder) or encoder.backbone.fused:
-            raise ValueError("the OpenVINO encoder is converted from an unfused Lite-SAM encoder "
-                             "(build_model(..., fuse=False))")
+        reason = why_not_convertible(encoder)
+        if reason is not None:
+            raise ValueError(f"the OpenVINO encoder cannot run: {reason}")
         import openvino as ov
 
         self.img_size = encoder.img_size
         self.autoppn = encoder.autoppn
         self.precision = precision
-        self.streams = streams
         graph = _read_or_convert(encoder, cache_dir)
         config = {
             "INFERENCE_PRECISION_HINT": precision,
@@ -121,11 +128,14 @@ class OpenVinoImageEncoder(nn.Module):
                                     f"got {tuple(x.shape)} {x.dtype}")
         request = self._compiled.create_infer_request()  # one per call: callers may be several threads
         images = x.detach().float().cpu().numpy()
-        embeddings = []
-        for image in images:  # the graph is converted for one image
+        embeddings = None
+        for i, image in enumerate(images):  # the graph is converted for one image
             request.infer([np.ascontiguousarray(image[None])])
-            embeddings.append(np.array(request.get_output_tensor(0).data, dtype=np.float32))
-        return torch.from_numpy(np.concatenate(embeddings))
+            out = torch.from_numpy(request.get_output_tensor(0).data)  # the request's buffer: copied below
+            if embeddings is None:
+                embeddings = out.new_empty((len(images), *out.shape[1:]))
+            embeddings[i] = out[0]
+        return embeddings
 
 
 def _read_or_convert(encoder: ImageEncoder, cache_dir: Path | None):  # -> openvino.Model

@@ -102,6 +102,14 @@ def test_apply_precision_fuses_the_torch_path_and_refuses_a_second_different_pat
             apply_precision(model, "bf16")
 
 
+def test_the_encoder_is_refused_where_it_cannot_be_converted():
+    fused, _ = _pair()
+    with pytest.raises(ValueError, match="cannot run: the encoder is fused"):
+        OpenVinoImageEncoder(fused.image_encoder, "f32")
+    with pytest.raises(ValueError, match="cannot run: .*not an engine's"):
+        OpenVinoImageEncoder(build_model("sam_vit_tiny").image_encoder, "f32")
+
+
 def test_wrong_input_is_refused_with_the_expected_shape():
     _, model = _pair()
     encoder = OpenVinoImageEncoder(model.image_encoder, "f32")
