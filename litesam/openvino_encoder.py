@@ -87,7 +87,8 @@ class OpenVinoImageEncoder(nn.Module):
         precision: OpenVINO's inference precision, ``"f32"`` or ``"bf16"``.
         threads: CPU threads one inference uses.
         streams: inferences that can run at once, each on its own ``threads`` (callers in several Python
-            threads run side by side; OpenVINO releases the GIL while it computes).
+            threads run side by side; OpenVINO releases the GIL while it computes). OpenVINO takes at most
+            as many as the cores it sees (3 asked for on 2 cores: 2); :attr:`streams` says how many.
         cache_dir: folder for the converted model (``openvino/<hash>.xml`` and ``.bin``); None converts anew.
     Raises:
         ValueError: :func:`why_not_convertible` names a reason.
@@ -114,6 +115,11 @@ class OpenVinoImageEncoder(nn.Module):
             "ENABLE_CPU_PINNING": "NO",  # threads stay free to move: other processes share the cores
         }
         self._compiled = ov.Core().compile_model(graph, "CPU", config)
+
+    @property
+    def streams(self) -> int:
+        """Inferences the compiled encoder runs at once (OpenVINO's ``NUM_STREAMS``)."""
+        return int(self._compiled.get_property("NUM_STREAMS"))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, AutoPPNOutput]:
         """B×3×S×S float normalised input → (B×C×S/16×S/16 float32 embedding, AutoPPN maps)."""

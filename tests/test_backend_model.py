@@ -181,6 +181,14 @@ def test_the_encoder_runtime_setting_is_served_and_logged(checkpoint, tmp_path, 
         ModelService(Settings(checkpoint=_engine_checkpoint(tmp_path), encoder_runtime="openvino")).model()
 
 
+@pytest.mark.parametrize("slots", [1, 2])
+def test_openvino_runs_as_many_encodes_at_once_as_the_process_has_inference_slots(checkpoint, tmp_path, slots):
+    settings = Settings(checkpoint=checkpoint, variant="litesam_tiny", precision="fp32",
+                        encoder_runtime="openvino", cache_dir=tmp_path, inference_slots=slots)
+    assert settings.inference_concurrency == slots
+    assert ModelService(settings).model().image_encoder.streams == slots
+
+
 def test_the_served_model_carries_the_checkpoints_filters_and_the_load_log_names_them(checkpoint, caplog):
     from litesam.cli import DEMO_CHECKPOINT
 

@@ -90,6 +90,10 @@ def test_the_runtime_rule():
         choose_runtime("openvino", "fp32", engine)
     with pytest.raises(ValueError, match="runtime must be one of torch, openvino, auto"):
         choose_runtime("onnx", "fp32", unfused)
+    off_cpu = unfused.to("meta")  # a model on another device (no accelerator here; meta has no data)
+    assert choose_runtime("auto", "bf16", off_cpu) == "torch"
+    with pytest.raises(ValueError, match="runtime openvino: the model is not on the CPU"):
+        choose_runtime("openvino", "bf16", off_cpu)
 
 
 def test_apply_precision_fuses_the_torch_path_and_refuses_a_second_different_path():
