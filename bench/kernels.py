@@ -7,16 +7,16 @@ convolutions for one prompt (1,600 × 256 → 4·64 and 6,400 × 64 → 4·32: a
 convolution is one product per pixel). Each product is ``x @ w.T + b`` in float32 on one torch thread:
 MKL through ``F.linear`` (torch's default), oneDNN through ``torch.ops.mkldnn._linear_pointwise`` (what
 ``litesam.kernels`` routes to), and, where this CPU has native bf16 instructions, ``F.linear`` on bf16
-tensors. The kernels run interleaved, round after round; each keeps its best round, in GFLOP/s of the
-calling thread's CPU time (a busy neighbour process does not count against it).
+tensors. The kernels run interleaved, round after round, each round the start-up probe's own timing
+(``litesam.kernels.gflops_on_one_core``: best of 5 calls in the calling thread's CPU time, so a busy
+neighbour process does not count against it); each kernel keeps its best round.
 
-    python bench/kernels.py [--rounds 3] [--repeats 20]
+    python bench/kernels.py [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 
 import torch
@@ -51,20 +51,13 @@ def products(rows: int, inputs: int, outputs: int, bf16: bool) -> dict[str, Call
     return calls
 
 
-def best_gflops(
-    calls: dict[str, Callable[[], object]], flops: int, rounds: int, repeats: int
-) -> dict[str, float]:
-    """Each call's best round (``repeats`` calls a round, rounds interleaved), GFLOP/s of thread CPU time."""
-    for call in calls.values():
-        call()
-    best = dict.fromkeys(calls, float("inf"))
+def best_gflops(calls: dict[str, Callable[[], object]], flops: int, rounds: int) -> dict[str, float]:
+    """Each call's best speed, GFLOP/s, over ``rounds`` interleaved rounds of ``gflops_on_one_core``."""
+    best = dict.fromkeys(calls, 0.0)
     for _ in range(rounds):
         for name, call in calls.items():
-            start = time.thread_time()
-            for _ in range(repeats):
-                call()
-            best[name] = min(best[name], (time.thread_time() - start) / repeats)
-    return {name: flops / seconds / 1e9 for name, seconds in best.items()}
+            best[name] = max(best[name], kernels.gflops_on_one_core(call, flops))
+    return best
 
 
 def main() -> None:
@@ -72,17 +65,16 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=20, help="calls of each product per round")
     args = parser.parse_args()
     set_threads(1)
     print(header("bench/kernels.py: float32 products on MKL and oneDNN, 1 thread"))
     bf16 = cpu_report().bf16_native
     rows = []
     for (n, k, m), what in SHAPES.items():
-        speeds = best_gflops(products(n, k, m, bf16), 2 * n * k * m, args.rounds, args.repeats)
+        speeds = best_gflops(products(n, k, m, bf16), 2 * n * k * m, args.rounds)
         rows.append((f"{n} × {k} → {m} ({what})", speeds))
     names = list(rows[0][1])
-    print(f"\nbest of {args.rounds} rounds × {args.repeats} calls, GFLOP/s (thread CPU time)")
+    print(f"\nbest of {args.rounds} rounds × 5 calls, GFLOP/s (thread CPU time)")
     print("| product (rows × in → out) | " + " | ".join(names) + " | oneDNN / MKL |")
     print("| --- |" + " ---: |" * (len(names) + 1))
     for label, speeds in rows:

@@ -182,7 +182,7 @@ def test_the_encoder_runtime_setting_is_served_and_logged(checkpoint, tmp_path, 
 
 
 @pytest.mark.parametrize("slots", [1, 2])
-def test_openvino_runs_as_many_encodes_at_once_as_the_process_has_inference_slots(checkpoint, tmp_path, slots):
+def test_openvino_runs_as_many_encodes_at_once_as_there_are_inference_slots(checkpoint, tmp_path, slots):
     settings = Settings(checkpoint=checkpoint, variant="litesam_tiny", precision="fp32",
                         encoder_runtime="openvino", cache_dir=tmp_path, inference_slots=slots)
     assert settings.inference_concurrency == slots
