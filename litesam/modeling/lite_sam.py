@@ -66,6 +66,24 @@ class LiteSAM(nn.Module):
         """Side S of the square model input, in pixels (640 or 1024 for the paper's variants)."""
         return self.image_encoder.img_size
 
+    def set_input_size(self, side: int) -> None:
+        """Make S = ``side`` the model input (the trainer's progressive resizing, :mod:`litesam.train.loop`).
+
+        LiteViT is resolution-agnostic (its attention stages encode position with a depthwise convolution,
+        no table tied to one side), and so are AutoPPN, the prompt encoder and the mask decoder: the same
+        weights run at any multiple of 16; the embedding becomes S/16 × S/16. Checkpoints hold no size.
+
+        Raises:
+            ValueError: an engine (SAM ViT / TinyViT position tables are tied to the checkpoint's side), or a
+                side that is not a positive multiple of 16.
+        """
+        if not isinstance(self.image_encoder, ImageEncoder):
+            raise ValueError("an engine's image encoder runs at its checkpoint's input side only")
+        if side <= 0 or side % 16:
+            raise ValueError(f"the input side must be a positive multiple of 16, got {side}")
+        self.image_encoder.img_size = side
+        self.prompt_encoder.set_input_size((side, side), (side // 16, side // 16))
+
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device

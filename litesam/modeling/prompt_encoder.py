@@ -104,6 +104,16 @@ class PromptEncoder(nn.Module):
         )
         self.no_mask_embed = nn.Embedding(1, embed_dim)
 
+    def set_input_size(self, input_image_size: tuple[int, int], image_embedding_size: tuple[int, int]) -> None:
+        """Embed prompts for another input side: ``(S', S')`` input pixels, ``(S'/16, S'/16)`` embedding cells.
+
+        Nothing learned depends on the sizes (the random Fourier features take coordinates normalised by the
+        input size), so the same weights serve any side.
+        """
+        self.input_image_size = tuple(input_image_size)
+        self.image_embedding_size = tuple(image_embedding_size)
+        self.mask_input_size = (4 * self.image_embedding_size[0], 4 * self.image_embedding_size[1])
+
     def get_dense_pe(self) -> torch.Tensor:
         """Positional encoding of every image-embedding cell: ``1×C×h×w`` float32 (same frame as the points)."""
         return self.pe_layer(self.image_embedding_size).unsqueeze(0)

@@ -213,18 +213,21 @@ class SegmentationDataset(Dataset):
         model: torch.nn.Module,
         config: TrainConfig,
         loader_workers: int,
+        image_size: int | None = None,
+        cache_share: float = 1.0,
     ) -> SegmentationDataset:
-        """The dataset a training run of ``config`` reads: ``model``'s input side and AutoPPN stride, the run's
-        masks, prompts and seed, and its image-cache budget (:func:`cache_budget`)."""
+        """The dataset a training run of ``config`` reads: ``model``'s AutoPPN stride, the run's masks, prompts
+        and seed, at input side ``image_size`` (None: ``model.img_size``), with ``cache_share`` of the run's
+        image-cache budget (:func:`cache_budget`; a run at two sides splits it)."""
         return cls(
             records,
-            image_size=model.img_size,
+            image_size=model.img_size if image_size is None else image_size,
             stride=model.image_encoder.autoppn.stride,
             max_masks=config.max_masks,
             mask_scale=config.mask_scale,
             prompts=config.prompts,
             seed=config.seed,
-            cache_bytes=cache_budget(config.cache_mb, loader_workers),
+            cache_bytes=int(cache_budget(config.cache_mb, loader_workers) * cache_share),
         )
 
     def __len__(self) -> int:

@@ -13,8 +13,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..build import build_model, load_sam_weights
+from ..errors import LiteSamError
 from .annotations import load_records
-from .config import TrainConfig
+from .config import TrainConfig, input_side_at
 from .data import SegmentationDataset, collate_samples
 from .objective import training_losses
 from .optim import build_optimizer, build_scheduler
@@ -72,9 +73,22 @@ def _train(config: TrainConfig, ctx: RunContext) -> dict:
     objective = ctx.wrap(_Objective(model, config))
     workers = config.workers()
 
-    dataset = SegmentationDataset.for_run(records, model, config, workers)
-    steps_per_epoch = ctx.steps_per_epoch(len(dataset), config.batch_size)
+    steps_per_epoch = ctx.steps_per_epoch(len(records), config.batch_size)
     total_steps = int(state["total_steps"]) if state is not None else config.total_steps(steps_per_epoch)
+    progressive = tuple(state.get("progressive", (0, 0.0))) if state is not None else config.resolved_progressive()
+    full_side = model.img_size
+    sides = sorted({input_side_at(0, total_steps, full_side, progressive)[0], full_side})
+    if len(sides) > 1:
+        try:
+            model.set_input_size(sides[0])  # fails early for an engine
+        except ValueError as error:
+            raise LiteSamError(f"progressive resizing: {error}") from None
+    datasets = {  # one per input side, sharing the image-cache budget by the size of what they keep
+        side: SegmentationDataset.for_run(
+            records, model, config, workers, image_size=side, cache_share=side**2 / sum(s**2 for s in sides)
+        )
+        for side in sides
+    }
     stop_step = total_steps if config.stop_after is None else min(total_steps, config.stop_after)
     warmup = config.resolved_warmup(total_steps)
     if warmup > total_steps / 4:
@@ -97,9 +111,9 @@ def _train(config: TrainConfig, ctx: RunContext) -> dict:
         write_config(config)
     logger.info(
         "training %s on %d images (%d steps/epoch of %d × %d micro-batches × %d processes): steps %d to %d of %d, "
-        "LR %g, warm-up %d, %d loader workers, image cache %d MiB, %s",
+        "LR %g, warm-up %d, %d loader workers, image cache %d MiB, input sides %s, %s",
         config.variant,
-        len(dataset),
+        len(records),
         steps_per_epoch,
         config.batch_size,
         config.accumulate_steps,
@@ -110,7 +124,8 @@ def _train(config: TrainConfig, ctx: RunContext) -> dict:
         config.resolved_lr(),
         warmup,
         workers,
-        dataset.cache_left // 2**20,
+        sum(d.cache_left for d in datasets.values()) // 2**20,
+        _side_plan(total_steps, full_side, progressive),
         device,
     )
 
@@ -120,6 +135,9 @@ def _train(config: TrainConfig, ctx: RunContext) -> dict:
     divergence, wrote = 0.0, False
     with ctx.progress(stop_step, initial=step) as bar:
         while step < stop_step:
+            side, phase_end = input_side_at(step, total_steps, full_side, progressive)
+            model.set_input_size(side)
+            dataset = datasets[side]
             epoch, done_in_epoch = divmod(step, steps_per_epoch)
             dataset.set_epoch(epoch)
             loader = DataLoader(
@@ -158,18 +176,20 @@ def _train(config: TrainConfig, ctx: RunContext) -> dict:
                     count = running.pop("_count")
                     last_logged = ctx.mean_over_ranks({key: value / count for key, value in running.items()})
                     if ctx.is_main:
-                        _log(out, step, epoch, lr, last_logged, time.perf_counter() - start_time)
+                        _log(out, step, epoch, side, lr, last_logged, time.perf_counter() - start_time)
                     bar.set_postfix(loss=f"{last_logged['loss']:.4f}", lr=f"{lr:.3g}", refresh=False)
                     running = {}
                 if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == stop_step:
-                    divergence = _checkpoint(ctx, objective, model, optimizer, scheduler, config, step, total_steps)
+                    divergence = _checkpoint(ctx, objective, model, optimizer, scheduler, config, step, total_steps, progressive)
                     wrote = True
-                if step >= stop_step:
+                if step >= min(stop_step, phase_end):
                     break
+    if len(sides) > 1:
+        model.set_input_size(full_side)
 
     last = out / "last.pt"
     if not wrote and not last.exists():  # resumed at the very end from a state elsewhere: save it here
-        divergence = _checkpoint(ctx, objective, model, optimizer, scheduler, config, step, total_steps)
+        divergence = _checkpoint(ctx, objective, model, optimizer, scheduler, config, step, total_steps, progressive)
     ctx.barrier()  # every process returns once the checkpoint is on disk
     return {
         "step": step,
@@ -196,19 +216,31 @@ class _Objective(torch.nn.Module):
         return training_losses(self.model, batch, self.prompts, self.weights)
 
 
-def _checkpoint(ctx: RunContext, objective, model, optimizer, scheduler, config, step, total_steps) -> float:
+def _checkpoint(
+    ctx: RunContext, objective, model, optimizer, scheduler, config, step, total_steps, progressive
+) -> float:
     """Check the replicas agree, then write the checkpoint on rank 0 (collective); returns the divergence."""
     divergence = ctx.replica_divergence(objective)
     if divergence > 0:
         logger.warning("the processes' weights differ by up to %g at step %d", divergence, step)
     rng_states = ctx.rng_states()
     if ctx.is_main:
-        write_checkpoint(model, optimizer, scheduler, config, step, total_steps, rng_states)
+        write_checkpoint(model, optimizer, scheduler, config, step, total_steps, rng_states, progressive)
     return divergence
 
 
-def _log(out: Path, step: int, epoch: int, lr: float, values: dict[str, float], seconds: float) -> None:
-    record = {"step": step, "epoch": epoch, "lr": lr, **{k: round(v, 6) for k, v in values.items()}}
+def _side_plan(total_steps: int, full_side: int, progressive: tuple[int, float]) -> str:
+    """The run's input sides as text, e.g. ``128 px for steps 0–5999, 256 px for steps 6000–7999``."""
+    phases, step = [], 0
+    while step < total_steps:
+        side, end = input_side_at(step, total_steps, full_side, progressive)
+        phases.append(f"{side} px for steps {step}–{end - 1}")
+        step = end
+    return ", ".join(phases)
+
+
+def _log(out: Path, step: int, epoch: int, side: int, lr: float, values: dict[str, float], seconds: float) -> None:
+    record = {"step": step, "epoch": epoch, "side": side, "lr": lr, **{k: round(v, 6) for k, v in values.items()}}
     record["seconds"] = round(seconds, 2)
     with open(out / LOG_FILE, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")

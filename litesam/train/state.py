@@ -5,7 +5,8 @@ Output folder::
     out/train_log.jsonl         one JSON line per logged step (step, epoch, lr, losses, seconds)
     out/step_0001000.pt         periodic checkpoints (save_checkpoint: weights + variant; build_model loads them)
     out/last.pt                 the latest checkpoint
-    out/last.state.pt           optimiser, scheduler, step, planned steps and RNG state of last.pt, for resuming
+    out/last.state.pt           optimiser, scheduler, step, planned steps and input sides, RNG state of last.pt,
+                                for resuming
     out/config.json             the resolved settings of the latest invocation, ``resume`` left false
                                 (``--config`` with it starts the same run afresh)
 
@@ -45,10 +46,12 @@ def write_checkpoint(
     step: int,
     total_steps: int,
     rng_states: list[torch.Tensor] | None = None,
+    progressive: tuple[int, float] = (0, 0.0),
 ) -> Path:
     """Write ``step_<step>.pt``, ``last.pt`` and ``last.state.pt`` into the output folder; returns last.pt.
 
     ``rng_states``: torch's RNG state of every process by rank (default: this process's alone).
+    ``progressive``: the run's progressive resizing ``(side, fraction)``, which a resumed run keeps.
     """
     out = Path(config.output_dir)
     save_checkpoint(model, out / f"step_{step:07d}.pt", config.variant)
@@ -58,6 +61,7 @@ def write_checkpoint(
         "variant": config.variant,
         "step": step,
         "total_steps": total_steps,
+        "progressive": list(progressive),
         "checkpoint": last.name,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
