@@ -64,7 +64,9 @@ def main() -> None:
     torch.manual_seed(config.seed)
     model = build_model("litesam_tiny", checkpoint=args.checkpoint).train()
     records = synthetic_records(config.synthetic_images, config.synthetic_seed)
-    datasets = {side: SegmentationDataset.for_run(records, model, config, 0, image_size=side) for side in args.sides}
+    datasets = {
+        side: SegmentationDataset.for_run(records, model, config, 0, image_size=side) for side in args.sides
+    }
     for dataset in datasets.values():
         for index in range(len(dataset)):  # fill the cache: later reads are what a run's second epoch reads
             dataset[index]

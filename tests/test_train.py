@@ -185,6 +185,8 @@ def test_train_writes_loadable_checkpoints_and_resumes_to_the_same_weights(coco,
         log_every=1,
         checkpoint_every=0,
         max_steps=5,  # 2 steps per epoch (3 images, batch 2): the run crosses two epoch ends
+        progressive_side=128,
+        progressive_fraction=0.75,
     )
     out = tmp_path / "run"
     summary = train(TrainConfig(output_dir=out, stop_after=3, **common))  # interrupted after step 3
@@ -202,8 +204,7 @@ def test_train_writes_loadable_checkpoints_and_resumes_to_the_same_weights(coco,
     assert resumed["step"] == 5
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in log] == [1, 2, 3, 4, 5]
-    # litesam_tiny from scratch: progressive resizing, round(0.75 · 5) = 4 steps at 128 px; the resumed
-    # invocation crosses the switch.
+    # Progressive resizing: round(0.75 · 5) = 4 steps at 128 px; the resumed invocation crosses the switch.
     assert [entry["side"] for entry in log] == [128, 128, 128, 128, 256]
     assert log[2]["lr"] > log[3]["lr"] > log[4]["lr"] > 0  # the cosine spans the 5 steps the run makes
 
@@ -244,14 +245,10 @@ def test_progressive_resizing_plan_and_its_defaults(tmp_path):
     def plan(**kwargs) -> tuple[int, float]:
         return TrainConfig(data="synthetic", output_dir=tmp_path, **kwargs).resolved_progressive()
 
-    assert plan(variant="litesam_tiny") == (128, 0.75)  # from scratch: the variant's default
-    assert plan(variant="litesam_tiny", init_checkpoint="x.pt") == (0, 0.0)  # a fine-tune: off
-    assert plan(variant="litesam_tiny", sam_checkpoint="sam.pth") == (0, 0.0)
-    assert plan(variant="litesam_tiny", init_checkpoint="x.pt", progressive_side=64) == (64, 0.75)
-    assert plan(variant="litesam_tiny", progressive_side=0) == (0, 0.0)
-    assert plan(variant="litesam_tiny", progressive_fraction=0.0) == (0, 0.0)
-    assert plan(variant="litesam_r640") == (0, 0.0)  # no default for the paper's models
-    assert plan(variant="litesam_r640", progressive_side=320, progressive_fraction=0.5) == (320, 0.5)
+    assert plan(variant="litesam_tiny") == (0, 0.0)  # off by default
+    assert plan(variant="litesam_tiny", progressive_side=128) == (128, 0.5)
+    assert plan(variant="litesam_tiny", progressive_side=128, progressive_fraction=0.0) == (0, 0.0)
+    assert plan(variant="litesam_r640", progressive_side=320, progressive_fraction=0.25) == (320, 0.25)
     for bad in (dict(progressive_side=100), dict(progressive_side=-16), dict(progressive_fraction=1.5)):
         with pytest.raises(ValueError, match="progressive"):
             plan(variant="litesam_tiny", **bad)
@@ -267,8 +264,8 @@ def test_progressive_resizing_plan_and_its_defaults(tmp_path):
 def test_a_model_at_another_input_side_equals_one_built_for_it(monkeypatch):
     torch.manual_seed(0)
     model = build_model("litesam_tiny").eval()
-    monkeypatch.setitem(VARIANTS, "litesam_tiny_128", replace(VARIANTS["litesam_tiny"], name="litesam_tiny_128",
-                                                               image_size=128))
+    at_128 = replace(VARIANTS["litesam_tiny"], name="litesam_tiny_128", image_size=128)
+    monkeypatch.setitem(VARIANTS, "litesam_tiny_128", at_128)
     built = build_model("litesam_tiny_128").eval()
     built.load_state_dict(model.state_dict())
     model.set_input_size(128)
@@ -293,19 +290,17 @@ def test_a_model_at_another_input_side_equals_one_built_for_it(monkeypatch):
         build_model("sam_vit_tiny").set_input_size(512)
 
 
-def test_a_fine_tune_trains_at_the_variants_side_and_its_resume_keeps_that(coco, tmp_path):
+def test_a_resumed_run_keeps_its_input_sides_without_the_flags(coco, tmp_path):
     annotation_file, image_dir, _ = coco
     common = dict(data=annotation_file, images=image_dir, variant="litesam_tiny", batch_size=3, device="cpu",
                   log_every=1, checkpoint_every=0, max_steps=4)
-    scratch = train(TrainConfig(output_dir=tmp_path / "scratch", **{**common, "max_steps": 1}))
-    out = tmp_path / "tune"
-    train(TrainConfig(output_dir=out, init_checkpoint=scratch["checkpoint"], stop_after=2, **common))
-    # Resumed without --init-checkpoint (the two exclude each other), whose default alone would be 128 px:
-    # the state's setting (off) holds.
-    train(TrainConfig(output_dir=out, resume=True, **common))
+    out = tmp_path / "run"
+    train(TrainConfig(output_dir=out, progressive_side=64, stop_after=1, **common))  # 2 of 4 steps at 64 px
+    assert torch.load(out / "last.state.pt", weights_only=True)["progressive"] == [64, 0.5]
+    train(TrainConfig(output_dir=out, resume=True, **common))  # no progressive flags: the state's plan holds
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    assert [(entry["step"], entry["side"]) for entry in log] == [(1, 256), (2, 256), (3, 256), (4, 256)]
-    assert torch.load(out / "last.state.pt", weights_only=True)["progressive"] == [0, 0.0]
+    assert [(entry["step"], entry["side"]) for entry in log] == [(1, 64), (2, 64), (3, 256), (4, 256)]
+    assert build_model(checkpoint=out / "last.pt").img_size == 256
 
 
 def test_init_from_our_checkpoint_or_from_sam_weights(coco, tmp_path):

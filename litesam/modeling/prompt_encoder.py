@@ -104,8 +104,10 @@ class PromptEncoder(nn.Module):
         )
         self.no_mask_embed = nn.Embedding(1, embed_dim)
 
-    def set_input_size(self, input_image_size: tuple[int, int], image_embedding_size: tuple[int, int]) -> None:
-        """Embed prompts for another input side: ``(S', S')`` input pixels, ``(S'/16, S'/16)`` embedding cells.
+    def set_input_size(
+        self, input_image_size: tuple[int, int], image_embedding_size: tuple[int, int]
+    ) -> None:
+        """Embed prompts for another input side: ``(S', S')`` input pixels, ``(S'/16, S'/16)`` cells.
 
         Nothing learned depends on the sizes (the random Fourier features take coordinates normalised by the
         input size), so the same weights serve any side.

@@ -85,13 +85,13 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
     parser.add_argument(
         "--progressive-side",
         type=int,
-        help="train the first --progressive-fraction of the steps at this smaller input side, then at the "
-        "variant's (default: 128 for litesam_tiny, else off; 0: off)",
+        help="progressive resizing: train the first --progressive-fraction of the steps at this smaller "
+        "input side, then at the variant's (default: off)",
     )
     parser.add_argument(
         "--progressive-fraction",
         type=float,
-        help="share of the steps at --progressive-side (default: 0.75)",
+        help="share of the steps at --progressive-side (default: 0.5)",
     )
     parser.add_argument(
         "--mask-scale", choices=("low_res", "input"), default=d["mask_scale"], help="frame of the mask loss"

@@ -30,11 +30,10 @@ LABEL_STUDIO = "labelstudio"
 DEFAULT_LR = {"litesam_tiny": 2e-3}
 PAPER_LR = 4e-4
 
-#: Progressive resizing when training from scratch: the input side by variant, trained first for
-#: :data:`PROGRESSIVE_FRACTION` of the run's steps, the rest at the variant's own side (:func:`input_side_at`).
-#: A step of litesam_tiny at batch 4 costs 0.51× at side 128 what it costs at 256 (README, "Training").
-DEFAULT_PROGRESSIVE_SIDE = {"litesam_tiny": 128}
-PROGRESSIVE_FRACTION = 0.75
+#: Share of a run's steps trained at ``--progressive-side`` when ``--progressive-fraction`` is not given. Off
+#: by default for every variant: on synthetic scenes litesam_tiny lost quality for the time it saved (README,
+#: "Training", tenth round).
+PROGRESSIVE_FRACTION = 0.5
 
 #: Longest automatic warm-up, and its share of the run (see :meth:`TrainConfig.resolved_warmup`).
 MAX_AUTO_WARMUP = 1000
@@ -127,9 +126,8 @@ class TrainConfig:
         progressive_side, progressive_fraction: progressive resizing: the first ``progressive_fraction`` of
             the steps train at input side ``progressive_side`` (a multiple of 16 and of the AutoPPN stride,
             below the variant's), the rest at the variant's side; the model's weights do not depend on the
-            side (:meth:`litesam.modeling.lite_sam.LiteSAM.set_input_size`). None: see
-            :meth:`resolved_progressive` (from scratch the variant's :data:`DEFAULT_PROGRESSIVE_SIDE`, none
-            for the paper's models; off for fine-tunes); side 0 or fraction 0: off.
+            side (:meth:`litesam.modeling.lite_sam.LiteSAM.set_input_size`). Side None or 0: off (the
+            default); fraction None: :data:`PROGRESSIVE_FRACTION`.
         mask_scale: ``"low_res"`` (loss at S/4) or ``"input"`` (loss at S, logits upsampled).
         prompts: prompt simulation; losses: loss weights.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, …
@@ -205,7 +203,9 @@ class TrainConfig:
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be ≥ 0 or None, got {self.warmup_steps}")
         if self.progressive_side is not None and (self.progressive_side < 0 or self.progressive_side % 16):
-            raise ValueError(f"progressive_side must be 0 or a positive multiple of 16, got {self.progressive_side}")
+            raise ValueError(
+                f"progressive_side must be 0 or a positive multiple of 16, got {self.progressive_side}"
+            )
         if self.progressive_fraction is not None and not 0.0 <= self.progressive_fraction <= 1.0:
             raise ValueError(f"progressive_fraction must be in [0, 1], got {self.progressive_fraction}")
         if self.checkpoint_every < 0:
@@ -236,17 +236,12 @@ class TrainConfig:
         return self.lr if self.lr is not None else DEFAULT_LR.get(self.variant, PAPER_LR)
 
     def resolved_progressive(self) -> tuple[int, float]:
-        """Progressive resizing of this run as ``(side, fraction)``; ``(0, 0.0)`` is off.
+        """Progressive resizing of this run as ``(side, fraction)``; ``(0, 0.0)`` is off (the default).
 
-        The fields as given; a side of None is the variant's :data:`DEFAULT_PROGRESSIVE_SIDE` for a run from
-        scratch and off when the run starts from trained weights (``init_checkpoint`` / ``sam_checkpoint``: a
-        fine-tune trains at the side it will serve); a fraction of None is :data:`PROGRESSIVE_FRACTION`. A
-        resumed run keeps its first invocation's setting (the training state stores it).
+        A fraction of None is :data:`PROGRESSIVE_FRACTION`. A resumed run keeps its first invocation's
+        setting (the training state stores it), whatever the resuming flags say.
         """
-        side = self.progressive_side
-        if side is None:
-            from_scratch = self.init_checkpoint is None and self.sam_checkpoint is None
-            side = DEFAULT_PROGRESSIVE_SIDE.get(self.variant, 0) if from_scratch else 0
+        side = self.progressive_side or 0
         fraction = PROGRESSIVE_FRACTION if self.progressive_fraction is None else self.progressive_fraction
         return (side, fraction) if side > 0 and fraction > 0 else (0, 0.0)
 

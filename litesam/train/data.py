@@ -216,9 +216,9 @@ class SegmentationDataset(Dataset):
         image_size: int | None = None,
         cache_share: float = 1.0,
     ) -> SegmentationDataset:
-        """The dataset a training run of ``config`` reads: ``model``'s AutoPPN stride, the run's masks, prompts
-        and seed, at input side ``image_size`` (None: ``model.img_size``), with ``cache_share`` of the run's
-        image-cache budget (:func:`cache_budget`; a run at two sides splits it)."""
+        """The dataset a training run of ``config`` reads: ``model``'s AutoPPN stride, the run's masks,
+        prompts and seed, at input side ``image_size`` (None: ``model.img_size``), with ``cache_share`` of
+        the run's image-cache budget (:func:`cache_budget`; a run at two sides splits it)."""
         return cls(
             records,
             image_size=model.img_size if image_size is None else image_size,

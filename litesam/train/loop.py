@@ -75,7 +75,8 @@ def _train(config: TrainConfig, ctx: RunContext) -> dict:
 
     steps_per_epoch = ctx.steps_per_epoch(len(records), config.batch_size)
     total_steps = int(state["total_steps"]) if state is not None else config.total_steps(steps_per_epoch)
-    progressive = tuple(state.get("progressive", (0, 0.0))) if state is not None else config.resolved_progressive()
+    # (side, fraction) of progressive resizing: a resumed run keeps its state's (states before it: off)
+    progressive = config.resolved_progressive() if state is None else tuple(state.get("progressive", (0, 0)))
     full_side = model.img_size
     sides = sorted({input_side_at(0, total_steps, full_side, progressive)[0], full_side})
     if len(sides) > 1:
@@ -180,7 +181,9 @@ def _train(config: TrainConfig, ctx: RunContext) -> dict:
                     bar.set_postfix(loss=f"{last_logged['loss']:.4f}", lr=f"{lr:.3g}", refresh=False)
                     running = {}
                 if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == stop_step:
-                    divergence = _checkpoint(ctx, objective, model, optimizer, scheduler, config, step, total_steps, progressive)
+                    divergence = _checkpoint(
+                        ctx, objective, model, optimizer, scheduler, config, step, total_steps, progressive
+                    )
                     wrote = True
                 if step >= min(stop_step, phase_end):
                     break
@@ -189,7 +192,9 @@ def _train(config: TrainConfig, ctx: RunContext) -> dict:
 
     last = out / "last.pt"
     if not wrote and not last.exists():  # resumed at the very end from a state elsewhere: save it here
-        divergence = _checkpoint(ctx, objective, model, optimizer, scheduler, config, step, total_steps, progressive)
+        divergence = _checkpoint(
+            ctx, objective, model, optimizer, scheduler, config, step, total_steps, progressive
+        )
     ctx.barrier()  # every process returns once the checkpoint is on disk
     return {
         "step": step,
@@ -239,8 +244,11 @@ def _side_plan(total_steps: int, full_side: int, progressive: tuple[int, float])
     return ", ".join(phases)
 
 
-def _log(out: Path, step: int, epoch: int, side: int, lr: float, values: dict[str, float], seconds: float) -> None:
-    record = {"step": step, "epoch": epoch, "side": side, "lr": lr, **{k: round(v, 6) for k, v in values.items()}}
+def _log(
+    out: Path, step: int, epoch: int, side: int, lr: float, values: dict[str, float], seconds: float
+) -> None:
+    record = {"step": step, "epoch": epoch, "side": side, "lr": lr}
+    record.update({k: round(v, 6) for k, v in values.items()})
     record["seconds"] = round(seconds, 2)
     with open(out / LOG_FILE, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")

@@ -5,8 +5,8 @@ Output folder::
     out/train_log.jsonl         one JSON line per logged step (step, epoch, lr, losses, seconds)
     out/step_0001000.pt         periodic checkpoints (save_checkpoint: weights + variant; build_model loads them)
     out/last.pt                 the latest checkpoint
-    out/last.state.pt           optimiser, scheduler, step, planned steps and input sides, RNG state of last.pt,
-                                for resuming
+    out/last.state.pt           optimiser, scheduler, step, planned steps and input sides, RNG state of
+                                last.pt, for resuming
     out/config.json             the resolved settings of the latest invocation, ``resume`` left false
                                 (``--config`` with it starts the same run afresh)
 
