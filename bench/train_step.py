@@ -81,8 +81,8 @@ def main() -> None:
     batches = {setting: epoch(*setting) for setting in settings}
 
     def step(setting: tuple[int, int]) -> dict[str, float]:
-        marks = [time.perf_counter()]
         model.set_input_size(setting[0])
+        marks = [time.perf_counter()]
         batch = next(batches[setting], None)
         if batch is None:  # a new epoch of this setting
             batches[setting] = epoch(*setting)
