@@ -37,10 +37,11 @@ def test_mask_losses_perfect_wrong_and_weighting():
     target[0, 4:10, 4:10] = True
     target[1, 0:3, :] = True
     perfect = torch.where(target, 30.0, -30.0)
-    assert sigmoid_focal_loss(perfect, target).max() < 1e-8
-    assert dice_loss(perfect, target).max() < 1e-6
+    assert sigmoid_focal_loss(perfect[:, None], target).max() < 1e-8
+    assert dice_loss(perfect[:, None], target).max() < 1e-6
     wrong = -perfect
-    assert (sigmoid_focal_loss(wrong, target) > 1.0).all() and (dice_loss(wrong, target) > 0.9).all()
+    assert (sigmoid_focal_loss(wrong[:, None], target) > 1.0).all()
+    assert (dice_loss(wrong[:, None], target) > 0.9).all()
 
     iou_perfect = torch.ones(2, 1)
     good = mask_losses(perfect[:, None], iou_perfect, target)
