@@ -17,6 +17,7 @@ from litesam.train.config import LossWeights, PromptConfig, TrainConfig, default
 from litesam.train.data import collate_samples
 from litesam.train.loop import train
 from litesam.train.losses import (
+    binary_mask_iou,
     box_losses,
     dice_loss,
     generalized_box_iou,
@@ -69,6 +70,39 @@ def test_mask_losses_perfect_wrong_and_weighting():
         torch.zeros(0, 3, 16, 16), torch.zeros(0, 3), torch.zeros(0, 16, 16, dtype=torch.bool)
     )
     assert float(empty["mask"]) == 0.0
+
+
+def test_mask_terms_equal_their_elementwise_definitions():
+    """The closed forms (BCE as softplus(x) − x·t, target sums as one batched product, targets shared by a
+    prompt's candidates) equal the terms written out pixel by pixel on expanded targets, gradients too."""
+    torch.manual_seed(0)
+    logits = (3 * torch.randn(5, 3, 12, 10, dtype=torch.float64)).requires_grad_()
+    target = torch.rand(5, 12, 10) > 0.6
+    target[0] = False  # an empty target
+    t = target[:, None].expand_as(logits).double()
+    p = torch.sigmoid(logits)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, t, reduction="none")
+    expected = {
+        "bce": bce.mean(dim=(2, 3)),
+        "focal": (bce * (1 - (p * t + (1 - p) * (1 - t))) ** 2 * (0.25 * t + 0.75 * (1 - t))).mean(dim=(2, 3)),
+        "dice": 1 - (2 * (p * t).sum(dim=(2, 3)) + 1) / (p.sum(dim=(2, 3)) + t.sum(dim=(2, 3)) + 1),
+    }
+    got = {
+        "bce": sigmoid_focal_loss(logits, target, alpha=-1.0, gamma=0.0),
+        "focal": sigmoid_focal_loss(logits, target, alpha=0.25, gamma=2.0),
+        "dice": dice_loss(logits, target),
+    }
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-10, atol=1e-12)
+        (grad_got,) = torch.autograd.grad(got[name].sum(), logits)
+        (grad_expected,) = torch.autograd.grad(expected[name].sum(), logits)
+        torch.testing.assert_close(grad_got, grad_expected, rtol=1e-10, atol=1e-12)
+    predicted = (logits > 0).detach()
+    union = (predicted | target[:, None]).sum(dim=(2, 3)).double()
+    iou = (predicted & target[:, None]).sum(dim=(2, 3)).double() / union.clamp(min=1)
+    empty = torch.zeros(1, 1, 12, 10, dtype=torch.float64) - 1  # both empty: IoU 1
+    assert torch.equal(binary_mask_iou(logits, target), torch.where(union > 0, iou, torch.ones_like(iou)))
+    assert float(binary_mask_iou(empty, torch.zeros(1, 12, 10, dtype=torch.bool))) == 1.0
 
 
 def test_generalized_box_iou_on_known_boxes():
