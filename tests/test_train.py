@@ -95,7 +95,7 @@ def test_mask_terms_equal_their_elementwise_definitions():
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-10, atol=1e-12)
         (grad_got,) = torch.autograd.grad(got[name].sum(), logits)
-        (grad_expected,) = torch.autograd.grad(expected[name].sum(), logits)
+        (grad_expected,) = torch.autograd.grad(expected[name].sum(), logits, retain_graph=True)
         torch.testing.assert_close(grad_got, grad_expected, rtol=1e-10, atol=1e-12)
     predicted = (logits > 0).detach()
     union = (predicted | target[:, None]).sum(dim=(2, 3)).double()
