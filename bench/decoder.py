@@ -1,4 +1,5 @@
-"""Mask-decoder benchmark: what glibc's malloc settings and SegEvery's IoU-filter skip change.
+"""Mask-decoder benchmark: what glibc's malloc settings, SegEvery's IoU-filter skip and the kept image side
+change.
 
 Random weights (no trained Lite-SAM weights exist at these sizes), one 1×C×h×w embedding of the variant,
 ``--prompts`` prompts (a random point and box each, as AutoPPN gives), 3 masks a prompt, one thread.
@@ -11,8 +12,14 @@ Random weights (no trained Lite-SAM weights exist at these sizes), one 1×C×h×
   masks reach it are not upscaled) against the same decode without it, with the threshold set where it
   drops 0 %, 50 % and 90 % of the prompts (by their predicted IoUs), interleaved in one process. The kept
   prompts' masks are checked equal to the full decode's.
+* ``click``: a warm click as the backend makes it (``LiteSamPredictor.predict``: one point, three masks, the
+  best one upscaled to a 1024×768 image) with the per-image work kept from the previous click on the image
+  (the transformer's image side, ``SHARED_IMAGES``, and the prompt encoder's dense positional encoding, as
+  every process now does) against both computed afresh for each click, interleaved in one process; the
+  answers are checked equal.
 
     python bench/decoder.py [--variant litesam_r640] [--prompts 32] [--rounds 5] [--processes 5]
+                            [--sections malloc skip click]
 """
 
 from __future__ import annotations
@@ -24,11 +31,14 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import torch
 
 from benchlib import header, interleaved, set_threads
 from litesam.build import build_model
 from litesam.inference import load_average
+from litesam.modeling.mask_decoder import SHARED_IMAGES
+from litesam.predictor import LiteSamPredictor
 
 
 def decoder_inputs(variant: str, prompts: int) -> tuple[torch.nn.Module, dict[str, object]]:
@@ -114,6 +124,39 @@ def bench_skip(variant: str, prompts: int, rounds: int) -> None:
               f"{times['0 %'] / seconds:.2f}× the full decode")
 
 
+def bench_click(variant: str, rounds: int) -> None:
+    torch.manual_seed(0)
+    model = build_model(variant, fuse=True).eval()
+    predictor = LiteSamPredictor(model)
+    image = np.random.default_rng(0).integers(0, 256, (768, 1024, 3), dtype=np.uint8)
+    predictor.set_image(image)
+    shared = model.mask_decoder._shared_images
+    clicks = iter(np.random.default_rng(1).uniform((0, 0), (1024, 768), (10**6, 2)))
+
+    def click(kept: bool, point: np.ndarray | None = None):
+        """One click; ``kept=False`` computes the image side and the positional encoding afresh, leaving
+        what the decoder and the prompt encoder keep untouched for the next kept click."""
+        point = next(clicks)[None] if point is None else point
+        if kept:
+            return predictor.predict(point, np.array([1]), best_only=True)
+        encoding, shared.size = model.prompt_encoder._dense_pe, 0
+        model.prompt_encoder._dense_pe = None
+        try:
+            return predictor.predict(point, np.array([1]), best_only=True)
+        finally:
+            model.prompt_encoder._dense_pe, shared.size = encoding, SHARED_IMAGES
+
+    point = np.array([[300.0, 200.0]])
+    answers = [click(kept, point) for kept in (False, True, True)]
+    for answer in answers[1:]:
+        assert all(np.array_equal(a, b) for a, b in zip(answer, answers[0], strict=True)), "answers differ"
+    print(f"\nwarm click: {variant}, one point, best of three masks upscaled to 1024×768, "
+          f"medians of {rounds} interleaved rounds (answers equal)")
+    times = interleaved({"computed each click": lambda: click(False), "kept": lambda: click(True)}, rounds)
+    for name, seconds in times.items():
+        print(f"  {name:>20s}: {seconds * 1e3:7.2f} ms   {times['computed each click'] / seconds:.2f}×")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -122,7 +165,8 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--processes", type=int, default=5, help="fresh processes of each malloc setting")
-    parser.add_argument("--sections", nargs="+", default=["malloc", "skip"], choices=["malloc", "skip"])
+    parser.add_argument("--sections", nargs="+", default=["malloc", "skip", "click"],
+                        choices=["malloc", "skip", "click"])
     parser.add_argument("--child", choices=["defaults", "fixed"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -136,6 +180,8 @@ def main() -> None:
         bench_malloc(args.variant, args.prompts, args.rounds, args.processes)
     if "skip" in args.sections:
         bench_skip(args.variant, args.prompts, args.rounds)
+    if "click" in args.sections:
+        bench_click(args.variant, args.rounds)
     print(f"\n{load_average()} (at end)")
 
 

@@ -45,3 +45,11 @@ class MLPBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.lin2(self.act(self.lin1(x)))
+
+
+def write_count(tensor: torch.Tensor) -> int | None:
+    """How many in-place writes ``tensor`` (and every view of its storage) has had: autograd's version
+    counter; None for an inference-mode tensor, which keeps none (it can be written only inside inference
+    mode). For caches of values computed from a tensor: a changed count means the value is stale."""
+    return None if tensor.is_inference() else tensor._version
+
