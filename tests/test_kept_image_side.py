@@ -104,7 +104,8 @@ def test_mask_inputs_and_training_always_prepare_afresh(monkeypatch):
     for _ in range(2):  # a mask input gives a per-call dense embedding: never kept
         answer = predictor.predict(point_coords=POINT, point_labels=LABEL, mask_input=low_res[:1])
     assert calls[0] == 2
-    assert_same(answer, afresh(model, predictor, point_coords=POINT, point_labels=LABEL, mask_input=low_res[:1]))
+    reference = afresh(model, predictor, point_coords=POINT, point_labels=LABEL, mask_input=low_res[:1])
+    assert_same(answer, reference)
     calls[0] = 0
 
     # With gradients on (training) nothing is kept, and a positional encoding made in inference mode is

@@ -8,7 +8,7 @@ For speed on a CPU the decoder never copies the image embedding once per prompt:
 transformer's first layer is done once (when no mask input makes the dense embedding prompt-specific), and
 prompts run in chunks so that per-call temporaries stay a few MiB (the allocator hands large blocks back to
 the OS, and they are page-faulted in afresh on every allocation). In inference that per-image work is also
-kept for the last few image embeddings (:class:`_SharedImages`), so a further click on the same image skips it.
+kept for the last few image embeddings (:class:`_SharedImages`): a further click on the same image skips it.
 """
 
 import threading
@@ -27,7 +27,7 @@ from litesam.modeling.transformer import PreparedImage, TwoWayTransformer
 # Prompts per chunk are chosen so that the largest temporary (the upscaled mask features, 16·h·w × C/8
 # floats per prompt: 8 MiB at 1024, 3.3 MB at 640) stays within this; measured best among 4–32 MiB.
 CHUNK_BYTES = 16 * 2**20
-#: Image embeddings whose prepared image side a decoder keeps for inference (4 MB each at r640, 10 MB at r1024).
+#: Image embeddings whose prepared image side a decoder keeps in inference (4 MB each at r640, 10 at r1024).
 SHARED_IMAGES = 4
 
 
@@ -270,7 +270,7 @@ class _SharedImages:
     def prepare(
         self, transformer: TwoWayTransformer, embeddings: Tensor, dense: Tensor, image_pe: Tensor
     ) -> PreparedImage:
-        """``prepare_image(embeddings + dense[:1], image_pe)`` for ``1×C×h×w`` ``embeddings``, kept or computed."""
+        """``prepare_image(embeddings + dense[:1], image_pe)`` of a 1×C×h×w embedding: kept or computed."""
         if torch.is_grad_enabled() or self.size == 0 or dense.stride(2) or dense.stride(3):
             return transformer.prepare_image(embeddings + dense[:1], image_pe)
         parameters = tuple(transformer.layers[0].parameters())
@@ -295,7 +295,8 @@ class _SharedImages:
                     return prepared
         prepared = transformer.prepare_image(embeddings + dense[:1], image_pe)
         with self._lock:
-            self._entries[id(embeddings)] = (weakref.ref(embeddings), stamp, (dense, image_pe, parameters), prepared)
+            kept_alive = (dense, image_pe, parameters)
+            self._entries[id(embeddings)] = (weakref.ref(embeddings), stamp, kept_alive, prepared)
             self._entries.move_to_end(id(embeddings))
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
