@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from litesam.build import build_model, load_checkpoint
-from litesam.train.config import TrainConfig, input_side_at
+from litesam.train.config import LossWeights, TrainConfig, input_side_at
 from litesam.train.loop import train
 from litesam.variants import VARIANTS
 from tests.coco_support import coco  # noqa: F401 (a fixture)
@@ -90,6 +90,12 @@ def test_a_switch_inside_an_epoch_interrupted_and_resumed_gives_the_uninterrupte
     assert [(e["step"], e["epoch"], e["side"]) for e in log] == [
         (1, 0, 128), (2, 0, 128), (3, 1, 128), (4, 1, 256), (5, 2, 256)
     ]
+    # The heat term weighs (256 / 128)² = 4× at 128 px (its cells are a quarter as many), 1× at 256.
+    w = LossWeights()
+    for e in log:
+        scale = (256 / e["side"]) ** 2
+        autoppn = scale * w.heat * e["heat"] + w.box_l1 * e["box_l1"] + w.box_giou * e["box_giou"]
+        assert e["loss"] == pytest.approx(e["mask"] + w.autoppn * autoppn, abs=1e-5), e
     # Interrupted at the switch: the resumed invocation reaches step 3 by the resume path (skipping the
     # epoch's done batch), the straight run by the phase break; the weights must agree bit for bit.
     out = tmp_path / "run"

@@ -138,6 +138,7 @@ def _train(config: TrainConfig, ctx: RunContext) -> dict:
         while step < stop_step:
             side, phase_end = input_side_at(step, total_steps, full_side, progressive)
             model.set_input_size(side)
+            ctx.unwrap(objective).heat_scale = (full_side / side) ** 2
             dataset = datasets[side]
             epoch, done_in_epoch = divmod(step, steps_per_epoch)
             dataset.set_epoch(epoch)
@@ -216,9 +217,10 @@ class _Objective(torch.nn.Module):
         super().__init__()
         self.model = model
         self.prompts, self.weights = config.prompts, config.losses
+        self.heat_scale = 1.0  # set by the loop for each input side (training_losses' heat_scale)
 
     def forward(self, batch) -> dict[str, torch.Tensor]:
-        return training_losses(self.model, batch, self.prompts, self.weights)
+        return training_losses(self.model, batch, self.prompts, self.weights, self.heat_scale)
 
 
 def _checkpoint(

@@ -25,6 +25,7 @@ def training_losses(
     batch: TrainBatch,
     prompts: PromptConfig | None = None,
     weights: LossWeights | None = None,
+    heat_scale: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """Forward a batch through the whole model and compute every loss term (see the module docstring).
 
@@ -34,6 +35,9 @@ def training_losses(
         prompts: prompt settings (only the proposal settings are used here; the rest shaped the batch);
             default :class:`PromptConfig`.
         weights: loss weights; default :class:`LossWeights`.
+        heat_scale: factor of the heat term in ``loss`` (the reported ``heat`` is unscaled). The term sums
+            over a mask's heat cells, whose number goes with the input's area, so a progressive run trains
+            its smaller side S with ``(S_full / S)²``: each mask's heat then weighs what it weighs at full size.
     Returns:
         Scalar tensors: ``loss`` (the total to minimise), ``mask`` (all prompt kinds), ``focal``, ``dice``,
         ``iou``, ``heat``, ``box_l1``, ``box_giou``, and the prompt counts ``n_point``, ``n_box``,
@@ -102,7 +106,9 @@ def training_losses(
         ppn.heat_logits.float(), batch.heat_target, batch.heat_valid, batch.num_peaks, weights.heat_beta
     )
     box = box_losses(ppn.box_ltrb.float(), batch.box_target, batch.heat_target, weights.box_min_heat)
-    autoppn = weights.heat * heat + weights.box_l1 * box["box_l1"] + weights.box_giou * box["box_giou"]
+    autoppn = (
+        heat_scale * weights.heat * heat + weights.box_l1 * box["box_l1"] + weights.box_giou * box["box_giou"]
+    )
     return {
         "loss": mask_terms["mask"] + weights.autoppn * autoppn,
         **mask_terms,
