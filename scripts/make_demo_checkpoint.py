@@ -1,10 +1,12 @@
 """Make the demo checkpoint ``litesam/weights/litesam_tiny_synthetic.pt`` from the synthetic generator.
 
 The demo checkpoint is what ``litesam segment`` and ``litesam everything`` use when no ``--checkpoint`` is
-given: ``litesam_tiny`` trained from scratch on synthetic scenes (:mod:`litesam.train.synthetic`) with the
-learning proof's recipe (``bench/train_proof.py``): ``litesam train --data synthetic --variant litesam_tiny
---max-steps 8000 --batch-size 4``, every other setting the CLI's default (seed 0). **Trained on synthetic
-shapes; not for real photos.** The backend never serves it unless it is named as ``LITESAM_CHECKPOINT``.
+given: ``litesam_tiny`` trained from scratch on synthetic scenes (:mod:`litesam.train.synthetic`):
+``litesam train --data synthetic --variant litesam_tiny --max-steps 8000 --batch-size 4 --progressive-side
+0``, every other setting the CLI's default (seed 0): the learning proof's recipe (``bench/train_proof.py``)
+at 256 px throughout, as the checkpoint was made before progressive resizing became litesam_tiny's
+default. **Trained on synthetic shapes; not for real photos.** The backend never serves it unless it is
+named as ``LITESAM_CHECKPOINT``.
 
 Steps: train (or take the finished run given with ``--from-run``), store the weights in float16 (half the
 size; they are loaded into float32 models) with the label, the recipe and the held-out figures in the
@@ -46,7 +48,7 @@ def main() -> int:
     args = parser.parse_args()
 
     recipe = ["train", "--data", "synthetic", "--variant", "litesam_tiny",
-              "--max-steps", str(args.steps), "--batch-size", str(args.batch_size)]
+              "--max-steps", str(args.steps), "--batch-size", str(args.batch_size), "--progressive-side", "0"]
     run = args.from_run
     if run is None:
         run = args.run

@@ -19,7 +19,9 @@ def test_progressive_resizing_plan_and_its_defaults(tmp_path):
     def plan(**kwargs) -> tuple[int, float]:
         return TrainConfig(data="synthetic", output_dir=tmp_path, **kwargs).resolved_progressive()
 
-    assert plan(variant="litesam_tiny") == (0, 0.0)  # off by default
+    assert plan(variant="litesam_tiny") == (128, 0.5)  # the variant's default
+    assert plan(variant="litesam_tiny", progressive_side=0) == (0, 0.0)
+    assert plan(variant="litesam_r640") == (0, 0.0)  # off for the others
     assert plan(variant="litesam_tiny", progressive_side=128) == (128, 0.5)
     assert plan(variant="litesam_tiny", progressive_side=128, progressive_fraction=0.0) == (0, 0.0)
     assert plan(variant="litesam_r640", progressive_side=320, progressive_fraction=0.25) == (320, 0.25)

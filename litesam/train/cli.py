@@ -86,7 +86,7 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
         "--progressive-side",
         type=int,
         help="progressive resizing: train the first --progressive-fraction of the steps at this smaller "
-        "input side, then at the variant's (default: off)",
+        "input side, then at the variant's; 0: off (default: 128 for litesam_tiny, off for the others)",
     )
     parser.add_argument(
         "--progressive-fraction",
