@@ -184,13 +184,24 @@ def test_threads_clicking_on_two_images_get_their_own_answers(threads):
         predictor = LiteSamPredictor(model)
         predictor.set_embedding(embedding)
         references.append(afresh(model, predictor, point_coords=POINT, point_labels=LABEL))
+    # Concurrent threads may round differently (the BLAS kernels split work by the threads they get; seen
+    # at ~1e-7 in a loaded test run), so answers are compared within a tolerance that still tells the two
+    # images apart.
+    tolerance = dict(rtol=0, atol=1e-5)
+    assert not np.allclose(references[0][2], references[1][2], **tolerance)
     failures: list[BaseException] = []
+
+    def close_to(got, expected) -> None:
+        masks, scores, logits = got
+        np.testing.assert_allclose(scores, expected[1], **tolerance)
+        np.testing.assert_allclose(logits, expected[2], **tolerance)
+        assert (masks != expected[0]).mean() < 1e-3  # only pixels whose logit rounds across 0 may flip
 
     def work(index: int) -> None:
         try:
             for step in range(6):
                 which = (index + step) % 2
-                assert_same(answer(embeddings[which]), references[which])
+                close_to(answer(embeddings[which]), references[which])
         except BaseException as error:  # reported in the main thread
             failures.append(error)
 
