@@ -52,4 +52,3 @@ def write_count(tensor: torch.Tensor) -> int | None:
     counter; None for an inference-mode tensor, which keeps none (it can be written only inside inference
     mode). For caches of values computed from a tensor: a changed count means the value is stale."""
     return None if tensor.is_inference() else tensor._version
-

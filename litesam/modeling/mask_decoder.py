@@ -301,4 +301,3 @@ class _SharedImages:
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
         return prepared
-

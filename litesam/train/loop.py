@@ -138,7 +138,6 @@ def _train(config: TrainConfig, ctx: RunContext) -> dict:
         while step < stop_step:
             side, phase_end = input_side_at(step, total_steps, full_side, progressive)
             model.set_input_size(side)
-            ctx.unwrap(objective).heat_scale = (full_side / side) ** 2
             dataset = datasets[side]
             epoch, done_in_epoch = divmod(step, steps_per_epoch)
             dataset.set_epoch(epoch)
@@ -217,10 +216,11 @@ class _Objective(torch.nn.Module):
         super().__init__()
         self.model = model
         self.prompts, self.weights = config.prompts, config.losses
-        self.heat_scale = 1.0  # set by the loop for each input side (training_losses' heat_scale)
+        self.full_side = model.img_size  # the variant's side, before any progressive resizing
 
     def forward(self, batch) -> dict[str, torch.Tensor]:
-        return training_losses(self.model, batch, self.prompts, self.weights, self.heat_scale)
+        heat_scale = (self.full_side / self.model.img_size) ** 2  # training_losses' per-area weighing
+        return training_losses(self.model, batch, self.prompts, self.weights, heat_scale)
 
 
 def _checkpoint(
