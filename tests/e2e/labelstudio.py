@@ -27,6 +27,7 @@ import fcntl
 import json
 import os
 import re
+import secrets
 import shutil
 import sys
 import time
@@ -45,7 +46,7 @@ ADMIN_PASSWORD = "e2e-admin-pass-123"
 # Legacy DRF token of the admin (LS accepts 6..40 characters). label-studio-ml 1.0.9 downloads images with it.
 LEGACY_TOKEN = "e2e0legacy0token0000000000000000000000aa"
 # Bump when the template's recipe changes, so stale templates are rebuilt.
-TEMPLATE_FORMAT = 1
+TEMPLATE_FORMAT = 2
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TEMPLATE_DIR = REPO_ROOT / ".cache" / "ls-template"
@@ -72,11 +73,20 @@ def label_studio_executable() -> Path:
     return exe
 
 
-def label_studio_env(*, data_dir: Path, files_root: Path, home: Path, port: int) -> dict[str, str]:
-    """The complete, hermetic environment of one Label Studio process (recipe §2, pitfalls 2, 3, 5, 7)."""
+def label_studio_env(
+    *, data_dir: Path, files_root: Path, home: Path, port: int, secret_key: str
+) -> dict[str, str]:
+    """The complete, hermetic environment of one Label Studio process (recipe §2, pitfalls 2, 3, 5, 7).
+
+    ``secret_key`` is Django's SECRET_KEY, which also signs the PAT's JWTs: the template's key, handed to every
+    server started on a copy. Left to LS, the key is drawn at random into ``<data_dir>/.env``, and one that
+    begins with ``$`` (1 in 50 draws) reads back through django-environ as a reference to another variable, so
+    the next start draws a new key and every PAT fails ("Signature verification failed").
+    """
     env = base_env(home)  # none of the caller's LS variables; no real ~/.local/share/label-studio
     env.update(
         {
+            "SECRET_KEY": secret_key,
             "DJANGO_DB": "sqlite",
             "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
             "LABEL_STUDIO_USERNAME": ADMIN_EMAIL,
@@ -104,6 +114,7 @@ class TemplateInfo:
 
     path: Path  # the template folder; its ``data/`` is a migrated LS data directory
     pat: str  # the admin's personal access token (one per user: it cannot be issued again)
+    secret_key: str  # Django's SECRET_KEY, which signed the PAT; every server on a copy runs with it
     build_seconds: float | None  # how long the build took, None when the template already existed
 
 
@@ -145,9 +156,10 @@ def _read_template(template_dir: Path) -> TemplateInfo | None:
         and meta.get("label_studio") == LS_VERSION
         and meta.get("legacy_token") == LEGACY_TOKEN
         and isinstance(meta.get("pat"), str)
+        and isinstance(meta.get("secret_key"), str)
         and (template_dir / "data" / "label_studio.sqlite3").is_file()
     )
-    return TemplateInfo(template_dir, meta["pat"], None) if fresh else None
+    return TemplateInfo(template_dir, meta["pat"], meta["secret_key"], None) if fresh else None
 
 
 def _build_template(template_dir: Path) -> TemplateInfo:
@@ -157,7 +169,10 @@ def _build_template(template_dir: Path) -> TemplateInfo:
         shutil.rmtree(stale, ignore_errors=True)
     build_dir = template_dir.parent / f"{template_dir.name}.build-{os.getpid()}"
     build_dir.mkdir()
-    server = LabelStudioServer._launch(build_dir, data_dir=build_dir / "data", timeout=FIRST_START_TIMEOUT)
+    secret_key = secrets.token_hex(32)  # [0-9a-f] only: nothing django-environ reads as a reference
+    server = LabelStudioServer._launch(
+        build_dir, data_dir=build_dir / "data", secret_key=secret_key, timeout=FIRST_START_TIMEOUT
+    )
     try:
         server._check_legacy_token()
         pat = server._issue_pat()
@@ -172,6 +187,7 @@ def _build_template(template_dir: Path) -> TemplateInfo:
         "admin_email": ADMIN_EMAIL,
         "legacy_token": LEGACY_TOKEN,
         "pat": pat,
+        "secret_key": secret_key,
         "build_seconds": round(build_seconds, 1),
     }
     (build_dir / "harness.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -183,7 +199,7 @@ def _build_template(template_dir: Path) -> TemplateInfo:
             path.unlink()
     shutil.rmtree(template_dir, ignore_errors=True)
     build_dir.rename(template_dir)
-    return TemplateInfo(template_dir, pat, build_seconds)
+    return TemplateInfo(template_dir, pat, secret_key, build_seconds)
 
 
 # --------------------------------------------------------------------------------------------- server
@@ -222,13 +238,17 @@ class LabelStudioServer:
         with _template_lock(template_dir):  # no rebuild can replace the template while it is copied
             template = _ensure_template_locked(template_dir)
             shutil.copytree(template.path / "data", data_dir)
-        server = cls._launch(workdir, data_dir=data_dir, timeout=START_TIMEOUT)
+        server = cls._launch(
+            workdir, data_dir=data_dir, secret_key=template.secret_key, timeout=START_TIMEOUT
+        )
         server.pat = template.pat
         server.template = template
         return server
 
     @classmethod
-    def _launch(cls, workdir: Path, *, data_dir: Path, timeout: float) -> LabelStudioServer:
+    def _launch(
+        cls, workdir: Path, *, data_dir: Path, secret_key: str, timeout: float
+    ) -> LabelStudioServer:
         """Start ``label-studio start`` on a free port; retry on a port race (recipe pitfall 6)."""
         files_root = workdir / "files"
         home = workdir / "home"
@@ -252,7 +272,9 @@ class LabelStudioServer:
                 data_dir,
                 "--enable-legacy-api-token",
             ]
-            env = label_studio_env(data_dir=data_dir, files_root=files_root, home=home, port=port)
+            env = label_studio_env(
+                data_dir=data_dir, files_root=files_root, home=home, port=port, secret_key=secret_key
+            )
             process = ManagedProcess(f"label-studio:{port}", argv, env=env, cwd=workdir, log_path=log_path)
             process.start()
             server = cls(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import subprocess
 import sys
 import textwrap
 import time
@@ -97,11 +98,45 @@ def test_label_studio_env_is_hermetic(tmp_path, monkeypatch):
     for name in ("USERNAME", "PASSWORD", "HOST", "PORT", "DJANGO_DB", "DEBUG", "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK",
                  "HEARTEX_USERNAME", "PYTHONPATH", "XDG_DATA_HOME"):  # fmt: skip
         monkeypatch.setenv(name, "leaked")
-    env = label_studio_env(data_dir=tmp_path / "d", files_root=tmp_path / "f", home=tmp_path / "h", port=1234)
+    env = label_studio_env(
+        data_dir=tmp_path / "d", files_root=tmp_path / "f", home=tmp_path / "h", port=1234, secret_key="k" * 64
+    )
     assert "leaked" not in env.values()
     assert env["LABEL_STUDIO_HOST"] == "http://127.0.0.1:1234"
     assert env["DJANGO_DB"] == "sqlite" and env["XDG_DATA_HOME"].startswith(str(tmp_path))
     assert env["LABEL_STUDIO_ML_BLOCK_LOCAL_IP"] == env["LABEL_STUDIO_SSRF_PROTECTION_ENABLED"] == "false"
+
+
+def test_the_harness_key_wins_over_a_dollar_key_that_label_studio_would_redraw(tmp_path):
+    # LS 1.23.2 draws SECRET_KEY into <data>/.env; one starting with "$" reads back as a variable reference and
+    # is replaced by a new draw at every start, which broke every PAT of a template copy (CI, 2026-12-06).
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / ".env").write_text("SECRET_KEY=$@i%z-wqcj&c4olfr\n")
+    probe = textwrap.dedent(
+        """
+        import sys
+        from label_studio.core.utils.secret_key import generate_secret_key_if_missing
+        print(generate_secret_key_if_missing(sys.argv[1]))
+        """
+    )
+    key = "0123456789abcdef" * 4
+
+    def ls_key(**extra: str) -> str:
+        env = label_studio_env(
+            data_dir=data_dir, files_root=tmp_path / "f", home=tmp_path / "h", port=1234, secret_key=key
+        )
+        env.update(extra)
+        done = subprocess.run(
+            [sys.executable, "-c", probe, str(data_dir)], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip().splitlines()[-1]
+
+    assert ls_key() == key
+    assert ls_key() == key  # and again: nothing was redrawn
+    unset = ls_key(SECRET_KEY="")  # what LS does on its own: a fresh draw each time
+    assert unset != key and unset != ls_key(SECRET_KEY="")
 
 
 # ------------------------------------------------------------------------------ real Label Studio
