@@ -53,6 +53,7 @@ from .errors import (
     QueueUnavailableError,
     UnauthorizedError,
 )
+from .json_answers import OrjsonProvider
 from .labelstudio.label_config import parse_label_config
 from .labelstudio.prompts import parse_context
 from .model import LiteSamBackend
@@ -89,7 +90,7 @@ def create_app(
     """Build the app for ``settings`` (and ``services``, built from the settings when not given)."""
     app = Flask("backend")
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
-    app.config["JSON_SORT_KEYS"] = False
+    app.json = OrjsonProvider(app)
     app.extensions[_EXTENSION] = services or build_services(settings)
     app.extensions[_BATCH] = batch_predict
     app.before_request(_start_clock)
