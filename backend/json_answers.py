@@ -7,8 +7,8 @@ a ~60 ms warm click (in process, Zen 3); orjson encodes the same answer ~10× fa
 JSON as with Flask's default provider: keys in insertion order instead of sorted, non-ASCII as UTF-8 instead of
 ``\\u`` escapes, non-string keys as strings, numpy arrays and scalars as their values, NaN and infinities as
 ``null`` (Python's ``json`` writes ``NaN``, which is not JSON); Flask's own conversions (dates as HTTP dates,
-dataclasses, ``__html__``) still apply to what orjson does not know. ``dumps`` with keyword arguments (Flask
-passes none itself) keeps Python's ``json`` for them.
+dataclasses, ``__html__``) still apply to what orjson does not know. ``dumps`` with keyword arguments keeps
+Python's ``json`` for them: templates' ``tojson`` passes ``sort_keys``.
 """
 
 from __future__ import annotations
@@ -37,5 +37,5 @@ class OrjsonProvider(DefaultJSONProvider):
 
     def _encode(self, obj: Any, *, indent: bool) -> bytes:
         """UTF-8 JSON of ``obj``; two-space indented when ``indent`` (debug mode, as Flask's own provider)."""
-        options = _OPTIONS | orjson.OPT_INDENT_2 if indent else _OPTIONS
+        options = (_OPTIONS | orjson.OPT_INDENT_2) if indent else _OPTIONS
         return orjson.dumps(obj, default=self.default, option=options)

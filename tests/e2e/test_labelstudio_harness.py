@@ -157,6 +157,7 @@ def test_projects_uploads_tokens_and_image_download(label_studio: LabelStudioSer
     # Both token kinds authenticate through the SDK (legacy "Token …", PAT → refresh → "Bearer …").
     assert ls.client().users.whoami().email == ADMIN_EMAIL
     assert ls.client(ls.pat).users.whoami().email == ADMIN_EMAIL
+    assert ls.process.env["SECRET_KEY"] == ls.template.secret_key  # the key that signed the PAT
 
     # The uploaded bytes come back with a Bearer access token from the PAT, and not without credentials.
     with ls.http("bearer") as bearer, ls.http(None) as anonymous:
