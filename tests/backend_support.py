@@ -82,6 +82,7 @@ class FakeLabelStudio:
     def __init__(self, pat: str | None = None, access_lifetime_s: float = 300.0) -> None:
         self.routes: dict[str, Route] = {}
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Authorization)
+        self.posted: list[tuple[str, bytes]] = []  # (path, body) of every POST
         self.pat = pat
         self.access_lifetime_s = access_lifetime_s
         self.issued_access: list[str] = []
@@ -132,11 +133,14 @@ class FakeLabelStudio:
 
     def _handle(self, handler: BaseHTTPRequestHandler, method: str) -> None:
         auth = handler.headers.get("Authorization")
+        length = int(handler.headers.get("Content-Length", 0)) if method == "POST" else 0
+        posted = handler.rfile.read(length) if length else b""
         with self._lock:
             self.requests.append((method, handler.path, auth))
+            if method == "POST":
+                self.posted.append((handler.path, posted))
         if method == "POST" and handler.path == "/api/token/refresh/":
-            length = int(handler.headers.get("Content-Length", 0))
-            body = json.loads(handler.rfile.read(length) or b"{}")
+            body = json.loads(posted or b"{}")
             if self.pat is None or body.get("refresh") != self.pat:
                 return self._send(handler, 401, b'{"detail": "Token is invalid"}')
             access = fake_jwt(

@@ -4,9 +4,11 @@
   ``LABEL_STUDIO_API_KEY`` (a personal access token is exchanged and refreshed). Every request to Label
   Studio carries it: image downloads (:mod:`backend.images`) and the REST calls, which go through
   label-studio-sdk with this header put on each request (the SDK's own token handling is not used).
-* **REST** (pre-annotation jobs): project config, task listing, predictions. Connection failures, timeouts,
-  429 and 5xx answers raise :class:`~backend.errors.LabelStudioUnavailable` (the job retries); other HTTP
-  errors raise :class:`~backend.errors.UpstreamError` with Label Studio's answer.
+* **REST** (pre-annotation jobs): project config, task listing, predictions. The prediction writes are posted
+  as orjson-encoded bytes on the SDK's own HTTP client (:meth:`LabelStudioClient.import_predictions`); the
+  other calls go through the SDK. Connection failures, timeouts, 429 and 5xx answers raise
+  :class:`~backend.errors.LabelStudioUnavailable` (the job retries); other HTTP errors raise
+  :class:`~backend.errors.UpstreamError` with Label Studio's answer.
 * **URIs**: which URL serves a task's image, and which images never change (:mod:`backend.labelstudio.uris`).
 """
 
@@ -17,10 +19,10 @@ from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 
 import httpx
+import orjson
 import requests
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
-from label_studio_sdk.types import PredictionRequest
 
 from ..errors import ConfigurationError, LabelStudioUnavailable, UpstreamError
 from ..settings import Settings
@@ -46,6 +48,7 @@ class LabelStudioClient:
             settings.label_studio_url, settings.label_studio_api_key, timeout=settings.fetch_timeout
         )
         self._sdk: LabelStudio | None = None
+        self._http: httpx.Client | None = None  # the SDK's HTTP client, built with it
 
     @property
     def configured(self) -> bool:
@@ -68,25 +71,38 @@ class LabelStudioClient:
     # -- REST ------------------------------------------------------------------------------------------------
     @property
     def sdk(self) -> LabelStudio:
+        """label-studio-sdk's client (built on first use)."""
         if self._sdk is None:
-            if not self.configured:
-                raise ConfigurationError(
-                    "pre-annotation needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to read "
-                    "tasks and write predictions"
-                )
-            with self.calling("connect"):
-                self._sdk = LabelStudio(
-                    base_url=self.url,
-                    api_key=_SDK_KEY_PLACEHOLDER,
-                    httpx_client=httpx.Client(
-                        auth=_HeaderAuth(self.auth),
-                        timeout=LABEL_STUDIO_TIMEOUT_S,
-                        follow_redirects=True,
-                        trust_env=False,
-                    ),
-                    timeout=LABEL_STUDIO_TIMEOUT_S,
-                )
+            self._connect()
         return self._sdk
+
+    @property
+    def http(self) -> httpx.Client:
+        """The HTTP client the SDK sends on, for calls made without the SDK (built on first use)."""
+        if self._http is None:
+            self._connect()
+        return self._http
+
+    def _connect(self) -> None:
+        if not self.configured:
+            raise ConfigurationError(
+                "pre-annotation needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to read "
+                "tasks and write predictions"
+            )
+        with self.calling("connect"):
+            http = httpx.Client(
+                auth=_HeaderAuth(self.auth),
+                timeout=LABEL_STUDIO_TIMEOUT_S,
+                follow_redirects=True,
+                trust_env=False,
+            )
+            self._sdk = LabelStudio(
+                base_url=self.url,
+                api_key=_SDK_KEY_PLACEHOLDER,
+                httpx_client=http,
+                timeout=LABEL_STUDIO_TIMEOUT_S,
+            )
+            self._http = http
 
     @contextmanager
     def calling(self, what: str) -> Iterator[None]:
@@ -192,20 +208,34 @@ class LabelStudioClient:
                     raise
 
     def import_predictions(self, project: int, predictions: Sequence[tuple[int, dict]]) -> int:
-        """Write (task id, prediction dict) pairs in one call; returns how many Label Studio created."""
-        request = [
-            PredictionRequest(
-                task=task_id, result=p["result"], score=p["score"], model_version=p["model_version"]
+        """Write (task id, prediction dict) pairs in one call; returns how many Label Studio created.
+
+        The body (a JSON list of ``{task, result, score, model_version}``, as the SDK's
+        ``projects.import_predictions`` sends) is encoded by orjson and posted on the SDK's HTTP client, so
+        the same auth, timeout and redirects apply. Through the SDK, its ``jsonable_encoder`` walks every
+        integer of every brush RLE in Python: 8.1 s for one task of 50 noise masks (160,000 RLE integers
+        each), against 0.08 s for orjson (AMD Zen 4, one thread; README, "Pre-annotation writes").
+        """
+        fields = ("result", "score", "model_version")
+        body = orjson.dumps(
+            [{"task": task, **{key: p[key] for key in fields}} for task, p in predictions],
+            option=orjson.OPT_SERIALIZE_NUMPY,
+        )
+        what = f"import {len(predictions)} prediction(s) into project {project}"
+        with self.calling(what):
+            # No retry: a POST whose connection broke after sending may have been carried out by Label Studio.
+            # A failed write fails the chunk; its retry checks what landed.
+            answer = self.http.post(
+                f"{self.url}/api/projects/{int(project)}/import/predictions",
+                content=body,
+                headers={"Content-Type": "application/json"},
             )
-            for task_id, p in predictions
-        ]
-        with self.calling(f"import {len(request)} prediction(s) into project {project}"):
-            # No retry inside the SDK: it re-sends a POST whose connection broke after sending, which Label
-            # Studio may have carried out. A failed write fails the chunk; its retry checks what landed.
-            answer = self.sdk.projects.import_predictions(
-                id=project, request=request, request_options={"max_retries": 0}
-            )
-        return int(answer.created or 0)
+            if answer.is_error:
+                raise ApiError(status_code=answer.status_code, headers=dict(answer.headers), body=answer.text)
+        try:
+            return int(answer.json().get("created") or 0)
+        except (ValueError, AttributeError, TypeError):
+            raise UpstreamError(f"Label Studio answered {what} with no count: {answer.text[:300]}") from None
 
 
 def _as_dict(item: object) -> dict:
