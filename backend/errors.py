@@ -83,6 +83,11 @@ class LabelStudioUnavailable(UpstreamError):
     """Label Studio could not be reached or answered with a server error (a job retries the step later)."""
 
 
+class UpstreamTooLargeError(UpstreamError):
+    """Label Studio, or a proxy in front of it, refused a request body as too large (HTTP 413); a job's writer
+    sends its predictions in smaller batches instead."""
+
+
 class TaskInputError(BadRequestError):
     """One task of a pre-annotation job cannot be done because of its own input (no image, unreadable or
     too large image, refused URL); a job records the reason for that task only and goes on."""

@@ -15,7 +15,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -74,6 +74,8 @@ class Route:
     auth: bool = True
     declare_length: bool = True
     hold: threading.Event | None = None
+    #: (status, body) from the request's body, instead of ``status`` and ``body``.
+    answer: Callable[[bytes], tuple[int, bytes]] | None = None
 
 
 class FakeLabelStudio:
@@ -119,10 +121,12 @@ class FakeLabelStudio:
         auth: bool = True,
         declare_length: bool = True,
         hold: threading.Event | None = None,
+        answer: Callable[[bytes], tuple[int, bytes]] | None = None,
         **headers: str,
     ) -> str:
-        """Serve ``body`` at ``path``; with ``hold``, each answer first waits for the event (at most 60 s)."""
-        self.routes[path] = Route(status, body, dict(headers), auth, declare_length, hold)
+        """Serve ``body`` at ``path``; with ``hold``, each answer first waits for the event (at most 60 s);
+        with ``answer``, the status and body are ``answer(the request's body)``."""
+        self.routes[path] = Route(status, body, dict(headers), auth, declare_length, hold, answer)
         return path
 
     def _authorized(self, header: str | None) -> bool:
@@ -160,7 +164,8 @@ class FakeLabelStudio:
             return self._send(handler, 401, b'{"detail": "Authentication credentials were not provided."}')
         if route.hold is not None:
             route.hold.wait(60)
-        self._send(handler, route.status, route.body, route.headers, route.declare_length)
+        status, body = route.answer(posted) if route.answer else (route.status, route.body)
+        self._send(handler, status, body, route.headers, route.declare_length)
 
     @staticmethod
     def _send(

@@ -1,11 +1,14 @@
 """Where a job writes predictions: :class:`PredictionWriter` collects each task's prediction and writes them to
 Label Studio in batches, each task at most once per model version (:mod:`backend.jobs.locks`), recording
-each written task's outcome on the job's board."""
+each written task's outcome on the job's board. A batch refused as too large (HTTP 413: Label Studio behind
+a proxy with a body limit, such as nginx's default 1 MB) is written in halves, and the writer's later
+batches are no larger than the halves."""
 
 from __future__ import annotations
 
 import logging
 
+from ..errors import UpstreamTooLargeError
 from ..labelstudio.client import LabelStudioClient
 from ..labelstudio.results import region_size
 from .board import JobBoard
@@ -68,13 +71,43 @@ class PredictionWriter:
                 self._drop(to_write)
                 return
             if to_write:
-                locks.renew()
-                created = self._ls.import_predictions(self._project, to_write)
-                if created == len(to_write):
-                    for task_id, task_prediction in to_write:
-                        self._done(task_id, len(task_prediction["result"]))
-                else:
-                    self._settle_partial(to_write, created, locks)
+                self._write(to_write, locks)
+
+    def _write(self, predictions: list[tuple[int, dict]], locks: HeldLocks) -> None:
+        """Write ``predictions`` in one call and record their outcomes. Refused as too large (413, so nothing
+        was written): a batch is written in two halves, and later batches hold at most half its count (rounded
+        up); a single prediction fails its task."""
+        locks.renew()
+        try:
+            created = self._ls.import_predictions(self._project, predictions)
+        except UpstreamTooLargeError as exc:
+            if len(predictions) == 1:
+                task_id, task_prediction = predictions[0]
+                regions = len(task_prediction["result"])
+                reason = (
+                    f"{exc.message}: its {regions} region(s) are more than Label Studio accepts in one "
+                    "request; raise the limit (nginx: client_max_body_size) or write polygons (job option "
+                    "output=polygon)"
+                )
+                self._board.record_outcome(
+                    self._job_id, self._project, task_id, "failed", reason=reason, worker=self._worker
+                )
+                logger.warning("job %s: task %d failed: %s", self._job_id, task_id, reason)
+                return
+            half = len(predictions) // 2
+            self._batch = min(self._batch, len(predictions) - half)  # never again a count that was refused
+            logger.warning(
+                "job %s: %s; writing them as %d and %d, and later batches of at most %d",
+                self._job_id, exc.message, half, len(predictions) - half, self._batch,
+            )
+            self._write(predictions[:half], locks)
+            self._write(predictions[half:], locks)
+            return
+        if created == len(predictions):
+            for task_id, task_prediction in predictions:
+                self._done(task_id, len(task_prediction["result"]))
+        else:
+            self._settle_partial(predictions, created, locks)
 
     def _drop(self, predictions: list[tuple[int, dict]]) -> None:
         """The job was cancelled: these predictions are not written (their tasks stay without an outcome)."""

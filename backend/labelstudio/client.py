@@ -24,7 +24,7 @@ import requests
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 
-from ..errors import ConfigurationError, LabelStudioUnavailable, UpstreamError
+from ..errors import ConfigurationError, LabelStudioUnavailable, UpstreamError, UpstreamTooLargeError
 from ..settings import Settings
 from . import uris
 from .auth import LabelStudioAuth
@@ -210,6 +210,9 @@ class LabelStudioClient:
     def import_predictions(self, project: int, predictions: Sequence[tuple[int, dict]]) -> int:
         """Write (task id, prediction dict) pairs in one call; returns how many Label Studio created.
 
+        Raises :class:`~backend.errors.UpstreamTooLargeError` when Label Studio or a proxy in front of it
+        answers 413 (nginx's default ``client_max_body_size`` is 1 MB); the message gives the body's size.
+
         The body (a JSON list of ``{task, result, score, model_version}``, as the SDK's
         ``projects.import_predictions`` sends) is encoded by orjson and posted on the SDK's HTTP client, so
         the same auth, timeout and redirects apply. Through the SDK, its ``jsonable_encoder`` walks every
@@ -230,6 +233,11 @@ class LabelStudioClient:
                 content=body,
                 headers={"Content-Type": "application/json"},
             )
+            if answer.status_code == 413:
+                raise UpstreamTooLargeError(
+                    f"Label Studio, or a proxy in front of it, refused {len(predictions)} prediction(s) as "
+                    f"too large (HTTP 413 for {len(body) / 1e6:.2f} MB of JSON)"
+                )
             if answer.is_error:
                 raise ApiError(status_code=answer.status_code, headers=dict(answer.headers), body=answer.text)
         try:
