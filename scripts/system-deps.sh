@@ -3,6 +3,7 @@
 #
 #   redis-server   a Redis for the tests when none answers on 127.0.0.1:6379 (scripts/test.sh starts it)
 #   chromium       the jobs page's browser test (tests/e2e/test_jobs_page.py)
+#   nginx          a proxy with a body limit in front of Label Studio (tests/e2e/test_proxy_limit_e2e.py)
 #   dockerd, debootstrap, `docker compose`   the Docker image test (tests/test_docker_image.py) and the
 #                  compose check (tests/test_docker.py)
 #
@@ -15,6 +16,7 @@ set -euo pipefail
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
 docker compose version >/dev/null 2>&1 || missing+=(compose)
