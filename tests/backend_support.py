@@ -101,6 +101,9 @@ class FakeLabelStudio:
             def do_POST(self) -> None:
                 server._handle(self, "POST")
 
+            def do_DELETE(self) -> None:
+                server._handle(self, "DELETE")
+
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"

@@ -23,8 +23,9 @@ A *pre-annotation job* is one RQ parent job and its chunk jobs, all on the queue
 not ended: its record turns ``cancelled`` with the reason and the project's active key is released in one Lua
 script (a new job for the project can start at once), then its parent and chunk RQ jobs that wait (queued,
 scheduled for a retry, deferred) are cancelled in RQ. A chunk already running checks the record's state before
-each task and before each Label Studio write (the parent before each deletion of ``overwrite``), and stops
-there: nothing is written after the cancellation (except a write already under way), and the tasks it did not
-do stay without an outcome, counted neither done nor failed. A ``done`` that lands after the cancellation is
+each task and before each Label Studio write (the parent while it lists ``overwrite``'s earlier predictions),
+and stops there: nothing is written after the cancellation (except a write already under way), and the tasks
+it did not do stay without an outcome, counted neither done nor failed (with ``overwrite``, holding their
+earlier prediction). A ``done`` that lands after the cancellation is
 still counted (the prediction is in Label Studio); a ``failed`` is not.
 """

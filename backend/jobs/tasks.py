@@ -4,8 +4,9 @@
 
     JobBoard.start(project) ─▶ plan_project(job_id)            parent, any worker
                                  lists the tasks (label-studio-sdk, resolve_uri=False), skips tasks holding a
-                                 prediction of our model version (with ``overwrite``: deletes only ours first),
-                                 enqueues the chunks in the same Redis transaction that records the plan
+                                 prediction of our model version (with ``overwrite``: notes their ids, which
+                                 the writer deletes once the task's new prediction is written), enqueues the
+                                 chunks in the same Redis transaction that records the plan
                             ─▶ run_chunk(job_id, index, tasks)   any worker, in parallel
                                  image → embedding (get or compute, stored for later clicks) → SegEvery →
                                  the regions of each mask (brush, or polygons: the plan's output tag) →
@@ -88,20 +89,23 @@ def plan_project(job_id: str) -> dict:
     tasks = ls.tasks(project, record.task_ids)
     missing = sorted(set(record.task_ids or ()) - {t[0] for t in tasks})
     ours = [t for t in tasks if version in t[2]]
+    replaces: dict[int, list[int]] = {}  # task → ids of our earlier predictions that its new one replaces
     if record.overwrite:
-        removed = 0
+        # Deleted by the writer once the task's new prediction is written: a task that fails keeps its old.
         for task_id, _, _ in ours:
             if board.is_cancelled(job_id):
-                logger.info("job %s: cancelled while removing earlier predictions", job_id)
+                logger.info("job %s: cancelled while listing earlier predictions", job_id)
                 return {"job": job_id, "planned": False, "state": "cancelled"}
-            for prediction_id, _ in ls.our_predictions(task_id, version):
-                ls.delete_prediction(prediction_id)
-                removed += 1
-        logger.info("job %s: overwrite: removed %d prediction(s) of %s", job_id, removed, version)
+            replaces[task_id] = [prediction_id for prediction_id, _ in ls.our_predictions(task_id, version)]
+        count = sum(map(len, replaces.values()))
+        logger.info("job %s: overwrite: %d earlier prediction(s) of %s to replace", job_id, count, version)
         todo, skipped = tasks, 0
     else:
         todo, skipped = [t for t in tasks if version not in t[2]], len(ours)
     payload = [{"id": task_id, "image": data.get(output["image_key"])} for task_id, data, _ in todo]
+    for item in payload:
+        if replaces.get(item["id"]):
+            item["replaces"] = replaces[item["id"]]
     no_prompts = 0
     if record.mode != "segevery":
         sources = ls.region_sources(project, [t[0] for t in todo], options.prompt_source) if todo else {}
@@ -167,7 +171,8 @@ def planned_output(planned: dict) -> OutputTag:
 
 
 def run_chunk(job_id: str, index: int, tasks: list[dict]) -> dict:
-    """Chunk job: pre-annotate ``tasks`` (``[{"id", "image"}]``) and write their predictions."""
+    """Chunk job: pre-annotate ``tasks`` (``[{"id", "image"}]``, with ``"replaces"``: ids of our earlier
+    predictions of the task, deleted once its new one is written) and write their predictions."""
     rq_job = get_current_job()
     board = JobBoard(rq_job.connection)
     record = board.job_record(job_id)
@@ -225,7 +230,7 @@ def run_chunk(job_id: str, index: int, tasks: list[dict]) -> dict:
             len(regions),
             time.perf_counter() - started,
         )
-        writer.add(task_id, prediction(regions, version), rejected)
+        writer.add(task_id, prediction(regions, version), rejected, task.get("replaces", ()))
     writer.flush()
     meta["current_task"] = None
     rq_job.save_meta()

@@ -1,12 +1,17 @@
 """Where a job writes predictions: :class:`PredictionWriter` collects each task's prediction and writes them to
 Label Studio in batches, each task at most once per model version (:mod:`backend.jobs.locks`), recording
-each written task's outcome on the job's board. A batch refused as too large (HTTP 413: Label Studio behind
-a proxy with a body limit, such as nginx's default 1 MB) is written in halves, and the writer's later
+each written task's outcome on the job's board.
+
+Our earlier predictions that a task's new one replaces (``overwrite``) are deleted after it is written and
+before its outcome is recorded: a task that fails keeps its earlier prediction, and a retry after a crash in
+between finds the new one and deletes the earlier ones. A batch refused as too large (HTTP 413: Label Studio
+behind a proxy with a body limit, such as nginx's default 1 MB) is written in halves, and the writer's later
 batches are no larger than the halves."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from ..errors import UpstreamTooLargeError
 from ..labelstudio.client import LabelStudioClient
@@ -38,14 +43,23 @@ class PredictionWriter:
         self._job_id, self._project, self._version, self._batch = job_id, project, version, batch
         self._pending: list[tuple[int, dict]] = []
         self._rejected: dict[int, list[dict]] = {}
+        self._replaces: dict[int, set[int]] = {}
         self._values = 0
 
-    def add(self, task_id: int, task_prediction: dict, rejected: list[dict] | None = None) -> None:
-        """Queue one task's prediction (with the prompts ``rejected`` on the way, for its outcome); a full
-        batch is written now."""
+    def add(
+        self,
+        task_id: int,
+        task_prediction: dict,
+        rejected: list[dict] | None = None,
+        replaces: Sequence[int] = (),
+    ) -> None:
+        """Queue one task's prediction (with the prompts ``rejected`` on the way, for its outcome, and the ids
+        of our earlier predictions it ``replaces``); a full batch is written now."""
         self._pending.append((task_id, task_prediction))
         if rejected:
             self._rejected[task_id] = rejected
+        if replaces:
+            self._replaces[task_id] = {int(i) for i in replaces}
         self._values += sum(region_size(r) for r in task_prediction["result"])
         if len(self._pending) >= self._batch or self._values >= self.MAX_BATCH_VALUES:
             self.flush()
@@ -62,7 +76,7 @@ class PredictionWriter:
             to_write = []
             for task_id, task_prediction in pending:
                 locks.renew()
-                existing = self._ls.our_predictions(task_id, self._version)
+                existing = self._new_predictions(task_id)
                 if existing:  # written by an earlier attempt that died before its bookkeeping
                     self._done(task_id, existing[0][1], note="already held a prediction of this version")
                 else:
@@ -109,6 +123,11 @@ class PredictionWriter:
         else:
             self._settle_partial(predictions, created, locks)
 
+    def _new_predictions(self, task_id: int) -> list[tuple[int, int]]:
+        """(id, region count) of the task's predictions of our version, except those it replaces."""
+        replaced = self._replaces.get(task_id, set())
+        return [p for p in self._ls.our_predictions(task_id, self._version) if p[0] not in replaced]
+
     def _drop(self, predictions: list[tuple[int, dict]]) -> None:
         """The job was cancelled: these predictions are not written (their tasks stay without an outcome)."""
         logger.info("job %s: cancelled; %d prediction(s) not written", self._job_id, len(predictions))
@@ -120,7 +139,7 @@ class PredictionWriter:
         )
         for task_id, task_prediction in written:
             locks.renew()
-            if self._ls.our_predictions(task_id, self._version):
+            if self._new_predictions(task_id):
                 self._done(task_id, len(task_prediction["result"]))
             else:
                 self._board.record_outcome(
@@ -134,6 +153,9 @@ class PredictionWriter:
                 )
 
     def _done(self, task_id: int, regions: int, note: str = "") -> None:
+        """The task holds its new prediction: delete the ones it replaces, then record it done."""
+        for prediction_id in sorted(self._replaces.pop(task_id, ())):
+            self._ls.delete_prediction(prediction_id)
         self._board.record_outcome(
             self._job_id,
             self._project,

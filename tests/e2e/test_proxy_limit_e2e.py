@@ -3,7 +3,8 @@ Label Studio 1.23.2 (real worker, real Redis, tiny RANDOM-weight checkpoint, Seg
 
 A batch of predictions over the limit is answered 413 by nginx; the job writes it in halves until each part
 fits, so every task still gets exactly one prediction; a task whose prediction alone is over the limit fails
-with a reason that says what to change, and the job goes on.
+with a reason that says what to change, keeps the prediction an overwrite would have replaced, and the job
+goes on.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ def body_bytes(task: int, prediction: dict) -> int:
     return len(json.dumps([{"task": task, **fields}], separators=(",", ":")))
 
 
-def run_job(board, project, workers) -> dict:
-    status, _ = board.start(project, options=JobOptions.from_json({**OPEN_FILTERS, "chunk_size": 8}))
+def run_job(board, project, workers, overwrite=False) -> dict:
+    options = JobOptions.from_json({**OPEN_FILTERS, "chunk_size": 8})
+    status, _ = board.start(project, overwrite=overwrite, options=options)
     return wait_job(board, status["id"], workers)
 
 
@@ -89,14 +91,22 @@ def test_writes_through_a_proxy_with_a_body_limit(label_studio, tmp_path, checkp
         workers.stop()
         proxy.stop()
 
-    # 3. through nginx with a limit below any one task's write (a region's JSON alone is longer): each task
-    # fails, saying what to change
+    # 3. a project pre-annotated straight to Label Studio, then overwritten through nginx with a limit below
+    # any one task's write (a region's JSON alone is longer): each task fails, saying what to change, and
+    # keeps its earlier prediction (it is deleted only once a new one is written)
     small_project, small_sizes = new_project(label_studio, images(2, seed=5))
+    again = workers_via(tmp_path, "direct-again", label_studio.url, label_studio, checkpoint)
+    try:
+        again.start("direct-again")
+        assert run_job(board, small_project, again)["done"] == 2
+    finally:
+        again.stop()
+    earlier = {task: ours(label_studio.predictions(task=task), version) for task in small_sizes}
     tight = BodyLimitProxy(tmp_path / "nginx-tight", label_studio.url, 256).start()
     tight_workers = workers_via(tmp_path, "tight", tight.url, label_studio, checkpoint)
     try:
         tight_workers.start("tight")
-        status = run_job(board, small_project, tight_workers)
+        status = run_job(board, small_project, tight_workers, overwrite=True)
     finally:
         tight_workers.stop()
         tight.stop()
@@ -105,5 +115,5 @@ def test_writes_through_a_proxy_with_a_body_limit(label_studio, tmp_path, checkp
         reason = board.outcome(status["id"], task)["reason"]
         assert "HTTP 413" in reason and "client_max_body_size" in reason, reason
         assert "output=polygon" in reason and "<html>" not in reason, reason
-        assert ours(label_studio.predictions(task=task), version) == []
+        assert ours(label_studio.predictions(task=task), version) == earlier[task] != []
     assert set(tight.statuses(WRITES)) == {413}
