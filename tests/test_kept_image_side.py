@@ -126,11 +126,17 @@ def test_mask_inputs_and_training_always_prepare_afresh(monkeypatch):
 def test_only_the_last_images_are_kept_and_none_is_kept_alive():
     model = fresh_model()
     predictor = LiteSamPredictor(model)
+    # Held by the test while it looks, so that no later embedding can take a dead one's id() (CPython reuses
+    # them; the cache then replaces the dead entry, and fewer than SHARED_IMAGES are kept).
+    embeddings = []
     for seed in range(SHARED_IMAGES + 2):
-        predictor.set_image(synthetic_image(seed=seed))
+        embeddings.append(predictor.set_image(synthetic_image(seed=seed)).features)
         predictor.predict(point_coords=POINT, point_labels=LABEL)
     entries = model.mask_decoder._shared_images._entries
-    assert len(entries) == SHARED_IMAGES
+    kept = [entry[0]() for entry in entries.values()]
+    assert len(kept) == SHARED_IMAGES
+    assert all(a is b for a, b in zip(kept, embeddings[-SHARED_IMAGES:], strict=True))
+    del kept, embeddings
     predictor.set_image(synthetic_image(seed=99))  # drops the predictor's reference to the last embedding
     gc.collect()
     alive = [entry[0]() is not None for entry in entries.values()]
