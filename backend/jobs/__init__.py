@@ -26,6 +26,6 @@ scheduled for a retry, deferred) are cancelled in RQ. A chunk already running ch
 each task and before each Label Studio write (the parent while it lists ``overwrite``'s earlier predictions),
 and stops there: nothing is written after the cancellation (except a write already under way), and the tasks
 it did not do stay without an outcome, counted neither done nor failed (with ``overwrite``, holding their
-earlier prediction). A ``done`` that lands after the cancellation is
-still counted (the prediction is in Label Studio); a ``failed`` is not.
+earlier prediction). A ``done`` that lands after the cancellation is still counted (the prediction is in Label
+Studio); a ``failed`` is not.
 """

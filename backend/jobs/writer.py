@@ -59,7 +59,7 @@ class PredictionWriter:
         if rejected:
             self._rejected[task_id] = rejected
         if replaces:
-            self._replaces[task_id] = {int(i) for i in replaces}
+            self._replaces[task_id] = set(replaces)
         self._values += sum(region_size(r) for r in task_prediction["result"])
         if len(self._pending) >= self._batch or self._values >= self.MAX_BATCH_VALUES:
             self.flush()
