@@ -148,7 +148,7 @@ class ModelService:
             model.encoder_runtime,
             self._settings.inference_concurrency,
             "SAM's (none calibrated: litesam calibrate)" if filters is None else
-            f"calibrated {filters['pred_iou_thresh']} / {filters['stability_score_thresh']}",
+            "calibrated " + ", ".join(f"{name} {value}" for name, value in filters.items()),
             report.describe(),
         )
         return model

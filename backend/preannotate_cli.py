@@ -142,7 +142,7 @@ def add_preannotate_command(subparsers: argparse._SubParsersAction, settings: Se
         "--proposal-score-thresh",
         type=float,
         default=None,
-        help="AutoPPN: minimum proposal confidence (default: the variant's)",
+        help="AutoPPN: minimum proposal confidence (default: the checkpoint's calibrated one, else the variant's)",
     )
     parser.add_argument("--queue", default=None, help=f"RQ queue ({defaults.queue})")
     parser.set_defaults(func=run_preannotate)

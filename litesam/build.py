@@ -37,10 +37,13 @@ from .variants import ENGINE_AUTOPPN, ENGINE_VARIANTS, VARIANTS, VariantConfig, 
 #: Marks a file written by :func:`save_checkpoint`.
 CHECKPOINT_FORMAT = "litesam-checkpoint/1"
 #: The key of one of our checkpoints that holds its calibrated SegEvery filters (optional):
-#: ``{"pred_iou_thresh": float, "stability_score_thresh": float, "calibration": {how they were chosen}}``.
+#: ``{"pred_iou_thresh": float, "stability_score_thresh": float, "calibration": {how they were chosen}}``,
+#: with ``"proposal_score_thresh": float`` (AutoPPN's) where the model was calibrated on its proposals.
 FILTERS_KEY = "segevery_filters"
-#: The filter names a checkpoint may carry (fields of :class:`litesam.everything.SegEveryConfig`).
+#: The filter names a checkpoint carries (keyword arguments of :meth:`SegEveryConfig.for_variant`).
 FILTER_NAMES = ("pred_iou_thresh", "stability_score_thresh")
+#: The filter names a checkpoint may carry besides (checkpoints calibrated before it was chosen lack it).
+OPTIONAL_FILTER_NAMES = ("proposal_score_thresh",)
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +179,8 @@ def write_calibrated_filters(
     atomically, so a failed write leaves the old one.
 
     Args:
-        filters: ``pred_iou_thresh`` and ``stability_score_thresh``, each in [0, 1].
+        filters: ``pred_iou_thresh`` and ``stability_score_thresh`` (and optionally ``proposal_score_thresh``),
+            each in [0, 1].
         calibration: how they were chosen (rule, scenes, recall, precision), stored beside them.
     Raises:
         CheckpointError: an unreadable checkpoint, filters out of range, or an output that cannot be written.
@@ -232,11 +236,12 @@ def _parse(
 
 
 def _checked_filters(entry: object, source: str) -> dict[str, float]:
-    """``{"pred_iou_thresh", "stability_score_thresh"}`` of ``entry``, each a number in [0, 1]."""
+    """:data:`FILTER_NAMES` of ``entry`` and those of :data:`OPTIONAL_FILTER_NAMES` it has, each a number in
+    [0, 1]."""
     if not isinstance(entry, dict):
         raise CheckpointError(f"{source} must be a mapping of {', '.join(FILTER_NAMES)}")
     checked = {}
-    for name in FILTER_NAMES:
+    for name in FILTER_NAMES + tuple(n for n in OPTIONAL_FILTER_NAMES if n in entry):
         value = entry.get(name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
             math.isfinite(value) and 0.0 <= value <= 1.0

@@ -79,7 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     everything.add_argument("--points-per-side", type=int, default=32, help="grid mode: n for the n×n grid")
     everything.add_argument(
-        "--proposal-threshold", type=float, help="AutoPPN point-confidence threshold (default: the variant's)"
+        "--proposal-threshold",
+        type=float,
+        help="AutoPPN point-confidence threshold (default: the checkpoint's calibrated value, else the variant's 0.3)",
     )
     everything.add_argument("--top-k", type=int, help="at most this many AutoPPN proposals (default: the variant's)")
     everything.add_argument(

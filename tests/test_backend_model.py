@@ -195,10 +195,12 @@ def test_the_served_model_carries_the_checkpoints_filters_and_the_load_log_names
     with caplog.at_level("INFO", logger=model_module.__name__):
         calibrated = ModelService(Settings(checkpoint=str(DEMO_CHECKPOINT), torch_threads=1)).model()
         uncalibrated = ModelService(Settings(checkpoint=checkpoint, variant="litesam_tiny", torch_threads=1)).model()
-    assert calibrated.segevery_filters == {"pred_iou_thresh": 0.8, "stability_score_thresh": 0.85}
+    assert calibrated.segevery_filters == {"pred_iou_thresh": 0.7, "stability_score_thresh": 0.7,
+                                           "proposal_score_thresh": 0.5}
     assert uncalibrated.segevery_filters is None
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded ")]
-    assert "SegEvery filters calibrated 0.8 / 0.85" in lines[0]
+    assert ("SegEvery filters calibrated pred_iou_thresh 0.7, stability_score_thresh 0.7, proposal_score_thresh 0.5"
+            in lines[0])
     assert "SegEvery filters SAM's (none calibrated: litesam calibrate)" in lines[1]
 
 

@@ -28,6 +28,7 @@ from litesam.cli import DEMO_CHECKPOINT, main
 from litesam.errors import CheckpointError, LiteSamError
 from litesam.eval.calibration import (
     PRED_IOU_GRID,
+    PROPOSAL_SCORE_GRID,
     STABILITY_GRID,
     annotated_scenes,
     Candidates,
@@ -45,25 +46,29 @@ def demo():
     return build_model(checkpoint=DEMO_CHECKPOINT)
 
 
-def test_the_chosen_pair_has_the_highest_recall_among_those_precise_enough(demo):
+def _thresholds(row) -> tuple:
+    return row.pred_iou_thresh, row.stability_score_thresh, row.proposal_score_thresh
+
+
+def test_the_chosen_setting_has_the_highest_recall_among_those_precise_enough(demo):
     records = synthetic_records(8, seed=2)
     result = calibrate(demo, annotated_scenes(records), min_precision=0.95)
-    assert [(r.pred_iou_thresh, r.stability_score_thresh) for r in result.table] == [
-        (p, s) for p in PRED_IOU_GRID for s in STABILITY_GRID
+    assert [_thresholds(r) for r in result.table] == [
+        (p, s, q) for p in PRED_IOU_GRID for s in STABILITY_GRID for q in PROPOSAL_SCORE_GRID
     ]
     eligible = [r for r in result.table if r.precision >= 0.95]
     best = max(r.recall for r in eligible)
     assert result.chosen.recall == best > 0 and result.chosen.precision >= 0.95
     ties = [r for r in eligible if r.recall == best]
-    assert all(  # ties go to the more precise pair, then to the higher thresholds
-        (result.chosen.precision, result.chosen.pred_iou_thresh, result.chosen.stability_score_thresh)
-        >= (r.precision, r.pred_iou_thresh, r.stability_score_thresh)
-        for r in ties
-    )
-    # The open-filter pair keeps more masks than SAM's and never recovers fewer instances.
-    by_pair = {(r.pred_iou_thresh, r.stability_score_thresh): r for r in result.table}
-    assert by_pair[(0.5, 0.7)].masks >= by_pair[(0.88, 0.95)].masks
-    assert by_pair[(0.5, 0.7)].recall >= by_pair[(0.88, 0.95)].recall
+    order = lambda r: (r.precision, r.proposal_score_thresh, r.pred_iou_thresh, r.stability_score_thresh)  # noqa: E731
+    assert all(order(result.chosen) >= order(r) for r in ties)  # the more precise, then the higher thresholds
+    # The open filters keep more masks than SAM's and never recover fewer instances; a higher proposal
+    # threshold keeps a subset, so never more masks.
+    by_setting = {_thresholds(r): r for r in result.table}
+    assert by_setting[(0.5, 0.7, 0.3)].masks >= by_setting[(0.88, 0.95, 0.3)].masks
+    assert by_setting[(0.5, 0.7, 0.3)].recall >= by_setting[(0.88, 0.95, 0.3)].recall
+    assert by_setting[(0.5, 0.7, 0.3)].masks > by_setting[(0.5, 0.7, 0.8)].masks
+    assert "proposal_score_thresh" in result.chosen.filters
     # The chosen row is what SegEvery with those filters scores (litesam.eval.recall, its own pass).
     config = SegEveryConfig.for_model(demo, **result.chosen.filters)
     measured = segevery_recall(demo, records, config=config)
@@ -76,21 +81,23 @@ def test_the_chosen_pair_has_the_highest_recall_among_those_precise_enough(demo)
 
 
 def test_filters_applied_afterwards_keep_what_segevery_keeps(demo):
-    opened = SegEveryConfig.for_model(demo, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
-    compared = 0
+    opened = SegEveryConfig.for_model(demo, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+                                      proposal_score_thresh=0.3, box_nms_thresh=1.0)
+    compared = {0.3: 0, 0.6: 0}
     for index in range(3):
         image = render_scene(2, index)[0]
         batches = list(SegEvery(demo, opened).candidates(image))
         records = [record for batch in batches for record in batch]
         candidates = Candidates.of(batches, [], [])
-        for pred_iou, stability in [(0.8, 0.85), (0.88, 0.95), (0.5, 0.7)]:
-            kept = [records[i] for i in candidates.kept(pred_iou, stability, 0.7)]
-            direct = SegEvery(
-                demo, SegEveryConfig.for_model(demo, pred_iou_thresh=pred_iou, stability_score_thresh=stability)
-            ).generate(image)
+        for pred_iou, stability, proposal in [(0.8, 0.85, 0.3), (0.88, 0.95, 0.3), (0.5, 0.7, 0.3), (0.5, 0.7, 0.6)]:
+            kept = [records[i] for i in candidates.kept(pred_iou, stability, 0.7, proposal)]
+            direct = SegEvery(demo, SegEveryConfig.for_model(
+                demo, pred_iou_thresh=pred_iou, stability_score_thresh=stability, proposal_score_thresh=proposal
+            )).generate(image)
             assert sorted(r["bbox"] for r in kept) == sorted(r["bbox"] for r in direct)
-            compared += len(direct)
-    assert compared > 0
+            assert all(r["proposal_score"] >= proposal for r in kept)
+            compared[proposal] += len(direct)
+    assert compared[0.3] > compared[0.6] > 0  # the proposal filter left some masks out, not all
 
 
 def test_candidates_come_in_prompt_batches_and_are_what_segevery_finds_with_open_filters(demo):
@@ -154,17 +161,18 @@ def test_calibration_refuses_scenes_without_instances_and_weights_that_segment_n
         wrong = np.zeros(scene.shape[0] * scene.shape[1], dtype=bool)
         wrong[0] = True  # an instance no mask matches: every pair's kept masks are all wrong
         scenes.append((scene, [wrong], []))
-    with pytest.raises(LiteSamError, match="no filter pair keeps ≥ 0.95"):
+    with pytest.raises(LiteSamError, match="no filter setting keeps ≥ 0.95"):
         calibrate(demo, scenes)
 
 
 def test_a_teacher_calibrates_itself_to_full_recall(demo):
     # Label-free: the teacher's own SegEvery masks are the instances. The teacher as its own student keeps
-    # exactly them with the filters that made them (the checkpoint's 0.80 / 0.85), so some pair scores 1 / 1.
+    # exactly them with the filters that made them (the checkpoint's), so that setting scores 1 / 1.
     images = [render_scene(2, index)[0] for index in range(4)]
     result = calibrate(demo, teacher_scenes(demo, images))
-    by_pair = {(r.pred_iou_thresh, r.stability_score_thresh): r for r in result.table}
-    own = by_pair[(0.8, 0.85)]
+    config = SegEveryConfig.for_model(demo)
+    own = next(r for r in result.table if _thresholds(r) == (
+        config.pred_iou_thresh, config.stability_score_thresh, config.proposals.score_threshold))
     assert own.instances > 0 and (own.recall, own.precision, own.masks) == (1.0, 1.0, own.instances)
     assert (result.chosen.recall, result.chosen.precision) == (1.0, 1.0)
 
@@ -189,6 +197,21 @@ def test_our_checkpoint_keeps_its_contents_and_gains_filters(tmp_path):
     # Weights saved after training are new weights: no filters travel with them.
     save_checkpoint(model, tmp_path / "trained.pt", "litesam_tiny")
     assert build_model(checkpoint=tmp_path / "trained.pt").segevery_filters is None
+
+
+def test_a_calibrated_proposal_threshold_is_used_and_does_not_narrow_a_later_calibration(demo, tmp_path):
+    filters = {"pred_iou_thresh": 0.7, "stability_score_thresh": 0.75, "proposal_score_thresh": 0.8}
+    out = write_calibrated_filters(DEMO_CHECKPOINT, tmp_path / "c.pt", filters, {"rule": "test"})
+    model = build_model(checkpoint=out)
+    assert model.segevery_filters == filters
+    assert SegEvery(model).config.proposals.score_threshold == 0.8
+    assert SegEvery(model, proposal_score_thresh=0.4).config.proposals.score_threshold == 0.4  # explicit wins
+    # Calibration scores the grid from the variant's 0.3 up, whatever the checkpoint carries.
+    scenes = list(annotated_scenes(synthetic_records(3, seed=2)))
+    narrowed, plain = calibrate(model, scenes, min_precision=0.5), calibrate(demo, scenes, min_precision=0.5)
+    assert [(_thresholds(r), r.masks, r.recall) for r in narrowed.table] == [
+        (_thresholds(r), r.masks, r.recall) for r in plain.table
+    ]
 
 
 def test_an_official_file_becomes_ours_with_its_filters(tmp_path):
@@ -219,7 +242,9 @@ def test_a_failed_write_is_a_clear_error_and_leaves_the_old_file(tmp_path):
 @pytest.mark.parametrize("bad", [{"pred_iou_thresh": 1.5, "stability_score_thresh": 0.9},
                                  {"pred_iou_thresh": 0.8},
                                  {"pred_iou_thresh": True, "stability_score_thresh": 0.9},
-                                 {"pred_iou_thresh": float("nan"), "stability_score_thresh": 0.9}])
+                                 {"pred_iou_thresh": float("nan"), "stability_score_thresh": 0.9},
+                                 {"pred_iou_thresh": 0.8, "stability_score_thresh": 0.9, "proposal_score_thresh": 1.2},
+                                 {"pred_iou_thresh": 0.8, "stability_score_thresh": 0.9, "proposal_score_thresh": None}])
 def test_filters_out_of_range_are_refused_on_write_and_on_load(tmp_path, bad):
     with pytest.raises(CheckpointError, match="must be a number in"):
         write_calibrated_filters(DEMO_CHECKPOINT, tmp_path / "c.pt", bad, {})
@@ -239,14 +264,17 @@ def test_calibrate_command_writes_filters_that_everything_then_uses(tmp_path, ca
     assert main([*args, "-o", str(out)]) == 0
     report = json.loads(capsys.readouterr().out)
     chosen = report["chosen"]
-    assert report["written"] == str(out) and len(report["table"]) == len(PRED_IOU_GRID) * len(STABILITY_GRID)
+    assert report["written"] == str(out)
+    assert len(report["table"]) == len(PRED_IOU_GRID) * len(STABILITY_GRID) * len(PROPOSAL_SCORE_GRID)
     assert report["calibration"]["truth"] == "annotations of synthetic (seed 2)" and report["calibration"]["scenes"] == 6
     assert build_model(checkpoint=out).segevery_filters == chosen
     image = tmp_path / "scene.png"
     Image.fromarray(render_scene(2, 0)[0]).save(image)
     assert main(["everything", str(image), "--checkpoint", str(out), "-o", str(tmp_path / "ev"), "--no-overlay"]) == 0
     used = json.loads((tmp_path / "ev" / "scene.json").read_text())["segevery"]
-    assert {k: used[k] for k in chosen} == chosen
+    assert used["pred_iou_thresh"] == chosen["pred_iou_thresh"]
+    assert used["stability_score_thresh"] == chosen["stability_score_thresh"]
+    assert used["proposals"]["score_threshold"] == chosen["proposal_score_thresh"]
 
 
 def test_calibrate_command_with_a_teacher_needs_no_labels(tmp_path, capsys):
@@ -348,7 +376,7 @@ def test_an_engine_runs_on_the_grid_it_is_given(tmp_path, capsys):
     official = save_official(tiny_vit_sam(seed=3), tmp_path / "sam_vit_tiny.pth")
     code = main(["calibrate", "--checkpoint", str(official), "--points-per-side", "2", "--synthetic-images", "3"])
     err = capsys.readouterr().err
-    assert code != 0 and "no filter pair" in err and "Traceback" not in err
+    assert code != 0 and "no filter setting" in err and "Traceback" not in err
 
 
 def test_the_command_default_seed_is_the_calibration_seed():

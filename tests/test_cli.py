@@ -98,21 +98,23 @@ def test_everything_on_the_demo_image_finds_both_shapes(tmp_path, filters):
 
 def test_everything_without_filter_flags_applies_the_checkpoint_filters_and_the_flags_apply_sams(tmp_path):
     # The demo checkpoint (litesam_tiny) on four of the synthetic scenes its filters were calibrated on (seed
-    # 2): without flags the JSON records the pair calibrated into the file (0.80 / 0.85) and keeps masks below
-    # SAM's bar; with SAM's pair (0.88 / 0.95) it records that pair and keeps fewer masks, all above it.
+    # 2): without flags the JSON records the filters calibrated into the file (0.70 / 0.70, proposal score
+    # 0.5) and keeps masks below SAM's bar; with SAM's pair (0.88 / 0.95) it records that pair and keeps fewer
+    # masks, all above it.
     images = []
     for index in range(4):
         images.append(tmp_path / f"scene{index}.png")
         Image.fromarray(render_scene(2, index)[0]).save(images[-1])
     sam_flags = ["--pred-iou-thresh", "0.88", "--stability-score-thresh", "0.95"]
     kept = {}
-    for name, flags, (iou, stability) in [("calibrated", [], (0.80, 0.85)), ("sam", sam_flags, (0.88, 0.95))]:
+    for name, flags, (iou, stability) in [("calibrated", [], (0.70, 0.70)), ("sam", sam_flags, (0.88, 0.95))]:
         assert main(["everything", *map(str, images), "-o", str(tmp_path / name), "--no-overlay", *flags]) == 0
         kept[name] = []
         for image in images:
             document = json.loads((tmp_path / name / f"{image.stem}.json").read_text())
             used = document["segevery"]
             assert (used["pred_iou_thresh"], used["stability_score_thresh"]) == (iou, stability)
+            assert used["proposals"]["score_threshold"] == 0.5  # the calibrated one: no flag sets it
             kept[name] += document["annotations"]
         assert all(a["predicted_iou"] >= iou and a["stability_score"] >= stability for a in kept[name])
     assert any(a["predicted_iou"] < 0.88 or a["stability_score"] < 0.95 for a in kept["calibrated"])

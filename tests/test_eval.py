@@ -179,7 +179,8 @@ def test_cli_eval_scores_random_weights_on_synthetic_scenes_with_the_baseline(tm
     assert report["masks"] == masks
     assert report["box_fill"]["miou"] > 0.4 and report["box"]["miou"] < report["box_fill"]["miou"]
     assert report["segevery"]["instances"] == masks
-    assert report["segevery"]["filters"] == {"pred_iou_thresh": 0.88, "stability_score_thresh": 0.95}  # SAM's
+    assert report["segevery"]["filters"] == {  # SAM's, and the variant's proposal threshold
+        "pred_iou_thresh": 0.88, "stability_score_thresh": 0.95, "proposal_score_thresh": 0.3}
     assert "box-fill baseline mIoU" in captured.err
     with pytest.raises(SystemExit):  # weights: a checkpoint or random ones, not both, not neither
         parser.parse_args(["eval", "--data", "synthetic"])
@@ -234,12 +235,15 @@ def test_cli_eval_segevery_uses_the_checkpoints_filters_unless_given(capsys):
     argv = ["eval", "--checkpoint", str(DEMO_CHECKPOINT), "--data", "synthetic", "--synthetic-images", "3",
             "--prompts", "box", "--segevery"]
     reports = {}
-    for name, flags in [("calibrated", []), ("sam", ["--pred-iou-thresh", "0.88", "--stability-score-thresh", "0.95"])]:
+    sam = ["--pred-iou-thresh", "0.88", "--stability-score-thresh", "0.95", "--proposal-score-thresh", "0.3"]
+    for name, flags in [("calibrated", []), ("sam", sam)]:
         args = parser.parse_args([*argv, *flags])
         assert args.run(args) == 0
         reports[name] = json.loads(capsys.readouterr().out)["segevery"]
-    assert reports["calibrated"]["filters"] == {"pred_iou_thresh": 0.8, "stability_score_thresh": 0.85}
-    assert reports["sam"]["filters"] == {"pred_iou_thresh": 0.88, "stability_score_thresh": 0.95}
+    assert reports["calibrated"]["filters"] == {"pred_iou_thresh": 0.7, "stability_score_thresh": 0.7,
+                                                "proposal_score_thresh": 0.5}
+    assert reports["sam"]["filters"] == {"pred_iou_thresh": 0.88, "stability_score_thresh": 0.95,
+                                         "proposal_score_thresh": 0.3}
     assert reports["sam"]["masks"] < reports["calibrated"]["masks"]  # SAM's bar keeps fewer of this model's masks
 
 
@@ -247,8 +251,9 @@ def test_cli_eval_refuses_filters_without_segevery_or_out_of_range(capsys):
     from litesam.cli import main
 
     base = ["eval", "--checkpoint", str(DEMO_CHECKPOINT), "--data", "synthetic", "--synthetic-images", "1"]
-    assert main([*base, "--pred-iou-thresh", "0.5"]) != 0
-    assert "add --segevery" in capsys.readouterr().err
+    for flag in ("--pred-iou-thresh", "--proposal-score-thresh"):
+        assert main([*base, flag, "0.5"]) != 0
+        assert "add --segevery" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*base, "--segevery", "--stability-score-thresh", "1.5"])
     assert "expected a number from 0 to 1" in capsys.readouterr().err

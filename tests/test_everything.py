@@ -152,11 +152,16 @@ def test_max_masks_keeps_the_best_ranked(image):
     assert [r["bbox"] for r in two] == [r["bbox"] for r in everything[:2]]
 
 
-@pytest.mark.parametrize("mode", [{}, {"prompt_mode": "grid", "points_per_side": 8}], ids=["autoppn", "grid"])
+AUTOPPN_WEAK = {"proposal_score_thresh": 0.3, "pred_iou_thresh": 0.85}
+
+
+@pytest.mark.parametrize("mode", [AUTOPPN_WEAK, {"prompt_mode": "grid", "points_per_side": 8}], ids=["autoppn", "grid"])
 def test_skipping_the_masks_the_iou_filter_drops_changes_no_record(monkeypatch, mode):
-    """Trained weights (the demo checkpoint) on held-out synthetic scenes, its calibrated filters, AutoPPN
-    prompts (best of three masks) or a point grid (all three kept): some prompts fail the predicted-IoU filter,
-    and SegEvery's records equal those of a decoder that computes every mask."""
+    """Trained weights (the demo checkpoint) on held-out synthetic scenes, AutoPPN prompts (best of three
+    masks; the variant's proposal threshold and predicted IoU ≥ 0.85, stricter than the calibrated 0.5 / 0.7,
+    which drop no decoded prompt here) or a point grid with the calibrated filters (all three kept): some
+    prompts fail the predicted-IoU filter, and SegEvery's records equal those of a decoder that computes every
+    mask."""
     model = build_model("litesam_tiny", checkpoint=DEMO_CHECKPOINT).eval()
     scenes = [render_scene(1, index)[0] for index in range(4)]
     decode = MaskDecoder.forward

@@ -43,7 +43,8 @@ class JobOptions:
         box_nms_thresh, points_per_batch: SegEvery's box NMS and batch size (defaults: SegEvery's own).
         points_per_side: n of SegEvery's n×n point grid, the prompts of engines without an AutoPPN head
             (official SAM-family checkpoints; SAM's default 32 → 1,024 prompts); AutoPPN variants ignore it.
-        proposal_score_thresh: AutoPPN's minimum proposal confidence; None = the variant's default.
+        proposal_score_thresh: AutoPPN's minimum proposal confidence; None: the served checkpoint's
+            calibrated one, else the variant's default (0.3).
         job_timeout: seconds a chunk job may run (the parent gets the same) before RQ stops it.
         result_ttl, failure_ttl: seconds RQ keeps finished / failed job data.
         retries: how often a failed chunk or parent is retried.

@@ -28,10 +28,12 @@ def add_calibrate_command(subparsers: argparse._SubParsersAction) -> argparse.Ar
     """Add ``calibrate`` to the ``litesam`` sub-commands; returns its parser."""
     parser = subparsers.add_parser(
         "calibrate",
-        help="choose a checkpoint's SegEvery filters (predicted IoU, stability) and store them in it",
+        help="choose a checkpoint's SegEvery filters (predicted IoU, stability, AutoPPN's proposal score) and "
+        "store them in it",
         description="Run SegEvery with the filters open on calibration scenes, score every (predicted-IoU, "
-        "stability) pair of a grid by instance recall and precision at mask IoU 0.5, choose the pair with the "
-        "highest recall whose precision is at least --min-precision, and write it into the checkpoint (-o).",
+        "stability, proposal-score) setting of a grid (the proposal score for AutoPPN prompts only) by instance "
+        "recall and precision at mask IoU 0.5, choose the setting with the highest recall whose precision is at "
+        "least --min-precision, and write it into the checkpoint (-o).",
         formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("--checkpoint", type=Path, required=True, help="one of ours, or an official SAM-family file")
@@ -108,7 +110,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     print(json.dumps(report, indent=2))
     chosen = result.chosen
     print(
-        f"chosen: predicted IoU ≥ {chosen.pred_iou_thresh}, stability ≥ {chosen.stability_score_thresh}: recall "
+        f"chosen: {chosen.describe()}: recall "
         f"{chosen.recall:.3f}, precision {chosen.precision:.3f} ({chosen.masks} masks, {chosen.instances} "
         f"instances, {result.scenes} scenes)" + (f"; written to {args.output}" if args.output else "; not written (-o)"),
         file=sys.stderr,

@@ -59,6 +59,11 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         "--stability-score-thresh", type=unit_float,
         help="--segevery: keep masks with stability ≥ this (default: the checkpoint's calibrated value, else SAM's 0.95)",
     )
+    parser.add_argument(
+        "--proposal-score-thresh", type=unit_float,
+        help="--segevery: AutoPPN's minimum proposal confidence (default: the checkpoint's calibrated value, else "
+        "the variant's 0.3)",
+    )
     parser.add_argument("--max-images", type=positive_int, help="evaluate only the first N images")
     parser.add_argument("--seed", type=int, default=0, help="initialisation of --random-weights")
     parser.add_argument("--device", default="cpu", help="torch device")
@@ -77,8 +82,12 @@ def run_eval(args: argparse.Namespace) -> int:
     from .recall import segevery_recall
     from .segany import evaluate_segany, load_eval_records
 
-    if not args.segevery and (args.pred_iou_thresh, args.stability_score_thresh) != (None, None):
-        raise LiteSamError("--pred-iou-thresh and --stability-score-thresh are SegEvery's filters: add --segevery")
+    filter_flags = (args.pred_iou_thresh, args.stability_score_thresh, args.proposal_score_thresh)
+    if not args.segevery and filter_flags != (None, None, None):
+        raise LiteSamError(
+            "--pred-iou-thresh, --stability-score-thresh and --proposal-score-thresh are SegEvery's filters: add "
+            "--segevery"
+        )
     if args.random_weights is not None:
         torch.manual_seed(args.seed)
         model = build_model(args.random_weights, device=args.device)
@@ -99,12 +108,15 @@ def run_eval(args: argparse.Namespace) -> int:
     report = {**weights, "variant": model.variant, "data": str(args.data), **report}
     if args.segevery:
         config = SegEveryConfig.for_model(
-            model, pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_score_thresh
+            model, pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_score_thresh,
+            proposal_score_thresh=args.proposal_score_thresh,
         )
         report["segevery"] = segevery_recall(model, records, config=config)
         report["segevery"]["filters"] = {
             "pred_iou_thresh": config.pred_iou_thresh, "stability_score_thresh": config.stability_score_thresh
         }
+        if model.image_encoder.autoppn is not None:  # the grid's prompts have no proposal score
+            report["segevery"]["filters"]["proposal_score_thresh"] = config.proposals.score_threshold
     text = json.dumps(report, indent=2)
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
