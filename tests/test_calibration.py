@@ -214,6 +214,14 @@ def test_a_calibrated_proposal_threshold_is_used_and_does_not_narrow_a_later_cal
     ]
 
 
+def test_grid_prompts_have_no_proposal_filter():
+    from litesam.eval.calibration import FilterScore
+
+    grid = FilterScore(0.8, 0.9, None, 0.5, 1.0, 3, 6, 0)
+    assert grid.filters == {"pred_iou_thresh": 0.8, "stability_score_thresh": 0.9}
+    assert grid.describe() == "predicted IoU ≥ 0.8, stability ≥ 0.9"
+
+
 def test_an_official_file_becomes_ours_with_its_filters(tmp_path):
     official = save_official(tiny_vit_sam(seed=3), tmp_path / "sam_vit_tiny.pth")
     assert build_model(checkpoint=official).segevery_filters is None

@@ -183,7 +183,6 @@ class Candidates:
     Attributes:
         predicted_iou, stability: M float32, the records' scores.
         proposal_score: M float32, AutoPPN's confidence of each mask's prompt (1 for grid prompts).
-        ranking: M float32, SegEvery's NMS order: predicted IoU × proposal score.
         boxes: M×4 float32, XYXY image px (from the records' XYWH boxes).
         matched: M×N bool, mask ↔ instance at IoU ≥ 0.5; inside: M×K bool, mask ≥ half inside ignored area.
     """
@@ -191,7 +190,6 @@ class Candidates:
     predicted_iou: np.ndarray
     stability: np.ndarray
     proposal_score: np.ndarray
-    ranking: torch.Tensor
     boxes: torch.Tensor
     matched: np.ndarray
     inside: np.ndarray
@@ -216,12 +214,16 @@ class Candidates:
             predicted_iou,
             np.array([r["stability_score"] for r in records], dtype=np.float32),
             scores,
-            torch.from_numpy(predicted_iou * scores),
             torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (r["bbox"] for r in records)],
                          dtype=torch.float32).reshape(-1, 4),
             np.concatenate(matched),
             np.concatenate(inside),
         )
+
+    @property
+    def ranking(self) -> torch.Tensor:
+        """M float32, SegEvery's NMS order: predicted IoU × proposal score."""
+        return torch.from_numpy(self.predicted_iou * self.proposal_score)
 
     @property
     def instances(self) -> int:
