@@ -215,6 +215,56 @@ def test_gradients_match_sam():
         assert (grad - ref_grad).abs().max() <= TOLERANCE, name
 
 
+def test_prompts_of_every_kind_in_one_padded_pass_equal_their_own_passes():
+    """Training's one decoder pass: point (point + padding point), box (two corners) and point + box prompts,
+    each on its own image embedding, padded to three sparse tokens with ``sparse_mask``, with every output:
+    each kind's masks, predicted IoUs and the parameter and embedding gradients of a loss that reads each
+    kind's own outputs equal one pass per kind (tiny 8×8 grid, gradients on)."""
+    _, encoder = build_pair(128, 8, seed=21)
+    decoder = randomize_(make_decoder(), seed=22)
+    g = torch.Generator().manual_seed(23)
+    embeddings = torch.randn(6, 256, 8, 8, generator=g)
+    points = torch.rand(6, 1, 2, generator=g) * 127
+    boxes = torch.cat([points[:, 0] - 20, points[:, 0] + 20], dim=1).clamp(0, 127)
+    ones = torch.ones(2, 1, dtype=torch.int64)
+    kinds = {  # kind: (prompt rows, points, boxes, outputs the kind reads)
+        "point": (slice(0, 2), (points[0:2], ones), None, slice(1, 4)),
+        "box": (slice(2, 4), None, boxes[2:4], slice(0, 1)),
+        "proposal": (slice(4, 6), (points[4:6], ones), boxes[4:6], slice(1, 4)),
+    }
+    pe = encoder.get_dense_pe()
+
+    def loss_and_grads(outputs):
+        loss = sum((masks.square().mean() + iou.sum()) * (k + 1) for k, (masks, iou) in enumerate(outputs))
+        tensors = [leaf, *decoder.parameters()]
+        grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+        return [torch.zeros_like(t) if grad is None else grad for grad, t in zip(grads, tensors)]
+
+    leaf = embeddings.clone().requires_grad_()
+    alone = []
+    for rows, kind_points, kind_boxes, outputs in kinds.values():
+        sparse, dense = encoder(kind_points, kind_boxes, None)
+        alone.append(decoder(leaf[rows], pe, sparse, dense, multimask_output=outputs != slice(0, 1)))
+    alone_grads = loss_and_grads(alone)
+
+    parts = [encoder(kind_points, kind_boxes, None)[0] for _, kind_points, kind_boxes, _ in kinds.values()]
+    assert [part.shape[1] for part in parts] == [2, 2, 3]
+    sparse = torch.cat([torch.nn.functional.pad(part, (0, 0, 0, 3 - part.shape[1])) for part in parts])
+    sparse_mask = torch.cat([torch.arange(3).expand(len(part), 3) < part.shape[1] for part in parts])
+    dense = encoder(kinds["point"][1], None, None)[1][:1].expand(6, -1, -1, -1)
+    leaf = embeddings.clone().requires_grad_()
+    masks, iou = decoder(leaf, pe, sparse, dense, True, sparse_mask=sparse_mask, every_output=True)
+    assert masks.shape == (6, 4, 32, 32) and iou.shape == (6, 4)
+    together = [(masks[rows, outputs], iou[rows, outputs]) for rows, _, _, outputs in kinds.values()]
+    for (masks_alone, iou_alone), (masks_together, iou_together) in zip(alone, together):
+        assert (masks_together - masks_alone).abs().max() <= TOLERANCE
+        assert (iou_together - iou_alone).abs().max() <= TOLERANCE
+    for grad, grad_alone in zip(loss_and_grads(together), alone_grads):
+        assert (grad - grad_alone).abs().max() <= TOLERANCE * max(1.0, float(grad_alone.abs().max()))
+    with pytest.raises(InvalidPromptError, match="sparse_mask"):
+        decoder(leaf, pe, sparse, dense, True, sparse_mask=sparse_mask[:, :2])
+
+
 @pytest.mark.parametrize("size,grid", SIZES)
 @pytest.mark.parametrize("depth,mlp_dim", [(2, 2048), (1, 1024)])
 def test_shapes(size, grid, depth, mlp_dim):

@@ -105,6 +105,9 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: Tensor,
         multimask_output: bool,
         min_iou: float | None = None,
+        *,
+        sparse_mask: Tensor | None = None,
+        every_output: bool = False,
     ) -> tuple[Tensor, Tensor]:
         """Predict masks for ``B`` prompts on one image, or on one embedding per prompt.
 
@@ -120,6 +123,11 @@ class MaskDecoder(nn.Module):
                 to [0, 1]) ≥ ``min_iou`` are not computed: their logits are −inf (empty masks). For callers that
                 drop such masks anyway (SegEvery's first filter): the upscaling, half of a prompt's cost, is
                 skipped for them. Predicted IoUs and the other prompts' masks are unchanged.
+            sparse_mask: ``B×N`` bool, False for padding sparse tokens (prompts of different token counts
+                decoded in one pass, as training does; :mod:`litesam.modeling.transformer`); None: all real.
+            every_output: return every mask token's output (``T = 1 + num_multimask_outputs``: the single
+                mask first, then the ambiguity masks), whatever ``multimask_output`` says, for callers that
+                pick per prompt.
 
         Returns:
             ``masks``: ``B×T×4h×4w`` float32 mask logits (``T`` = 3 or 1), covering the padded input frame at
@@ -128,11 +136,22 @@ class MaskDecoder(nn.Module):
         self._check_inputs(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings)
         b = sparse_prompt_embeddings.shape[0]
         _, c, h, w = image_embeddings.shape
-        selected = slice(1, self.num_mask_tokens) if multimask_output else slice(0, 1)
+        if every_output:
+            selected = slice(0, self.num_mask_tokens)
+        else:
+            selected = slice(1, self.num_mask_tokens) if multimask_output else slice(0, 1)
         hyper_mlps = self.output_hypernetworks_mlps[selected]
 
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([output_tokens.expand(b, -1, -1), sparse_prompt_embeddings], dim=1)
+        token_mask = None
+        if sparse_mask is not None:
+            if sparse_mask.dtype != torch.bool or sparse_mask.shape != sparse_prompt_embeddings.shape[:2]:
+                raise InvalidPromptError(
+                    f"sparse_mask must be a B×N bool tensor of shape {tuple(sparse_prompt_embeddings.shape[:2])}, "
+                    f"got {sparse_mask.dtype} {tuple(sparse_mask.shape)}"
+                )
+            token_mask = torch.cat([sparse_mask.new_ones((b, len(output_tokens))), sparse_mask], dim=1)
         dense = dense_prompt_embeddings
         per_prompt_image = image_embeddings.shape[0] > 1
         shared = not per_prompt_image and (dense.shape[0] == 1 or dense.stride(0) == 0)
@@ -150,7 +169,9 @@ class MaskDecoder(nn.Module):
                 prompt_dense = dense[part] if dense.shape[0] > 1 else dense
                 image = self.transformer.prepare_image(embedding + prompt_dense, image_pe)
             # Only the IoU token and the mask tokens up to the last selected one are read.
-            hs, keys = self.transformer.forward_prepared(image, tokens[part], num_outputs=1 + selected.stop)
+            hs, keys = self.transformer.forward_prepared(
+                image, tokens[part], 1 + selected.stop, None if token_mask is None else token_mask[part]
+            )
             part_iou = self.iou_prediction_head(hs[:, 0])[:, selected]
             iou_pred[part] = part_iou
             mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens][:, selected]

@@ -12,6 +12,11 @@ each (``N`` ≈ 7) against ``M = h·w`` image tokens (1,600 at 640, 4,096 at 102
   times per layer) dominates SAM's cost; when ``heads·N`` is smaller than the internal width the small side
   is projected into the ``C``-wide input space instead (``(x·Wᵀ)·k = x·(W·k)``), and the output projection
   is folded into the token values (softmax rows sum to one, so the bias can be folded in as well).
+
+Prompts with different numbers of sparse tokens can run in one pass (training decodes point, box and point +
+box prompts together): ``token_mask`` (``B×N`` bool, False for a padding token) hides padding tokens from every
+attention that reads tokens as keys (token self-attention, image-to-token attention). A padding token's own
+outputs are computed and meaningless; every other output equals its prompt's unpadded pass up to rounding.
 """
 
 from typing import NamedTuple
@@ -73,17 +78,26 @@ class Attention(nn.Module):
         than projecting the image side to the internal width."""
         return self.num_heads * num_tokens < self.internal_dim
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """Plain attention: ``q`` ``B×Nq×C``; ``k``, ``v`` ``B×Nk×C`` (or ``1×Nk×C``, shared) → ``B×Nq×C``."""
-        return self.attend_projected(q, self.split_heads(self.k_proj(k)), self.split_heads(self.v_proj(v)))
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        """Plain attention: ``q`` ``B×Nq×C``; ``k``, ``v`` ``B×Nk×C`` (or ``1×Nk×C``, shared) → ``B×Nq×C``.
 
-    def attend_projected(self, q: Tensor, k_heads: Tensor, v_heads: Tensor) -> Tensor:
+        ``key_mask``: ``B×Nk`` bool, False for keys no query may read (per-prompt keys only); None: all.
+        """
+        k_heads, v_heads = self.split_heads(self.k_proj(k)), self.split_heads(self.v_proj(v))
+        return self.attend_projected(q, k_heads, v_heads, key_mask)
+
+    def attend_projected(
+        self, q: Tensor, k_heads: Tensor, v_heads: Tensor, key_mask: Tensor | None = None
+    ) -> Tensor:
         """Attention with keys and values already projected and split: ``Bk×H×Nk×d`` with ``Bk`` 1 or ``B``.
 
-        ``q``: ``B×Nq×C`` (not projected). Returns ``B×Nq×C``.
+        ``q``: ``B×Nq×C`` (not projected); ``key_mask`` as in ``forward`` (only with ``Bk = B``). Returns ``B×Nq×C``.
         """
         qh = self.split_heads(self.q_proj(q))
         b, h, n, d = qh.shape
+        if key_mask is not None:
+            out = F.scaled_dot_product_attention(qh, k_heads, v_heads, attn_mask=key_mask[:, None, None, :])
+            return self.out_proj(out.transpose(1, 2).reshape(b, n, h * d))
         if k_heads.shape[0] == 1 and b > 1:
             # Shared keys: every prompt's queries become rows of one attention; keys are never copied.
             out = F.scaled_dot_product_attention(qh.transpose(0, 1).reshape(1, h, b * n, d), k_heads, v_heads)
@@ -113,12 +127,14 @@ class Attention(nn.Module):
         return self.out_proj(out + self.v_proj.bias)
 
     def image_to_tokens(
-        self, residual: Tensor, image_queries: Tensor, tokens: Tensor, values: Tensor
+        self, residual: Tensor, image_queries: Tensor, tokens: Tensor, values: Tensor,
+        token_mask: Tensor | None = None,
     ) -> Tensor:
         """Per-prompt image tokens attend to the prompt tokens; returns ``residual`` plus the attention output.
 
-        Equal to ``residual + forward(image_queries, tokens, values)``. ``image_queries`` (with PE): ``B×M×C``;
-        ``tokens`` (with PE), ``values``: ``B×N×C``; ``residual``: ``B×M×C`` (or ``1×M×C``). Returns ``B×M×C``.
+        Equal to ``residual + forward(image_queries, tokens, values, token_mask)``. ``image_queries`` (with PE):
+        ``B×M×C``; ``tokens`` (with PE), ``values``: ``B×N×C``; ``residual``: ``B×M×C`` (or ``1×M×C``);
+        ``token_mask``: ``B×N`` bool or None. Returns ``B×M×C``.
         """
         b, n, _ = tokens.shape
         h, d, c = self.num_heads, self.head_dim, self.embedding_dim
@@ -131,10 +147,11 @@ class Attention(nn.Module):
         else:
             qh = self.split_heads(self.q_proj(image_queries))
             scores = kh @ qh.transpose(-1, -2)
-        return self._add_token_values(residual, scores.reshape(b, h * n, -1), values)
+        return self._add_token_values(residual, scores.reshape(b, h * n, -1), values, token_mask)
 
     def image_to_tokens_projected(
-        self, residual: Tensor, query_heads: Tensor, tokens: Tensor, values: Tensor
+        self, residual: Tensor, query_heads: Tensor, tokens: Tensor, values: Tensor,
+        token_mask: Tensor | None = None,
     ) -> Tensor:
         """``image_to_tokens`` with the image queries already projected and split (``Bi×H×M×d``, ``Bi`` 1 or B)."""
         b, n, _ = tokens.shape
@@ -146,17 +163,23 @@ class Attention(nn.Module):
             scores = scores.view(h, b, n, m).transpose(0, 1)
         else:
             scores = kh @ query_heads.transpose(-1, -2)
-        return self._add_token_values(residual, scores.reshape(b, h * n, m), values)
+        return self._add_token_values(residual, scores.reshape(b, h * n, m), values, token_mask)
 
-    def _add_token_values(self, residual: Tensor, scores: Tensor, values: Tensor) -> Tensor:
+    def _add_token_values(
+        self, residual: Tensor, scores: Tensor, values: Tensor, token_mask: Tensor | None = None
+    ) -> Tensor:
         """``residual + out_proj(attention·v_proj(values))`` for scaled scores ``B×(H·N)×M`` (head-major rows).
 
         The softmax runs over each head's ``N`` rows; with the image axis innermost it vectorises, where a
-        softmax over a last axis of ~7 tokens would not.
+        softmax over a last axis of ~7 tokens would not. Tokens where ``token_mask`` (``B×N``) is False get
+        no attention.
         """
         b, n, _ = values.shape
         h, m = self.num_heads, scores.shape[-1]
-        attn = scores.view(b * h, n, m).softmax(dim=1).view(b, h * n, m)
+        scores = scores.view(b, h, n, m)
+        if token_mask is not None:
+            scores = scores.masked_fill(~token_mask[:, None, :, None], float("-inf"))
+        attn = scores.reshape(b * h, n, m).softmax(dim=1).view(b, h * n, m)
         vh = self.split_heads(self.v_proj(values))  # B×H×N×d
         if self._fold_pays(n):
             # Fold out_proj into the token values (H·N rows of width C); its bias is spread over the heads,
@@ -195,29 +218,32 @@ class TwoWayAttentionBlock(nn.Module):
         self.cross_attn_image_to_token = Attention(embedding_dim, num_heads, attention_downsample_rate)
         self.skip_first_layer_pe = skip_first_layer_pe
 
-    def _self_attention(self, queries: Tensor, query_pe: Tensor) -> Tensor:
+    def _self_attention(self, queries: Tensor, query_pe: Tensor, token_mask: Tensor | None) -> Tensor:
         if self.skip_first_layer_pe:
-            return self.norm1(self.self_attn(queries, queries, queries))
+            return self.norm1(self.self_attn(queries, queries, queries, token_mask))
         q = queries + query_pe
-        return self.norm1(queries + self.self_attn(q, q, queries))
+        return self.norm1(queries + self.self_attn(q, q, queries, token_mask))
 
     def _token_mlp(self, queries: Tensor) -> Tensor:
         return self.norm3(queries + self.mlp(queries))
 
     def forward(
-        self, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor
+        self, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor, token_mask: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        """``queries``, ``query_pe``: ``B×N×C``; ``keys``: ``B×M×C``; ``key_pe``: ``1×M×C`` or ``B×M×C``.
+        """``queries``, ``query_pe``: ``B×N×C``; ``keys``: ``B×M×C``; ``key_pe``: ``1×M×C`` or ``B×M×C``;
+        ``token_mask``: ``B×N`` bool (False: a padding token) or None.
 
         Returns the updated ``(queries B×N×C, keys B×M×C)``.
         """
-        queries = self._self_attention(queries, query_pe)
+        queries = self._self_attention(queries, query_pe, token_mask)
         keys_pe = keys + key_pe
         queries = self.norm2(
             queries + self.cross_attn_token_to_image.tokens_to_image(queries + query_pe, keys_pe, keys)
         )
         queries = self._token_mlp(queries)
-        keys = self.cross_attn_image_to_token.image_to_tokens(keys, keys_pe, queries + query_pe, queries)
+        keys = self.cross_attn_image_to_token.image_to_tokens(
+            keys, keys_pe, queries + query_pe, queries, token_mask
+        )
         return queries, self.norm4(keys)
 
     def prepare(self, keys: Tensor, key_pe: Tensor) -> PreparedImage:
@@ -233,16 +259,16 @@ class TwoWayAttentionBlock(nn.Module):
         )
 
     def forward_prepared(
-        self, queries: Tensor, query_pe: Tensor, image: PreparedImage
+        self, queries: Tensor, query_pe: Tensor, image: PreparedImage, token_mask: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         """``forward`` with the image side from ``prepare``: same outputs, ``B×N×C`` and ``B×M×C``."""
-        queries = self._self_attention(queries, query_pe)
+        queries = self._self_attention(queries, query_pe, token_mask)
         t2i = self.cross_attn_token_to_image.attend_projected(
             queries + query_pe, image.first_keys, image.first_values
         )
         queries = self._token_mlp(self.norm2(queries + t2i))
         keys = self.cross_attn_image_to_token.image_to_tokens_projected(
-            image.keys, image.first_queries, queries + query_pe, queries
+            image.keys, image.first_queries, queries + query_pe, queries, token_mask
         )
         return queries, self.norm4(keys)
 
@@ -301,17 +327,23 @@ class TwoWayTransformer(nn.Module):
         return self.layers[0].prepare(keys, key_pe)
 
     def forward_prepared(
-        self, image: PreparedImage, point_embedding: Tensor, num_outputs: int | None = None
+        self,
+        image: PreparedImage,
+        point_embedding: Tensor,
+        num_outputs: int | None = None,
+        token_mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Run the transformer for ``B×N×C`` prompt tokens against a prepared image.
 
         Returns ``(queries B×N'×C, keys B×M×C)``: the processed tokens and image tokens. Tokens attend
         independently in the final tokens→image attention, so with ``num_outputs`` only the first
         ``N' = num_outputs`` tokens (those the caller reads) go through it; by default all ``N`` do.
+        ``token_mask`` (``B×N`` bool, False: a padding token no attention reads) lets prompts of different
+        token counts share a pass (module docstring); None: every token is real.
         """
-        queries, keys = self.layers[0].forward_prepared(point_embedding, point_embedding, image)
+        queries, keys = self.layers[0].forward_prepared(point_embedding, point_embedding, image, token_mask)
         for layer in self.layers[1:]:
-            queries, keys = layer(queries, keys, point_embedding, image.key_pe)
+            queries, keys = layer(queries, keys, point_embedding, image.key_pe, token_mask)
         queries, query_pe = queries[:, :num_outputs], point_embedding[:, :num_outputs]
         attn = self.final_attn_token_to_image.tokens_to_image(queries + query_pe, keys + image.key_pe, keys)
         return self.norm_final_attn(queries + attn), keys

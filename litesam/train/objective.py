@@ -2,15 +2,20 @@
 
 The encoder gives each image's embedding and AutoPPN maps; point-prompted masks are decoded with three
 outputs (the best one trained), box-prompted masks with one; optionally AutoPPN's own proposals that match a
-ground-truth box are decoded as point + box with three outputs (the best one trained). Each kind of prompt
-is decoded in one pass for the whole batch, every prompt on its own image's embedding. End to end: the image
-encoder, AutoPPN, prompt encoder and mask decoder all receive gradients. The terms are defined in
+ground-truth box are decoded as point + box with three outputs (the best one trained). All prompts of the
+batch are decoded in one pass, every prompt on its own image's embedding: the kinds' sparse tokens (point +
+padding point, two box corners, point + two corners) are padded to one length with masked padding tokens
+(:mod:`litesam.modeling.transformer`) and every output is computed, each kind reading its own; the same
+result as one pass per kind, which cost 1.1–1.3× as much per training step (``bench/train_step.py``, AMD
+EPYC Zen 3, 2 threads). End to end: the image encoder, AutoPPN, prompt encoder and mask decoder all receive
+gradients. The terms are defined in
 :mod:`litesam.train.losses`, their weights in :class:`litesam.train.config.LossWeights`.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.nn import functional as F
 
 from ..modeling.lite_sam import LiteSAM
 from ..proposals import decode_proposals
@@ -77,21 +82,7 @@ def training_losses(
                 prompted["proposal"].append(
                     (owner[gt], proposals[i].points[found], proposals[i].boxes[found], masks[gt])
                 )
-    # One decoder pass per prompt kind over the whole batch (each prompt on its own image's embedding): the
-    # same result as one pass per image and kind, with a quarter of the small operations at batch 4.
-    decoded: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # kind → (logits, iou, targets)
-    for kind, items in prompted.items():
-        if not items:
-            continue
-        owners, point_parts, box_parts, targets = zip(*items)
-        points = None if point_parts[0] is None else _foreground(torch.cat(point_parts))
-        boxes = None if box_parts[0] is None else torch.cat(box_parts)
-        # index_select, not embeddings[owners]: the indexing's backward (index_put_ with accumulation) adds
-        # with atomics on the CPU at two or more threads, so identical runs differed in rounding;
-        # index_select's backward (index_add_) adds in a fixed order.
-        embedding = embeddings.index_select(0, torch.cat(owners))
-        logits, iou = _decode(model, embedding, image_pe, points, boxes, multimask=kind != "box")
-        decoded[kind] = (logits, iou, torch.cat(targets))
+    decoded = _decode_all(model, embeddings, image_pe, prompted)
 
     counts = {kind: len(decoded[kind][2]) if kind in decoded else 0 for kind in prompted}
     total_prompts = sum(counts.values())
@@ -125,22 +116,57 @@ def _foreground(coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return coords[:, None, :], torch.ones((len(coords), 1), dtype=torch.int64, device=coords.device)
 
 
-def _decode(
+def _decode_all(
     model: LiteSAM,
-    embedding: torch.Tensor,
+    embeddings: torch.Tensor,
     image_pe: torch.Tensor,
-    points: tuple[torch.Tensor, torch.Tensor] | None,
-    boxes: torch.Tensor | None,
-    multimask: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """K prompts on K×C×h×w embeddings (prompt i on embedding i) → (K×C'×4h×4w float32 logits, K×C'
-    float32 predicted IoU)."""
-    sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=None)
+    prompted: dict[str, list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]]],
+) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Every prompt of the batch in one decoder pass (module docstring), each on its own image's embedding.
+
+    Args:
+        embeddings: B×C×h×w image embeddings of the batch.
+        prompted: kind → [(owner image indices (K,), K×2 points or None, K×4 boxes or None, K×H×W targets)].
+    Returns:
+        kind → (K×T×4h×4w float32 logits, K×T float32 predicted IoU, targets) for the kinds with prompts:
+        ``T = 1`` (the single-mask output) for boxes, the three ambiguity outputs for the other kinds.
+    """
+    kinds, owners, sparse_parts, targets = [], [], [], []
+    dense = None
+    for kind, items in prompted.items():
+        if not items:
+            continue
+        owner, point_parts, box_parts, target = zip(*items)
+        points = None if point_parts[0] is None else _foreground(torch.cat(point_parts))
+        boxes = None if box_parts[0] is None else torch.cat(box_parts)
+        sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=None)
+        kinds.append(kind)
+        owners.append(torch.cat(owner))
+        sparse_parts.append(sparse)
+        targets.append(torch.cat(target))
+    if not kinds:
+        return {}
+    width = max(part.shape[1] for part in sparse_parts)
+    sparse = torch.cat([F.pad(part, (0, 0, 0, width - part.shape[1])) for part in sparse_parts])
+    sparse_mask = torch.cat([
+        torch.arange(width, device=part.device).expand(len(part), -1) < part.shape[1] for part in sparse_parts
+    ])
+    # index_select, not embeddings[owners]: the indexing's backward (index_put_ with accumulation) adds with
+    # atomics on the CPU at two or more threads, so identical runs differed in rounding; index_select's
+    # backward (index_add_) adds in a fixed order.
     low_res, iou = model.mask_decoder(
-        image_embeddings=embedding,
+        image_embeddings=embeddings.index_select(0, torch.cat(owners)),
         image_pe=image_pe,
         sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=multimask,
+        dense_prompt_embeddings=dense[:1].expand(len(sparse), -1, -1, -1),  # the no-mask embedding
+        multimask_output=True,
+        sparse_mask=sparse_mask,
+        every_output=True,
     )
-    return low_res.float(), iou.float()
+    decoded, start = {}, 0
+    for kind, target in zip(kinds, targets):
+        rows = slice(start, start + len(target))
+        outputs = slice(0, 1) if kind == "box" else slice(1, None)
+        decoded[kind] = (low_res[rows, outputs].float(), iou[rows, outputs].float(), target)
+        start += len(target)
+    return decoded
