@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from ..modeling.autoppn import AutoPPN, AutoPPNOutput
 from ..modeling.lite_sam import LiteSAM
 from ..train.config import LossWeights
-from ..train.losses import box_losses, heatmap_loss, mask_losses
+from ..train.losses import box_losses, heatmap_loss
+from ..train.objective import decode_prompts, point_and_box_prompts, prompt_mask_losses
 from .alignment import teacher_to_student
 from .data import DistillBatch
 
@@ -85,29 +86,7 @@ def _autoppn_loss(out: AutoPPNOutput, heat, box, valid, peaks, inner: LossWeight
 
 
 def _decoder_loss(student: LiteSAM, embeddings: torch.Tensor, s, inner: LossWeights) -> torch.Tensor:
-    """Mask loss of point- and box-prompted pseudo-masks, every prompt counted equally."""
-    image_pe = student.prompt_encoder.get_dense_pe()
-    total, count = embeddings.sum() * 0.0, 0
-    for i in range(len(s)):
-        use_point = s.use_point[i]
-        for chosen, multimask in ((use_point, True), (~use_point, False)):
-            if not chosen.any():
-                continue
-            if multimask:
-                coords = s.point_coords[i][chosen][:, None, :]
-                points = (coords, torch.ones(coords.shape[:2], dtype=torch.int64, device=coords.device))
-                boxes = None
-            else:
-                points, boxes = None, s.prompt_boxes[i][chosen]
-            sparse, dense = student.prompt_encoder(points=points, boxes=boxes, masks=None)
-            low_res, iou = student.mask_decoder(
-                image_embeddings=embeddings[i : i + 1],
-                image_pe=image_pe,
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=multimask,
-            )
-            n = int(chosen.sum())
-            total = total + n * mask_losses(low_res.float(), iou.float(), s.gt_masks[i][chosen], inner)["mask"]
-            count += n
-    return total / max(1, count)
+    """Mask loss of point- and box-prompted pseudo-masks, every prompt counted equally, in one decoder pass."""
+    prompted = point_and_box_prompts(s)
+    decoded = decode_prompts(student, embeddings, student.prompt_encoder.get_dense_pe(), prompted)
+    return prompt_mask_losses(decoded, inner, zero=embeddings.sum() * 0.0)["mask"]

@@ -24,6 +24,11 @@ from .data import TrainBatch
 from .losses import box_losses, heatmap_loss, mask_losses
 from .prompts import match_proposals
 
+#: Prompts by kind: [(owner image indices (K,), K×2 points or None, K×4 boxes or None, K×H×W bool targets)].
+Prompted = dict[str, list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]]]
+#: Decoded prompts by kind: (K×T×4h×4w float32 logits, K×T float32 predicted IoU, K×H×W targets).
+Decoded = dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
 
 def training_losses(
     model: LiteSAM,
@@ -52,12 +57,7 @@ def training_losses(
     weights = weights or LossWeights()
     embeddings, ppn = model.image_encoder(batch.model_input(model.preprocess))
     image_pe = model.prompt_encoder.get_dense_pe()
-    # Prompts of every image of the batch, by kind: (image index, points or None, boxes or None, targets).
-    prompted: dict[str, list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]]] = {
-        "point": [],
-        "box": [],
-        "proposal": [],
-    }
+    prompted = {**point_and_box_prompts(batch), "proposal": []}
     proposals = None
     if prompts.proposals_per_image > 0:
         with torch.no_grad():
@@ -67,31 +67,18 @@ def training_losses(
                 decode_proposals(type(ppn)(*(t[i : i + 1] for t in detached)), size, stride)[0]
                 for i, size in enumerate(batch.input_sizes)
             ]
-    for i in range(len(batch)):
-        masks, use_point = batch.gt_masks[i], batch.use_point[i]
-        owner = torch.full((len(masks),), i, dtype=torch.int64, device=masks.device)
-        if use_point.any():
-            prompted["point"].append((owner[use_point], batch.point_coords[i][use_point], None, masks[use_point]))
-        if (~use_point).any():
-            prompted["box"].append((owner[~use_point], None, batch.prompt_boxes[i][~use_point], masks[~use_point]))
-        if proposals is not None:
-            found, gt = match_proposals(
-                proposals[i].boxes, batch.gt_boxes[i], prompts.proposal_match_iou, prompts.proposals_per_image
+    for i, image_proposals in enumerate(proposals or []):
+        found, gt = match_proposals(
+            image_proposals.boxes, batch.gt_boxes[i], prompts.proposal_match_iou, prompts.proposals_per_image
+        )
+        if len(found):
+            owner = torch.full((len(gt),), i, dtype=torch.int64, device=gt.device)
+            prompted["proposal"].append(
+                (owner, image_proposals.points[found], image_proposals.boxes[found], batch.gt_masks[i][gt])
             )
-            if len(found):
-                prompted["proposal"].append(
-                    (owner[gt], proposals[i].points[found], proposals[i].boxes[found], masks[gt])
-                )
-    decoded = _decode_all(model, embeddings, image_pe, prompted)
-
+    decoded = decode_prompts(model, embeddings, image_pe, prompted)
     counts = {kind: len(decoded[kind][2]) if kind in decoded else 0 for kind in prompted}
-    total_prompts = sum(counts.values())
-    zero = embeddings.sum() * 0.0
-    mask_terms = {"mask": zero, "focal": zero, "dice": zero, "iou": zero}
-    for kind, (logits, iou, targets) in decoded.items():
-        terms = mask_losses(logits, iou, targets, weights)
-        share = counts[kind] / total_prompts  # every prompt counts equally, whatever its kind
-        mask_terms = {key: mask_terms[key] + share * terms[key] for key in mask_terms}
+    mask_terms = prompt_mask_losses(decoded, weights, zero=embeddings.sum() * 0.0)
 
     heat = heatmap_loss(
         ppn.heat_logits.float(), batch.heat_target, batch.heat_valid, batch.num_peaks, weights.heat_beta
@@ -116,20 +103,39 @@ def _foreground(coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return coords[:, None, :], torch.ones((len(coords), 1), dtype=torch.int64, device=coords.device)
 
 
-def _decode_all(
-    model: LiteSAM,
-    embeddings: torch.Tensor,
-    image_pe: torch.Tensor,
-    prompted: dict[str, list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]]],
-) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Every prompt of the batch in one decoder pass (module docstring), each on its own image's embedding.
+def point_and_box_prompts(batch: TrainBatch) -> Prompted:
+    """The batch's sampled prompts: ``point`` (its point prompts) and ``box`` (its noisy box prompts)."""
+    prompted: Prompted = {"point": [], "box": []}
+    for i in range(len(batch)):
+        masks, use_point = batch.gt_masks[i], batch.use_point[i]
+        owner = torch.full((len(masks),), i, dtype=torch.int64, device=masks.device)
+        if use_point.any():
+            prompted["point"].append((owner[use_point], batch.point_coords[i][use_point], None, masks[use_point]))
+        if (~use_point).any():
+            prompted["box"].append((owner[~use_point], None, batch.prompt_boxes[i][~use_point], masks[~use_point]))
+    return prompted
+
+
+def prompt_mask_losses(decoded: Decoded, weights: LossWeights, zero: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``mask``, ``focal``, ``dice``, ``iou`` of :func:`mask_losses` over every decoded prompt, each prompt
+    counted equally whatever its kind; ``zero`` (a differentiable 0) where nothing was decoded."""
+    total = sum(len(targets) for _, _, targets in decoded.values())
+    terms = {"mask": zero, "focal": zero, "dice": zero, "iou": zero}
+    for logits, iou, targets in decoded.values():
+        kind_terms = mask_losses(logits, iou, targets, weights)
+        terms = {key: terms[key] + len(targets) / total * kind_terms[key] for key in terms}
+    return terms
+
+
+def decode_prompts(model: LiteSAM, embeddings: torch.Tensor, image_pe: torch.Tensor, prompted: Prompted) -> Decoded:
+    """Every prompt in one decoder pass (module docstring), each on its own image's embedding.
 
     Args:
         embeddings: B×C×h×w image embeddings of the batch.
-        prompted: kind → [(owner image indices (K,), K×2 points or None, K×4 boxes or None, K×H×W targets)].
+        image_pe: 1×C×h×w positional encoding (``PromptEncoder.get_dense_pe()``).
     Returns:
-        kind → (K×T×4h×4w float32 logits, K×T float32 predicted IoU, targets) for the kinds with prompts:
-        ``T = 1`` (the single-mask output) for boxes, the three ambiguity outputs for the other kinds.
+        kind → (logits, IoU, targets) for the kinds with prompts: ``T = 1`` (the single-mask output) for
+        boxes, the three ambiguity outputs for the other kinds.
     """
     kinds, owners, sparse_parts, targets = [], [], [], []
     dense = None
