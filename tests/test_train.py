@@ -25,7 +25,7 @@ from litesam.train.losses import (
     mask_losses,
     sigmoid_focal_loss,
 )
-from litesam.train.objective import training_losses
+from litesam.train.objective import decode_prompts, point_and_box_prompts, training_losses
 from litesam.train.optim import build_optimizer, warmup_cosine
 from tests.coco_support import coco, tiny_dataset  # noqa: F401 (coco: a fixture)
 
@@ -188,6 +188,37 @@ def test_a_few_steps_on_a_fixed_batch_reduce_the_loss(coco):
     assert last["mask"] < 0.6 * first["mask"] and last["heat"] < 0.8 * first["heat"], trace
     assert last["box_giou"] < first["box_giou"], trace
     assert first["n_point"] + first["n_box"] == 6 and first["n_proposal"] == 0  # 3 masks per image
+
+
+def test_every_prompt_kind_in_one_decoder_pass_equals_a_pass_per_kind(coco):
+    """decode_prompts' single pass gives each kind the outputs a pass of its own gives: three ambiguity masks
+    for points and point + box prompts, the single mask for boxes alone, rows in each kind's prompt order."""
+    annotation_file, image_dir, _ = coco
+    dataset = tiny_dataset(annotation_file, image_dir, seed=0)
+    batch = collate_samples([dataset[0], dataset[2]])
+    torch.manual_seed(0)
+    model = build_model("litesam_tiny").eval()
+    prompted = point_and_box_prompts(batch)
+    prompted["proposal"] = [  # point + box prompts: each ground-truth box and its centre
+        (torch.full((len(boxes),), i), (boxes[:, :2] + boxes[:, 2:]) / 2, boxes, batch.gt_masks[i])
+        for i, boxes in enumerate(batch.gt_boxes)
+    ]
+    assert all(prompted[kind] for kind in ("point", "box", "proposal"))
+    with torch.no_grad():
+        embeddings = model.image_encoder.embed(batch.model_input(model.preprocess))
+        image_pe = model.prompt_encoder.get_dense_pe()
+        decoded = decode_prompts(model, embeddings, image_pe, prompted)
+        for kind, items in prompted.items():
+            owners, points, boxes, targets = (None if parts[0] is None else torch.cat(parts) for parts in zip(*items))
+            labels = None if points is None else torch.ones(len(points), 1, dtype=torch.int64)
+            sparse, dense = model.prompt_encoder(
+                points=None if points is None else (points[:, None], labels), boxes=boxes, masks=None
+            )
+            alone = model.mask_decoder(embeddings[owners], image_pe, sparse, dense, multimask_output=kind != "box")
+            logits, iou, kind_targets = decoded[kind]
+            assert logits.shape == alone[0].shape and logits.shape[1] == (1 if kind == "box" else 3)
+            assert torch.allclose(logits, alone[0], atol=1e-4) and torch.allclose(iou, alone[1], atol=1e-5)
+            assert torch.equal(kind_targets, targets)
 
 
 def test_autoppn_proposals_matched_to_ground_truth_are_trained(coco):

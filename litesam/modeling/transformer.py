@@ -95,15 +95,13 @@ class Attention(nn.Module):
         """
         qh = self.split_heads(self.q_proj(q))
         b, h, n, d = qh.shape
-        if key_mask is not None:
-            out = F.scaled_dot_product_attention(qh, k_heads, v_heads, attn_mask=key_mask[:, None, None, :])
-            return self.out_proj(out.transpose(1, 2).reshape(b, n, h * d))
-        if k_heads.shape[0] == 1 and b > 1:
+        if k_heads.shape[0] == 1 and b > 1 and key_mask is None:
             # Shared keys: every prompt's queries become rows of one attention; keys are never copied.
             out = F.scaled_dot_product_attention(qh.transpose(0, 1).reshape(1, h, b * n, d), k_heads, v_heads)
             out = out.view(h, b, n, d).permute(1, 2, 0, 3)
         else:
-            out = F.scaled_dot_product_attention(qh, k_heads, v_heads).transpose(1, 2)
+            mask = None if key_mask is None else key_mask[:, None, None, :]
+            out = F.scaled_dot_product_attention(qh, k_heads, v_heads, attn_mask=mask).transpose(1, 2)
         return self.out_proj(out.reshape(b, n, h * d))
 
     def tokens_to_image(self, tokens: Tensor, image_keys: Tensor, image_values: Tensor) -> Tensor:

@@ -135,9 +135,9 @@ def decode_prompts(model: LiteSAM, embeddings: torch.Tensor, image_pe: torch.Ten
         image_pe: 1×C×h×w positional encoding (``PromptEncoder.get_dense_pe()``).
     Returns:
         kind → (logits, IoU, targets) for the kinds with prompts: ``T = 1`` (the single-mask output) for
-        boxes, the three ambiguity outputs for the other kinds.
+        a kind of boxes without points, the three ambiguity outputs for the kinds with points.
     """
-    kinds, owners, sparse_parts, targets = [], [], [], []
+    kinds, outputs, owners, sparse_parts, targets = [], [], [], [], []
     dense = None
     for kind, items in prompted.items():
         if not items:
@@ -147,6 +147,7 @@ def decode_prompts(model: LiteSAM, embeddings: torch.Tensor, image_pe: torch.Ten
         boxes = None if box_parts[0] is None else torch.cat(box_parts)
         sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=None)
         kinds.append(kind)
+        outputs.append(slice(0, 1) if points is None else slice(1, None))  # a box alone is not ambiguous
         owners.append(torch.cat(owner))
         sparse_parts.append(sparse)
         targets.append(torch.cat(target))
@@ -170,9 +171,8 @@ def decode_prompts(model: LiteSAM, embeddings: torch.Tensor, image_pe: torch.Ten
         every_output=True,
     )
     decoded, start = {}, 0
-    for kind, target in zip(kinds, targets):
+    for kind, read, target in zip(kinds, outputs, targets):
         rows = slice(start, start + len(target))
-        outputs = slice(0, 1) if kind == "box" else slice(1, None)
-        decoded[kind] = (low_res[rows, outputs].float(), iou[rows, outputs].float(), target)
+        decoded[kind] = (low_res[rows, read].float(), iou[rows, read].float(), target)
         start += len(target)
     return decoded
