@@ -17,7 +17,7 @@ One run on the CPU:
 Machines shared with other work inflate the wall time; the CPU seconds of the training process (all its
 threads) and the load average are printed beside it, so the figure on a quiet machine can be judged.
 
-    python bench/train_proof.py [--steps 8000] [--batch-size 4] [--threads 2] [--output runs/proof]
+    python bench/train_proof.py [--steps 12000] [--batch-size 4] [--threads 2] [--output runs/proof]
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ SAM_FILTERS = SegEveryConfig(proposals=VARIANTS["litesam_tiny"].proposals)
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=8000, help="--max-steps of the training run")
+    parser.add_argument("--steps", type=int, default=12000, help="--max-steps of the training run")
     parser.add_argument("--batch-size", type=int, default=4, help="--batch-size of the training run")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of every process")
     parser.add_argument("--held-out", type=int, default=60, help="held-out scenes")
