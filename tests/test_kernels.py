@@ -95,6 +95,23 @@ def test_products_equal_torch_on_either_kernel(name):
         left = kernels.linear(x.view(3, 100, 48), weight)
         torch.testing.assert_close(kernels.bmm(left, batch), torch.bmm(left, batch))
         torch.testing.assert_close(kernels.bmm(left[:1].expand(3, -1, -1), batch), torch.bmm(left[:1].expand(3, -1, -1), batch))
+        scores = torch.randn(3, 20, 100, generator=generator).transpose(1, 2)  # B×100×20, strided as the decoder's
+        for shared in (torch.randn(1, 100, 96, generator=generator), torch.randn(3, 100, 96, generator=generator)):
+            values = batch.transpose(1, 2)  # B×20×96
+            torch.testing.assert_close(kernels.baddbmm(shared, scores, values), torch.baddbmm(shared, scores, values))
+
+
+@needs_onednn
+def test_bfloat16_gelu_product_is_fused_on_onednn_and_equals_torch():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 48, generator=generator).bfloat16()
+    weight, bias = torch.randn(96, 48, generator=generator).bfloat16(), torch.randn(96, generator=generator).bfloat16()
+    with torch.inference_mode(), torch.profiler.profile() as profile:
+        fused = kernels.linear_gelu(x, weight, bias)
+    assert any("_linear_pointwise" in event.name for event in profile.events())
+    expected = F.gelu(F.linear(x.float(), weight.float(), bias.float()))
+    assert fused.dtype == torch.bfloat16
+    torch.testing.assert_close(fused.float(), expected, rtol=2e-2, atol=2e-2)  # bf16 rounding of the output
 
 
 @needs_onednn

@@ -184,7 +184,7 @@ class Attention(nn.Module):
             # whose attention columns each sum to one.
             w_out = self.out_proj.weight.view(self.embedding_dim, h, self.head_dim)
             v_out = torch.einsum("bhnd,chd->bhnc", vh, w_out) + self.out_proj.bias / h
-            return torch.baddbmm(residual, attn.transpose(1, 2), v_out.reshape(b, h * n, self.embedding_dim))
+            return kernels.baddbmm(residual, attn.transpose(1, 2), v_out.reshape(b, h * n, self.embedding_dim))
         out = attn.view(b, h, n, m).transpose(-1, -2) @ vh  # B×H×M×d
         return residual + self.out_proj(out.transpose(1, 2).reshape(b, m, self.internal_dim))
 
