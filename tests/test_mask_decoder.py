@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch import nn
 
 import litesam.modeling.mask_decoder as mask_decoder_module
 from litesam.errors import InvalidImageError, InvalidPromptError
@@ -297,11 +298,15 @@ def test_bad_inputs_raise():
         decoder(image, pe, sparse, torch.zeros(3, 256, 8, 8), True)
 
 
-def test_upscale_channels_set_the_mask_feature_width():
+@pytest.mark.parametrize("activation", [nn.GELU, nn.ReLU])  # GELU: fused into the product; others after it
+def test_upscale_channels_set_the_mask_feature_width(activation):
     """A decoder with its own upscaling widths (litesam_tiny: 32/32 at C = 64) keeps the channels-last
     upscaling equal to the transposed-convolution stack on the map, and its masks' shapes."""
     decoder = randomize_(
-        MaskDecoder(transformer_dim=64, transformer=TwoWayTransformer(2, 64, 4, 256), upscale_channels=(32, 24)),
+        MaskDecoder(
+            transformer_dim=64, transformer=TwoWayTransformer(2, 64, 4, 256), upscale_channels=(32, 24),
+            activation=activation,
+        ),
         seed=7,
     )
     assert [decoder.output_upscaling[i].out_channels for i in (0, 3)] == [32, 24]
